@@ -1,0 +1,3 @@
+from mirage_ros.cli import main
+
+raise SystemExit(main())

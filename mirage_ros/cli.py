@@ -1,0 +1,59 @@
+"""`mirage` command line: demo, benchmarks, replay.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
+modules are imported only when their subcommand runs, so `mirage --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, help). Benchmarks are nested under `mirage bench`.
+COMMANDS = {
+    "demo": ("mirage_ros.demo", "run the memory loop on the built-in synthetic scene (no weights, no GPU)"),
+    "replay": ("mirage_ros.ros.replay", "run the node logic over a rosbag2 and write the results to an MCAP bag"),
+}
+BENCHMARKS = {
+    "memory": ("mirage_ros.bench.memory", "latent memory vs RGB point-cloud cache (paper Fig. 5), scaling, growth"),
+    "rollout": ("mirage_ros.bench.rollout", "world-model rollout timings per chunk and stage"),
+    "perception": ("mirage_ros.bench.perception", "depth and mask providers, ms per frame; scale alignment"),
+    "node": ("mirage_ros.bench.node", "ROS node latency, sustained input rate, PointCloud2 build time"),
+}
+
+
+def _add(sub, name, module, help_):
+    p = sub.add_parser(name, help=help_, description=help_)
+    p.set_defaults(_module=module)
+    try:
+        importlib.import_module(module).add_arguments(p)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("mirage_ros"):
+            p.set_defaults(_missing=str(exc))
+        else:
+            raise
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mirage", description="Mirage latent spatial memory for video world models")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_) in COMMANDS.items():
+        _add(sub, name, module, help_)
+    bench = sub.add_parser("bench", help="benchmarks that write JSON and a PNG plot")
+    bsub = bench.add_subparsers(dest="benchmark", required=True)
+    for name, (module, help_) in BENCHMARKS.items():
+        _add(bsub, name, module, help_)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "_missing", None):
+        print(f"mirage: this command is not available in this build ({args._missing})", file=sys.stderr)
+        return 2
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,292 @@
+"""Camera geometry of Mirage (paper, "Geometric Foundations"). Stateless.
+
+Conventions (the paper's, followed exactly):
+- ``world_to_camera`` E in SE(3) maps a world point into the camera frame; E^-1 maps back.
+- Cameras are OpenCV-style pinholes: x right, y down, z forward (points in front have z > 0).
+- ``K`` is in pixels of the full-resolution image (H, W). The VAE stride ``s`` gives the latent
+  grid h x w = H/s x W/s, and the latent intrinsics K_l scale K's first row by w/W and its
+  second row by h/H.
+- Latent cell (u, v) (u = column, v = row) is the homogeneous pixel centre [u+1/2, v+1/2, 1].
+- Projection pi_l applies K_l, divides by z and *floors* to integer cells; only z > 0 counts.
+
+The official code (microsoft/LatentSpatialMemory) uses integer cell coordinates without the
++1/2 centre and rounds instead of flooring; we follow the paper, which makes back-projection
+followed by projection return every cell to itself.
+
+Layouts: depth (h, w); points (..., 3); K (3, 3); E (4, 4). All maths in float32 or float64
+torch tensors on any device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Camera",
+    "GeometryError",
+    "latent_intrinsics",
+    "backproject",
+    "project",
+    "check_rigid",
+    "check_intrinsics",
+    "invert_rigid",
+    "look_at",
+    "quaternion_to_matrix",
+    "matrix_to_quaternion",
+    "pose_to_matrix",
+]
+
+RIGID_TOL = 1e-4
+
+
+class GeometryError(ValueError):
+    """Raised for invalid geometric input; the message names the offending argument."""
+
+
+def _as_tensor(x, name: str, shape: Tuple[int, ...], dtype=torch.float64) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    elif not isinstance(x, torch.Tensor):
+        try:
+            x = torch.as_tensor(x)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the argument's name
+            raise GeometryError(f"{name}: cannot convert {type(x).__name__} to a tensor ({exc})") from None
+    if tuple(x.shape) != shape:
+        raise GeometryError(f"{name}: expected shape {shape}, got {tuple(x.shape)}")
+    if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
+        raise GeometryError(f"{name}: expected a real-valued tensor, got dtype {x.dtype}")
+    return x.to(dtype)
+
+
+def check_rigid(E, name: str = "world_to_camera", tol: float = RIGID_TOL) -> torch.Tensor:
+    """Validate a 4x4 rigid transform (finite, orthonormal R, det 1, last row 0 0 0 1)."""
+    E = _as_tensor(E, name, (4, 4))
+    if not torch.isfinite(E).all():
+        raise GeometryError(f"{name}: contains NaN or inf")
+    R = E[:3, :3]
+    err = (R.T @ R - torch.eye(3, dtype=E.dtype)).abs().max().item()
+    if err > tol:
+        raise GeometryError(f"{name}: rotation is not orthonormal (max |R^T R - I| = {err:.3g} > {tol})")
+    det = torch.linalg.det(R).item()
+    if abs(det - 1.0) > tol:
+        raise GeometryError(f"{name}: rotation determinant is {det:.6f}, expected 1 (a reflection or a scale)")
+    if (E[3] - torch.tensor([0, 0, 0, 1], dtype=E.dtype)).abs().max().item() > tol:
+        raise GeometryError(f"{name}: last row must be [0, 0, 0, 1], got {E[3].tolist()}")
+    return E
+
+
+def check_intrinsics(K, name: str = "K") -> torch.Tensor:
+    """Validate a pinhole matrix: finite, positive focal lengths, zero skew row structure."""
+    K = _as_tensor(K, name, (3, 3))
+    if not torch.isfinite(K).all():
+        raise GeometryError(f"{name}: contains NaN or inf")
+    if K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise GeometryError(f"{name}: focal lengths must be positive, got fx={K[0, 0].item()}, fy={K[1, 1].item()}")
+    if K[1, 0] != 0 or K[2, 0] != 0 or K[2, 1] != 0 or K[2, 2] != 1:
+        raise GeometryError(f"{name}: expected [[fx, s, cx], [0, fy, cy], [0, 0, 1]], got {K.tolist()}")
+    return K
+
+
+def invert_rigid(E: torch.Tensor) -> torch.Tensor:
+    """Inverse of a rigid 4x4 transform (R^T, -R^T t), exact up to rounding."""
+    R, t = E[..., :3, :3], E[..., :3, 3:]
+    out = torch.zeros_like(E)
+    out[..., :3, :3] = R.transpose(-1, -2)
+    out[..., :3, 3:] = -R.transpose(-1, -2) @ t
+    out[..., 3, 3] = 1
+    return out
+
+
+def latent_intrinsics(K: torch.Tensor, height: int, width: int, h: int, w: int) -> torch.Tensor:
+    """K_l: K with row x scaled by w/W and row y by h/H (paper, latent-resolution intrinsics)."""
+    S = torch.diag(torch.tensor([w / width, h / height, 1.0], dtype=K.dtype, device=K.device))
+    return S @ K
+
+
+@dataclass(frozen=True, eq=False)
+class Camera:
+    """A pinhole camera: ``K`` (3,3) in pixels, ``world_to_camera`` E (4,4), image ``height`` x ``width``.
+
+    Construction validates everything (rigid E, positive focal lengths, positive size) and stores
+    float64 CPU tensors; methods move results to the device and dtype asked for.
+    """
+
+    K: torch.Tensor
+    world_to_camera: torch.Tensor
+    height: int
+    width: int
+
+    def __post_init__(self):
+        object.__setattr__(self, "K", check_intrinsics(self.K, "K"))
+        object.__setattr__(self, "world_to_camera", check_rigid(self.world_to_camera, "world_to_camera"))
+        for name in ("height", "width"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+                raise GeometryError(f"{name}: expected a positive integer, got {v!r}")
+            object.__setattr__(self, name, int(v))
+
+    # -- constructors -------------------------------------------------------------------------
+    @classmethod
+    def from_fov(cls, height: int, width: int, fov_x_deg: float, world_to_camera=None) -> "Camera":
+        """A centred pinhole with square pixels and horizontal field of view ``fov_x_deg``."""
+        f = 0.5 * width / np.tan(np.deg2rad(fov_x_deg) / 2)
+        K = torch.tensor([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], dtype=torch.float64)
+        E = torch.eye(4, dtype=torch.float64) if world_to_camera is None else world_to_camera
+        return cls(K, E, height, width)
+
+    def with_pose(self, world_to_camera) -> "Camera":
+        return Camera(self.K, world_to_camera, self.height, self.width)
+
+    # -- derived quantities -------------------------------------------------------------------
+    @property
+    def camera_to_world(self) -> torch.Tensor:
+        return invert_rigid(self.world_to_camera)
+
+    @property
+    def center(self) -> torch.Tensor:
+        """Camera centre in world coordinates (3,)."""
+        return self.camera_to_world[:3, 3]
+
+    def latent_size(self, stride: int) -> Tuple[int, int]:
+        """(h, w) = (H/s, W/s); H and W must be divisible by the stride."""
+        if stride <= 0:
+            raise GeometryError(f"stride: expected a positive integer, got {stride}")
+        if self.height % stride or self.width % stride:
+            raise GeometryError(
+                f"height/width: image {self.height}x{self.width} is not divisible by the VAE stride {stride}"
+            )
+        return self.height // stride, self.width // stride
+
+    def latent_K(self, stride: int) -> torch.Tensor:
+        h, w = self.latent_size(stride)
+        return latent_intrinsics(self.K, self.height, self.width, h, w)
+
+    def __repr__(self) -> str:
+        c = self.center.tolist()
+        return f"Camera({self.height}x{self.width}, f=({self.K[0, 0]:.1f},{self.K[1, 1]:.1f}), centre=({c[0]:.2f},{c[1]:.2f},{c[2]:.2f}))"
+
+
+def backproject(depth: torch.Tensor, K_l: torch.Tensor, world_to_camera: torch.Tensor) -> torch.Tensor:
+    """Eq. 4, pi^-1: lift every cell of a (h, w) depth map to world points (h, w, 3).
+
+    Cell (u, v) is the pixel centre [u+1/2, v+1/2, 1]; p = E^-1 [d K_l^-1 (u+1/2, v+1/2, 1); 1].
+    ``depth`` is the z-depth (distance along the optical axis) in metres. Non-finite or
+    non-positive depths give meaningless points: callers select admissible cells (Lambda_t).
+    """
+    h, w = depth.shape
+    dev, dt = depth.device, depth.dtype
+    K_l = K_l.to(dev, torch.float64)
+    fx, fy, cx, cy, sk = K_l[0, 0], K_l[1, 1], K_l[0, 2], K_l[1, 2], K_l[0, 1]
+    v, u = torch.meshgrid(
+        torch.arange(h, device=dev, dtype=torch.float64) + 0.5,
+        torch.arange(w, device=dev, dtype=torch.float64) + 0.5,
+        indexing="ij",
+    )
+    yn = (v - cy) / fy
+    xn = (u - cx - sk * yn) / fx
+    d = depth.to(torch.float64)
+    cam = torch.stack([xn * d, yn * d, d], dim=-1)  # (h, w, 3)
+    C2W = invert_rigid(world_to_camera.to(dev, torch.float64))
+    world = cam @ C2W[:3, :3].T + C2W[:3, 3]
+    return world.to(dt if dt.is_floating_point else torch.float32)
+
+
+def project(points: torch.Tensor, K_l: torch.Tensor, world_to_camera: torch.Tensor, h: int, w: int):
+    """pi_l: world points (N, 3) -> integer cells (u, v), camera depth z, and validity.
+
+    Applies E, then K_l, divides by z and floors. ``valid`` is z > 0 and the cell inside the
+    h x w grid. Returns (u (N,) long, v (N,) long, z (N,) float, valid (N,) bool).
+    """
+    E = world_to_camera.to(points.device, points.dtype)
+    Kl = K_l.to(points.device, points.dtype)
+    cam = torch.addmm(E[:3, 3], points, E[:3, :3].T)
+    z = cam[:, 2]
+    pix = cam @ Kl.T
+    with torch.no_grad():
+        uf = torch.floor(pix[:, 0] / z)
+        vf = torch.floor(pix[:, 1] / z)
+    valid = (z > 0) & (uf >= 0) & (uf < w) & (vf >= 0) & (vf < h)
+    u = torch.where(valid, uf, torch.zeros_like(uf)).long()
+    v = torch.where(valid, vf, torch.zeros_like(vf)).long()
+    return u, v, z, valid
+
+
+# -- poses -------------------------------------------------------------------------------------
+
+def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> torch.Tensor:
+    """world_to_camera for an OpenCV camera (x right, y down, z forward) at ``eye`` looking at ``target``.
+
+    ``up`` is the world direction that should appear *up* in the image. The default is the
+    ROS world convention (REP 103: z up), which the synthetic scenes use.
+    """
+    eye = torch.as_tensor(eye, dtype=torch.float64)
+    target = torch.as_tensor(target, dtype=torch.float64)
+    up = torch.as_tensor(up, dtype=torch.float64)
+    z = target - eye
+    if z.norm() < 1e-12:
+        raise GeometryError("target: must differ from eye")
+    z = z / z.norm()
+    x = torch.linalg.cross(-up, z)
+    if x.norm() < 1e-9:
+        raise GeometryError("up: parallel to the viewing direction")
+    x = x / x.norm()
+    y = torch.linalg.cross(z, x)
+    R = torch.stack([x, y, z])  # rows: camera axes in world coordinates
+    E = torch.eye(4, dtype=torch.float64)
+    E[:3, :3] = R
+    E[:3, 3] = -R @ eye
+    return E
+
+
+def quaternion_to_matrix(q, name: str = "orientation", tol: float = 1e-3) -> torch.Tensor:
+    """(x, y, z, w) unit quaternion -> 3x3 rotation. Rejects NaN and non-unit quaternions."""
+    q = _as_tensor(q, name, (4,))
+    if not torch.isfinite(q).all():
+        raise GeometryError(f"{name}: quaternion contains NaN or inf")
+    n = q.norm().item()
+    if abs(n - 1.0) > tol:
+        raise GeometryError(f"{name}: quaternion norm is {n:.6f}, expected 1")
+    x, y, z, w = (q / n).tolist()
+    return torch.tensor(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ],
+        dtype=torch.float64,
+    )
+
+
+def matrix_to_quaternion(R) -> torch.Tensor:
+    """3x3 rotation -> (x, y, z, w) with w >= 0 (Shepperd's method, numerically stable)."""
+    R = torch.as_tensor(R, dtype=torch.float64)
+    m = R.tolist()
+    tr = m[0][0] + m[1][1] + m[2][2]
+    if tr > 0:
+        s = 2.0 * np.sqrt(tr + 1.0)
+        w, x, y, z = 0.25 * s, (m[2][1] - m[1][2]) / s, (m[0][2] - m[2][0]) / s, (m[1][0] - m[0][1]) / s
+    elif m[0][0] > m[1][1] and m[0][0] > m[2][2]:
+        s = 2.0 * np.sqrt(1.0 + m[0][0] - m[1][1] - m[2][2])
+        w, x, y, z = (m[2][1] - m[1][2]) / s, 0.25 * s, (m[0][1] + m[1][0]) / s, (m[0][2] + m[2][0]) / s
+    elif m[1][1] > m[2][2]:
+        s = 2.0 * np.sqrt(1.0 + m[1][1] - m[0][0] - m[2][2])
+        w, x, y, z = (m[0][2] - m[2][0]) / s, (m[0][1] + m[1][0]) / s, 0.25 * s, (m[1][2] + m[2][1]) / s
+    else:
+        s = 2.0 * np.sqrt(1.0 + m[2][2] - m[0][0] - m[1][1])
+        w, x, y, z = (m[1][0] - m[0][1]) / s, (m[0][2] + m[2][0]) / s, (m[1][2] + m[2][1]) / s, 0.25 * s
+    q = torch.tensor([x, y, z, w], dtype=torch.float64)
+    return -q if w < 0 else q
+
+
+def pose_to_matrix(position, orientation_xyzw, name: str = "pose") -> torch.Tensor:
+    """A pose (the frame's position and orientation in the parent) -> 4x4 parent_from_frame."""
+    T = torch.eye(4, dtype=torch.float64)
+    T[:3, :3] = quaternion_to_matrix(orientation_xyzw, f"{name}.orientation")
+    p = _as_tensor(position, f"{name}.position", (3,))
+    if not torch.isfinite(p).all():
+        raise GeometryError(f"{name}.position: contains NaN or inf")
+    T[:3, 3] = p
+    return T

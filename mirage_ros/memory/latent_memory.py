@@ -1,0 +1,432 @@
+"""The latent spatial memory M = {(p_i, f_i)}: world points carrying VAE latent features.
+
+- ``insert`` (Eq. 4): lift the admissible cells Lambda_t of a latent grid into world points.
+- ``read`` (Eq. 5): project every point into a target camera's latent grid; each cell takes the
+  feature of its frontmost point (smallest camera z), and the mask marks cells that got one.
+
+Frontmost-wins is exact and deterministic without sorting: each candidate point gets a 64-bit
+key ``(float32 bits of z) << 32 | storage index``. For z > 0 the IEEE-754 bit pattern of a float
+is monotonic in its value, so the smallest key per cell (one ``scatter_reduce(amin)``, whose
+result does not depend on execution order) is the nearest point, and on an exact depth tie the
+earliest inserted one. The official code argsorts all points by depth and relies on indexed
+assignment with repeated indices, which PyTorch documents as undefined; we do not.
+
+Growth is bounded by de-duplication against the memory itself: before inserting a frame we read
+the memory at that camera; a cell whose stored frontmost depth agrees with the new depth within
+``dedup_tolerance`` (relative) is a re-observation of stored surface and adds no point. Policy
+on re-observation (``on_revisit``): ``"keep"`` (default) keeps the stored feature, because the
+first observation of a surface is usually the real camera frame or the least-drifted generated
+one, and keeping it makes revisits reproduce what was seen (the paper's closed-loop test);
+``"refresh"`` overwrites it with the newest feature (for scenes that change slowly).
+
+Layouts: latent (C, h, w); depth (H, W) or (h, w) metres (z-depth); exclude (H, W) or (h, w) bool;
+points (N, 3) float32 world; features (N, C) in ``feature_dtype`` (bfloat16 by default).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+import torch
+
+from ..geometry import Camera, GeometryError, backproject
+from .downsample import DEPTH_DOWNSAMPLE_METHODS, downsample_depth, downsample_mask
+from .index import BlockIndex, rect_max
+
+__all__ = ["LatentSpatialMemory", "Readout", "MemoryError_", "MemoryFileError"]
+
+FORMAT_VERSION = 1
+_INT64_MAX = torch.iinfo(torch.int64).max
+_LOW32 = 0xFFFFFFFF
+
+
+class MemoryError_(ValueError):
+    """Invalid input to the memory; the message names the argument. Nothing was changed."""
+
+
+class MemoryFileError(MemoryError_):
+    """A memory file is corrupt, incomplete or does not match this memory. Nothing was changed."""
+
+
+class Readout:
+    """Result of ``LatentSpatialMemory.read``: unpacks as ``latent, mask``.
+
+    latent (C, h, w) readout z_hat_t (zeros where empty); mask (h, w) bool m_t; depth (h, w)
+    float32 camera z of the winning point (+inf where empty); index (h, w) int64 storage index of
+    the winning point (-1 where empty).
+    """
+
+    __slots__ = ("latent", "mask", "depth", "index")
+
+    def __init__(self, latent, mask, depth, index):
+        self.latent, self.mask, self.depth, self.index = latent, mask, depth, index
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        yield self.latent
+        yield self.mask
+
+    def __len__(self) -> int:
+        return 2
+
+    @property
+    def coverage(self) -> float:
+        return float(self.mask.float().mean())
+
+
+class LatentSpatialMemory:
+    """3D cache of latent features (paper Sec. 3). See the module docstring for the policies.
+
+    Args:
+        channels: latent channels C (48 for Wan2.2).
+        stride: VAE spatial stride s (16 for Wan2.2); images are H x W, latents H/s x W/s.
+        depth_downsample: ``bilinear`` (paper default) | ``nearest`` | ``area`` | ``median``.
+        device: where points, features and the index live (CPU or CUDA; same code).
+        feature_dtype: storage dtype of features (bfloat16 halves memory; float32 is exact).
+        dedup: skip cells that re-observe stored surface (bounded growth).
+        dedup_tolerance: relative depth agreement that counts as the same surface.
+        on_revisit: ``keep`` | ``refresh`` (see module docstring).
+        block_size: edge of the spatial index's blocks in metres.
+        max_points: optional hard cap; an insert that would exceed it raises and changes nothing.
+        occlusion_culling: skip index blocks hidden behind already-read points (exact).
+        first_round_points: points read in the first near-to-far round of the readout.
+    """
+
+    def __init__(
+        self,
+        channels: int = 48,
+        stride: int = 16,
+        depth_downsample: str = "bilinear",
+        device: Union[str, torch.device] = "cpu",
+        feature_dtype: torch.dtype = torch.bfloat16,
+        dedup: bool = True,
+        dedup_tolerance: float = 0.05,
+        on_revisit: str = "keep",
+        block_size: float = 1.0,
+        max_points: Optional[int] = None,
+        occlusion_culling: bool = True,
+        first_round_points: int = 32768,
+    ):
+        if channels <= 0 or stride <= 0:
+            raise MemoryError_(f"channels/stride: expected positive integers, got {channels}/{stride}")
+        if depth_downsample not in DEPTH_DOWNSAMPLE_METHODS:
+            raise MemoryError_(f"depth_downsample: unknown method {depth_downsample!r} (expected one of {DEPTH_DOWNSAMPLE_METHODS})")
+        if on_revisit not in ("keep", "refresh"):
+            raise MemoryError_(f"on_revisit: expected 'keep' or 'refresh', got {on_revisit!r}")
+        if isinstance(feature_dtype, str):
+            feature_dtype = getattr(torch, feature_dtype)
+        if feature_dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise MemoryError_(f"feature_dtype: expected float32, bfloat16 or float16, got {feature_dtype}")
+        self.channels, self.stride = int(channels), int(stride)
+        self.depth_downsample = depth_downsample
+        self.device = torch.device(device)
+        self.feature_dtype = feature_dtype
+        self.dedup, self.dedup_tolerance, self.on_revisit = dedup, float(dedup_tolerance), on_revisit
+        self.max_points = max_points
+        self.occlusion_culling, self.first_round_points = occlusion_culling, int(first_round_points)
+        self.index = BlockIndex(block_size)
+        self._xyz = torch.empty((0, 3), dtype=torch.float32, device=self.device)
+        self._feat = torch.empty((0, self.channels), dtype=self.feature_dtype, device=self.device)
+        self._n = 0
+        self._arange = torch.empty(0, dtype=torch.int64, device=self.device)
+        self.last_insert: dict = {}
+
+    # -- state ----------------------------------------------------------------------------------
+    @property
+    def num_points(self) -> int:
+        return self._n
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def points(self) -> torch.Tensor:
+        """(N, 3) float32 world positions (a view; do not modify)."""
+        return self._xyz[: self._n]
+
+    @property
+    def features(self) -> torch.Tensor:
+        """(N, C) features in ``feature_dtype`` (a view; do not modify)."""
+        return self._feat[: self._n]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held for the stored points: positions + features + spatial index."""
+        per_point = 3 * 4 + self.channels * self._feat.element_size()
+        return self._n * per_point + self.index.nbytes
+
+    def clear(self) -> None:
+        self._xyz = self._xyz[:0].clone()
+        self._feat = self._feat[:0].clone()
+        self._n = 0
+        self.index.clear()
+
+    def __repr__(self) -> str:
+        return (f"LatentSpatialMemory(points={self._n}, channels={self.channels}, stride={self.stride}, "
+                f"{self.nbytes / 2**20:.2f} MiB, device={self.device})")
+
+    # -- insert (Eq. 4) -------------------------------------------------------------------------
+    def _check_latent(self, latent, camera: Camera) -> torch.Tensor:
+        h, w = camera.latent_size(self.stride)
+        if not isinstance(latent, torch.Tensor):
+            raise MemoryError_(f"latent: expected a torch.Tensor (C, h, w), got {type(latent).__name__}")
+        if tuple(latent.shape) != (self.channels, h, w):
+            raise MemoryError_(f"latent: expected shape ({self.channels}, {h}, {w}) for a {camera.height}x{camera.width} camera, got {tuple(latent.shape)}")
+        if not latent.is_floating_point():
+            raise MemoryError_(f"latent: expected a floating-point tensor, got {latent.dtype}")
+        if not torch.isfinite(latent).all():
+            raise MemoryError_("latent: contains NaN or inf")
+        return latent.to(self.device)
+
+    def _latent_depth(self, depth, camera: Camera) -> torch.Tensor:
+        h, w = camera.latent_size(self.stride)
+        if not isinstance(depth, torch.Tensor):
+            try:
+                depth = torch.as_tensor(depth)
+            except Exception:  # noqa: BLE001
+                raise MemoryError_(f"depth: expected an array (H, W) or (h, w), got {type(depth).__name__}") from None
+        if not (depth.is_floating_point() or depth.dtype in (torch.int32, torch.int64, torch.int16, torch.uint8)):
+            raise MemoryError_(f"depth: expected real values in metres, got dtype {depth.dtype}")
+        depth = depth.to(self.device, torch.float32)
+        if tuple(depth.shape) == (camera.height, camera.width):
+            return downsample_depth(depth, self.stride, self.depth_downsample)
+        if tuple(depth.shape) == (h, w):
+            return torch.where(torch.isfinite(depth) & (depth > 0), depth, torch.full_like(depth, float("nan")))
+        raise MemoryError_(f"depth: expected shape ({camera.height}, {camera.width}) or ({h}, {w}), got {tuple(depth.shape)}")
+
+    def _latent_exclude(self, exclude, camera: Camera) -> Optional[torch.Tensor]:
+        if exclude is None:
+            return None
+        h, w = camera.latent_size(self.stride)
+        exclude = torch.as_tensor(exclude, device=self.device)
+        if exclude.dtype != torch.bool:
+            raise MemoryError_(f"exclude: expected a bool mask, got dtype {exclude.dtype}")
+        if tuple(exclude.shape) == (camera.height, camera.width):
+            return downsample_mask(exclude, self.stride)
+        if tuple(exclude.shape) == (h, w):
+            return exclude
+        raise MemoryError_(f"exclude: expected shape ({camera.height}, {camera.width}) or ({h}, {w}), got {tuple(exclude.shape)}")
+
+    def admissible(self, depth, camera: Camera, exclude=None) -> torch.Tensor:
+        """Lambda_t (h, w) bool: finite positive depth and not excluded (dynamic / sky)."""
+        d = self._latent_depth(depth, camera)
+        ok = torch.isfinite(d)
+        ex = self._latent_exclude(exclude, camera)
+        return ok if ex is None else ok & ~ex
+
+    def insert(self, latent: torch.Tensor, depth, camera: Camera, exclude=None) -> int:
+        """Add the points of Lambda_t; returns how many were added (re-observations add none).
+
+        Raises ``MemoryError_`` / ``GeometryError`` naming the argument on bad input, before any
+        change. ``self.last_insert`` holds the counts (admissible, revisited, added).
+        """
+        if not isinstance(camera, Camera):
+            raise MemoryError_(f"camera: expected a mirage_ros.geometry.Camera, got {type(camera).__name__}")
+        latent = self._check_latent(latent, camera)
+        d = self._latent_depth(depth, camera)
+        ex = self._latent_exclude(exclude, camera)
+        lam = torch.isfinite(d) if ex is None else torch.isfinite(d) & ~ex
+        n_adm = int(lam.sum())
+        new = lam
+        revisited = torch.zeros_like(lam)
+        if self.dedup and self._n > 0 and n_adm:
+            r = self.read(camera, dtype=None)
+            same = r.mask & lam & ((d - r.depth).abs() <= self.dedup_tolerance * d)
+            revisited = same
+            new = lam & ~same
+        n_new = int(new.sum())
+        if self.max_points is not None and self._n + n_new > self.max_points:
+            raise MemoryError_(f"max_points: inserting {n_new} points would exceed the cap of {self.max_points} (memory holds {self._n})")
+        # -- all checks passed: mutate --
+        if self.on_revisit == "refresh" and bool(revisited.any()):
+            idx = r.index[revisited]
+            self._feat[idx] = latent.permute(1, 2, 0)[revisited].to(self.feature_dtype)
+        if n_new:
+            pts = backproject(d, camera.latent_K(self.stride), camera.world_to_camera)[new].float()
+            feats = latent.permute(1, 2, 0)[new].to(self.feature_dtype)
+            self._append(pts, feats)
+        self.last_insert = {"admissible": n_adm, "revisited": int(revisited.sum()), "added": n_new}
+        return n_new
+
+    def _append(self, pts: torch.Tensor, feats: torch.Tensor) -> None:
+        n, m = self._n, pts.shape[0]
+        if n + m > self._xyz.shape[0]:
+            cap = max(n + m, int(self._xyz.shape[0] * 1.5) + 1024)
+            xyz = torch.empty((cap, 3), dtype=torch.float32, device=self.device)
+            feat = torch.empty((cap, self.channels), dtype=self.feature_dtype, device=self.device)
+            xyz[:n] = self._xyz[:n]
+            feat[:n] = self._feat[:n]
+            self._xyz, self._feat = xyz, feat
+        self._xyz[n : n + m] = pts
+        self._feat[n : n + m] = feats
+        self._n = n + m
+        if self.index.needs_rebuild(self._n):
+            self.index.rebuild(self.points)
+
+    # -- read (Eq. 5) ---------------------------------------------------------------------------
+    def projection(self, camera: Camera) -> torch.Tensor:
+        """P = K_l [R | t] (3, 4) float32: world point -> (p_u, p_v, z), cell = floor(p/z)."""
+        P = camera.latent_K(self.stride) @ camera.world_to_camera[:3]
+        return P.to(self.device, torch.float32)
+
+    def read(self, camera: Camera, dtype: Optional[torch.dtype] = torch.float32) -> Readout:
+        """Eq. 5: per cell the feature of the frontmost point projecting into it, and the mask.
+
+        ``dtype`` of the returned latent (None keeps the storage dtype).
+        """
+        if not isinstance(camera, Camera):
+            raise MemoryError_(f"camera: expected a mirage_ros.geometry.Camera, got {type(camera).__name__}")
+        h, w = camera.latent_size(self.stride)
+        winner, zbest = self._frontmost(self.projection(camera), h, w)
+        filled = winner >= 0
+        out_dtype = self.feature_dtype if dtype is None else dtype
+        latent = torch.zeros((self.channels, h * w), dtype=out_dtype, device=self.device)
+        if bool(filled.any()):
+            latent[:, filled] = self._feat[winner[filled]].T.to(out_dtype)
+        return Readout(latent.view(self.channels, h, w), filled.view(h, w), zbest.view(h, w), winner.view(h, w))
+
+    def _frontmost(self, P: torch.Tensor, h: int, w: int):
+        """Winner storage index (h*w,) int64 (-1 empty) and its z (h*w,) float32 (inf empty).
+
+        Visits the unindexed tail, then frustum-visible blocks near to far in rounds of doubling
+        size; before each round, blocks whose whole footprint already holds points strictly
+        nearer than the block's nearest corner are dropped (they cannot win any cell).
+        """
+        n, hw = self._n, h * w
+        best = torch.full((hw + 1,), _INT64_MAX, dtype=torch.int64, device=self.device)
+        ix = self.index
+        if n == 0:
+            pass
+        elif ix.num_blocks == 0:
+            self._scatter(best, P, h, w, None)
+        else:
+            vis, zmin, (u0, u1, v0, v1) = ix.frustum(P, h, w)
+            blocks = vis.nonzero().squeeze(1)
+            n_tail = n - ix.n_indexed
+            n_vis = int(ix.counts[blocks].sum())
+            if not self.occlusion_culling:
+                if n_vis + n_tail >= 0.6 * n:
+                    self._scatter(best, P, h, w, None)
+                else:
+                    self._scatter(best, P, h, w, ix.gather(blocks))
+                    if n_tail:
+                        self._scatter(best, P, h, w, torch.arange(ix.n_indexed, n, device=self.device))
+            else:
+                if n_tail:
+                    self._scatter(best, P, h, w, torch.arange(ix.n_indexed, n, device=self.device))
+                blocks = blocks[torch.argsort(zmin[blocks], stable=True)]  # blocks, not points
+                budget = max(self.first_round_points, n_vis // 16)
+                while blocks.numel():
+                    cum = torch.cumsum(ix.counts[blocks], 0)
+                    take = max(1, int(torch.searchsorted(cum, torch.tensor(budget, device=cum.device), right=True)))
+                    self._scatter(best, P, h, w, ix.gather(blocks[:take]))
+                    blocks = blocks[take:]
+                    if blocks.numel():
+                        cell_z = self._best_z(best[:hw]).view(h, w)
+                        reach = rect_max(cell_z, u0[blocks], u1[blocks], v0[blocks], v1[blocks])
+                        blocks = blocks[reach >= zmin[blocks]]
+                    budget *= 2
+        best = best[:hw]
+        filled = best != _INT64_MAX
+        winner = torch.where(filled, best & _LOW32, torch.full_like(best, -1))
+        return winner, self._best_z(best)
+
+    @staticmethod
+    def _best_z(best: torch.Tensor) -> torch.Tensor:
+        zbits = torch.where(best != _INT64_MAX, best >> 32, torch.full_like(best, 0x7F800000))
+        return zbits.to(torch.int32).view(torch.float32)
+
+    def _scatter(self, best: torch.Tensor, P: torch.Tensor, h: int, w: int, ids: Optional[torch.Tensor]) -> None:
+        """Fold points (all if ``ids`` is None) into ``best`` (h*w+1,) by min (z bits, index) key."""
+        n = self._n
+        if ids is None:
+            xyz = self._xyz[:n]
+            if self._arange.numel() < n:
+                self._arange = torch.arange(max(n, 2 * self._arange.numel()), device=self.device)
+            ids = self._arange[:n]
+        else:
+            if ids.numel() == 0:
+                return
+            xyz = self._xyz[ids]
+        hw = h * w
+        pix = torch.addmm(P[:, 3], xyz, P[:, :3].T)  # (M, 3): p_u, p_v, z in one pass
+        z = pix[:, 2]
+        u = torch.floor(pix[:, 0] / z)
+        v = torch.floor(pix[:, 1] / z)
+        ok = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        cell = torch.where(ok, v * w + u, torch.full_like(u, hw)).to(torch.int64)
+        key = (z.contiguous().view(torch.int32).to(torch.int64) << 32) | ids
+        best.scatter_reduce_(0, cell, key, "amin")
+
+    # -- persistence ----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"points": self.points.contiguous().cpu(), "features": self.features.contiguous().cpu()}
+
+    def save(self, path: Union[str, Path]) -> None:
+        """Write points and features to a safetensors file (atomic: temp file + rename)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        meta = {
+            "format": "mirage_ros.LatentSpatialMemory",
+            "version": str(FORMAT_VERSION),
+            "channels": str(self.channels),
+            "stride": str(self.stride),
+            "feature_dtype": str(self.feature_dtype).replace("torch.", ""),
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(self.state_dict(), str(tmp), metadata=meta)
+        tmp.replace(path)
+
+    def load(self, path: Union[str, Path]) -> None:
+        """Replace the contents with a saved memory. On any problem raise ``MemoryFileError`` and
+        leave this memory unchanged."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise MemoryFileError(f"path: {path} does not exist")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                keys = set(f.keys())
+                missing = {"points", "features"} - keys
+                if missing:
+                    raise MemoryFileError(f"path: {path} lacks tensors {sorted(missing)}")
+                pts = f.get_tensor("points")
+                feats = f.get_tensor("features")
+        except MemoryFileError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types on corruption
+            raise MemoryFileError(f"path: {path} is not a readable safetensors memory file ({exc})") from None
+        if meta.get("format") != "mirage_ros.LatentSpatialMemory":
+            raise MemoryFileError(f"path: {path} is not a mirage_ros memory file (metadata format={meta.get('format')!r})")
+        if int(meta.get("channels", -1)) != self.channels or int(meta.get("stride", -1)) != self.stride:
+            raise MemoryFileError(
+                f"path: {path} holds channels={meta.get('channels')} stride={meta.get('stride')}, "
+                f"this memory has channels={self.channels} stride={self.stride}"
+            )
+        if pts.ndim != 2 or pts.shape[1] != 3 or feats.ndim != 2 or feats.shape != (pts.shape[0], self.channels):
+            raise MemoryFileError(f"path: {path} has inconsistent shapes points={tuple(pts.shape)} features={tuple(feats.shape)}")
+        if not (torch.isfinite(pts).all() and torch.isfinite(feats.float()).all()):
+            raise MemoryFileError(f"path: {path} contains NaN or inf")
+        self.clear()
+        self._xyz = pts.to(self.device, torch.float32).contiguous()
+        self._feat = feats.to(self.device, self.feature_dtype).contiguous()
+        self._n = pts.shape[0]
+        self.index.rebuild(self.points)
+
+    # -- summaries ------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        pts = self.points
+        return {
+            "points": self._n,
+            "nbytes": self.nbytes,
+            "mib": self.nbytes / 2**20,
+            "blocks": self.index.num_blocks,
+            "bounds_min": pts.min(0).values.tolist() if self._n else None,
+            "bounds_max": pts.max(0).values.tolist() if self._n else None,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.stats())

@@ -1,0 +1,165 @@
+"""Camera maths against hand-worked values and against kornia (an independent implementation)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mirage_ros.geometry import (
+    Camera,
+    GeometryError,
+    backproject,
+    check_rigid,
+    invert_rigid,
+    look_at,
+    matrix_to_quaternion,
+    pose_to_matrix,
+    project,
+    quaternion_to_matrix,
+)
+
+kornia = pytest.importorskip("kornia")
+
+
+def random_pose(seed):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(4, generator=g, dtype=torch.float64)
+    q = q / q.norm()
+    E = torch.eye(4, dtype=torch.float64)
+    E[:3, :3] = quaternion_to_matrix(q)
+    E[:3, 3] = torch.randn(3, generator=g, dtype=torch.float64)
+    return E
+
+
+def test_latent_intrinsics_scale_rows_by_grid_ratios():
+    K = torch.tensor([[500.0, 0, 320.0], [0, 480.0, 176.0], [0, 0, 1]], dtype=torch.float64)
+    cam = Camera(K, torch.eye(4), 352, 640)
+    assert cam.latent_size(16) == (22, 40)
+    Kl = cam.latent_K(16)
+    # w/W = 40/640 = 1/16 on row x, h/H = 22/352 = 1/16 on row y, last row untouched
+    expected = torch.tensor([[500 / 16, 0, 320 / 16], [0, 480 / 16, 176 / 16], [0, 0, 1]], dtype=torch.float64)
+    assert torch.allclose(Kl, expected)
+
+
+def test_backproject_hand_worked_cell_centres():
+    # 2x2 latent grid, K_l = [[2, 0, 1], [0, 2, 1], [0, 0, 1]], camera at world (-1, -2, -3)
+    # (world_to_camera translation t = (1, 2, 3)).
+    Kl = torch.tensor([[2.0, 0, 1], [0, 2.0, 1], [0, 0, 1]], dtype=torch.float64)
+    E = torch.eye(4, dtype=torch.float64)
+    E[:3, 3] = torch.tensor([1.0, 2.0, 3.0])
+    depth = torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64)
+    pts = backproject(depth, Kl, E)
+    # cell (u=0, v=0): centre (0.5, 0.5) -> ((0.5-1)/2, (0.5-1)/2, 1) * d=1 = (-0.25, -0.25, 1)
+    # world = camera - t
+    assert torch.allclose(pts[0, 0], torch.tensor([-1.25, -2.25, -2.0], dtype=torch.float64))
+    # cell (u=1, v=0), d=2: (0.25*2, -0.25*2, 2) = (0.5, -0.5, 2) -> (-0.5, -2.5, -1)
+    assert torch.allclose(pts[0, 1], torch.tensor([-0.5, -2.5, -1.0], dtype=torch.float64))
+    # cell (u=0, v=1), d=2: (-0.5, 0.5, 2) -> (-1.5, -1.5, -1)
+    assert torch.allclose(pts[1, 0], torch.tensor([-1.5, -1.5, -1.0], dtype=torch.float64))
+    # cell (u=1, v=1), d=1: (0.25, 0.25, 1) -> (-0.75, -1.75, -2)
+    assert torch.allclose(pts[1, 1], torch.tensor([-0.75, -1.75, -2.0], dtype=torch.float64))
+
+
+def test_projection_floors_not_rounds():
+    Kl = torch.tensor([[2.0, 0, 1], [0, 2.0, 1], [0, 0, 1]], dtype=torch.float64)
+    E = torch.eye(4, dtype=torch.float64)
+    # x/z = 0.2 -> u = 2*0.2 + 1 = 1.4 -> floor 1 (round would also give 1); x/z = 0.3 -> 1.6 -> 1 (round: 2)
+    pts = torch.tensor([[0.2, 0.0, 1.0], [0.3, 0.0, 1.0], [-0.6, 0.0, 1.0], [0.0, 0.0, -1.0]], dtype=torch.float64)
+    u, v, z, valid = project(pts, Kl, E, 2, 2)
+    assert u[:2].tolist() == [1, 1]
+    assert v[:2].tolist() == [1, 1]
+    assert valid.tolist() == [True, True, False, False]  # u = -0.2 -> -1 is outside; z < 0 never counts
+
+
+def test_backproject_matches_kornia_depth_to_3d():
+    K = torch.tensor([[310.0, 0, 225.0], [0, 305.0, 129.0], [0, 0, 1]], dtype=torch.float64)
+    E = random_pose(3)
+    cam = Camera(K, E, 256, 448)
+    Kl = cam.latent_K(16)
+    depth = torch.rand(16, 28, dtype=torch.float64) * 5 + 0.5
+    ours = backproject(depth, Kl, E)
+    # kornia puts pixel centres at integer coordinates; ours at u + 1/2: shift the principal point.
+    Kk = Kl.clone()
+    Kk[0, 2] -= 0.5
+    Kk[1, 2] -= 0.5
+    cam_pts = kornia.geometry.depth.depth_to_3d_v2(depth[None], Kk[None], normalize_points=False)[0]  # (h, w, 3)
+    world = kornia.geometry.linalg.transform_points(torch.linalg.inv(E)[None], cam_pts.reshape(1, -1, 3))[0]
+    assert torch.allclose(ours.reshape(-1, 3), world, atol=1e-9)
+
+
+def test_project_matches_kornia_and_roundtrips_cells():
+    K = torch.tensor([[300.0, 0, 224.0], [0, 300.0, 128.0], [0, 0, 1]], dtype=torch.float64)
+    E = random_pose(5)
+    cam = Camera(K, E, 256, 448)
+    h, w = cam.latent_size(16)
+    Kl = cam.latent_K(16)
+    g = torch.Generator().manual_seed(0)
+    pts_cam = torch.randn(500, 3, generator=g, dtype=torch.float64)
+    pts_cam[:, 2] = pts_cam[:, 2].abs() * 3 + 0.1
+    world = kornia.geometry.linalg.transform_points(torch.linalg.inv(E)[None], pts_cam[None])[0]
+    u, v, z, valid = project(world, Kl, E, h, w)
+    uv = kornia.geometry.camera.perspective.project_points(pts_cam, Kl)
+    inside = (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
+    assert torch.equal(valid, inside)
+    assert torch.equal(u[valid], torch.floor(uv[valid, 0]).long())
+    assert torch.equal(v[valid], torch.floor(uv[valid, 1]).long())
+    assert torch.allclose(z, pts_cam[:, 2])
+    # back-projection then projection returns every cell to itself (pixel-centre convention)
+    d = torch.rand(h, w, dtype=torch.float64) + 0.5
+    p = backproject(d, Kl, E).reshape(-1, 3)
+    u2, v2, _, ok = project(p, Kl, E, h, w)
+    vv, uu = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    assert ok.all() and torch.equal(u2, uu.flatten()) and torch.equal(v2, vv.flatten())
+
+
+def test_look_at_opencv_axes_in_z_up_world():
+    E = look_at([0, 0, 0], [1, 0, 0])  # look along world +x with world z up
+    # camera z (forward) = world x, camera x (right) = world -y, camera y (down) = world -z
+    assert torch.allclose(E[:3, :3], torch.tensor([[0.0, -1, 0], [0, 0, -1], [1, 0, 0]], dtype=torch.float64))
+    cam = Camera.from_fov(64, 64, 90, look_at([1, 2, 3], [4, 2, 3]))
+    assert torch.allclose(cam.center, torch.tensor([1.0, 2, 3], dtype=torch.float64))
+
+
+def test_quaternion_roundtrip_and_kornia():
+    for seed in range(5):
+        E = random_pose(seed)
+        q = matrix_to_quaternion(E[:3, :3])
+        assert torch.allclose(quaternion_to_matrix(q), E[:3, :3], atol=1e-12)
+        # kornia uses (w, x, y, z)
+        Rk = kornia.geometry.conversions.quaternion_to_rotation_matrix(q[[3, 0, 1, 2]][None])[0]
+        assert torch.allclose(Rk, E[:3, :3], atol=1e-9)
+    T = pose_to_matrix([1, 2, 3], [0, 0, math.sin(0.25), math.cos(0.25)])
+    assert torch.allclose(invert_rigid(T) @ T, torch.eye(4, dtype=torch.float64), atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "E, message",
+    [
+        (torch.full((4, 4), float("nan")), "NaN"),
+        (torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])), "orthonormal"),
+        (torch.diag(torch.tensor([1.0, 1.0, -1.0, 1.0])), "determinant"),
+        (torch.eye(3), "shape"),
+    ],
+)
+def test_bad_extrinsics_are_rejected_by_name(E, message):
+    with pytest.raises(GeometryError, match="world_to_camera") as err:
+        Camera(torch.tensor([[10.0, 0, 16], [0, 10, 16], [0, 0, 1]]), E, 32, 32)
+    assert message in str(err.value)
+
+
+def test_bad_intrinsics_sizes_and_stride():
+    E = torch.eye(4)
+    with pytest.raises(GeometryError, match="K: focal"):
+        Camera(torch.tensor([[0.0, 0, 16], [0, 10, 16], [0, 0, 1]]), E, 32, 32)
+    with pytest.raises(GeometryError, match="K: contains NaN"):
+        Camera(torch.tensor([[float("nan"), 0, 16], [0, 10, 16], [0, 0, 1]]), E, 32, 32)
+    with pytest.raises(GeometryError, match="height"):
+        Camera(torch.tensor([[10.0, 0, 16], [0, 10, 16], [0, 0, 1]]), E, 0, 32)
+    cam = Camera(torch.tensor([[10.0, 0, 16], [0, 10, 16], [0, 0, 1]]), E, 40, 32)
+    with pytest.raises(GeometryError, match="not divisible by the VAE stride 16"):
+        cam.latent_size(16)
+    with pytest.raises(GeometryError, match="orientation"):
+        quaternion_to_matrix([0, 0, 0, 2.0])
+    with pytest.raises(GeometryError, match="NaN"):
+        quaternion_to_matrix([0, 0, float("nan"), 1.0])
+    assert check_rigid(np.eye(4)).dtype == torch.float64

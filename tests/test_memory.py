@@ -1,0 +1,282 @@
+"""LatentSpatialMemory against hand-worked values and a brute-force numpy reference."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mirage_ros.geometry import Camera, GeometryError, look_at
+from mirage_ros.memory import LatentSpatialMemory, MemoryError_, MemoryFileError, downsample_depth, hole_rate
+
+K32 = torch.tensor([[32.0, 0, 16], [0, 32.0, 16], [0, 0, 1]], dtype=torch.float64)  # 32x32 image -> 2x2 latent
+
+
+def snapshot(mem):
+    return mem.points.clone(), mem.features.clone(), mem.num_points
+
+
+def assert_unchanged(mem, snap):
+    pts, feats, n = snap
+    assert mem.num_points == n
+    assert torch.equal(mem.points, pts) and torch.equal(mem.features, feats)
+
+
+def brute_force_readout(points, cam, stride):
+    """Reference Eq. 5 in float32 numpy: per cell the smallest (z, insertion index)."""
+    h, w = cam.latent_size(stride)
+    P = (cam.latent_K(stride) @ cam.world_to_camera[:3]).float().numpy()
+    p = points.numpy().astype(np.float32) @ P[:, :3].T + P[:, 3]
+    z = p[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u, v = np.floor(p[:, 0] / z), np.floor(p[:, 1] / z)
+    ok = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    index = np.full(h * w, -1, np.int64)
+    depth = np.full(h * w, np.inf, np.float32)
+    for i in np.nonzero(ok)[0]:
+        c = int(v[i]) * w + int(u[i])
+        if z[i] < depth[c]:  # strict: on a tie the earlier index stays
+            depth[c], index[c] = z[i], i
+    return index.reshape(h, w), depth.reshape(h, w)
+
+
+def test_worked_example_2x2():
+    # Paper-style example: four cells, four points, features a-d. K_l = K * 2/32 = [[2,0,1],[0,2,1],[0,0,1]].
+    # Camera at world (0, 0, -1) looking along +z: E translation t = (0, 0, 1).
+    E = torch.eye(4, dtype=torch.float64)
+    E[2, 3] = 1.0
+    cam = Camera(K32, E, 32, 32)
+    a, b, c, d = (torch.full((4,), float(i)) for i in (1, 2, 3, 4))
+    latent = torch.stack([torch.stack([a, b]), torch.stack([c, d])]).permute(2, 0, 1)  # (C=4, h=2, w=2)
+    depth = torch.tensor([[1.0, 2.0], [2.0, 1.0]])
+    mem = LatentSpatialMemory(channels=4, stride=16, feature_dtype=torch.float32)
+    assert mem.insert(latent, depth, cam) == 4
+    # Hand-computed: cell centre (u+1/2, v+1/2) -> ((u+1/2-1)/2, (v+1/2-1)/2, 1) * d, then z - 1.
+    expected = torch.tensor(
+        [[-0.25, -0.25, 0.0],  # (u=0, v=0), d=1, feature a
+         [0.5, -0.5, 1.0],  # (u=1, v=0), d=2, feature b
+         [-0.5, 0.5, 1.0],  # (u=0, v=1), d=2, feature c
+         [0.25, 0.25, 0.0]]  # (u=1, v=1), d=1, feature d
+    )
+    assert torch.allclose(mem.points, expected, atol=1e-7)
+    assert mem.features[:, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
+    latent_hat, mask = mem.read(cam)
+    assert mask.all() and torch.equal(latent_hat, latent)
+    assert torch.allclose(mem.read(cam).depth, depth)
+
+
+@pytest.mark.parametrize("feature_dtype", [torch.float32, torch.bfloat16])
+def test_insert_then_read_same_camera_returns_every_admissible_cell(feature_dtype):
+    g = torch.Generator().manual_seed(1)
+    cam = Camera.from_fov(256, 448, 70, look_at([0.3, -0.2, 1.4], [3, 1, 1.2]))
+    h, w = cam.latent_size(16)
+    latent = torch.randn(48, h, w, generator=g)
+    depth = torch.rand(256, 448, generator=g) * 4 + 1
+    depth[:40, :100] = float("nan")  # invalid pixels make inadmissible cells
+    depth[200:, 300:] = 0.0
+    mem = LatentSpatialMemory(feature_dtype=feature_dtype)
+    adm = mem.admissible(depth, cam)
+    assert mem.insert(latent, depth, cam) == int(adm.sum()) < h * w
+    r = mem.read(cam)
+    assert torch.equal(r.mask, adm)
+    assert torch.equal(r.latent[:, adm], latent.to(feature_dtype).float()[:, adm])
+    assert (r.latent[:, ~adm] == 0).all()
+    d_l = downsample_depth(depth, 16, "bilinear")
+    assert torch.allclose(r.depth[adm], d_l[adm], rtol=1e-5)
+
+
+def test_occlusion_nearest_wins_regardless_of_insert_order():
+    cam = Camera(K32, torch.eye(4, dtype=torch.float64), 32, 32)
+    near, far = torch.ones(4, 2, 2), -torch.ones(4, 2, 2)
+    for order in ((far, 3.0, near, 1.0), (near, 1.0, far, 3.0)):
+        mem = LatentSpatialMemory(channels=4, dedup=False, feature_dtype=torch.float32)
+        mem.insert(order[0], torch.full((2, 2), order[1]), cam)
+        mem.insert(order[2], torch.full((2, 2), order[3]), cam)
+        latent, mask = mem.read(cam)
+        assert torch.equal(latent, near) and mask.all()
+
+
+def test_exact_ties_go_to_the_earliest_insert():
+    cam = Camera(K32, torch.eye(4, dtype=torch.float64), 32, 32)
+    mem = LatentSpatialMemory(channels=4, dedup=False, feature_dtype=torch.float32)
+    depth = torch.full((2, 2), 2.0)
+    for k in range(5):  # identical positions and depths, five times
+        mem.insert(torch.full((4, 2, 2), float(k)), depth, cam)
+    r = mem.read(cam)
+    assert (r.latent == 0).all() and r.index.flatten().tolist() == [0, 1, 2, 3]
+
+
+def test_many_points_per_cell_with_ties_match_brute_force():
+    g = torch.Generator().manual_seed(2)
+    cam = Camera.from_fov(64, 96, 60, look_at([0, 0, 0], [1, 0, 0]))
+    mem = LatentSpatialMemory(channels=8, dedup=False, feature_dtype=torch.float32)
+    h, w = cam.latent_size(16)
+    for _ in range(30):
+        # quantised depths make many exact ties across inserts
+        d = (torch.randint(1, 5, (h, w), generator=g) * 0.5).float()
+        mem.insert(torch.randn(8, h, w, generator=g), d, cam)
+    for pose in (cam.world_to_camera, look_at([-0.2, 0.1, 0.05], [1, 0.2, 0])):
+        c = cam.with_pose(pose)
+        ref_idx, ref_z = brute_force_readout(mem.points, c, 16)
+        r = mem.read(c)
+        assert np.array_equal(r.index.numpy(), ref_idx)
+        assert np.array_equal(r.depth.numpy(), ref_z)
+
+
+@pytest.mark.parametrize("occlusion", [True, False])
+def test_indexed_readout_equals_brute_force_on_large_random_memory(occlusion):
+    g = torch.Generator().manual_seed(3)
+    n = 60000
+    pts = (torch.rand(n, 3, generator=g) - 0.5) * torch.tensor([20.0, 20.0, 6.0])
+    mem = LatentSpatialMemory(channels=4, feature_dtype=torch.float32, block_size=1.0,
+                              occlusion_culling=occlusion, first_round_points=2000)
+    mem._append(pts[:55000], torch.randn(55000, 4, generator=g))
+    mem._append(pts[55000:], torch.randn(n - 55000, 4, generator=g))  # stays in the unindexed tail
+    assert 0 < mem.index.n_indexed < mem.num_points
+    for k, target in enumerate(([5, 1, 0.5], [-3, 4, 0], [0, -8, -1], [0.5, 0.5, 2.5])):
+        cam = Camera.from_fov(128, 192, 75, look_at([0.1 * k, 0, 0.2], target))
+        ref_idx, ref_z = brute_force_readout(mem.points, cam, 16)
+        r = mem.read(cam)
+        assert np.array_equal(r.index.numpy(), ref_idx), f"view {k}"
+        assert np.array_equal(r.depth.numpy(), ref_z)
+
+
+def test_exclusion_masks_keep_cells_out():
+    cam = Camera.from_fov(64, 96, 60, look_at([0, 0, 0], [1, 0, 0]))
+    h, w = cam.latent_size(16)
+    latent = torch.randn(48, h, w)
+    depth = torch.full((64, 96), 3.0)
+    exclude = torch.zeros(64, 96, dtype=torch.bool)
+    exclude[20, 40] = True  # one pixel excludes its whole cell (v=1, u=2)
+    exclude[48:, :16] = True  # cell (v=3, u=0)
+    mem = LatentSpatialMemory()
+    assert mem.insert(latent, depth, cam, exclude=exclude) == h * w - 2
+    _, mask = mem.read(cam)
+    assert not mask[1, 2] and not mask[3, 0] and mask.sum() == h * w - 2
+    ex_l = torch.zeros(h, w, dtype=torch.bool)
+    ex_l[0] = True
+    mem2 = LatentSpatialMemory()
+    assert mem2.insert(latent, depth, cam, exclude=ex_l) == (h - 1) * w
+
+
+def test_reobservation_does_not_duplicate_and_new_surface_is_added():
+    cam = Camera.from_fov(64, 96, 60, look_at([0, 0, 0], [1, 0, 0]))
+    h, w = cam.latent_size(16)
+    mem = LatentSpatialMemory()
+    depth = torch.full((64, 96), 4.0)
+    assert mem.insert(torch.randn(48, h, w), depth, cam) == h * w
+    assert mem.insert(torch.randn(48, h, w), depth * 1.01, cam) == 0  # same surface, 1 % off
+    assert mem.last_insert == {"admissible": h * w, "revisited": h * w, "added": 0}
+    closer = depth.clone()
+    closer[:, :48] = 2.0  # an object appears in front on the left half
+    assert mem.insert(torch.randn(48, h, w), closer, cam) == h * (w // 2)
+    # refresh policy overwrites the stored feature instead
+    mem2 = LatentSpatialMemory(on_revisit="refresh", feature_dtype=torch.float32)
+    mem2.insert(torch.zeros(48, h, w), depth, cam)
+    mem2.insert(torch.ones(48, h, w), depth, cam)
+    assert mem2.num_points == h * w and (mem2.read(cam).latent == 1).all()
+
+
+def test_depth_downsampling_methods_against_torch_references():
+    g = torch.Generator().manual_seed(4)
+    depth = torch.rand(64, 96, generator=g) * 5 + 1
+    bil = F.interpolate(depth[None, None], size=(4, 6), mode="bilinear", align_corners=False)[0, 0]
+    assert torch.allclose(downsample_depth(depth, 16, "bilinear"), bil, atol=1e-6)
+    assert torch.allclose(downsample_depth(depth, 16, "area"), F.avg_pool2d(depth[None, None], 16)[0, 0], atol=1e-6)
+    assert torch.equal(downsample_depth(depth, 16, "nearest"), depth[8::16, 8::16])
+    blocks = depth.reshape(4, 16, 6, 16).permute(0, 2, 1, 3).reshape(4, 6, 256)
+    assert torch.equal(downsample_depth(depth, 16, "median"), blocks.median(-1).values)
+    # invalid pixels never become plausible depth
+    bad = depth.clone()
+    bad[7, 7] = float("nan")  # a bilinear tap of cell (0, 0)
+    bad[20, 20] = -1.0  # inside cell (1, 1) but not a bilinear tap
+    for m in ("bilinear", "area"):
+        assert torch.isnan(downsample_depth(bad, 16, m)[0, 0])
+    assert torch.isfinite(downsample_depth(bad, 16, "bilinear")[1, 1])
+    assert torch.isnan(downsample_depth(bad, 16, "area")[1, 1])
+    # sparse dropouts: bilinear loses fewer cells than area pooling (paper appendix)
+    sparse = depth.clone()
+    sparse[torch.rand(64, 96, generator=g) < 0.02] = 0.0
+    rates = hole_rate(sparse, 16)
+    assert rates["bilinear"]["hole_rate"] < rates["area"]["hole_rate"]
+
+
+def test_save_load_roundtrip_and_corrupt_files(tmp_path):
+    cam = Camera.from_fov(64, 96, 60, look_at([0, 0, 0], [1, 0, 0]))
+    mem = LatentSpatialMemory()
+    mem.insert(torch.randn(48, 4, 6), torch.rand(64, 96) + 1, cam)
+    path = tmp_path / "mem.safetensors"
+    mem.save(path)
+    other = LatentSpatialMemory()
+    other.load(path)
+    assert torch.equal(other.points, mem.points) and torch.equal(other.features, mem.features)
+    assert torch.equal(other.read(cam).latent, mem.read(cam).latent)
+
+    target = LatentSpatialMemory()
+    target.insert(torch.randn(48, 4, 6), torch.rand(64, 96) + 2, cam)
+    snap = snapshot(target)
+    (tmp_path / "garbage.safetensors").write_bytes(b"\x00\x01not a safetensors file" * 10)
+    truncated = tmp_path / "trunc.safetensors"
+    truncated.write_bytes(path.read_bytes()[:-100])
+    for bad in (tmp_path / "garbage.safetensors", truncated, tmp_path / "missing.safetensors"):
+        with pytest.raises(MemoryFileError, match="path"):
+            target.load(bad)
+        assert_unchanged(target, snap)
+    with pytest.raises(MemoryFileError, match="channels"):
+        LatentSpatialMemory(channels=16).load(path)
+    from safetensors.torch import save_file
+
+    save_file({"points": torch.zeros(3, 3)}, str(tmp_path / "nofeat.safetensors"))
+    with pytest.raises(MemoryFileError, match="features"):
+        target.load(tmp_path / "nofeat.safetensors")
+    assert_unchanged(target, snap)
+
+
+def test_bad_inputs_raise_by_name_and_leave_memory_unchanged():
+    cam = Camera.from_fov(64, 96, 60, look_at([0, 0, 0], [1, 0, 0]))
+    mem = LatentSpatialMemory(max_points=30)
+    mem.insert(torch.randn(48, 4, 6), torch.full((64, 96), 2.0), cam)
+    snap = snapshot(mem)
+    good_latent, good_depth = torch.randn(48, 4, 6), torch.full((64, 96), 1.0)
+    nan_latent = good_latent.clone()
+    nan_latent[0, 0, 0] = float("nan")
+    cases = [
+        ((torch.randn(48, 5, 6), good_depth, cam), {}, "latent: expected shape"),
+        ((nan_latent, good_depth, cam), {}, "latent: contains NaN"),
+        ((good_latent.int(), good_depth, cam), {}, "latent: expected a floating-point"),
+        ((good_latent, torch.ones(10, 10), cam), {}, "depth: expected shape"),
+        ((good_latent, good_depth, "camera"), {}, "camera"),
+        ((good_latent, good_depth, cam), {"exclude": torch.zeros(64, 96)}, "exclude: expected a bool"),
+        ((good_latent, good_depth, cam), {"exclude": torch.zeros(3, 3, dtype=torch.bool)}, "exclude: expected shape"),
+        ((good_latent, good_depth, cam), {}, "max_points"),  # 24 new points exceed the cap of 30
+    ]
+    for args, kwargs, message in cases:
+        with pytest.raises(MemoryError_, match=message):
+            mem.insert(*args, **kwargs)
+        assert_unchanged(mem, snap)
+    odd = Camera.from_fov(60, 96, 60)
+    with pytest.raises(GeometryError, match="divisible"):
+        mem.insert(good_latent, torch.ones(60, 96), odd)
+    assert_unchanged(mem, snap)
+    with pytest.raises(MemoryError_, match="depth_downsample"):
+        LatentSpatialMemory(depth_downsample="cubic")
+
+
+def test_nan_inf_negative_depth_cells_are_not_lifted():
+    cam = Camera.from_fov(32, 32, 60)
+    mem = LatentSpatialMemory()
+    d = torch.tensor([[float("nan"), float("inf")], [-1.0, 2.0]])
+    assert mem.insert(torch.randn(48, 2, 2), d, cam) == 1
+    assert torch.isfinite(mem.points).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_matches_cpu():
+    g = torch.Generator().manual_seed(5)
+    cam = Camera.from_fov(128, 192, 70, look_at([0, 0, 0], [1, 0.2, 0]))
+    latents = [torch.randn(48, 8, 12, generator=g) for _ in range(3)]
+    depths = [torch.rand(128, 192, generator=g) * 3 + 1 for _ in range(3)]
+    cpu, gpu = LatentSpatialMemory(), LatentSpatialMemory(device="cuda")
+    for lat, d in zip(latents, depths):
+        cpu.insert(lat, d, cam)
+        gpu.insert(lat.cuda(), d.cuda(), cam)
+    a, b = cpu.read(cam), gpu.read(cam)
+    assert torch.equal(a.index, b.index.cpu()) and torch.equal(a.latent, b.latent.cpu())

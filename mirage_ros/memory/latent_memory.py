@@ -82,7 +82,8 @@ class LatentSpatialMemory:
         stride: VAE spatial stride s (16 for Wan2.2); images are H x W, latents H/s x W/s.
         depth_downsample: ``bilinear`` (paper default) | ``nearest`` | ``area`` | ``median``.
         device: where points, features and the index live (CPU or CUDA; same code).
-        feature_dtype: storage dtype of features (bfloat16 halves memory; float32 is exact).
+        feature_dtype: storage dtype of features (bfloat16 halves memory; float32 is exact; uint8
+            serves RGB point caches, whose "latent" is the image itself at stride 1).
         dedup: skip cells that re-observe stored surface (bounded growth).
         dedup_tolerance: relative depth agreement that counts as the same surface.
         on_revisit: ``keep`` | ``refresh`` (see module docstring).
@@ -115,8 +116,8 @@ class LatentSpatialMemory:
             raise MemoryError_(f"on_revisit: expected 'keep' or 'refresh', got {on_revisit!r}")
         if isinstance(feature_dtype, str):
             feature_dtype = getattr(torch, feature_dtype)
-        if feature_dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise MemoryError_(f"feature_dtype: expected float32, bfloat16 or float16, got {feature_dtype}")
+        if feature_dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.uint8):
+            raise MemoryError_(f"feature_dtype: expected float32, bfloat16, float16 (or uint8 for colour caches), got {feature_dtype}")
         self.channels, self.stride = int(channels), int(stride)
         self.depth_downsample = depth_downsample
         self.device = torch.device(device)

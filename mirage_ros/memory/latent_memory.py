@@ -249,6 +249,24 @@ class LatentSpatialMemory:
         self.last_insert = {"admissible": n_adm, "revisited": int(revisited.sum()), "added": n_new}
         return n_new
 
+    def add_points(self, points: torch.Tensor, features: torch.Tensor) -> int:
+        """Append raw points (N, 3) world and features (N, C) without de-duplication (imports,
+        benchmarks). Validated before any change; returns N."""
+        points = torch.as_tensor(points)
+        features = torch.as_tensor(features)
+        if points.ndim != 2 or points.shape[1] != 3:
+            raise MemoryError_(f"points: expected shape (N, 3), got {tuple(points.shape)}")
+        if features.shape != (points.shape[0], self.channels):
+            raise MemoryError_(f"features: expected shape ({points.shape[0]}, {self.channels}), got {tuple(features.shape)}")
+        if not torch.isfinite(points).all():
+            raise MemoryError_("points: contains NaN or inf")
+        if features.is_floating_point() and not torch.isfinite(features).all():
+            raise MemoryError_("features: contains NaN or inf")
+        if self.max_points is not None and self._n + points.shape[0] > self.max_points:
+            raise MemoryError_(f"max_points: adding {points.shape[0]} points would exceed the cap of {self.max_points}")
+        self._append(points.to(self.device, torch.float32), features.to(self.device, self.feature_dtype))
+        return int(points.shape[0])
+
     def _append(self, pts: torch.Tensor, feats: torch.Tensor) -> None:
         n, m = self._n, pts.shape[0]
         if n + m > self._xyz.shape[0]:

@@ -1,0 +1,35 @@
+"""A sort-then-assign readout in the manner the official code describes (for benchmarks only).
+
+World -> camera -> pinhole, cells by *rounding*, keep in-bounds and z > 0, argsort every point
+by depth far-to-near, then one indexed assignment where the last write should win. PyTorch
+documents indexed assignment with repeated indices as undefined, so "frontmost wins" is not
+guaranteed; ``LatentSpatialMemory.read`` is the exact, sort-free replacement. Written from the
+description in shared/notes/landscape.md, not from the official source.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..geometry import Camera
+
+__all__ = ["sort_assign_readout"]
+
+
+def sort_assign_readout(points: torch.Tensor, features: torch.Tensor, camera: Camera, stride: int = 16):
+    """points (N, 3), features (N, C) -> (latent (C, h, w), mask (h, w))."""
+    h, w = camera.latent_size(stride)
+    Kl = camera.latent_K(stride).to(points.device, torch.float32)
+    E = camera.world_to_camera.to(points.device, torch.float32)
+    cam = points @ E[:3, :3].T + E[:3, 3]
+    z = cam[:, 2]
+    pix = cam @ Kl.T
+    u = torch.round(pix[:, 0] / z).long()
+    v = torch.round(pix[:, 1] / z).long()
+    keep = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    u, v, z, f = u[keep], v[keep], z[keep], features[keep]
+    order = torch.argsort(z, descending=True)  # far first, so nearer points are written later
+    latent = torch.zeros((h * w, features.shape[1]), dtype=features.dtype, device=points.device)
+    latent[(v * w + u)[order]] = f[order]
+    mask = torch.zeros(h * w, dtype=torch.bool, device=points.device)
+    mask[v * w + u] = True
+    return latent.T.reshape(-1, h, w), mask.view(h, w)

@@ -323,7 +323,7 @@ class LatentSpatialMemory:
             blocks = vis.nonzero().squeeze(1)
             n_tail = n - ix.n_indexed
             n_vis = int(ix.counts[blocks].sum())
-            if not self.occlusion_culling:
+            if not self.occlusion_culling or n_vis + n_tail <= 2 * self.first_round_points:
                 if n_vis + n_tail >= 0.6 * n:
                     self._scatter(best, P, h, w, None)
                 else:

@@ -1,0 +1,119 @@
+"""Backbone + side branch in one forward pass over a sequence of frame roles.
+
+``MirageTransformer`` owns a diffusers ``WanTransformer3DModel`` (the Wan2.2-TI2V-5B backbone,
+LoRA goes on it) and an optional ``MirageSideBranch``. Its forward reuses the backbone's own
+modules step by step (patch embedding, condition embedder, blocks, output head) and changes only
+what Mirage needs: segment-aware rotary positions for targets / preceding / references, one
+timestep per token, and the side branch's hints added after the chosen layers to the conditioned
+tokens (targets + preceding; references get none, as in the official code).
+
+With no preceding or reference frames, no side branch and the ``official`` rope layout, the output
+equals ``WanTransformer3DModel.forward`` with per-token timesteps (tested).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .frame_roles import FrameRoles, segment_rotary_embedding
+
+__all__ = ["MirageTransformer"]
+
+
+class MirageTransformer(nn.Module):
+    """``backbone`` (WanTransformer3DModel) + ``side_branch`` (MirageSideBranch or None).
+
+    ``rope_layout``: ``official`` | ``chronological`` (see ``frame_roles``).
+    """
+
+    def __init__(self, backbone, side_branch=None, rope_layout: str = "official"):
+        super().__init__()
+        self.backbone = backbone
+        self.side_branch = side_branch
+        self.rope_layout = rope_layout
+        if side_branch is not None:
+            n = backbone.config.num_layers
+            if side_branch.config.num_backbone_layers != n:
+                raise ValueError(f"side branch: built for {side_branch.config.num_backbone_layers} backbone blocks, the backbone has {n}")
+            if side_branch.blocks[0].attn1.inner_dim != backbone.blocks[0].attn1.inner_dim:
+                raise ValueError("side branch: hidden size differs from the backbone's")
+
+    @property
+    def device(self):
+        return self.backbone.device
+
+    @property
+    def dtype(self):
+        return self.backbone.dtype
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        frame_timesteps: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        roles: FrameRoles,
+        control: Optional[torch.Tensor] = None,
+        control_mask: Optional[torch.Tensor] = None,
+        hint_scale: float = 1.0,
+    ) -> torch.Tensor:
+        """Flow prediction (B, C, F, h, w) for latents (B, C, F, h, w) laid out by ``roles``.
+
+        frame_timesteps (F,) or (B, F): one timestep per frame, expanded to its tokens.
+        encoder_hidden_states (B, L, text_dim) prompt embeddings.
+        control (B, C_in, T+P, h, w) / control_mask (B, 1, T+P, h, w): side-branch input for the
+        conditioned frames; ignored (no hints) when None or when there is no side branch.
+        """
+        bb = self.backbone
+        B, _, F, h, w = latents.shape
+        if F != roles.num_frames:
+            raise ValueError(f"latents: {F} frames, roles describe {roles.num_frames}")
+        p_t, p_h, p_w = bb.config.patch_size
+        gh, gw = h // p_h, w // p_w
+        per_frame = gh * gw
+        dtype = bb.dtype
+
+        rotary = segment_rotary_embedding(roles, (gh, gw), bb.config.attention_head_dim, self.rope_layout,
+                                          device=latents.device)
+        x = bb.patch_embedding(latents.to(dtype)).flatten(2).transpose(1, 2).contiguous()  # (B, S, D)
+        S = x.shape[1]
+
+        ft = frame_timesteps.to(latents.device, torch.float32)
+        if ft.ndim == 1:
+            ft = ft.expand(B, F)
+        timestep = ft.repeat_interleave(per_frame, dim=1)  # (B, S): one per token
+        temb, tproj, text, _ = bb.condition_embedder(timestep.flatten(), encoder_hidden_states.to(dtype), None,
+                                                     timestep_seq_len=S)
+        tproj = tproj.unflatten(2, (6, -1))  # (B, S, 6, D)
+
+        hints = {}
+        sb = self.side_branch
+        if sb is not None and control is not None:
+            n = roles.num_conditioned * per_frame
+            ctrl = sb.embed(control, control_mask, bb.patch_embedding)
+            rot_c = (rotary[0][:, :n], rotary[1][:, :n])
+            for layer, hint in zip(sb.config.layers, sb(ctrl, x[:, :n], text, tproj[:, :n], rot_c)):
+                hints[layer] = hint
+
+        for i, block in enumerate(bb.blocks):
+            if torch.is_grad_enabled() and bb.gradient_checkpointing:
+                x = bb._gradient_checkpointing_func(block, x, text, tproj, rotary)
+            else:
+                x = block(x, text, tproj, rotary)
+            if i in hints:
+                hint = hints[i].to(x.dtype) * hint_scale
+                n = hint.shape[1]
+                x = x + hint if n == S else torch.cat([x[:, :n] + hint, x[:, n:]], dim=1)
+
+        shift, scale = (bb.scale_shift_table.unsqueeze(0).to(temb.device) + temb.unsqueeze(2)).chunk(2, dim=2)
+        x = (bb.norm_out(x.float()) * (1 + scale.squeeze(2)) + shift.squeeze(2)).type_as(x)
+        x = bb.proj_out(x)
+        x = x.reshape(B, F // p_t, gh, gw, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    def num_parameters(self) -> dict:
+        n_bb = sum(p.numel() for p in self.backbone.parameters())
+        n_sb = sum(p.numel() for p in self.side_branch.parameters()) if self.side_branch is not None else 0
+        return {"backbone": n_bb, "side_branch": n_sb}
+

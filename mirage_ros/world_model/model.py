@@ -1,0 +1,357 @@
+"""``MirageWorldModel``: the pieces one rollout needs, built or loaded in one place.
+
+- ``transformer``: ``MirageTransformer`` = Wan2.2-TI2V-5B backbone (+ LoRA) + Mirage side branch;
+- ``codec``: the Wan2.2 VAE (``WanVAECodec``) in image mode for the memory, plus video-mode
+  ``decode_video`` / ``encode_video`` here (33 RGB frames <-> 9 latents, first frame alone);
+- ``text``: ``PromptEncoder`` (UMT5, or none: empty / precomputed embeddings);
+- ``sampler``: ``FlowUniPCSampler``.
+
+Builders: ``MirageWorldModel.build("tiny" | "full", ...)`` (random weights, the real classes) and
+``MirageWorldModel.from_pretrained(folder, side_branch=..., lora=...)``. bf16 on GPU by default,
+``offload=True`` keeps each component on the CPU until its stage runs, ``vae_tiling=True`` decodes
+in tiles (smaller GPUs).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+
+from .configs import SIDE_BRANCH_LAYOUTS, TINY_VAE_OVERRIDES, transformer_config
+from .frame_roles import FrameRoles
+from .sampler import FlowUniPCSampler
+from .text import PromptEncoder
+
+__all__ = ["MirageWorldModel", "cast_keep_fp32", "build_random"]
+
+KEEP_FP32 = ("scale_shift_table", "norm1", "norm2", "norm3", "norm_out", "time_embedder")
+
+
+def cast_keep_fp32(model: torch.nn.Module, dtype: Optional[torch.dtype]) -> torch.nn.Module:
+    """Cast parameters to ``dtype`` but keep modulation tables, norms and the time embedder in
+    float32 (as diffusers' ``_keep_in_fp32_modules`` does for Wan)."""
+    if dtype is None:
+        return model
+    for name, p in model.named_parameters():
+        keep = dtype != torch.float32 and any(part in KEEP_FP32 for part in name.split("."))
+        target = torch.float32 if keep else dtype
+        if p.dtype != target:
+            p.data = p.data.to(target)
+    return model
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(prev)
+
+
+def build_random(cls, config: Dict, device="cpu", dtype=torch.float32, seed: int = 0):
+    """Instantiate ``cls(**config)`` with random weights directly in ``dtype`` on ``device`` (a 5B
+    model in bf16 never passes through float32)."""
+    with torch.random.fork_rng(devices=[]), _default_dtype(dtype), torch.device(device):
+        torch.manual_seed(seed)
+        model = cls(**config)
+    return cast_keep_fp32(model, dtype).eval()
+
+
+def _default_dtype_for(device) -> torch.dtype:
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+class MirageWorldModel:
+    """See module docstring. ``layout``: ``paper`` | ``official`` (from the side branch)."""
+
+    def __init__(self, transformer, codec, text: PromptEncoder, sampler: Optional[FlowUniPCSampler] = None,
+                 device="cpu", offload: bool = False, description: str = ""):
+        from .codec import WanVAECodec
+
+        if not isinstance(codec, WanVAECodec):
+            raise TypeError("codec: the world model needs the Wan2.2 VAE (WanVAECodec); the thumbnail codec has no video mode")
+        self.transformer, self.codec, self.text = transformer, codec, text
+        self.sampler = sampler or FlowUniPCSampler()
+        self.device = torch.device(device)
+        self.offload = offload
+        self.description = description
+        self._score_cache: Dict[Tuple[int, int, int], torch.Tensor] = {}
+        bb = transformer.backbone.config
+        if text.text_dim != bb.text_dim:
+            raise ValueError(f"text encoder: text_dim {text.text_dim} != backbone text_dim {bb.text_dim}")
+        if codec.channels != bb.in_channels:
+            raise ValueError(f"VAE: {codec.channels} latent channels, the backbone takes {bb.in_channels}")
+
+    # -- description ---------------------------------------------------------------------------
+    @property
+    def layout(self) -> Optional[str]:
+        sb = self.transformer.side_branch
+        if sb is None:
+            return None
+        return "official" if sb.patch_embedding is not None else "paper"
+
+    @property
+    def channels(self) -> int:
+        return self.codec.channels
+
+    @property
+    def stride(self) -> int:
+        return self.codec.stride
+
+    @property
+    def temporal_stride(self) -> int:
+        return self.codec.temporal_stride
+
+    # -- builders ------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, config: str = "tiny", layout: str = "paper", device="cpu", dtype: Optional[torch.dtype] = None,
+              seed: int = 0, side_branch_init: str = "zero", rope_layout: str = "official",
+              sampler: Optional[FlowUniPCSampler] = None, offload: bool = False) -> "MirageWorldModel":
+        """Random weights with the real classes. ``config``: ``tiny`` (toy sizes) | ``full`` (5B TI2V + the
+        704.7M-parameter Wan2.2 VAE). ``side_branch_init``: ``zero`` (as trained from) | ``random``
+        (non-zero output projections, so the readout visibly acts) | ``none`` (no side branch)."""
+        from diffusers import WanTransformer3DModel
+
+        from .codec import WanVAECodec
+        from .side_branch import MirageSideBranch
+        from .transformer import MirageTransformer
+
+        dtype = dtype or _default_dtype_for(device)
+        home = "cpu" if offload else device
+        bb_cfg = transformer_config(config)
+        backbone = build_random(WanTransformer3DModel, bb_cfg, device=home, dtype=dtype, seed=seed)
+        side = None
+        if side_branch_init != "none":
+            side = MirageSideBranch.from_backbone(backbone, layout)
+            if side_branch_init == "random":
+                side.randomize_output_projections(seed=seed + 1)
+            elif side_branch_init != "zero":
+                raise ValueError(f"side_branch_init: expected zero, random or none, got {side_branch_init!r}")
+        vae_overrides = dict(TINY_VAE_OVERRIDES) if config == "tiny" else {}
+        vae_dtype = torch.float32 if torch.device(device).type == "cpu" else dtype
+        codec = WanVAECodec.random(seed=seed + 2, device=home, dtype=vae_dtype, **vae_overrides)
+        text = PromptEncoder(text_dim=bb_cfg["text_dim"], device=home, dtype=dtype)
+        desc = (f"Mirage world model, {config} configuration with RANDOM weights (no trained weights loaded): "
+                f"{layout} side branch ({side_branch_init} init), generates noise-like video")
+        return cls(MirageTransformer(backbone, side, rope_layout), codec, text, sampler, device=device,
+                   offload=offload, description=desc)
+
+    @classmethod
+    def from_pretrained(cls, weights: Union[str, Path], side_branch: Optional[Union[str, Path]] = None,
+                        lora: Optional[Union[str, Path]] = None, layout: str = "paper", device="cuda",
+                        dtype: Optional[torch.dtype] = None, offload: bool = False, vae_tiling: bool = False,
+                        text_encoder: bool = True, rope_layout: str = "official",
+                        sampler: Optional[FlowUniPCSampler] = None) -> "MirageWorldModel":
+        """Load Wan2.2-TI2V-5B from ``weights`` (diffusers or original layout, detected), the side
+        branch from ``side_branch`` (ours or official; None = a fresh zero-initialised branch in
+        ``layout``) and LoRA from ``lora`` (ours or official)."""
+        from .checkpoints import detect_layout, load_side_branch
+        from .lora import load_lora
+        from .side_branch import MirageSideBranch
+        from .transformer import MirageTransformer
+
+        dtype = dtype or _default_dtype_for(device)
+        home = "cpu" if offload else device
+        folder = Path(weights)
+        kind = detect_layout(folder)
+        backbone = _load_backbone(folder, kind, home, dtype)
+        codec = _load_vae(folder, kind, home, torch.float32 if torch.device(device).type == "cpu" else dtype, vae_tiling)
+        if text_encoder:
+            text = PromptEncoder.from_pretrained(folder, device=home, dtype=dtype)
+        else:
+            text = PromptEncoder(text_dim=backbone.config.text_dim, device=home, dtype=dtype)
+        if side_branch is not None:
+            side = load_side_branch(side_branch, backbone, device=home, dtype=dtype)
+        else:
+            side = MirageSideBranch.from_backbone(backbone, layout)
+        if lora is not None:
+            load_lora(backbone, lora)
+        desc = (f"Mirage world model: Wan2.2-TI2V-5B from {folder} ({kind} layout), side branch "
+                f"{side_branch or 'FRESH (zero-initialised, untrained)'}, LoRA {lora or 'none'}")
+        return cls(MirageTransformer(backbone, side, rope_layout), codec, text, sampler, device=device,
+                   offload=offload, description=desc)
+
+    # -- device placement ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def on_device(self, module):
+        """With ``offload``, move ``module`` to the device for the duration of a stage."""
+        if not self.offload or self.device.type == "cpu":
+            yield module
+            return
+        module.to(self.device)
+        try:
+            yield module
+        finally:
+            module.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    # -- VAE in video mode -----------------------------------------------------------------------
+    @torch.no_grad()
+    def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
+        """(T, C, h, w) normalised latents -> (1 + 4(T-1), 3, H, W) float RGB in [0, 1]."""
+        codec = self.codec
+        with self.on_device(codec.vae):
+            z = codec.denormalize(latents.to(codec.vae.device)).permute(1, 0, 2, 3)[None]  # (1, C, T, h, w)
+            x = codec.vae.decode(z.to(codec.dtype)).sample[0]  # (3, F, H, W) in [-1, 1]
+        return x.float().permute(1, 0, 2, 3).add(1.0).mul(0.5).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """(1 + 4(T-1), 3, H, W) RGB in [0, 1] -> (T, C, h, w) normalised latents (posterior mean)."""
+        codec = self.codec
+        with self.on_device(codec.vae):
+            x = frames.to(codec.vae.device, codec.dtype).mul(2.0).sub(1.0).permute(1, 0, 2, 3)[None]
+            mu = codec.vae.encode(x).latent_dist.mean[0].permute(1, 0, 2, 3)  # (T, C, h, w)
+        return codec.normalize(mu)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [0, 1] -> (N, C, h, w): image mode, each frame alone (memory features)."""
+        with self.on_device(self.codec.vae):
+            return self.codec.encode(images.to(self.codec.vae.device))
+
+    def score_latents(self, num_frames: int, height: int, width: int) -> torch.Tensor:
+        """(T, C, h, w): the VAE encoding of an all-ones video (official layout's 2nd half of the
+        96-channel control), cached per shape."""
+        key = (num_frames, height, width)
+        if key not in self._score_cache:
+            ones = torch.ones(1 + 4 * (num_frames - 1), 3, height, width)
+            self._score_cache[key] = self.encode_video(ones).cpu()
+        return self._score_cache[key]
+
+    # -- one chunk -----------------------------------------------------------------------------
+    def control_inputs(self, readouts: torch.Tensor, masks: torch.Tensor, image_size: Tuple[int, int]):
+        """Side-branch input for readouts (F_c, C, h, w) and masks (F_c, h, w) -> control
+        (1, C_in, F_c, h, w) and mask (1, 1, F_c, h, w) (or None), per the branch's layout."""
+        sb = self.transformer.side_branch
+        if sb is None:
+            return None, None
+        z = (readouts.float() * masks[:, None].float()).permute(1, 0, 2, 3)[None]
+        m = masks.float()[None, None]
+        if sb.config.in_channels == 2 * self.channels:  # official: readout + encoded all-ones score video
+            score = self.score_latents(readouts.shape[0], *image_size).to(z.device).permute(1, 0, 2, 3)[None]
+            z = torch.cat([z, score.float()], dim=1)
+        elif sb.config.in_channels != self.channels:
+            raise ValueError(f"side branch: {sb.config.in_channels} input channels fit neither layout "
+                             f"({self.channels} or {2 * self.channels})")
+        return z, (m if sb.mask_embedding is not None else None)
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        clean_targets: torch.Tensor,
+        num_targets: int,
+        readouts: torch.Tensor,
+        masks: torch.Tensor,
+        image_size: Tuple[int, int],
+        prompt_embeds: torch.Tensor,
+        preceding: Optional[torch.Tensor] = None,
+        references: Optional[torch.Tensor] = None,
+        negative_embeds: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        progress=None,
+    ) -> torch.Tensor:
+        """Generate one chunk's target latents (T, C, h, w).
+
+        clean_targets (k, C, h, w): the first k targets, known and clean (t = 0);
+        readouts (T+P, C, h, w) / masks (T+P, h, w): memory readouts of targets then preceding;
+        preceding (P, C, h, w), references (R, C, h, w): clean context latents.
+        Noise is drawn on the CPU from ``generator`` so a seed gives the same frames on any device.
+        """
+        C, h, w = clean_targets.shape[1:]
+        P = 0 if preceding is None else preceding.shape[0]
+        R = 0 if references is None else references.shape[0]
+        roles = FrameRoles(num_targets, P, R, clean_targets.shape[0])
+        if readouts.shape[0] != roles.num_conditioned:
+            raise ValueError(f"readouts: {readouts.shape[0]} frames, expected targets + preceding = {roles.num_conditioned}")
+        tr = self.transformer
+        with self.on_device(tr):
+            dev, dt = tr.device, tr.dtype
+            ctx = [x.permute(1, 0, 2, 3)[None].to(dev, torch.float32) for x in (preceding, references) if x is not None and x.shape[0]]
+            control, cmask = self.control_inputs(readouts.to(dev), masks.to(dev), image_size)
+            cond = prompt_embeds.to(dev, dt)
+            uncond = (negative_embeds if negative_embeds is not None else torch.zeros_like(prompt_embeds)).to(dev, dt)
+
+            def predict(x, t, conditional: bool):
+                seq = torch.cat([x] + ctx, dim=2)
+                ft = roles.frame_timesteps(t, device=dev)
+                out = tr(seq, ft, cond if conditional else uncond, roles, control, cmask)
+                return out[:, :, :num_targets]
+
+            noise = torch.randn((1, C, num_targets, h, w), generator=generator, dtype=torch.float32).to(dev)
+            clean = clean_targets.permute(1, 0, 2, 3)[None].to(dev, torch.float32)
+            x = self.sampler.sample(predict, noise, clean, progress=progress)
+        return x[0].permute(1, 0, 2, 3).float().cpu()
+
+    def summary(self) -> Dict:
+        n = self.transformer.num_parameters()
+        return {
+            "description": self.description,
+            "layout": self.layout,
+            "side_branch_layers": list(self.transformer.side_branch.config.layers) if self.transformer.side_branch is not None else [],
+            "parameters": {**n, "vae": sum(p.numel() for p in self.codec.vae.parameters())},
+            "sampler": {"steps": self.sampler.steps, "shift": self.sampler.shift, "guidance_scale": self.sampler.guidance_scale},
+            "dtype": str(self.transformer.dtype).replace("torch.", ""),
+            "device": str(self.device),
+        }
+
+
+# -- loading helpers -------------------------------------------------------------------------------
+
+def _load_backbone(folder: Path, kind: str, device, dtype):
+    from accelerate import init_empty_weights
+    from diffusers import WanTransformer3DModel
+
+    from .checkpoints import (check_state_dict, convert_wan_transformer_to_diffusers, original_transformer_config,
+                              read_state_dict)
+
+    if kind == "diffusers":
+        src = folder / "transformer"
+        cfg_path = src / "config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"transformer: {cfg_path} is missing")
+        cfg = {k: v for k, v in json.loads(cfg_path.read_text()).items() if not k.startswith("_")}
+        state = read_state_dict(src)
+    else:
+        src = folder
+        cfg_path = folder / "config.json"
+        cfg = original_transformer_config(json.loads(cfg_path.read_text()) if cfg_path.is_file() else {})
+        state = convert_wan_transformer_to_diffusers(read_state_dict(sorted(folder.glob("diffusion_pytorch_model*.safetensors"))),
+                                                     source=str(folder))
+    with init_empty_weights():
+        model = WanTransformer3DModel(**cfg)
+    check_state_dict(model, state, src, what="Wan2.2 transformer")
+    model.load_state_dict(state, strict=True, assign=True)
+    model.to(device)
+    return cast_keep_fp32(model, dtype).eval().requires_grad_(False)
+
+
+def _load_vae(folder: Path, kind: str, device, dtype, tiling: bool):
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKLWan
+
+    from .checkpoints import check_state_dict, convert_wan22_vae_to_diffusers, read_state_dict
+    from .codec import WanVAECodec
+
+    if kind == "diffusers":
+        return WanVAECodec.from_pretrained(folder / "vae", device=device, dtype=dtype, tiling=tiling)
+    pth = folder / "Wan2.2_VAE.pth"
+    files = [pth] if pth.is_file() else sorted(folder.glob("Wan2.2_VAE*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"VAE: {pth} (original Wan2.2 layout) is missing")
+    state = convert_wan22_vae_to_diffusers(read_state_dict(files[0]), source=str(files[0]))
+    with init_empty_weights():
+        vae = AutoencoderKLWan(**WanVAECodec.default_config())
+    check_state_dict(vae, state, files[0], what="Wan2.2 VAE")
+    vae.load_state_dict(state, strict=True, assign=True)
+    return WanVAECodec(vae.float(), device=device, dtype=dtype, tiling=tiling)
+
+
+def available_layouts():
+    return sorted(SIDE_BRANCH_LAYOUTS)

@@ -392,6 +392,7 @@ def load_side_branch(path: PathLike, backbone, device=None, dtype=None):
             meta = f.metadata() or {}
     if SIDE_BRANCH_METADATA_KEY in meta:
         cfg = json.loads(meta[SIDE_BRANCH_METADATA_KEY])
+        cfg = {k: tuple(v) if k in ("layers", "patch_size") else v for k, v in cfg.items()}
         what = "side branch"
     else:
         state = convert_official_side_branch(state, source=str(path))

@@ -44,7 +44,9 @@ def add_lora(backbone, rank: int = 64, alpha: Optional[float] = None, dropout: f
         raise ValueError(f"rank: expected >= 1, got {rank}")
     cfg = LoraConfig(r=int(rank), lora_alpha=float(alpha if alpha is not None else rank), lora_dropout=float(dropout),
                      target_modules=list(targets), init_lora_weights=True)
+    was_training = backbone.training
     backbone.add_adapter(cfg, adapter_name=adapter_name)
+    backbone.train(was_training)  # new LoRA dropout modules start in training mode: follow the model's mode
 
 
 def lora_state_dict(backbone, adapter_name: str = "default") -> Dict[str, torch.Tensor]:

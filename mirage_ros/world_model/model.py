@@ -346,11 +346,27 @@ def _load_vae(folder: Path, kind: str, device, dtype, tiling: bool):
     if not files:
         raise FileNotFoundError(f"VAE: {pth} (original Wan2.2 layout) is missing")
     state = convert_wan22_vae_to_diffusers(read_state_dict(files[0]), source=str(files[0]))
+    cfg = WanVAECodec.default_config()
+    cfg.update(_vae_sizes(state, cfg))
     with init_empty_weights():
-        vae = AutoencoderKLWan(**WanVAECodec.default_config())
+        vae = AutoencoderKLWan(**cfg)
     check_state_dict(vae, state, files[0], what="Wan2.2 VAE")
     vae.load_state_dict(state, strict=True, assign=True)
     return WanVAECodec(vae.float(), device=device, dtype=dtype, tiling=tiling)
+
+
+def _vae_sizes(state, cfg) -> Dict:
+    """base_dim, decoder_base_dim and num_res_blocks read off converted VAE weights (the original
+    .pth carries no config; the released file gives the Wan2.2 defaults)."""
+    out = {}
+    if "encoder.conv_in.weight" in state:
+        out["base_dim"] = int(state["encoder.conv_in.weight"].shape[0])
+    if "decoder.conv_in.weight" in state:
+        out["decoder_base_dim"] = int(state["decoder.conv_in.weight"].shape[0]) // int(cfg["dim_mult"][-1])
+    res = {k.split(".")[4] for k in state if k.startswith("encoder.down_blocks.0.resnets.")}
+    if res:
+        out["num_res_blocks"] = len(res)
+    return out
 
 
 def available_layouts():

@@ -62,6 +62,26 @@ def save_prompt_embeds(path: Union[str, Path], embeds: torch.Tensor) -> None:
     save_file({"prompt_embeds": embeds.detach().contiguous().cpu()}, str(path))
 
 
+def _umt5_config(state) -> dict:
+    """UMT5Config arguments read off converted weights (the .pth has no config; umt5-xxl gives the
+    ``UMT5_XXL_CONFIG`` values)."""
+    cfg = dict(UMT5_XXL_CONFIG)
+    emb = state.get("shared.weight")
+    if emb is not None:
+        cfg["vocab_size"], cfg["d_model"] = int(emb.shape[0]), int(emb.shape[1])
+    rel = state.get("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
+    if rel is not None:
+        cfg["relative_attention_num_buckets"], cfg["num_heads"] = int(rel.shape[0]), int(rel.shape[1])
+    q = state.get("encoder.block.0.layer.0.SelfAttention.q.weight")
+    if q is not None:
+        cfg["d_kv"] = int(q.shape[0]) // cfg["num_heads"]
+    wi = state.get("encoder.block.0.layer.1.DenseReluDense.wi_1.weight")
+    if wi is not None:
+        cfg["d_ff"] = int(wi.shape[0])
+    cfg["num_layers"] = len({k.split(".")[2] for k in state if k.startswith("encoder.block.")}) or cfg["num_layers"]
+    return cfg
+
+
 class PromptEncoder:
     """Text -> (1, 512, text_dim) embeddings. ``text_encoder``: a transformers ``UMT5EncoderModel``."""
 
@@ -105,7 +125,7 @@ class PromptEncoder:
             raise FileNotFoundError(f"tokenizer: {tok_dir} is missing (original Wan2.2 layout)")
         state = convert_wan_t5_to_umt5(read_state_dict(pth[0]), source=str(pth[0]))
         with torch.device("meta"):
-            encoder = UMT5EncoderModel(UMT5Config(**UMT5_XXL_CONFIG))
+            encoder = UMT5EncoderModel(UMT5Config(**_umt5_config(state)))
         check_state_dict(encoder, state, pth[0], what="Wan T5 text encoder", ignore=())
         encoder.load_state_dict(state, assign=True, strict=True)
         encoder.tie_weights()

@@ -1,0 +1,179 @@
+"""Algorithm 1 on the tiny world model: chunking, overlap, determinism, memory growth and masks.
+
+The scene is a textured wall at x = 5 m seen by a camera sliding sideways; its depth is exact
+(z-depth = 5 - camera x), so "simulator depth" is analytic and the world position of every
+excluded pixel is known: the test checks in world coordinates that no excluded surface ever
+enters the memory.
+"""
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from mirage_ros.geometry import Camera, backproject, look_at  # noqa: E402
+from mirage_ros.memory import LatentSpatialMemory  # noqa: E402
+from mirage_ros.world_model.backend import make_backend  # noqa: E402
+from mirage_ros.world_model.model import MirageWorldModel  # noqa: E402
+from mirage_ros.world_model.providers import as_depth_fn, as_mask_fn, memory_depth  # noqa: E402
+from mirage_ros.world_model.references import ReferenceSelector, voxel_iou, voxel_keys  # noqa: E402
+from mirage_ros.world_model.rollout import RolloutConfig, latent_chunks, rollout  # noqa: E402
+from mirage_ros.world_model.sampler import FlowUniPCSampler  # noqa: E402
+
+H, W = 64, 96
+WALL_X = 5.0
+EXCLUDE_BELOW_Y = 0.5  # the wall's part with world y < 0.5 is "dynamic" (never to be stored)
+
+
+def cameras(n, step=0.1):
+    return [Camera.from_fov(H, W, 70.0, look_at((0.0, step * i, 1.0), (WALL_X, step * i, 1.0))) for i in range(n)]
+
+
+def wall_depth(cam):
+    return torch.full((H, W), WALL_X - float(cam.center[0]))
+
+
+def sim_depth(frames, cams, memory):
+    assert frames.shape == (len(cams), H, W, 3) and frames.dtype == np.uint8
+    return torch.stack([wall_depth(c) for c in cams])
+
+
+def dynamic_mask(frames, cams):
+    out = []
+    for c in cams:
+        pts = backproject(wall_depth(c).double(), c.K, c.world_to_camera)  # (H, W, 3) world points of the pixels
+        out.append(pts[..., 1] < EXCLUDE_BELOW_Y)
+    return torch.stack(out)
+
+
+def first_image():
+    rng = np.random.default_rng(0)
+    return (rng.random((H, W, 3)) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return MirageWorldModel.build("tiny", layout="paper", side_branch_init="random", sampler=FlowUniPCSampler(steps=2))
+
+
+def run(model, n, seed=0, **kw):
+    cams = cameras(n)
+    mem = LatentSpatialMemory(48, 16)
+    res = rollout(model, first_image(), cams, mem, first_depth=wall_depth(cams[0]), first_exclude=dynamic_mask(None, cams[:1])[0],
+                  depth_provider=kw.pop("depth_provider", sim_depth), mask_provider=kw.pop("mask_provider", dynamic_mask),
+                  config=RolloutConfig(seed=seed, progress=False, **kw))
+    return res, mem
+
+
+def test_latent_chunks_overlap_by_one():
+    assert latent_chunks(97) == [(0, 8), (8, 16), (16, 24)]  # 33 + 32 + 32 frames
+    assert latent_chunks(70) == [(0, 8), (8, 16), (16, 18)]
+    assert latent_chunks(2) == [(0, 1)]
+    with pytest.raises(ValueError):
+        latent_chunks(1)
+
+
+def test_three_chunk_rollout_shapes_dtypes_and_no_duplicated_overlap(model):
+    n = 1 + 3 * 32
+    res, mem = run(model, n)
+    assert res.frames.shape == (n, H, W, 3) and res.frames.dtype == np.uint8
+    assert res.latents.shape == (25, 48, 4, 6) and res.latents.dtype == torch.float32
+    assert res.readouts.shape == (25, 48, 4, 6) and res.masks.shape == (25, 4, 6) and res.masks.dtype == torch.bool
+    emitted = [f for c in res.chunks for f in c["frames"]]
+    assert emitted == list(range(n))  # every frame once: the overlap frames 32 and 64 are not repeated
+    assert [c["latents"] for c in res.chunks] == [list(range(9)), list(range(9, 17)), list(range(17, 25))]
+    assert np.array_equal(res.frames[0], first_image())  # O <- {I_0}
+    assert len(res.timings) == 3
+    for t in res.timings:
+        assert set(t) >= {"readout", "denoise", "decode", "depth", "masks", "encode", "update"} and all(v >= 0 for v in t.values())
+    assert res.chunks[1]["preceding"] == [6, 7] and res.chunks[2]["preceding"] == [14, 15]
+    assert torch.isfinite(res.latents).all()
+
+
+def test_same_seed_same_frames(model):
+    a, _ = run(model, 40, seed=3)
+    b, _ = run(model, 40, seed=3)
+    c, _ = run(model, 40, seed=4)
+    assert np.array_equal(a.frames, b.frames) and torch.equal(a.latents, b.latents)
+    assert not np.array_equal(a.frames[1:], c.frames[1:])
+
+
+def test_memory_grows_each_chunk_and_excluded_cells_never_enter(model):
+    res, mem = run(model, 1 + 3 * 32)
+    added = [c["points_added"] for c in res.chunks]
+    assert all(a > 0 for a in added), added
+    pts = mem.points
+    assert pts.shape[0] > 0
+    assert float(pts[:, 1].min()) >= EXCLUDE_BELOW_Y  # nothing from the excluded part of the wall
+    assert torch.allclose(pts[:, 0], torch.full_like(pts[:, 0], WALL_X), atol=1e-3)  # all on the wall
+
+
+def test_without_exclusion_the_same_region_does_enter(model):
+    _, mem = run(model, 40, mask_provider=None)
+    assert float(mem.points[:, 1].min()) < EXCLUDE_BELOW_Y  # the check above is not vacuous
+
+
+def test_memory_depth_default_adds_no_unseen_surface(model):
+    res, mem = run(model, 40, depth_provider=None)
+    assert all(c["points_added"] == 0 for c in res.chunks)
+
+
+def test_official_layout_and_denoised_update(tmp_path):
+    m = MirageWorldModel.build("tiny", layout="official", side_branch_init="random", sampler=FlowUniPCSampler(steps=1))
+    res, mem = run(m, 9, update_source="denoised")
+    assert res.frames.shape == (9, H, W, 3) and m.layout == "official"
+    assert m.score_latents(3, H, W).shape == (3, 48, 4, 6)
+
+
+def test_mirage_backend_yields_chunks_for_the_requested_views_and_restores_memory():
+    be = make_backend("mirage", config="tiny", steps=1, side_branch_init="random", depth=sim_depth, masks=dynamic_mask)
+    assert be.generative and "RANDOM weights" in be.description
+    cams = cameras(41)
+    with pytest.raises(RuntimeError, match="observe"):
+        next(be.imagine(cams[1:]))
+    be.observe(first_image(), wall_depth(cams[0]).numpy(), cams[0])
+    n0 = be.memory.num_points
+    chunks = list(be.imagine(cams[1:]))
+    idx = [i for c in chunks for i in c.frame_indices]
+    assert idx == list(range(40))
+    for c in chunks:
+        k = len(c.frame_indices)
+        assert c.frames.shape == (k, H, W, 3) and c.masks.shape == (k, 4, 6) and c.readouts.shape == (k, 48, 4, 6)
+        assert c.cameras == [cams[1 + i] for i in c.frame_indices]
+    assert be.memory.num_points == n0  # imagined content did not stay
+
+
+def test_voxel_iou_and_reference_selection():
+    a = torch.tensor([[0.05, 0.05, 0.05], [0.15, 0.05, 0.05], [0.25, 0.05, 0.05]])
+    b = torch.tensor([[0.15, 0.05, 0.05], [0.25, 0.05, 0.05], [0.35, 0.05, 0.05], [0.45, 0.05, 0.05]])
+    assert len(voxel_keys(a, 0.1)) == 3
+    assert voxel_iou(voxel_keys(a, 0.1), voxel_keys(b, 0.1)) == pytest.approx(2 / 5)
+    sel = ReferenceSelector(max_references=2, iou_threshold=0.3, voxel_size=0.1)
+    sel.remember(0, a)
+    sel.remember(1, b)
+    sel.remember(2, torch.tensor([[9.0, 9.0, 9.0]]))
+    assert sel.select(a) == [(0, 1.0), (1, pytest.approx(0.4))]
+    assert sel.select(a, exclude=[0]) == [(1, pytest.approx(0.4))]
+
+
+def test_provider_hooks_accept_perception_objects():
+    class Depth:
+        name = "fake-da3"
+
+        def estimate(self, frames, cams, memory=None):
+            return torch.ones(len(cams), H, W) * 2, torch.ones(len(cams), H, W)
+
+    class Masks:
+        def masks(self, frames, cams, labels=None):
+            return torch.zeros(len(cams), H, W, dtype=torch.bool)
+
+    cams = cameras(2)
+    frames = np.zeros((2, H, W, 3), np.uint8)
+    assert as_depth_fn(Depth())(frames, cams, None).shape == (2, H, W)
+    assert as_mask_fn(Masks())(frames, cams).dtype == torch.bool
+    assert as_mask_fn(None)(frames, cams) is None
+    mem = LatentSpatialMemory(48, 16)
+    d = memory_depth(frames, cams, mem)
+    assert d.shape == (2, 4, 6) and torch.isinf(d).all()
+    with pytest.raises(TypeError):
+        as_mask_fn(lambda f, c: torch.zeros(2, H, W))(frames, cams)

@@ -177,3 +177,21 @@ def test_provider_hooks_accept_perception_objects():
     assert d.shape == (2, 4, 6) and torch.isinf(d).all()
     with pytest.raises(TypeError):
         as_mask_fn(lambda f, c: torch.zeros(2, H, W))(frames, cams)
+
+
+def test_bench_rollout_tiny_writes_the_documented_schema(tmp_path):
+    import json
+
+    from mirage_ros.cli import main
+
+    path = tmp_path / "rollout.json"
+    assert main(["bench", "rollout", "--config", "tiny", "--device", "cpu", "--json", str(path),
+                 "--resolution", "64x96", "--chunks", "2", "--steps", "2"]) == 0
+    r = json.loads(path.read_text())
+    assert r["config"] == "tiny" and r["device"] == "cpu" and r["resolution"] == [64, 96]
+    assert [c["chunk"] for c in r["chunks"]] == [0, 1] and r["frames"] == 64
+    for c in r["chunks"]:
+        assert set(c["stages"]) == {"readout", "denoise", "decode", "depth", "masks", "encode", "update"}
+        assert c["seconds"] == pytest.approx(sum(c["stages"].values()))
+    assert r["seconds_per_frame"] > 0 and r["peak_memory_mib"] > 0
+    assert path.with_suffix(".png").stat().st_size > 0

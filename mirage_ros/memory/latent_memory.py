@@ -316,8 +316,8 @@ class LatentSpatialMemory:
         ix = self.index
         if n == 0:
             pass
-        elif ix.num_blocks == 0:
-            self._scatter(best, P, h, w, None)
+        elif ix.num_blocks == 0 or n <= 2 * self.first_round_points:
+            self._scatter(best, P, h, w, None)  # small memories: one pass beats any culling
         else:
             vis, zmin, (u0, u1, v0, v1) = ix.frustum(P, h, w)
             blocks = vis.nonzero().squeeze(1)

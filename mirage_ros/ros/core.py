@@ -1,0 +1,495 @@
+"""What mirage_node does, without ROS: the node (rclpy) and ``mirage replay`` (rosbags) both
+drive this class, so the bag replay runs exactly the node's logic.
+
+- Inputs: ``on_image`` / ``on_camera_info`` / ``on_pose`` / ``on_odometry`` / ``on_depth`` /
+  ``on_labels`` take a message (rclpy or rosbags, duck-typed), validate and convert it, and
+  feed the timestamp pairing. Bad input is *rejected*: logged with a plain reason (throttled),
+  counted, and dropped; nothing reaches the memory.
+- Observation: ``observe(set)`` writes one complete set into the memory through the backend,
+  following the update policy (first set only, or every set at most every ``min_interval``).
+- Goals: ``prepare(path, num_frames, prompt, now_ns)`` validates a trajectory into a
+  ``Request`` or raises ``GoalError(status, message)``; ``imagine(request, cancel)`` yields the
+  backend's chunks, holding the memory lock only while a chunk is computed.
+- Memory: ``reset`` / ``save`` / ``load``; visualisation data: ``cloud()``, ``frustums()``;
+  ``stats()``.
+
+Thread safety: one re-entrant lock guards the backend and its memory; counters are plain ints
+(updated under the GIL).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from . import convert as cv
+from .params import validate
+from .sync import SyncedSet, Synchronizer
+
+__all__ = ["MirageCore", "GoalError", "Request", "resample_trajectory",
+           "STATUS_SUCCEEDED", "STATUS_CANCELED", "STATUS_INVALID_GOAL", "STATUS_NOT_READY", "STATUS_FAILED"]
+
+# mirror action/Imagine.action
+STATUS_SUCCEEDED, STATUS_CANCELED, STATUS_INVALID_GOAL, STATUS_NOT_READY, STATUS_FAILED = 0, 1, 2, 3, 4
+STATUS_NAMES = {0: "succeeded", 1: "canceled", 2: "invalid goal", 3: "not ready", 4: "failed"}
+
+_LOG = logging.getLogger("mirage_ros.node")
+
+
+class GoalError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass
+class Request:
+    """A validated imagination request: N cameras along the trajectory and their stamps."""
+
+    cameras: list  # List[geometry.Camera]
+    camera_to_world: np.ndarray  # (N, 4, 4)
+    stamps_ns: np.ndarray  # (N,) int64
+    frame_id: str
+    prompt: Optional[str]
+    K: np.ndarray
+    height: int
+    width: int
+
+
+def resample_trajectory(T: np.ndarray, stamps: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray]:
+    """N poses -> n poses evenly spaced in path index: positions and stamps linearly
+    interpolated, rotations by slerp. (N, 4, 4), (N,) -> (n, 4, 4), (n,)."""
+    T = np.asarray(T, dtype=np.float64)
+    m = T.shape[0]
+    if n < 1:
+        raise ValueError(f"n: expected >= 1, got {n}")
+    if m == 1:
+        return np.repeat(T, n, axis=0), np.repeat(np.asarray(stamps, dtype=np.int64), n)
+    u = np.linspace(0.0, m - 1, n) if n > 1 else np.zeros(1)
+    i0 = np.clip(np.floor(u).astype(int), 0, m - 2)
+    a = u - i0
+    q = cv.matrices_to_quaternions(T[:, :3, :3])
+    q0, q1 = q[i0], q[i0 + 1]
+    dot = np.sum(q0 * q1, axis=1)
+    q1 = np.where(dot[:, None] < 0, -q1, q1)
+    dot = np.abs(dot).clip(max=1.0)
+    theta = np.arccos(dot)
+    s = np.sin(theta)
+    small = s < 1e-6
+    w0 = np.where(small, 1 - a, np.sin((1 - a) * theta) / np.where(small, 1, s))
+    w1 = np.where(small, a, np.sin(a * theta) / np.where(small, 1, s))
+    qi = w0[:, None] * q0 + w1[:, None] * q1
+    qi /= np.linalg.norm(qi, axis=1, keepdims=True)
+    out = np.zeros((n, 4, 4))
+    out[:, :3, :3] = cv.quaternions_to_matrices(qi)
+    out[:, :3, 3] = (1 - a)[:, None] * T[i0, :3, 3] + a[:, None] * T[i0 + 1, :3, 3]
+    out[:, 3, 3] = 1
+    st = np.asarray(stamps, dtype=np.float64)
+    return out, np.round((1 - a) * st[i0] + a * st[i0 + 1]).astype(np.int64)
+
+
+class MirageCore:
+    def __init__(self, params: Optional[dict] = None, log: Optional[Callable[[str, str], None]] = None):
+        self.p = validate(params or {})
+        self._log = log or (lambda level, msg: _LOG.log(getattr(logging, level.upper(), logging.INFO), msg))
+        self.lock = threading.RLock()
+        self.backend = None
+        self.depth_provider = None
+        self.mask_provider = None
+        kinds = ["image", "camera_info", "pose"]
+        if self.p["depth.provider"] == "topic":
+            kinds.append("depth")
+        if self.p["masks.provider"] == "labels":
+            kinds.append("labels")
+        self.sync = Synchronizer(
+            kinds, tolerance_ns=int(round(self.p["sync.tolerance"] * 1e9)), queue_size=self.p["sync.queue_size"],
+            latch=("camera_info",) if self.p["sync.latch_camera_info"] else (),
+        )
+        b2c = self.p["pose.base_to_camera"]
+        self.base_to_camera = cv.pose_to_matrix(_PoseLike(b2c), "pose.base_to_camera")
+        self.counts = {k: 0 for k in ("messages_received", "sets_completed", "frames_observed", "frames_skipped",
+                                      "inputs_rejected", "goals_succeeded", "goals_canceled", "goals_aborted",
+                                      "frames_imagined")}
+        self.last_rejection = ""
+        self._reject_log: Dict[str, Tuple[float, int]] = {}
+        self.last_camera: Optional[Tuple[np.ndarray, int, int]] = None
+        self.last_observe_stamp: Optional[int] = None
+        self.distorted_warned = False
+        n = max(1, int(self.p["viz.max_frustums"]))
+        self.observed_poses: deque = deque(maxlen=n)
+        self.imagined_poses: deque = deque(maxlen=n)
+        self.version = 0  # bumps on every memory change (the node republishes the cloud then)
+        self._colors_cache: Tuple[int, Optional[np.ndarray]] = (-1, None)
+        self._warm = False
+
+    # -- logging and rejection ------------------------------------------------------------------
+    def log(self, level: str, msg: str) -> None:
+        try:
+            self._log(level, msg)
+        except Exception:  # noqa: BLE001 - logging must never break the data path
+            pass
+
+    def reject(self, kind: str, reason: str) -> None:
+        """Count and log (first occurrence of each kind at once, then at most every 5 s)."""
+        self.counts["inputs_rejected"] += 1
+        self.last_rejection = f"{kind}: {reason}"
+        now = time.monotonic()
+        last, suppressed = self._reject_log.get(kind, (-1e9, 0))
+        if now - last >= 5.0:
+            more = f" ({suppressed} more {kind} rejections since the last report)" if suppressed else ""
+            self.log("warn", f"rejected {kind}: {reason}; dropped, memory unchanged{more}")
+            self._reject_log[kind] = (now, 0)
+        else:
+            self._reject_log[kind] = (last, suppressed + 1)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def configure(self, backend=None) -> None:
+        """Build the backend (loads models), the optional providers, and load memory.load_path."""
+        if backend is None:
+            from ..world_model.backend import make_backend
+
+            p = self.p
+            mem = {
+                "depth_downsample": p["memory.depth_downsample"], "feature_dtype": p["memory.feature_dtype"],
+                "dedup": p["memory.dedup"], "dedup_tolerance": p["memory.dedup_tolerance"],
+                "on_revisit": p["memory.on_revisit"], "block_size": p["memory.block_size"],
+                "max_points": p["memory.max_points"] or None,
+            }
+            cfg = {"codec": p["codec"], "weights": p["weights_dir"] or None, "device": p["device"],
+                   "chunk_size": p["chunk_size"], "memory": mem}
+            if p["backend"] != "readout":
+                cfg.update({"steps": p["steps"], "prompt": p["prompt"] or None})
+            backend = make_backend(p["backend"], **cfg)
+        self.depth_provider = self._provider("depth", self.p["depth.provider"], ("topic",))
+        self.mask_provider = self._provider("masks", self.p["masks.provider"], ("none", "labels"))
+        with self.lock:
+            self.backend = backend
+            if self.p["memory.load_path"]:
+                self.backend.memory.load(self.p["memory.load_path"])
+                self.version += 1
+        self.log("info", f"backend: {self.backend.description or self.backend.name}")
+
+    def _provider(self, what: str, name: str, builtin: tuple):
+        if name in builtin:
+            return None
+        try:
+            from .. import perception  # noqa: F401
+            import importlib
+
+            mod = importlib.import_module(f"mirage_ros.perception.{'depth' if what == 'depth' else 'masks'}")
+            factory = getattr(mod, "make_depth_provider" if what == "depth" else "make_mask_provider")
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"{what}.provider: {name!r} is not available in this build ({exc})") from None
+        return factory(name, device=self.p["device"], weights=self.p["weights_dir"] or None)
+
+    def release(self) -> None:
+        """Drop the backend and free accelerator memory (lifecycle cleanup)."""
+        with self.lock:
+            self.backend = None
+            self.depth_provider = self.mask_provider = None
+        import gc
+
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001
+            pass
+
+    @property
+    def ready(self) -> bool:
+        return self.backend is not None
+
+    # -- inputs -------------------------------------------------------------------------------
+    def _add(self, kind: str, stamp: int, payload) -> Optional[SyncedSet]:
+        s = self.sync.add(kind, stamp, payload)
+        if s is not None:
+            self.counts["sets_completed"] += 1
+        return s
+
+    def on_image(self, msg) -> Optional[SyncedSet]:
+        self.counts["messages_received"] += 1
+        try:
+            rgb = cv.image_to_rgb(msg, "image")
+        except cv.ConversionError as exc:
+            return self.reject("image", str(exc))
+        return self._add("image", cv.stamp_to_ns(msg.header.stamp), rgb)
+
+    def on_camera_info(self, msg) -> Optional[SyncedSet]:
+        self.counts["messages_received"] += 1
+        try:
+            K, H, W = cv.camera_info_to_K(msg, "camera_info")
+        except cv.ConversionError as exc:
+            return self.reject("camera_info", str(exc))
+        if cv.camera_info_is_distorted(msg) and not self.distorted_warned:
+            self.distorted_warned = True
+            self.log("warn", "camera_info has non-zero distortion: mirage_ros treats images as pinhole; publish rectified images (image_rect) for exact geometry")
+        return self._add("camera_info", cv.stamp_to_ns(msg.header.stamp), (K, H, W))
+
+    def _check_frame(self, kind: str, frame: str) -> bool:
+        world = self.p["world_frame"]
+        if frame and frame != world:
+            self.reject(kind, f"header.frame_id {frame!r} is not the world frame {world!r} (set the world_frame parameter)")
+            return False
+        return True
+
+    def on_pose(self, msg) -> Optional[SyncedSet]:
+        """geometry_msgs/PoseStamped: the camera optical frame in the world (camera_to_world)."""
+        self.counts["messages_received"] += 1
+        try:
+            stamp, frame, T = cv.pose_stamped_to_matrix(msg, "pose")
+        except cv.ConversionError as exc:
+            return self.reject("pose", str(exc))
+        if not self._check_frame("pose", frame):
+            return None
+        return self._add("pose", stamp, T)
+
+    def on_odometry(self, msg) -> Optional[SyncedSet]:
+        """nav_msgs/Odometry of the base; the camera is ``pose.base_to_camera`` in the child frame."""
+        self.counts["messages_received"] += 1
+        try:
+            stamp, frame, _child, T = cv.odometry_to_matrix(msg, "odom")
+        except cv.ConversionError as exc:
+            return self.reject("odom", str(exc))
+        if not self._check_frame("odom", frame):
+            return None
+        return self._add("pose", stamp, T @ self.base_to_camera)
+
+    def on_camera_pose(self, stamp_ns: int, camera_to_world: np.ndarray) -> Optional[SyncedSet]:
+        """A camera pose from elsewhere (tf lookups)."""
+        return self._add("pose", stamp_ns, np.asarray(camera_to_world, dtype=np.float64))
+
+    def on_depth(self, msg) -> Optional[SyncedSet]:
+        self.counts["messages_received"] += 1
+        try:
+            d = cv.image_to_depth(msg, "depth", self.p["depth.mm_scale"])
+        except cv.ConversionError as exc:
+            return self.reject("depth", str(exc))
+        return self._add("depth", cv.stamp_to_ns(msg.header.stamp), d)
+
+    def on_labels(self, msg) -> Optional[SyncedSet]:
+        self.counts["messages_received"] += 1
+        try:
+            lab = cv.image_to_labels(msg, "labels")
+        except cv.ConversionError as exc:
+            return self.reject("labels", str(exc))
+        return self._add("labels", cv.stamp_to_ns(msg.header.stamp), lab)
+
+    # -- observation --------------------------------------------------------------------------
+    def wants(self, stamp_ns: int) -> bool:
+        """Would a set at this stamp be written (update policy)?"""
+        if self.backend is None:
+            return False
+        if self.backend.memory.num_points == 0 or self.last_observe_stamp is None:
+            return True
+        if not self.p["observe.update"]:
+            return False
+        return stamp_ns - self.last_observe_stamp >= self.p["observe.min_interval"] * 1e9
+
+    def observe(self, s: SyncedSet) -> Optional[int]:
+        """Write one complete set into the memory; returns points added, or None if skipped/rejected."""
+        from ..geometry import Camera, GeometryError
+
+        if not self.wants(s.stamp_ns):
+            self.counts["frames_skipped"] += 1
+            return None
+        rgb = s["image"]
+        K, H, W = s["camera_info"]
+        T = s["pose"]
+        if rgb.shape[:2] != (H, W):
+            return self.reject("image", f"image is {rgb.shape[0]}x{rgb.shape[1]} but camera_info says {H}x{W}")
+        stride = self.backend.memory.stride
+        if H % stride or W % stride:
+            return self.reject("image", f"image {H}x{W} is not divisible by the VAE stride {stride}; crop or resize upstream")
+        try:
+            cam = Camera(K, cv.invert_rigid_np(T), H, W)
+        except GeometryError as exc:
+            return self.reject("pose", str(exc))
+        depth = s.get("depth")
+        if depth is None and self.depth_provider is not None:
+            depth = self.depth_provider(rgb, cam)
+        if depth is None:
+            return self.reject("depth", f"no depth for the set at {s.stamp_ns} ns (depth.provider={self.p['depth.provider']})")
+        if depth.shape != (H, W):
+            return self.reject("depth", f"depth is {depth.shape[0]}x{depth.shape[1]} but the image is {H}x{W}")
+        exclude = None
+        labels = s.get("labels")
+        if labels is not None:
+            if labels.shape != (H, W):
+                return self.reject("labels", f"labels are {labels.shape[0]}x{labels.shape[1]} but the image is {H}x{W}")
+            exclude = np.isin(labels, np.asarray(self.p["masks.exclude_labels"], dtype=np.int64))
+        elif self.mask_provider is not None:
+            exclude = self.mask_provider(rgb, cam)
+        try:
+            with self.lock:
+                if self.backend is None:
+                    return None
+                added = int(self.backend.observe(rgb, depth, cam, exclude=exclude))
+        except Exception as exc:  # noqa: BLE001 - the memory validates before changing anything
+            return self.reject("observation", f"{type(exc).__name__}: {exc}")
+        self.counts["frames_observed"] += 1
+        if not self._warm and not self.backend.generative:
+            self._warm_up(cam)
+        self.last_observe_stamp = s.stamp_ns
+        self.last_camera = (K, H, W)
+        self.observed_poses.append(T)
+        if added:
+            self.version += 1
+        return added
+
+    def _warm_up(self, cam) -> None:
+        """One throwaway readout at the observed camera, so the first goal does not pay torch's
+        one-time kernel and allocator set-up (readout backends only: nothing is written)."""
+        self._warm = True
+        try:
+            with self.lock:
+                for _ in self.backend.imagine([cam]):
+                    pass
+        except Exception:  # noqa: BLE001 - a warm-up failure shows up again in the first goal
+            pass
+
+    # -- goals --------------------------------------------------------------------------------
+    def prepare(self, path_msg, num_frames: int = 0, prompt: Optional[str] = None, now_ns: int = 0) -> Request:
+        from ..geometry import Camera, GeometryError
+
+        maxf = self.p["imagined.max_frames"]
+        if self.backend is None:
+            raise GoalError(STATUS_NOT_READY, "the node is not active (lifecycle state is not 'active')")
+        n_poses = len(path_msg.poses)
+        if n_poses == 0:
+            raise GoalError(STATUS_INVALID_GOAL, "path has no poses")
+        if n_poses > maxf:
+            raise GoalError(STATUS_INVALID_GOAL, f"path has {n_poses} poses, more than imagined.max_frames = {maxf}")
+        if num_frames < 0 or num_frames > maxf:
+            raise GoalError(STATUS_INVALID_GOAL, f"num_frames is {num_frames}, expected 0 .. imagined.max_frames = {maxf}")
+        try:
+            stamps, T, frame = cv.path_to_matrices(path_msg, "path")
+        except cv.ConversionError as exc:
+            raise GoalError(STATUS_INVALID_GOAL, str(exc)) from None
+        world = self.p["world_frame"]
+        if frame and frame != world:
+            raise GoalError(STATUS_INVALID_GOAL, f"path.header.frame_id {frame!r} is not the world frame {world!r}")
+        if self.backend.memory.num_points == 0 or self.last_camera is None:
+            raise GoalError(STATUS_NOT_READY, "no observation yet: the memory is empty (publish image, camera_info, pose"
+                            + (" and depth" if self.p["depth.provider"] == "topic" else "") + " first, or load_memory and publish camera_info)")
+        base = cv.stamp_to_ns(path_msg.header.stamp) or int(now_ns)
+        period = 1e9 / self.p["imagined.frame_rate"]
+        zero = stamps == 0
+        if zero.any():
+            stamps = np.where(zero, base + np.round(np.arange(n_poses) * period).astype(np.int64), stamps)
+        if num_frames and num_frames != n_poses:
+            T, stamps = resample_trajectory(T, stamps, num_frames)
+        K, H, W = self.last_camera
+        try:
+            E = cv.invert_rigid_np(T)
+            cams = [Camera(K, E[i], H, W) for i in range(T.shape[0])]
+        except GeometryError as exc:
+            raise GoalError(STATUS_INVALID_GOAL, f"path: {exc}") from None
+        return Request(cams, T, stamps, world, prompt or self.p["prompt"] or None, K, H, W)
+
+    def imagine(self, req: Request, cancel: Optional[Callable[[], bool]] = None) -> Iterator:
+        """Yield the backend's ``ImaginedChunk``s; the lock is held only while one is computed."""
+        with self.lock:
+            if self.backend is None:
+                raise GoalError(STATUS_NOT_READY, "the node is not active")
+            it = iter(self.backend.imagine(req.cameras, prompt=req.prompt, cancel=cancel))
+        while True:
+            if cancel is not None and cancel():
+                return
+            with self.lock:
+                chunk = next(it, None)
+            if chunk is None:
+                return
+            self.counts["frames_imagined"] += len(chunk.frame_indices)
+            for i in chunk.frame_indices:
+                self.imagined_poses.append(req.camera_to_world[i])
+            if self.backend is not None and self.backend.generative:
+                self.version += 1  # generative rollouts write generated frames back
+            yield chunk
+
+    # -- memory operations --------------------------------------------------------------------
+    def reset(self) -> None:
+        with self.lock:
+            if self.backend is not None:
+                self.backend.reset()
+            self.sync.reset()
+            self.last_observe_stamp = None
+            self.observed_poses.clear()
+            self.imagined_poses.clear()
+            self.version += 1
+
+    def save(self, path: str = "") -> Tuple[str, int]:
+        if not path:
+            folder = Path(os.path.expanduser(self.p["memory.save_dir"] or "."))
+            path = str(folder / f"memory_{int(time.time())}.safetensors")
+        p = Path(os.path.expanduser(path))
+        if not p.parent.is_dir():
+            raise ValueError(f"path: folder {p.parent} does not exist")
+        with self.lock:
+            if self.backend is None:
+                raise ValueError("the node is not active")
+            self.backend.memory.save(p)
+            return str(p), self.backend.memory.num_points
+
+    def load(self, path: str) -> int:
+        if not path:
+            raise ValueError("path: empty")
+        with self.lock:
+            if self.backend is None:
+                raise ValueError("the node is not active")
+            self.backend.memory.load(os.path.expanduser(path))  # unchanged on any error
+            self.last_observe_stamp = None
+            self.version += 1
+            return self.backend.memory.num_points
+
+    # -- outputs ------------------------------------------------------------------------------
+    def cloud(self, max_points: Optional[int] = None) -> np.ndarray:
+        """The memory as a structured x, y, z, rgb array, evenly subsampled to ``max_points``."""
+        max_points = int(self.p["viz.cloud_max_points"] if max_points is None else max_points)
+        with self.lock:
+            if self.backend is None:
+                return cv.xyzrgb_to_structured(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8))
+            mem = self.backend.memory
+            n = mem.num_points
+            idx = None if n <= max_points or max_points <= 0 else np.linspace(0, n - 1, max_points).astype(np.int64)
+            pts = mem.points.detach().cpu().numpy()
+            ver, colors = self._colors_cache
+            if ver != self.version or colors is None or colors.shape[0] != n:
+                colors = np.asarray(self.backend.point_colors(), dtype=np.uint8)
+                self._colors_cache = (self.version, colors)
+        if idx is not None:
+            pts, colors = pts[idx], colors[idx]
+        return cv.xyzrgb_to_structured(pts, colors)
+
+    def stats(self) -> Dict[str, object]:
+        b = self.backend
+        out: Dict[str, object] = dict(self.counts)
+        out.update({
+            "backend": b.name if b is not None else "", "generative": bool(b.generative) if b is not None else False,
+            "description": b.description if b is not None else "not configured",
+            "num_points": b.memory.num_points if b is not None else 0, "nbytes": b.memory.nbytes if b is not None else 0,
+            "channels": b.memory.channels if b is not None else 0, "stride": b.memory.stride if b is not None else 0,
+            "last_rejection": self.last_rejection,
+        })
+        return out
+
+
+class _PoseLike:
+    """x y z qx qy qz qw list -> an object with .position / .orientation for convert."""
+
+    def __init__(self, v):
+        class _V:
+            pass
+
+        self.position, self.orientation = _V(), _V()
+        self.position.x, self.position.y, self.position.z = map(float, v[:3])
+        self.orientation.x, self.orientation.y, self.orientation.z, self.orientation.w = map(float, v[3:7])

@@ -1,0 +1,539 @@
+"""``mirage_node``: the rclpy layer around ``MirageCore`` (which holds all the logic).
+
+Run: ``ros2 run mirage_ros mirage_node`` (colcon) or ``mirage_node`` (pip), with
+``--ros-args --params-file config/mirage.yaml`` and remaps as usual. Default node name ``mirage``;
+every topic, service and action name is relative, so a namespace or a remap moves them.
+
+Interfaces (relative names)
+  subscribes  image (sensor_msgs/Image: rgb8 bgr8 rgba8 bgra8 mono8), camera_info,
+              pose (geometry_msgs/PoseStamped: the camera OPTICAL frame — x right, y down,
+              z forward — in the world frame, i.e. camera_to_world), or odom (nav_msgs/Odometry,
+              pose.source=odometry), or tf (pose.source=tf, where tf2_ros is installed),
+              depth (32FC1 metres / 16UC1 millimetres; depth.provider=topic),
+              labels (mono8; masks.provider=labels), plan (nav_msgs/Path: streaming mode)
+  publishes   imagined/image, imagined/chunk (mirage_ros/ImaginedChunk), imagined/path,
+              memory/points (PointCloud2 xyz+rgb), memory/stats (mirage_ros/MemoryStats),
+              memory/frustums (visualization_msgs/MarkerArray)
+  action      imagine (mirage_ros/action/Imagine)
+  services    reset (std_srvs/Trigger), save_memory (mirage_ros/srv/SaveMemory),
+              load_memory (mirage_ros/srv/LoadMemory)
+
+It is a lifecycle node: configure builds the backend (loads models) and the ROS interfaces,
+activate starts processing, deactivate pauses (goals are refused), cleanup frees the models and
+accelerator memory. With ``autostart`` (default) it configures and activates itself.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Optional
+
+import numpy as np
+import rclpy
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+
+from . import convert as cv
+from . import outputs as out
+from . import qos
+from .core import (STATUS_CANCELED, STATUS_FAILED, STATUS_NAMES, STATUS_NOT_READY, STATUS_SUCCEEDED, GoalError,
+                   MirageCore)
+from .params import PARAMS, ParamError, validate
+
+__all__ = ["MirageNode", "main"]
+
+
+class MirageNode(LifecycleNode):
+    def __init__(self, node_name: str = "mirage", **kwargs):
+        super().__init__(node_name, **kwargs)
+        self._types = cv.RclpyTypes()
+        for p in PARAMS:
+            desc = p.description + (f" ({' | '.join(map(str, p.choices))})" if p.choices else "")
+            self.declare_parameter(p.name, p.default, ParameterDescriptor(description=desc))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.core: Optional[MirageCore] = None
+        self.active = False
+        self._ents = []  # subscriptions, services, timers, action server created on configure
+        self._pubs = {}
+        self._stop = threading.Event()
+        self._obs_cv = threading.Condition()
+        self._obs_next = None
+        self._plan_cv = threading.Condition()
+        self._plan_next = None
+        self._plan_seq = 0
+        self._threads = []
+        self._published_version = -1
+        self._tf = None
+        if self.get_parameter("autostart").value:
+            if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                self.trigger_activate()
+
+    # -- parameters ---------------------------------------------------------------------------
+    def _params(self) -> dict:
+        return {p.name: _plain(self.get_parameter(p.name).value) for p in PARAMS}
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        if self.core is None:
+            try:
+                validate({**self._params(), **{p.name: _plain(p.value) for p in params if p.name != "use_sim_time"}})
+            except ParamError as exc:
+                return SetParametersResult(successful=False, reason=str(exc))
+            return SetParametersResult(successful=True)
+        by = {p.name: p for p in PARAMS}
+        for prm in params:
+            spec = by.get(prm.name)
+            if spec is not None and spec.read_only and _plain(prm.value) != self.core.p.get(prm.name):
+                return SetParametersResult(successful=False, reason=(
+                    f"{prm.name}: takes effect at configure (deactivate, cleanup, set it, configure, activate)"))
+        try:
+            new = validate({**self.core.p, **{p.name: _plain(p.value) for p in params if p.name in by}})
+        except ParamError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        self.core.p.update(new)
+        return SetParametersResult(successful=True)
+
+    def _log(self, level: str, msg: str) -> None:
+        lg = self.get_logger()
+        {"debug": lg.debug, "info": lg.info, "warn": lg.warning, "warning": lg.warning,
+         "error": lg.error}.get(level, lg.info)(msg)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        try:
+            self.core = MirageCore(self._params(), log=self._log)
+            t0 = time.perf_counter()
+            self.core.configure()
+            self.get_logger().info(f"backend ready in {time.perf_counter() - t0:.2f} s")
+        except Exception as exc:  # noqa: BLE001 - a failed configure must say why and stay unconfigured
+            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
+            self.core = None
+            return TransitionCallbackReturn.FAILURE
+        p = self.core.p
+        res = qos.profile("results", depth=p["qos.results_depth"])
+        latched = qos.profile("latched")
+        from mirage_ros.msg import ImaginedChunk, MemoryStats
+        from nav_msgs.msg import Path
+        from sensor_msgs.msg import Image, PointCloud2
+        from visualization_msgs.msg import MarkerArray
+
+        self._pubs = {
+            "image": self.create_lifecycle_publisher(Image, "imagined/image", res),
+            "chunk": self.create_lifecycle_publisher(ImaginedChunk, "imagined/chunk", res),
+            "path": self.create_lifecycle_publisher(Path, "imagined/path", res),
+            "points": self.create_lifecycle_publisher(PointCloud2, "memory/points", latched),
+            "stats": self.create_lifecycle_publisher(MemoryStats, "memory/stats", res),
+            "frustums": self.create_lifecycle_publisher(MarkerArray, "memory/frustums", latched),
+        }
+        try:
+            self._create_inputs(p)
+        except Exception as exc:  # noqa: BLE001
+            self.get_logger().error(f"configure failed: {exc}")
+            self._destroy_entities()
+            self.core.release()
+            self.core = None
+            return TransitionCallbackReturn.FAILURE
+        self._stop.clear()
+        self._threads = [threading.Thread(target=self._observe_loop, name="mirage-observe", daemon=True),
+                         threading.Thread(target=self._plan_loop, name="mirage-plan", daemon=True)]
+        for t in self._threads:
+            t.start()
+        self.get_logger().info(
+            f"configured: backend={p['backend']} device={p['device']} world_frame={p['world_frame']} "
+            f"inputs: image, camera_info, {p['pose.source']}" + (", depth" if p["depth.provider"] == "topic" else "")
+            + (", labels" if p["masks.provider"] == "labels" else ""))
+        return TransitionCallbackReturn.SUCCESS
+
+    def _create_inputs(self, p: dict) -> None:
+        from geometry_msgs.msg import PoseStamped
+        from mirage_ros.action import Imagine
+        from mirage_ros.srv import LoadMemory, SaveMemory
+        from nav_msgs.msg import Odometry, Path
+        from sensor_msgs.msg import CameraInfo, Image
+        from std_srvs.srv import Trigger
+
+        sensor = qos.profile("sensor", reliability=p["qos.sensor_reliability"], depth=p["qos.sensor_depth"])
+        g_in = MutuallyExclusiveCallbackGroup()
+        g_srv = MutuallyExclusiveCallbackGroup()
+        g_timer = MutuallyExclusiveCallbackGroup()
+        g_act = ReentrantCallbackGroup()
+        core = self.core
+        e = self._ents
+        e.append(self.create_subscription(Image, "image", self._guard(self._on_image), sensor, callback_group=g_in))
+        e.append(self.create_subscription(CameraInfo, "camera_info", self._guard(core.on_camera_info), sensor, callback_group=g_in))
+        src = p["pose.source"]
+        if src == "pose":
+            e.append(self.create_subscription(PoseStamped, "pose", self._guard(core.on_pose), sensor, callback_group=g_in))
+        elif src == "odometry":
+            e.append(self.create_subscription(Odometry, "odom", self._guard(core.on_odometry), sensor, callback_group=g_in))
+        else:
+            try:
+                import tf2_ros
+            except ImportError:
+                raise RuntimeError("pose.source is 'tf' but tf2_ros is not installed (it is not on PyPI; "
+                                   "use a ROS install, or pose.source pose/odometry)") from None
+            buf = tf2_ros.Buffer()
+            self._tf = (buf, tf2_ros.TransformListener(buf, self))
+        if p["depth.provider"] == "topic":
+            e.append(self.create_subscription(Image, "depth", self._guard(core.on_depth), sensor, callback_group=g_in))
+        if p["masks.provider"] == "labels":
+            e.append(self.create_subscription(Image, "labels", self._guard(core.on_labels), sensor, callback_group=g_in))
+        e.append(self.create_subscription(Path, "plan", self._on_plan, qos.profile("plan"), callback_group=g_in))
+        e.append(self.create_service(Trigger, "reset", self._srv_reset, callback_group=g_srv))
+        e.append(self.create_service(SaveMemory, "save_memory", self._srv_save, callback_group=g_srv))
+        e.append(self.create_service(LoadMemory, "load_memory", self._srv_load, callback_group=g_srv))
+        self._action = ActionServer(
+            self, Imagine, "imagine", execute_callback=self._execute, goal_callback=self._on_goal,
+            cancel_callback=lambda _h: CancelResponse.ACCEPT, callback_group=g_act,
+            result_timeout=60,
+        )
+        e.append(self._action)
+        e.append(self.create_timer(max(0.05, min(p["viz.cloud_period"], p["viz.stats_period"]) / 2), self._on_timer,
+                                   callback_group=g_timer))
+        self._last_cloud = self._last_stats = 0.0
+
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        self.active = True
+        self._published_version = -1
+        ret = super().on_activate(state)
+        self.get_logger().info("active: " + (self.core.backend.description if self.core and self.core.backend else ""))
+        return ret
+
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        self.active = False
+        with self._plan_cv:
+            self._plan_seq += 1
+        return super().on_deactivate(state)
+
+    def _destroy_entities(self) -> None:
+        self._stop.set()
+        with self._obs_cv:
+            self._obs_cv.notify_all()
+        with self._plan_cv:
+            self._plan_cv.notify_all()
+        for t in self._threads:
+            t.join(timeout=5)
+        self._threads = []
+        for ent in self._ents:
+            try:
+                if isinstance(ent, ActionServer):
+                    ent.destroy()
+                elif hasattr(ent, "timer_period_ns"):
+                    self.destroy_timer(ent)
+                elif hasattr(ent, "srv_type"):
+                    self.destroy_service(ent)
+                else:
+                    self.destroy_subscription(ent)
+            except Exception:  # noqa: BLE001
+                pass
+        self._ents = []
+        for pub in self._pubs.values():
+            try:
+                self.destroy_lifecycle_publisher(pub)
+            except Exception:  # noqa: BLE001
+                pass
+        self._pubs = {}
+        self._tf = None
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self.active = False
+        self._destroy_entities()
+        if self.core is not None:
+            self.core.release()
+        self.core = None
+        self.get_logger().info("cleaned up: backend released")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        return self.on_cleanup(state)
+
+    # -- inputs -------------------------------------------------------------------------------
+    def _guard(self, fn):
+        def cb(msg):
+            if not self.active or self.core is None:
+                return
+            s = fn(msg)
+            if s is not None:
+                self._offer(s)
+        return cb
+
+    def _on_image(self, msg):
+        if self._tf is not None:
+            self._lookup_tf(msg)
+        return self.core.on_image(msg)
+
+    def _lookup_tf(self, msg) -> None:
+        from rclpy.time import Time
+
+        buf, _ = self._tf
+        try:
+            tr = buf.lookup_transform(self.core.p["world_frame"], msg.header.frame_id, Time.from_msg(msg.header.stamp))
+        except Exception as exc:  # noqa: BLE001 - tf raises several lookup errors
+            self.core.reject("tf", f"{self.core.p['world_frame']} <- {msg.header.frame_id}: {exc}")
+            return
+        t, r = tr.transform.translation, tr.transform.rotation
+        try:
+            T = cv.pose_to_matrix(_Pose(t, r), "tf")
+        except cv.ConversionError as exc:
+            self.core.reject("tf", str(exc))
+            return
+        s = self.core.on_camera_pose(cv.stamp_to_ns(msg.header.stamp), T)
+        if s is not None:
+            self._offer(s)
+
+    def _offer(self, s) -> None:
+        """Hand a complete set to the observer thread; a set still waiting is superseded."""
+        if not self.core.wants(s.stamp_ns):
+            self.core.counts["frames_skipped"] += 1
+            return
+        with self._obs_cv:
+            if self._obs_next is not None:
+                self.core.counts["frames_skipped"] += 1
+            self._obs_next = s
+            self._obs_cv.notify()
+
+    def _observe_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._obs_cv:
+                while self._obs_next is None and not self._stop.is_set():
+                    self._obs_cv.wait(0.5)
+                s, self._obs_next = self._obs_next, None
+            core = self.core
+            if s is None or core is None or not self.active:
+                continue
+            try:
+                core.observe(s)
+            except Exception as exc:  # noqa: BLE001 - never let the observer die
+                core.reject("observation", f"{type(exc).__name__}: {exc}")
+
+    # -- imagination --------------------------------------------------------------------------
+    def _on_goal(self, goal_request) -> GoalResponse:
+        self._accept_ns = time.perf_counter_ns()
+        return GoalResponse.ACCEPT
+
+    def _now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def _publish_chunks(self, req, cancel, goal_frames: int, on_chunk=None, t_accept: Optional[float] = None):
+        """Run the backend along ``req`` and publish images, chunks; returns a summary dict."""
+        core, p, T = self.core, self.core.p, self._types
+        summary = {"frames": 0, "chunks": 0, "coverage": [], "first": None}
+        self._pubs["path"].publish(out.imagined_path_msg(T, req.camera_to_world, req.stamps_ns, p["world_frame"]))
+        for chunk in core.imagine(req, cancel=cancel):
+            images = out.frame_images(T, chunk, req.stamps_ns, p["imagined.frame_id"])
+            for img in images:
+                self._pubs["image"].publish(img)
+                if summary["first"] is None:
+                    summary["first"] = time.perf_counter() - (t_accept or time.perf_counter())
+            msg = out.chunk_msg(T, chunk, req.camera_to_world, req.stamps_ns, req.K, req.height, req.width,
+                                p["world_frame"], p["imagined.frame_id"], goal_frames, core.backend.name,
+                                core.backend.generative, images=images)
+            self._pubs["chunk"].publish(msg)
+            summary["frames"] += len(images)
+            summary["chunks"] += 1
+            summary["coverage"].extend(list(msg.coverage))
+            if on_chunk is not None:
+                on_chunk(chunk, msg, summary)
+        return summary
+
+    def _execute(self, goal_handle):
+        from mirage_ros.action import Imagine
+
+        t_accept = time.perf_counter()
+        goal = goal_handle.request
+        result = Imagine.Result()
+        core = self.core
+        if core is not None and core.backend is not None:
+            result.backend, result.generative = core.backend.name, bool(core.backend.generative)
+
+        def finish(status: int, message: str):
+            result.status, result.message = status, message
+            result.total_time = time.perf_counter() - t_accept
+            if core is not None:
+                key = {STATUS_SUCCEEDED: "goals_succeeded", STATUS_CANCELED: "goals_canceled"}.get(status, "goals_aborted")
+                core.counts[key] += 1
+            if status == STATUS_SUCCEEDED:
+                goal_handle.succeed()
+            elif status == STATUS_CANCELED:
+                goal_handle.canceled()
+            else:
+                goal_handle.abort()
+                self.get_logger().warning(f"imagine goal {STATUS_NAMES[status]}: {message}")
+            return result
+
+        if not self.active or core is None:
+            return finish(STATUS_NOT_READY, "the node is not active (lifecycle state is not 'active')")
+        try:
+            req = core.prepare(goal.path, int(goal.num_frames), goal.prompt or None, self._now_ns())
+        except GoalError as exc:
+            return finish(exc.status, exc.message)
+        n = len(req.cameras)
+        cancel = lambda: goal_handle.is_cancel_requested or not self.active or not goal_handle.is_active  # noqa: E731
+
+        def feedback(chunk, msg, summary):
+            fb = Imagine.Feedback()
+            if not core.p["imagined.feedback_frames"]:
+                msg.frames, msg.masks = [], []
+            fb.chunk, fb.frames_done, fb.frames_total = msg, summary["frames"], n
+            goal_handle.publish_feedback(fb)
+
+        try:
+            s = self._publish_chunks(req, cancel, n, feedback, t_accept)
+        except GoalError as exc:
+            return finish(exc.status, exc.message)
+        except Exception as exc:  # noqa: BLE001 - report backend failures as a result, keep serving
+            return finish(STATUS_FAILED, f"backend raised {type(exc).__name__}: {exc}")
+        result.num_frames, result.num_chunks = s["frames"], s["chunks"]
+        result.mean_coverage = float(np.mean(s["coverage"])) if s["coverage"] else 0.0
+        result.first_frame_latency = float(s["first"] or 0.0)
+        if goal_handle.is_cancel_requested:
+            return finish(STATUS_CANCELED, f"canceled after {s['frames']} of {n} frames")
+        if s["frames"] < n:
+            return finish(STATUS_NOT_READY if not self.active else STATUS_FAILED,
+                          f"stopped after {s['frames']} of {n} frames (node deactivated)")
+        return finish(STATUS_SUCCEEDED, f"imagined {n} frames in {s['chunks']} chunks with the {core.backend.name} backend"
+                      + ("" if core.backend.generative else " (no generative model: memory readouts)")
+                      + f"; mean memory coverage {result.mean_coverage:.2f}")
+
+    def _on_plan(self, msg) -> None:
+        if not self.active or self.core is None:
+            return
+        with self._plan_cv:
+            self._plan_seq += 1
+            self._plan_next = (self._plan_seq, msg)
+            self._plan_cv.notify()
+
+    def _plan_loop(self) -> None:
+        """Streaming mode: imagine the newest plan; a newer plan preempts the running one."""
+        while not self._stop.is_set():
+            with self._plan_cv:
+                while self._plan_next is None and not self._stop.is_set():
+                    self._plan_cv.wait(0.5)
+                item, self._plan_next = self._plan_next, None
+            if item is None or self.core is None:
+                continue
+            seq, msg = item
+            try:
+                req = self.core.prepare(msg, 0, None, self._now_ns())
+            except GoalError as exc:
+                self.core.reject("plan", exc.message)
+                continue
+            cancel = lambda: self._plan_seq != seq or not self.active or self._stop.is_set()  # noqa: E731
+            try:
+                self._publish_chunks(req, cancel, len(req.cameras))
+            except Exception as exc:  # noqa: BLE001
+                self.get_logger().error(f"plan: backend raised {type(exc).__name__}: {exc}")
+
+    # -- services -----------------------------------------------------------------------------
+    def _srv_reset(self, request, response):
+        if self.core is None or self.core.backend is None:
+            response.success, response.message = False, "the node is not configured"
+            return response
+        n = self.core.backend.memory.num_points
+        self.core.reset()
+        response.success, response.message = True, f"memory cleared ({n} points removed)"
+        self.get_logger().info(response.message)
+        return response
+
+    def _srv_save(self, request, response):
+        try:
+            path, n = self.core.save(request.path)
+            response.success, response.path, response.num_points = True, path, n
+            response.message = f"saved {n} points to {path}"
+        except Exception as exc:  # noqa: BLE001
+            response.success, response.message = False, f"save failed: {exc}"
+            self.get_logger().warning(response.message)
+        return response
+
+    def _srv_load(self, request, response):
+        try:
+            n = self.core.load(request.path)
+            response.success, response.num_points = True, n
+            response.message = f"loaded {n} points from {request.path}"
+            self.get_logger().info(response.message)
+        except Exception as exc:  # noqa: BLE001 - the memory is unchanged on failure
+            response.success = False
+            response.num_points = self.core.backend.memory.num_points if self.core and self.core.backend else 0
+            response.message = f"load failed, memory unchanged: {exc}"
+            self.get_logger().warning(response.message)
+        return response
+
+    # -- periodic outputs ---------------------------------------------------------------------
+    def _on_timer(self) -> None:
+        core = self.core
+        if core is None or not self.active:
+            return
+        now = time.monotonic()
+        p = core.p
+        stamp = self._now_ns()
+        if now - self._last_stats >= p["viz.stats_period"]:
+            self._last_stats = now
+            self._pubs["stats"].publish(out.stats_msg(self._types, core.stats(), stamp, p["world_frame"]))
+        if now - self._last_cloud >= p["viz.cloud_period"] and core.version != self._published_version:
+            self._last_cloud = now
+            self._published_version = core.version
+            self.publish_cloud(stamp)
+            cam = core.last_camera
+            K, H, W = cam if cam is not None else (None, 0, 0)
+            self._pubs["frustums"].publish(out.frustum_markers(
+                self._types, list(core.observed_poses), list(core.imagined_poses), K, H, W,
+                p["viz.frustum_scale"], stamp, p["world_frame"]))
+
+    def publish_cloud(self, stamp_ns: int) -> float:
+        """Build and publish memory/points; returns the seconds it took."""
+        t0 = time.perf_counter()
+        cloud = self.core.cloud()
+        self._pubs["points"].publish(out.cloud_msg(self._types, cloud, stamp_ns, self.core.p["world_frame"]))
+        return time.perf_counter() - t0
+
+
+def _plain(v):
+    """rclpy array parameters come back as array.array / numpy: make them lists."""
+    if isinstance(v, (str, bytes, bool, int, float)) or v is None:
+        return v
+    try:
+        return [x.item() if hasattr(x, "item") else x for x in v]
+    except TypeError:
+        return v
+
+
+class _Pose:
+    def __init__(self, t, r):
+        self.position, self.orientation = t, r
+
+
+def main(argv=None) -> int:
+    argv = sys.argv if argv is None else argv
+    rclpy.init(args=argv)
+    node = None
+    code = 0
+    try:
+        node = MirageNode()
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception as exc:  # noqa: BLE001
+        print(f"mirage_node: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        if node is not None:
+            try:
+                node.active = False
+                node._destroy_entities()
+                node.destroy_node()
+            except (Exception, KeyboardInterrupt):  # noqa: BLE001 - best effort on the way out
+                pass
+        try:
+            rclpy.try_shutdown()
+        except (Exception, KeyboardInterrupt):  # noqa: BLE001
+            pass
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

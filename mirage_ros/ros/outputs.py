@@ -1,0 +1,119 @@
+"""Output messages of mirage_node, built with a ``types`` namespace (rclpy or rosbags; see
+``convert``): imagined frames, ``ImaginedChunk``, imagined path, ``MemoryStats``, the memory
+cloud and camera-frustum markers. No rclpy import; the node and ``BagWriter`` share these.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from . import convert as cv
+
+__all__ = ["frame_images", "chunk_msg", "stats_msg", "frustum_lines", "frustum_markers", "imagined_path_msg",
+           "cloud_msg"]
+
+
+def frame_images(types, chunk, stamps_ns: Sequence[int], frame_id: str) -> List[object]:
+    """One rgb8 Image per imagined frame, stamped with its pose time."""
+    return [cv.image_msg(types, chunk.frames[j], int(stamps_ns[i]), frame_id, "rgb8")
+            for j, i in enumerate(chunk.frame_indices)]
+
+
+def chunk_msg(types, chunk, camera_to_world: np.ndarray, stamps_ns: Sequence[int], K: np.ndarray, height: int,
+              width: int, world_frame: str, frame_id: str, goal_frames: int, backend: str, generative: bool,
+              images: Optional[List[object]] = None, with_frames: bool = True):
+    """``mirage_ros/ImaginedChunk`` for one backend chunk. ``images`` reuses already built frames."""
+    idx = list(chunk.frame_indices)
+    st = [int(stamps_ns[i]) for i in idx]
+    T = np.asarray(camera_to_world)[idx]
+    Q = cv.matrices_to_quaternions(T[:, :3, :3]) if len(idx) else np.zeros((0, 4))
+    poses = [cv.pose_stamped_msg(types, T[j], st[j], world_frame, Q[j]) for j in range(len(idx))]
+    masks = np.asarray(chunk.masks, dtype=bool)
+    coverage = masks.reshape(masks.shape[0], -1).mean(axis=1) if masks.size else np.zeros(len(idx))
+    frames, mask_imgs = [], []
+    if with_frames:
+        frames = images if images is not None else frame_images(types, chunk, stamps_ns, frame_id)
+        mask_imgs = [cv.image_msg(types, (masks[j].astype(np.uint8) * 255), st[j], frame_id, "mono8")
+                     for j in range(len(idx))]
+    names = list(chunk.timings.keys())
+    return types.ImaginedChunk(
+        header=cv.header_msg(types, st[0] if st else 0, world_frame),
+        goal_frames=int(goal_frames), index=int(chunk.index),
+        frame_indices=types.seq(np.asarray(idx, dtype=np.uint32)),
+        poses=poses,
+        camera_info=cv.camera_info_msg(types, K, height, width, st[0] if st else 0, frame_id),
+        frames=frames, masks=mask_imgs,
+        coverage=types.seq(np.asarray(coverage, dtype=np.float32)),
+        timing_names=names,
+        timing_seconds=types.seq(np.asarray([float(chunk.timings[k]) for k in names], dtype=np.float64)),
+        backend=str(backend), generative=bool(generative),
+    )
+
+
+def imagined_path_msg(types, camera_to_world: np.ndarray, stamps_ns: Sequence[int], world_frame: str):
+    return cv.path_msg(types, camera_to_world, stamps_ns, world_frame)
+
+
+def stats_msg(types, stats: Dict[str, object], stamp_ns: int, world_frame: str):
+    return types.MemoryStats(
+        header=cv.header_msg(types, stamp_ns, world_frame),
+        backend=str(stats["backend"]), generative=bool(stats["generative"]), description=str(stats["description"]),
+        num_points=int(stats["num_points"]), nbytes=int(stats["nbytes"]),
+        channels=int(stats["channels"]), stride=int(stats["stride"]),
+        messages_received=int(stats["messages_received"]), sets_completed=int(stats["sets_completed"]),
+        frames_observed=int(stats["frames_observed"]), frames_skipped=int(stats["frames_skipped"]),
+        inputs_rejected=int(stats["inputs_rejected"]), last_rejection=str(stats["last_rejection"]),
+        goals_succeeded=int(stats["goals_succeeded"]), goals_canceled=int(stats["goals_canceled"]),
+        goals_aborted=int(stats["goals_aborted"]), frames_imagined=int(stats["frames_imagined"]),
+    )
+
+
+def cloud_msg(types, cloud: np.ndarray, stamp_ns: int, world_frame: str):
+    return cv.pointcloud_msg(types, cloud, stamp_ns, world_frame)
+
+
+def frustum_lines(camera_to_world: Sequence[np.ndarray], K: np.ndarray, height: int, width: int,
+                  scale: float) -> np.ndarray:
+    """Line-list vertices (M*16, 3) of camera frustums of depth ``scale``: apex to the four image
+    corners and the far rectangle, in the world frame."""
+    T = np.asarray(camera_to_world, dtype=np.float64).reshape(-1, 4, 4)
+    if T.shape[0] == 0:
+        return np.zeros((0, 3))
+    K = np.asarray(K, dtype=np.float64)
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    us = np.array([0, width, width, 0], dtype=np.float64)
+    vs = np.array([0, 0, height, height], dtype=np.float64)
+    corners = np.stack([(us - cx) / fx * scale, (vs - cy) / fy * scale, np.full(4, scale)], axis=1)  # (4, 3)
+    apex = np.zeros((1, 3))
+    seg = []
+    for i in range(4):
+        seg += [apex[0], corners[i]]
+    for i in range(4):
+        seg += [corners[i], corners[(i + 1) % 4]]
+    local = np.asarray(seg)  # (16, 3) camera frame
+    world = local[None] @ np.swapaxes(T[:, :3, :3], 1, 2) + T[:, None, :3, 3]
+    return world.reshape(-1, 3)
+
+
+def frustum_markers(types, observed: Sequence[np.ndarray], imagined: Sequence[np.ndarray], K, height: int,
+                    width: int, scale: float, stamp_ns: int, world_frame: str):
+    """``visualization_msgs/MarkerArray``: observed cameras (green) and imagined ones (orange),
+    one LINE_LIST marker each (a DELETEALL first, so stale markers disappear)."""
+    markers = [_marker(types, stamp_ns, world_frame, "mirage", 0, action=3)]
+    for mid, (poses, rgba, ns) in enumerate(((observed, (0.2, 0.9, 0.3, 1.0), "observed"),
+                                             (imagined, (1.0, 0.55, 0.1, 1.0), "imagined")), start=1):
+        pts = frustum_lines(list(poses), K, height, width, scale) if K is not None and len(poses) else np.zeros((0, 3))
+        markers.append(_marker(types, stamp_ns, world_frame, ns, mid, action=0, mtype=5, rgba=rgba,
+                               points=[types.Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in pts]))
+    return types.MarkerArray(markers=markers)
+
+
+def _marker(types, stamp_ns, frame, ns, mid, action, mtype=5, rgba=(1.0, 1.0, 1.0, 1.0), points=()):
+    return types.Marker(
+        header=cv.header_msg(types, stamp_ns, frame), ns=ns, id=int(mid), type=int(mtype), action=int(action),
+        pose=types.Pose(position=types.Point(x=0.0, y=0.0, z=0.0), orientation=types.Quaternion(x=0.0, y=0.0, z=0.0, w=1.0)),
+        scale=types.Vector3(x=0.01, y=0.0, z=0.0),
+        color=types.ColorRGBA(r=float(rgba[0]), g=float(rgba[1]), b=float(rgba[2]), a=float(rgba[3])),
+        points=list(points),
+    )

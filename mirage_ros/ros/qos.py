@@ -1,0 +1,66 @@
+"""QoS choices of mirage_node, as plain data (``SPECS``) plus a lazy rclpy builder.
+
+- Sensors (image, camera_info, pose, depth, labels, odom): BEST_EFFORT, KEEP_LAST depth 1,
+  VOLATILE. A slow node then always works on the newest frame instead of a growing backlog
+  (the stale-frame latency users of model nodes hit). BEST_EFFORT subscriptions match both
+  BEST_EFFORT and RELIABLE publishers.
+- Plans (``plan``): RELIABLE depth 1: a plan is a command, and only the newest one matters.
+- Results (imagined/*, memory/stats): RELIABLE, KEEP_LAST ``results_depth``, VOLATILE: every
+  imagined frame reaches a subscriber that keeps up. They match RELIABLE and BEST_EFFORT readers.
+- Memory visualisation (memory/points, memory/frustums): RELIABLE + TRANSIENT_LOCAL depth 1,
+  so RViz or Foxglove started later still get the current cloud; a TRANSIENT_LOCAL publisher
+  also serves VOLATILE and BEST_EFFORT subscribers (RViz defaults PointCloud2 to Best Effort).
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+__all__ = ["SPECS", "spec", "profile", "rosbags_qos"]
+
+SPECS: Dict[str, Dict[str, object]] = {
+    "sensor": {"reliability": "best_effort", "durability": "volatile", "history": "keep_last", "depth": 1},
+    "plan": {"reliability": "reliable", "durability": "volatile", "history": "keep_last", "depth": 1},
+    "results": {"reliability": "reliable", "durability": "volatile", "history": "keep_last", "depth": 10},
+    "latched": {"reliability": "reliable", "durability": "transient_local", "history": "keep_last", "depth": 1},
+}
+
+
+def spec(kind: str, **overrides) -> Dict[str, object]:
+    if kind not in SPECS:
+        raise ValueError(f"qos: unknown kind {kind!r} (known: {', '.join(SPECS)})")
+    s = dict(SPECS[kind])
+    s.update({k: v for k, v in overrides.items() if v is not None})
+    if s["reliability"] not in ("reliable", "best_effort"):
+        raise ValueError(f"qos.reliability: expected reliable or best_effort, got {s['reliability']!r}")
+    if int(s["depth"]) < 1:
+        raise ValueError(f"qos.depth: expected >= 1, got {s['depth']}")
+    return s
+
+
+def profile(kind: str, **overrides):
+    """rclpy ``QoSProfile`` for ``kind`` (imports rclpy)."""
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    s = spec(kind, **overrides)
+    return QoSProfile(
+        reliability=ReliabilityPolicy.RELIABLE if s["reliability"] == "reliable" else ReliabilityPolicy.BEST_EFFORT,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL if s["durability"] == "transient_local" else DurabilityPolicy.VOLATILE,
+        history=HistoryPolicy.KEEP_LAST,
+        depth=int(s["depth"]),
+    )
+
+
+def rosbags_qos(kind: str):
+    """rosbags ``Qos`` for the offered_qos_profiles rosbag2 stores per topic, so ``ros2 bag play``
+    offers the same QoS as the node (TRANSIENT_LOCAL topics replay latched)."""
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+
+    s = spec(kind)
+    inf = QosTime(sec=2147483647, nsec=4294967295)
+    return Qos(
+        history=QosHistory.KEEP_LAST, depth=int(s["depth"]),
+        reliability=QosReliability.RELIABLE if s["reliability"] == "reliable" else QosReliability.BEST_EFFORT,
+        durability=QosDurability.TRANSIENT_LOCAL if s["durability"] == "transient_local" else QosDurability.VOLATILE,
+        deadline=inf, lifespan=inf, liveliness=QosLiveliness.AUTOMATIC, liveliness_lease_duration=inf,
+        avoid_ros_namespace_conventions=False,
+    )

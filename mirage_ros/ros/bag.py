@@ -13,6 +13,7 @@ and ``mirage demo`` use it; no rclpy is needed.
         bag.add_depth("/depth", depth_m, stamp_ns, "camera_optical_frame")
         bag.add_imagined_chunk(chunk, camera_to_world_all, stamps_all, K, H, W)   # imagined/image + imagined/chunk
         bag.add_path(camera_to_world_all, stamps_all)                             # imagined/path
+        bag.add_chunk(chunk, stamp_s=1.0)     # or: a chunk alone (poses from chunk.cameras), + its path
         bag.add_memory(backend.memory.points, backend.point_colors(), stamp_ns)    # memory/points
         bag.add_stats(stats_dict, stamp_ns)                                       # memory/stats
         bag.add_frustums(observed, imagined, K, H, W, stamp_ns)                   # memory/frustums
@@ -42,6 +43,14 @@ DEFAULT_TOPICS = {
     "memory_points": "memory/points", "memory_stats": "memory/stats", "memory_frustums": "memory/frustums",
 }
 _CUSTOM = ("ImaginedChunk", "MemoryStats")
+
+
+def _stamp(stamp_ns: Optional[int], stamp_s: Optional[float]) -> int:
+    if stamp_ns is not None:
+        return int(stamp_ns)
+    if stamp_s is not None:
+        return int(round(float(stamp_s) * 1e9))
+    raise ValueError("stamp: give stamp_ns (int nanoseconds) or stamp_s (seconds)")
 
 
 def interface_dir() -> Path:
@@ -262,16 +271,42 @@ class BagWriter:
         msg = out.imagined_path_msg(self.types, camera_to_world, stamps_ns, world_frame)
         self.write("imagined_path", msg, int(stamps_ns[0]) if log_ns is None else log_ns)
 
-    def add_memory(self, points, colors, stamp_ns: int, world_frame: str = "map", max_points: int = 0) -> None:
-        """``memory/points``: PointCloud2 xyz + rgb (points (N, 3), colours (N, 3) uint8), evenly
-        subsampled to ``max_points`` when > 0."""
+    def add_memory(self, points, colors, stamp_ns: Optional[int] = None, world_frame: str = "map", max_points: int = 0,
+                   *, stamp_s: Optional[float] = None) -> None:
+        """``memory/points``: PointCloud2 xyz + rgb (points (N, 3) array or tensor, colours (N, 3)
+        uint8), evenly subsampled to ``max_points`` when > 0. Stamp in ns, or ``stamp_s`` seconds."""
+        stamp_ns = _stamp(stamp_ns, stamp_s)
         pts = points.detach().cpu().numpy() if hasattr(points, "detach") else np.asarray(points)
         col = np.asarray(colors, dtype=np.uint8)
         if max_points and pts.shape[0] > max_points:
             idx = np.linspace(0, pts.shape[0] - 1, max_points).astype(np.int64)
             pts, col = pts[idx], col[idx]
-        self.write("memory_points", out.cloud_msg(self.types, cv.xyzrgb_to_structured(pts, col), stamp_ns, world_frame),
-                   stamp_ns, "latched")
+        self.write("memory_points", out.cloud_msg(self.types, cv.xyzrgb_to_structured(pts.astype(np.float32), col),
+                                                  stamp_ns, world_frame), stamp_ns, "latched")
+
+    def add_chunk(self, chunk, stamp_ns: Optional[int] = None, world_frame: str = "map",
+                  frame_id: str = "mirage_imagined_optical_frame", frame_period_s: float = 0.1,
+                  backend: str = "readout", generative: bool = False, *, stamp_s: Optional[float] = None) -> None:
+        """A backend ``ImaginedChunk`` on its own (no request context): poses and intrinsics come
+        from ``chunk.cameras``; frame j is stamped ``stamp + j * frame_period_s``. Writes
+        imagined/image per frame, imagined/chunk and imagined/path (the chunk's poses)."""
+        t0 = _stamp(stamp_ns, stamp_s)
+        cams = list(chunk.cameras)
+        if not cams:
+            return
+        T = np.stack([c.camera_to_world.numpy() for c in cams])
+        stamps = [t0 + int(round(j * frame_period_s * 1e9)) for j in range(len(cams))]
+
+        class _Local:  # frame_indices relative to this chunk's own cameras
+            pass
+
+        loc = _Local()
+        loc.__dict__.update(chunk.__dict__)
+        loc.frame_indices = list(range(len(cams)))
+        c0 = cams[0]
+        self.add_imagined_chunk(loc, T, stamps, c0.K.numpy(), c0.height, c0.width, world_frame, frame_id,
+                                len(cams), backend, generative)
+        self.add_path(T, stamps, world_frame)
 
     add_memory_cloud = add_memory
 

@@ -22,6 +22,15 @@ from mirage_ros.world_model.text import PromptEncoder, load_prompt_embeds, save_
 from mirage_ros.world_model.transformer import MirageTransformer  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine threads spin."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_backbone(seed=0):
     torch.manual_seed(seed)
     return WanTransformer3DModel(**TINY_TRANSFORMER).eval()
@@ -249,3 +258,21 @@ def test_prompt_encoder_diffusers_and_original_layouts(tmp_path):
 def test_side_branch_config_is_json_serialisable():
     cfg = side_branch_config("official", dict(TINY_TRANSFORMER))
     json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()})
+
+
+@torch.no_grad()
+def test_video_vae_time_stride_and_latent_normalisation():
+    from mirage_ros.world_model.model import MirageWorldModel
+
+    m = MirageWorldModel.build("tiny", side_branch_init="none")
+    frames = torch.rand(33, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    z = m.encode_video(frames)
+    assert z.shape == (9, 48, 2, 3)  # 33 RGB frames <-> 9 latents, the first frame alone
+    vae = m.codec.vae
+    mu = vae.encode(frames.mul(2).sub(1).permute(1, 0, 2, 3)[None]).latent_dist.mean[0].permute(1, 0, 2, 3)
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1)
+    assert torch.allclose(z, (mu - mean) / std, atol=1e-5)
+    assert m.decode_video(z).shape == (33, 3, 32, 48)
+    # image mode for the memory: frame 0 alone is the same latent as the video's first latent
+    assert torch.allclose(m.encode_images(frames[:1]), z[:1], atol=1e-4)

@@ -20,6 +20,15 @@ from mirage_ros.world_model.references import ReferenceSelector, voxel_iou, voxe
 from mirage_ros.world_model.rollout import RolloutConfig, latent_chunks, rollout  # noqa: E402
 from mirage_ros.world_model.sampler import FlowUniPCSampler  # noqa: E402
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine threads spin."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 H, W = 64, 96
 WALL_X = 5.0
 EXCLUDE_BELOW_Y = 0.5  # the wall's part with world y < 0.5 is "dynamic" (never to be stored)

@@ -139,10 +139,12 @@ class MirageSideBranch(ModelMixin, ConfigMixin):
         """
         from .configs import side_branch_config
 
-        from .model import cast_keep_fp32
+        from .model import _default_dtype, cast_keep_fp32
 
-        branch = cls(**side_branch_config(layout, dict(backbone.config), layers))
-        cast_keep_fp32(branch.to(backbone.device), backbone.dtype)
+        # built directly in the backbone's dtype and device: 8 full-size blocks in float32 would be 5 GB
+        with _default_dtype(backbone.dtype), torch.device(backbone.device):
+            branch = cls(**side_branch_config(layout, dict(backbone.config), layers))
+        cast_keep_fp32(branch, backbone.dtype)
         if copy_weights:
             for layer, block in zip(branch.config.layers, branch.blocks):
                 missing, unexpected = block.load_state_dict(backbone.blocks[layer].state_dict(), strict=False)

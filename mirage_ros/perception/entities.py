@@ -117,6 +117,13 @@ def _parse(text, max_items: int) -> List[str]:
                 out = _dedup([_clean(v) for v in val], max_items)
                 if out:
                     return out
+    # 1a. a JSON list cut short (max_new_tokens): keep its complete quoted items, and say so
+    opened = t.rfind("[")
+    if opened >= 0 and "]" not in t[opened:]:
+        items = re.findall(r"[\"']([^\"'\[\],]+)[\"']\s*,", t[opened:] + ",")
+        warnings.warn(f"entity list was cut short: {text[-60:]!r}; kept {len(items)} complete item(s)",
+                      EntityParseWarning, stacklevel=3)
+        return _dedup([_clean(v) for v in items], max_items)
     # 1b. a JSON object with a list inside ({"objects": [...]}) is covered above; a bare JSON string?
     try:
         val = json.loads(t)

@@ -195,8 +195,8 @@ def test_sam3_score_threshold(tiny_sam3):
     for i in range(2):
         exp, _ = _independent_union(tiny_sam3, frames[i], "car", 48, 80, -1.0)
         agree = (got[i] == exp).mean()
-        assert agree > 0.97, agree  # resize differences (cv2 vs torch bilinear) only at mask edges
-        assert 0 < got[i].sum() < got[i].size or exp.all() or not exp.any()
+        assert agree > 0.99, agree  # resize differences (cv2 vs torch bilinear) only at mask edges
+        assert 0 < got[i].sum() < got[i].size and 0 < exp.sum() < exp.size  # a real, partial mask
     # a frame with no prompts excludes nothing; a prompt's scores cut at their median keep only some queries
     assert not tiny_sam3.segment(frames[:1], [[]], score_threshold=-1).any()
     raw = tiny_sam3.raw(frames[:1], [["person"]])[0]["person"]
@@ -221,7 +221,7 @@ def test_sam3_provider_end_to_end_with_tiny_qwen(tiny_sam3, tiny_qwen):
         exp = np.zeros((48, 80), bool)
         for p in prov.last_labels[i]:
             exp |= _independent_union(tiny_sam3, frames[i], p, 48, 80, -1.0)[0]
-        assert (ex[i] == exp).mean() > 0.97
+        assert (ex[i] == exp).mean() > 0.99
     assert not make_mask_provider("sam3", segmenter=tiny_sam3, score_threshold=1.01).masks(frames).any()
 
 
@@ -251,7 +251,7 @@ def test_qwen_answer_becomes_sam3_prompt(tiny_sam3, tiny_qwen):
     for i in range(2):
         exp = _independent_union(tiny_sam3, frames[i], "person", 48, 80, -1.0)[0]
         exp |= _independent_union(tiny_sam3, frames[i], "sky", 48, 80, -1.0)[0]
-        assert (ex[i] == exp).mean() > 0.97
+        assert (ex[i] == exp).mean() > 0.99
 
 
 def test_sam3_provider_fixed_entities_and_config(tiny_sam3):

@@ -183,6 +183,8 @@ def image_to_array(msg, field: str = "image") -> np.ndarray:
 def image_to_rgb(msg, field: str = "image") -> np.ndarray:
     """A colour sensor_msgs/Image -> (H, W, 3) uint8 RGB (contiguous; copies unless rgb8 unpadded)."""
     enc = str(msg.encoding)
+    if enc not in IMAGE_ENCODINGS:
+        image_to_array(msg, field)  # raises "unsupported encoding"
     if enc not in COLOR_ENCODINGS:
         raise ConversionError(
             f"{field}.encoding: {enc!r} is not a colour encoding (supported: {', '.join(COLOR_ENCODINGS)})"
@@ -206,6 +208,8 @@ def image_to_depth(msg, field: str = "depth", mm_scale: float = 0.001) -> np.nda
     32FC1 is metres (REP 118); 16UC1 / mono16 is millimetres (times ``mm_scale``), 0 = no return.
     """
     enc = str(msg.encoding)
+    if enc not in IMAGE_ENCODINGS:
+        image_to_array(msg, field)  # raises "unsupported encoding"
     if enc not in DEPTH_ENCODINGS:
         raise ConversionError(f"{field}.encoding: {enc!r} is not a depth encoding (supported: {', '.join(DEPTH_ENCODINGS)})")
     a = image_to_array(msg, field)

@@ -10,7 +10,7 @@ this is the small exact/tolerant pairing mirage_node uses:
 - When several images are complete, the newest wins (older complete ones are counted as
   ``superseded``); everything at or before the emitted stamp is then dropped, so queues stay
   bounded by ``queue_size`` per kind no matter how messages arrive.
-- A stamp more than ``jump_ns`` older than the last emitted one (a bag or a simulator restarted)
+- A stamp more than ``jump_ns`` older than the newest one seen (a bag or a simulator restarted)
   clears the queues and starts over.
 """
 from __future__ import annotations
@@ -53,6 +53,7 @@ class Synchronizer:
         self.queues: Dict[str, Deque[Tuple[int, Any]]] = {k: deque(maxlen=self.queue_size) for k in kinds}
         self.latched: Dict[str, Tuple[int, Any]] = {}
         self.last_emitted: Optional[int] = None
+        self.newest: Optional[int] = None
         self.counts = {"added": 0, "emitted": 0, "superseded": 0, "overflow": 0, "late": 0, "resets": 0}
 
     def reset(self) -> None:
@@ -60,6 +61,7 @@ class Synchronizer:
             q.clear()
         self.latched.clear()
         self.last_emitted = None
+        self.newest = None
 
     def pending(self) -> int:
         return sum(len(q) for q in self.queues.values())
@@ -74,12 +76,14 @@ class Synchronizer:
             self.latched[kind] = (stamp_ns, payload)
             return self._try()
         last = self.last_emitted
-        if last is not None and stamp_ns < last - self.jump_ns:
+        if self.newest is not None and stamp_ns < self.newest - self.jump_ns:
             self.reset()  # time jumped backwards: a restarted bag / simulator
             self.counts["resets"] += 1
+            last = None
         elif last is not None and kind == "image" and stamp_ns <= last:
             self.counts["late"] += 1  # an image at or before one already used: useless
             return None
+        self.newest = stamp_ns if self.newest is None else max(self.newest, stamp_ns)
         q = self.queues[kind]
         if len(q) == q.maxlen:
             self.counts["overflow"] += 1

@@ -1,0 +1,444 @@
+"""The node's logic without ROS: pairing, validation, goals, parameters, bags, replay, launch files.
+
+mirage_node and `mirage replay` both drive MirageCore; here it is driven with rosbags messages.
+"""
+import ast
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mirage_ros import sim
+from mirage_ros.ros import convert as cv
+from mirage_ros.ros.bag import BagWriter, RosbagsTypes, read_messages, typestore
+from mirage_ros.ros.core import (STATUS_INVALID_GOAL, STATUS_NOT_READY, GoalError, MirageCore, resample_trajectory)
+from mirage_ros.ros.params import PARAMS, ParamError, defaults, load_yaml, validate
+from mirage_ros.ros.sync import Synchronizer
+
+ROOT = Path(__file__).resolve().parents[1]
+B = RosbagsTypes()
+H, W = 64, 112
+
+
+@pytest.fixture(scope="module")
+def scene():
+    s = sim.make_scene("room", 0)
+    traj = sim.scene_trajectory(s, "loop", 12)
+    cams = [sim.default_camera(H, W).with_pose(E) for E in traj]
+    frames = [sim.render(s, c, 0.0) for c in cams]
+    return cams, frames
+
+
+def feed(core, cam, fr, stamp, **bad):
+    """Publish one set through the core's input handlers; ``bad`` replaces one message."""
+    msgs = {
+        "image": cv.image_msg(B, fr.rgb, stamp, "cam"),
+        "camera_info": cv.camera_info_msg(B, cam.K.numpy(), cam.height, cam.width, stamp, "cam"),
+        "pose": cv.pose_stamped_msg(B, cam.camera_to_world.numpy(), stamp, "map"),
+        "depth": cv.image_msg(B, fr.depth, stamp, "cam", "32FC1"),
+    }
+    msgs.update(bad)
+    done = None
+    for kind in ("camera_info", "pose", "depth", "image"):
+        s = getattr(core, f"on_{kind}")(msgs[kind])
+        done = s or done
+    return done
+
+
+@pytest.fixture
+def core():
+    c = MirageCore({"viz.cloud_max_points": 1000})
+    c.configure()
+    return c
+
+
+# -- pairing ---------------------------------------------------------------------------------------
+
+def test_sync_exact_and_tolerant_pairing():
+    s = Synchronizer(("image", "camera_info", "pose"), tolerance_ns=0)
+    assert s.add("image", 100, "i") is None and s.add("pose", 100, "p") is None
+    out = s.add("camera_info", 100, "c")
+    assert out.stamp_ns == 100 and out["image"] == "i" and out["pose"] == "p" and out["camera_info"] == "c"
+    assert s.add("pose", 205, "p2") is None and s.add("camera_info", 200, "c2") is None
+    assert s.add("image", 200, "i2") is None  # pose 5 ns off, tolerance 0
+    s2 = Synchronizer(("image", "camera_info", "pose"), tolerance_ns=10)
+    s2.add("pose", 195, "pa")
+    s2.add("pose", 203, "pb")
+    s2.add("camera_info", 200, "c")
+    assert s2.add("image", 200, "i")["pose"] == "pb"  # nearest within tolerance
+
+
+def test_sync_newest_complete_set_wins_and_queues_stay_bounded():
+    s = Synchronizer(("image", "pose"), queue_size=5)
+    for t in (1, 2, 3):
+        s.add("image", t, t)
+    out = s.add("pose", 3, "p3")
+    assert out.stamp_ns == 3
+    s.add("pose", 1, "late")  # older than the emitted set: dropped with the queue cleanup
+    assert s.add("image", 2, "old") is None and s.counts["late"] == 1
+    for t in range(100, 200):
+        s.add("image", t * 10**8, t)
+    assert s.pending() <= 2 * 5 and s.counts["overflow"] > 0
+    # a restarted bag / simulator (time jumps back > 1 s) starts over
+    s.add("image", 5 * 10**8, "x")
+    assert s.counts["resets"] == 1 and s.add("pose", 5 * 10**8, "p").stamp_ns == 5 * 10**8
+
+
+def test_sync_latched_camera_info():
+    s = Synchronizer(("image", "camera_info", "pose"), latch=("camera_info",))
+    s.add("camera_info", 1, "c")
+    s.add("pose", 50, "p")
+    assert s.add("image", 50, "i")["camera_info"] == "c"
+
+
+# -- core: observation and rejection --------------------------------------------------------------
+
+def test_core_observes_and_imagines(core, scene):
+    cams, frames = scene
+    s = feed(core, cams[0], frames[0], 10**9)
+    assert s is not None and core.observe(s) > 0
+    n = core.backend.memory.num_points
+    T = np.stack([c.camera_to_world.numpy() for c in cams[:5]])
+    req = core.prepare(cv.path_msg(B, T, [0] * 5, "map"), 0, None, 7 * 10**9)
+    assert req.stamps_ns.tolist() == [7 * 10**9 + i * 10**8 for i in range(5)]  # zero stamps -> now + i / rate
+    chunks = list(core.imagine(req))
+    assert sum(len(c.frame_indices) for c in chunks) == 5 and chunks[0].frames.shape == (5, H, W, 3)
+    assert core.backend.memory.num_points == n  # readouts write nothing
+    cloud = core.cloud()
+    assert cloud.shape == (min(n, 1000),) and cloud.dtype.names == ("x", "y", "z", "rgb")
+
+
+@pytest.mark.parametrize("kind,make,needle", [
+    ("image", lambda cam, fr, t: B.Image(header=cv.header_msg(B, t, "cam"), height=H, width=W, encoding="yuv422",
+                                         is_bigendian=0, step=W * 2, data=np.zeros(H * W * 2, np.uint8)), "unsupported encoding"),
+    ("image", lambda cam, fr, t: B.Image(header=cv.header_msg(B, t, "cam"), height=H, width=W, encoding="rgb8",
+                                         is_bigendian=0, step=W * 3, data=np.zeros(H * W * 3 - 1, np.uint8)), "data is short"),
+    ("camera_info", lambda cam, fr, t: cv.camera_info_msg(B, np.diag([0.0, 100.0, 1.0]), H, W, t, "cam"), "k[0] (fx)"),
+    ("pose", lambda cam, fr, t: _with_q(cv.pose_stamped_msg(B, cam.camera_to_world.numpy(), t, "map"), (np.nan, 0, 0, 1)), "NaN"),
+    ("pose", lambda cam, fr, t: _with_q(cv.pose_stamped_msg(B, cam.camera_to_world.numpy(), t, "map"), (0, 0, 0.5, 0.5)), "norm"),
+    ("pose", lambda cam, fr, t: cv.pose_stamped_msg(B, cam.camera_to_world.numpy(), t, "odom"), "not the world frame"),
+    ("depth", lambda cam, fr, t: cv.image_msg(B, fr.rgb, t, "cam", "rgb8"), "not a depth encoding"),
+])
+def test_core_rejects_bad_input_and_leaves_memory_unchanged(core, scene, kind, make, needle):
+    cams, frames = scene
+    core.observe(feed(core, cams[0], frames[0], 10**9))
+    n, nbytes = core.backend.memory.num_points, core.backend.memory.nbytes
+    s = feed(core, cams[6], frames[6], 2 * 10**9, **{kind: make(cams[6], frames[6], 2 * 10**9)})
+    assert s is None  # the set never completes
+    assert core.counts["inputs_rejected"] == 1 and needle in core.last_rejection
+    assert core.backend.memory.num_points == n and core.backend.memory.nbytes == nbytes
+    s = feed(core, cams[6], frames[6], 3 * 10**9)  # and the next good set still goes in
+    assert core.observe(s) > 0
+
+
+def _with_q(msg, q):
+    o = msg.pose.orientation
+    o.x, o.y, o.z, o.w = q
+    return msg
+
+
+def test_core_rejects_mismatched_sizes(core, scene):
+    cams, frames = scene
+    s = feed(core, cams[0], frames[0], 10**9, depth=cv.image_msg(B, np.ones((32, 56), np.float32), 10**9, "c", "32FC1"))
+    assert core.observe(s) is None and "depth is 32x56" in core.last_rejection
+    big = sim.default_camera(H, W + 8)
+    s = feed(core, cams[0], frames[0], 2 * 10**9,
+             camera_info=cv.camera_info_msg(B, big.K.numpy(), H, W + 8, 2 * 10**9, "c"))
+    assert core.observe(s) is None and "camera_info says 64x120" in core.last_rejection
+    assert core.backend.memory.num_points == 0
+
+
+def test_core_update_policy(scene):
+    cams, frames = scene
+    core = MirageCore({"observe.update": False})
+    core.configure()
+    assert core.observe(feed(core, cams[0], frames[0], 10**9)) > 0
+    assert core.observe(feed(core, cams[5], frames[5], 2 * 10**9)) is None and core.counts["frames_skipped"] == 1
+    core = MirageCore({"observe.min_interval": 1.5})
+    core.configure()
+    core.observe(feed(core, cams[0], frames[0], 10**9))
+    assert core.observe(feed(core, cams[5], frames[5], 2 * 10**9)) is None
+    assert core.observe(feed(core, cams[5], frames[5], 3 * 10**9)) is not None
+
+
+# -- core: goals ----------------------------------------------------------------------------------
+
+def _path(n, frame="map"):
+    T = np.tile(np.eye(4), (n, 1, 1))
+    T[:, 0, 3] = np.linspace(0, 0.5, n)
+    return cv.path_msg(B, T, [10**9 + i for i in range(n)], frame) if n else B.Path(header=cv.header_msg(B, 0, frame), poses=[])
+
+
+def test_goal_errors(core, scene):
+    with pytest.raises(GoalError) as e:
+        core.prepare(_path(3))
+    assert e.value.status == STATUS_NOT_READY and "no observation yet" in e.value.message
+    cams, frames = scene
+    core.observe(feed(core, cams[0], frames[0], 10**9))
+    for path, nf, status, needle in [(_path(0), 0, STATUS_INVALID_GOAL, "no poses"),
+                                     (_path(10000), 0, STATUS_INVALID_GOAL, "10000 poses, more than imagined.max_frames = 1024"),
+                                     (_path(3), 5000, STATUS_INVALID_GOAL, "num_frames is 5000"),
+                                     (_path(3, "odom"), 0, STATUS_INVALID_GOAL, "not the world frame")]:
+        with pytest.raises(GoalError) as e:
+            core.prepare(path, nf)
+        assert e.value.status == status and needle in e.value.message
+    bad = _path(3)
+    bad.poses[1].pose.orientation.w = float("nan")
+    with pytest.raises(GoalError, match=r"path.poses\[1\].pose.orientation: quaternion contains NaN"):
+        core.prepare(bad)
+    req = core.prepare(_path(4), 9)
+    assert len(req.cameras) == 9 and np.allclose(req.camera_to_world[[0, -1], 0, 3], [0, 0.5])
+
+
+def test_resample_trajectory_interpolates():
+    from mirage_ros.geometry import look_at, invert_rigid
+
+    T = np.stack([invert_rigid(look_at([0, 0, 1.5], [1, 0, 1.5])).numpy(), invert_rigid(look_at([1, 0, 1.5], [1, 1, 1.5])).numpy()])
+    out, st = resample_trajectory(T, np.array([0, 100]), 3)
+    assert np.allclose(out[0], T[0]) and np.allclose(out[-1], T[1]) and st.tolist() == [0, 50, 100]
+    assert np.allclose(out[1][:3, 3], [0.5, 0, 1.5])
+    z = out[1][:3, 2]  # viewing direction halfway between +x and +y
+    assert np.allclose(z, [np.sqrt(0.5), np.sqrt(0.5), 0], atol=1e-9)
+
+
+def test_save_load_reset(core, scene, tmp_path):
+    cams, frames = scene
+    core.observe(feed(core, cams[0], frames[0], 10**9))
+    n = core.backend.memory.num_points
+    path, saved = core.save(str(tmp_path / "m.safetensors"))
+    assert saved == n and Path(path).is_file()
+    core.reset()
+    assert core.backend.memory.num_points == 0
+    assert core.load(path) == n
+    (tmp_path / "bad.safetensors").write_bytes(b"not a memory")
+    with pytest.raises(Exception):
+        core.load(str(tmp_path / "bad.safetensors"))
+    assert core.backend.memory.num_points == n
+    with pytest.raises(ValueError, match="does not exist"):
+        core.save(str(tmp_path / "nope" / "m.safetensors"))
+
+
+# -- parameters -----------------------------------------------------------------------------------
+
+def test_config_yaml_mirrors_the_declared_parameters():
+    from mirage_ros.ros.params import to_yaml
+
+    flat = load_yaml(ROOT / "config" / "mirage.yaml")
+    assert set(flat) == {p.name for p in PARAMS}
+    assert validate(flat) == defaults()
+    for p in PARAMS:  # same YAML type (an int default written as 1.0 would fail in rclpy)
+        assert type(flat[p.name]) is type(p.default), p.name
+    assert (ROOT / "config" / "mirage.yaml").read_text() == to_yaml()
+
+
+def test_param_validation_names_the_parameter():
+    with pytest.raises(ParamError, match="backend: 'nope' is not one of"):
+        validate({"backend": "nope"})
+    with pytest.raises(ParamError, match="chunk_size: expected int"):
+        validate({"chunk_size": "9"})
+    with pytest.raises(ParamError, match="unknown parameter"):
+        validate({"chunk_sise": 9})
+    assert validate({"sync.tolerance": 1})["sync.tolerance"] == 1.0
+
+
+def test_qos_choices():
+    from mirage_ros.ros import qos
+
+    assert qos.spec("sensor") == {"reliability": "best_effort", "durability": "volatile", "history": "keep_last", "depth": 1}
+    assert qos.spec("results")["reliability"] == "reliable" and qos.spec("latched")["durability"] == "transient_local"
+    with pytest.raises(ValueError):
+        qos.spec("sensor", depth=0)
+
+
+# -- bags and replay --------------------------------------------------------------------------------
+
+def _input_bag(path, scene, storage="mcap", plan=False, n=8):
+    cams, frames = scene
+    with BagWriter(path, storage=storage) as bag:
+        for i in range(n):
+            t = 10**9 + i * 10**8
+            bag.add_image("/image", frames[i].rgb, t, "cam")
+            bag.add_camera_info("/camera_info", cams[i].K.numpy(), H, W, t, "cam")
+            bag.add_pose("/pose", cams[i].camera_to_world.numpy(), t)
+            bag.add_depth("/depth", frames[i].depth, t, "cam")
+        if plan:
+            T = np.stack([c.camera_to_world.numpy() for c in cams[:6]])
+            bag.add_plan(T, [2 * 10**9 + i * 10**8 for i in range(6)], stamp_ns=2 * 10**9)
+    return path
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_replay_writes_an_mcap_bag(tmp_path, scene, storage):
+    from mirage_ros.ros.replay import replay
+
+    src = _input_bag(tmp_path / "in", scene, storage, plan=True)
+    s = replay(src, tmp_path / "out", {"viz.cloud_period": 0.2}, log=lambda m: None)
+    assert s["mode"] == "plans" and s["frames"] == 6 and s["observed"] == 8 and s["rejected"] == 0
+    assert (tmp_path / "out" / "out_0.mcap").is_file() or list((tmp_path / "out").glob("*.mcap"))
+    seen = {}
+    imgs = []
+    for topic, msgtype, t, msg in read_messages(tmp_path / "out"):
+        seen.setdefault(topic, msgtype)
+        if topic == "/imagined/image":
+            imgs.append(cv.stamp_to_ns(msg.header.stamp))
+        if topic == "/imagined/chunk":
+            assert msg.backend == "readout" and not msg.generative and len(msg.frames) == len(msg.poses) == len(msg.masks)
+        if topic == "/memory/points":
+            cloud = cv.pointcloud_to_structured(msg)
+    assert seen == {"/imagined/image": "sensor_msgs/msg/Image", "/imagined/chunk": "mirage_ros/msg/ImaginedChunk",
+                    "/imagined/path": "nav_msgs/msg/Path", "/memory/points": "sensor_msgs/msg/PointCloud2",
+                    "/memory/stats": "mirage_ros/msg/MemoryStats", "/memory/frustums": "visualization_msgs/msg/MarkerArray"}
+    assert imgs == [2 * 10**9 + i * 10**8 for i in range(6)]  # stamped with the plan's pose times
+    assert cloud.shape[0] == s["points"] and np.isfinite(cloud["x"]).all()
+
+
+def test_replay_cli_recorded_trajectory_and_errors(tmp_path, scene):
+    from mirage_ros.cli import main
+
+    src = _input_bag(tmp_path / "in", scene, n=6)
+    assert main(["replay", str(src), "--out", str(tmp_path / "out"), "--copy-inputs", "--quiet",
+                 "-p", "observe.update=false"]) == 0
+    counts = {}
+    for topic, _, _, msg in read_messages(tmp_path / "out"):
+        counts[topic] = counts.get(topic, 0) + 1
+    assert counts["/imagined/image"] == 6 and counts["/image"] == 6  # recorded poses imagined; inputs copied
+    assert main(["replay", str(src), "--out", str(tmp_path / "out")]) == 2  # exists, no --overwrite
+    assert main(["replay", str(src), "--out", str(tmp_path / "o2"), "--topic", "image=/camera/image"]) == 2
+
+
+def test_bag_writer_serialises_what_rosbags_reads(tmp_path, scene):
+    cams, frames = scene
+    with BagWriter(tmp_path / "b") as bag:
+        bag.add_memory(np.zeros((5, 3), np.float32), np.full((5, 3), 7, np.uint8), stamp_s=1.5)
+        bag.add_stats({"num_points": 5, "backend": "readout"}, 2)
+        bag.add_frustums([cams[0].camera_to_world.numpy()], [], cams[0].K.numpy(), H, W, 3)
+    msgs = {t: m for t, _, _, m in read_messages(tmp_path / "b")}
+    assert cv.unpack_rgb(cv.pointcloud_to_structured(msgs["/memory/points"])["rgb"]).tolist() == [[7, 7, 7]] * 5
+    assert msgs["/memory/stats"].num_points == 5 and msgs["/memory/points"].header.stamp.sec == 1
+    m = msgs["/memory/frustums"].markers
+    assert m[0].action == 3 and len(m[1].points) == 16 and len(m[2].points) == 0
+
+
+# -- launch files (launch / launch_ros are not on PyPI: checked statically and on stand-ins) -------
+
+def _launch_calls(path):
+    tree = ast.parse(path.read_text())
+    declared, used, executables, joins = set(), set(), set(), []
+    consts = {t.id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+              for t in n.targets if isinstance(t, ast.Name) and isinstance(n.value, (ast.Tuple, ast.List))}
+    loops = {n.target.id: consts.get(n.iter.id, ()) for n in ast.walk(tree)
+             if isinstance(n, ast.For) and isinstance(n.target, ast.Name) and isinstance(n.iter, ast.Name)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            if name == "DeclareLaunchArgument":
+                declared.add(node.args[0].value)
+            elif name == "LaunchConfiguration":
+                arg = node.args[0]
+                used |= set(loops[arg.id]) if isinstance(arg, ast.Name) else {arg.value}  # for name in OVERRIDES
+            elif name == "Node":
+                for kw in node.keywords:
+                    if kw.arg == "executable":
+                        executables.add(kw.value.value)
+            elif name == "join" and all(isinstance(a, ast.Constant) for a in node.args[1:]):
+                joins.append([a.value for a in node.args[1:]])
+    return declared, used, executables, joins
+
+
+@pytest.mark.parametrize("name", ["mirage.launch.py", "demo.launch.py"])
+def test_launch_files_statically(name):
+    declared, used, executables, joins = _launch_calls(ROOT / "launch" / name)
+    assert used <= declared, f"undeclared launch arguments: {used - declared}"
+    setup = (ROOT / "setup.py").read_text()
+    for exe in executables - {"rviz2"}:
+        assert re.search(rf"['\"]{exe} = mirage_ros\.", setup), f"{exe} is not a console script"
+        assert (ROOT / "nodes" / exe).is_file(), f"{exe} is not installed for colcon (nodes/)"
+        assert re.search(rf"nodes/{exe}", (ROOT / "CMakeLists.txt").read_text())
+    for parts in joins:  # os.path.join(share, "config", "mirage.yaml") -> the file ships
+        assert (ROOT.joinpath(*parts)).is_file(), parts
+
+
+def _stub_launch_modules(monkeypatch, share):
+    made = {}
+
+    class Rec:
+        def __init__(self, *a, **k):
+            self.a, self.k = a, k
+            made.setdefault(type(self).__name__, []).append(self)
+
+    class LaunchConfiguration(Rec):
+        values = {}
+
+        def perform(self, context):
+            return context[self.a[0]]
+
+    names = {
+        "launch": ["LaunchDescription"], "launch.actions": ["DeclareLaunchArgument", "OpaqueFunction", "IncludeLaunchDescription"],
+        "launch.substitutions": [], "launch.conditions": ["IfCondition"],
+        "launch.launch_description_sources": ["PythonLaunchDescriptionSource"],
+        "launch_ros.actions": ["Node"], "launch_ros.parameter_descriptions": ["ParameterValue"],
+        "ament_index_python.packages": [],
+    }
+    for mod, classes in names.items():
+        m = types.ModuleType(mod)
+        for c in classes:
+            setattr(m, c, type(c, (Rec,), {}))
+        monkeypatch.setitem(sys.modules, mod, m)
+    sys.modules["launch.substitutions"].LaunchConfiguration = LaunchConfiguration
+    sys.modules["ament_index_python.packages"].get_package_share_directory = lambda pkg: str(share)
+    return made
+
+
+@pytest.mark.parametrize("name", ["mirage.launch.py", "demo.launch.py"])
+def test_launch_files_run_on_stand_in_launch_classes(monkeypatch, name):
+    import importlib.util
+
+    made = _stub_launch_modules(monkeypatch, ROOT)
+    spec = importlib.util.spec_from_file_location(name.replace(".", "_"), ROOT / "launch" / name)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ld = mod.generate_launch_description()
+    declared = {d.a[0]: d.k.get("default_value") for d in made["DeclareLaunchArgument"]}
+    assert {"config", "namespace", "backend", "device", "weights_dir", "use_sim_time"} <= set(declared)
+    assert Path(declared["config"]).is_file()
+    if name == "mirage.launch.py":
+        fn = made["OpaqueFunction"][0].k["function"]
+        ctx = {"backend": "", "device": "cuda", "weights_dir": "", "use_sim_time": "true", "namespace": "", "config": "x"}
+        node = fn(ctx)[0]
+        assert node.k["executable"] == "mirage_node" and node.k["name"] == "mirage"
+        assert node.k["parameters"][1] == {"device": "cuda", "use_sim_time": True}  # empty overrides keep the file's value
+    else:
+        execs = {n.k["executable"] for n in made["Node"]}
+        assert execs == {"mirage_sim_node", "rviz2"}
+        rviz = [n for n in made["Node"] if n.k["executable"] == "rviz2"][0]
+        assert Path(rviz.k["arguments"][1]).is_file()
+        inc = made["PythonLaunchDescriptionSource"][0].a[0]
+        assert Path(inc).is_file()
+    assert ld is not None
+
+
+def test_package_xml_and_cmake_agree():
+    import xml.etree.ElementTree as ET
+
+    px = ET.parse(ROOT / "package.xml").getroot()
+    assert px.get("format") == "3" and px.findtext("name") == "mirage_ros"
+    assert px.find("export/build_type").text == "ament_cmake"
+    assert px.findtext("member_of_group") == "rosidl_interface_packages"
+    cm = (ROOT / "CMakeLists.txt").read_text()
+    for f in list((ROOT / "msg").glob("*.msg")) + list((ROOT / "srv").glob("*.srv")) + list((ROOT / "action").glob("*.action")):
+        assert f'"{f.parent.name}/{f.name}"' in cm, f
+    deps = {e.text for e in px.findall("depend")}
+    m = re.search(r"DEPENDENCIES ([\w ]+)", cm)
+    assert set(m.group(1).split()) <= deps
+
+
+def test_ros_modules_do_not_import_rclpy_at_import_time():
+    code = ("import sys; import mirage_ros.ros.convert, mirage_ros.ros.core, mirage_ros.ros.sync, mirage_ros.ros.params, "
+            "mirage_ros.ros.qos, mirage_ros.ros.outputs, mirage_ros.ros.bag, mirage_ros.ros.replay, mirage_ros.bench.node; "
+            "print(any(m == 'rclpy' or m.startswith('rclpy.') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr

@@ -20,7 +20,7 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
-from .configs import SIDE_BRANCH_LAYOUTS, TINY_VAE_OVERRIDES, transformer_config
+from .configs import TINY_VAE_OVERRIDES, transformer_config
 from .frame_roles import FrameRoles
 from .sampler import FlowUniPCSampler
 from .text import PromptEncoder
@@ -213,8 +213,12 @@ class MirageWorldModel:
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> (N, C, h, w): image mode, each frame alone (memory features)."""
-        with self.on_device(self.codec.vae):
-            return self.codec.encode(images.to(self.codec.vae.device))
+        codec = self.codec
+        codec._check_images(images)
+        with self.on_device(codec.vae):  # not codec.encode: with offload the VAE moves, codec.device does not
+            x = images.to(codec.vae.device, codec.dtype).mul(2.0).sub(1.0).unsqueeze(2)  # (N, 3, 1, H, W)
+            mu = codec.vae.encode(x).latent_dist.mean[:, :, 0]
+        return codec.normalize(mu)
 
     def score_latents(self, num_frames: int, height: int, width: int) -> torch.Tensor:
         """(T, C, h, w): the VAE encoding of an all-ones video (official layout's 2nd half of the
@@ -367,7 +371,3 @@ def _vae_sizes(state, cfg) -> Dict:
     if res:
         out["num_res_blocks"] = len(res)
     return out
-
-
-def available_layouts():
-    return sorted(SIDE_BRANCH_LAYOUTS)

@@ -44,3 +44,15 @@ def test_bench_memory_small_writes_the_documented_keys(tmp_path):
     assert set(r["chunks"][0]) >= {"chunk", "latent_read_ms_per_frame", "rgb_read_ms_per_frame", "latent_cache_mib", "rgb_cache_mib"}
     assert set(r["scaling"][0]) >= {"points", "readout_ms", "xyz_pass_ms", "sort_baseline_ms"}
     assert path.with_suffix(".png").stat().st_size > 0
+
+
+def test_bench_perception_small_writes_the_documented_keys(tmp_path):
+    path = tmp_path / "perc.json"
+    assert main(["bench", "perception", "--json", str(path), "--resolution", "64x112", "--frames", "2",
+                 "--repeats", "1", "--da3-res", "56"]) == 0
+    r = json.loads(path.read_text())
+    kinds = {p["name"]: p["kind"] for p in r["providers"]}
+    assert {"simulator", "memory", "da3", "labels"} <= set(kinds) and kinds["da3"] == "depth" and kinds["labels"] == "mask"
+    assert all(p["ms_per_frame"] is not None and p["ms_per_frame"] > 0 for p in r["providers"])
+    sa = r["scale_alignment"]
+    assert abs(sa["recovered_scale"] - sa["true_scale"]) / sa["true_scale"] < 0.05

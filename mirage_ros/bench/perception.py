@@ -80,15 +80,10 @@ def run(args) -> int:
 
         lab = make_mask_provider("labels")
         add("labels", "mask", "simulator labels", lambda: lab.masks(frames, cams, labels=labels))
-        try:
-            from ..perception.entities import QwenEntityLister
-            from ..perception.masks import Sam3MaskProvider
-            from ..perception.sam3 import Sam3Segmenter
-
-            sam = Sam3MaskProvider(entities=QwenEntityLister.tiny(device=args.device), segmenter=Sam3Segmenter.tiny(device=args.device))
-            add("qwen3-vl+sam3", "mask", "tiny random configs of the real classes", lambda: sam.masks(frames, cams))
-        except Exception as exc:  # noqa: BLE001
-            print(f"qwen3-vl+sam3: skipped ({exc})")
+        fixed = make_mask_provider("sam3", tiny=True, device=args.device)
+        add("sam3 (fixed entities)", "mask", "tiny random Sam3Model, 7 entities + sky", lambda: fixed.masks(frames, cams))
+        qwen = make_mask_provider("sam3", entities="qwen", tiny=True, device=args.device)
+        add("qwen3-vl -> sam3", "mask", "tiny random Qwen3-VL + Sam3Model", lambda: qwen.masks(frames, cams))
     except ImportError as exc:
         print(f"mask providers: skipped ({exc})")
 

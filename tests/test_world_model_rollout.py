@@ -204,3 +204,15 @@ def test_bench_rollout_tiny_writes_the_documented_schema(tmp_path):
         assert c["seconds"] == pytest.approx(sum(c["stages"].values()))
     assert r["seconds_per_frame"] > 0 and r["peak_memory_mib"] > 0
     assert path.with_suffix(".png").stat().st_size > 0
+
+
+def test_perception_providers_plug_in(model):
+    depth_mod = pytest.importorskip("mirage_ros.perception.depth")
+    masks_mod = pytest.importorskip("mirage_ros.perception.masks")
+    sim = depth_mod.make_depth_provider("simulator", source=lambda cam, i: wall_depth(cam).numpy())
+    res, mem = run(model, 65, depth_provider=sim, mask_provider=masks_mod.make_mask_provider("none"))
+    assert all(c["points_added"] > 0 for c in res.chunks)
+    be = make_backend("mirage", config="tiny", steps=1, depth="memory", masks="none")
+    cams = cameras(10)
+    be.observe(first_image(), wall_depth(cams[0]).numpy(), cams[0])
+    assert [i for c in be.imagine(cams[1:]) for i in c.frame_indices] == list(range(9))

@@ -318,10 +318,15 @@ class MirageBackend(Backend):
 
 
 def _provider(kind: str, spec, device):
-    """A provider object from a name (``mirage_ros.perception``) or pass objects / None through."""
+    """A provider from a name or ``{"name": ..., **cfg}`` (``mirage_ros.perception``); objects,
+    callables and None pass through."""
+    cfg = {}
+    if isinstance(spec, dict):
+        cfg = dict(spec)
+        spec = cfg.pop("name")
     if spec is None or not isinstance(spec, str):
         return spec
-    if kind == "depth" and spec == "memory":
+    if kind == "depth" and spec == "memory" and not cfg:
         return None
     if kind == "masks" and spec == "none":
         return None
@@ -332,7 +337,7 @@ def _provider(kind: str, spec, device):
             from ..perception.masks import make_mask_provider as make
     except ImportError as exc:
         raise ValueError(f"{kind}: provider {spec!r} needs mirage_ros.perception ({exc})") from exc
-    return make(spec, device=device)
+    return make(spec, **{"device": device, **cfg})
 
 
 def _make_mirage(config: str = "tiny", weights: Optional[str] = None, side_branch: Optional[str] = None,

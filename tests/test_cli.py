@@ -48,7 +48,7 @@ def test_bench_memory_small_writes_the_documented_keys(tmp_path):
 
 def test_bench_perception_small_writes_the_documented_keys(tmp_path):
     path = tmp_path / "perc.json"
-    assert main(["bench", "perception", "--json", str(path), "--resolution", "64x112", "--frames", "2",
+    assert main(["bench", "perception", "--json", str(path), "--resolution", "128x224", "--frames", "2",
                  "--repeats", "1", "--da3-res", "56"]) == 0
     r = json.loads(path.read_text())
     kinds = {p["name"]: p["kind"] for p in r["providers"]}

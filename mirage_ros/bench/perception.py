@@ -48,7 +48,7 @@ def run(args) -> int:
 
     H, W = args.resolution
     scene = sim.make_scene("outdoor", seed=0, moving_object=True)
-    poses = sim.scene_trajectory(scene, "loop", args.frames + 1)
+    poses = sim.scene_trajectory(scene, "loop", max(46, args.frames + 1))  # ~8 degrees apart: views overlap
     cams = [sim.default_camera(H, W, world_to_camera=E) for E in poses[: args.frames]]
     rendered = [sim.render(scene, c, t=float(i)) for i, c in enumerate(cams)]
     frames = np.stack([f.rgb for f in rendered])

@@ -126,7 +126,9 @@ class WanVAECodec(Codec):
     name = "wan2.2-vae"
 
     def __init__(self, vae, device=None, dtype: torch.dtype = torch.float32, tiling: bool = False):
-        self.vae = vae.to(device=device, dtype=dtype).eval()
+        if next(vae.parameters()).dtype != dtype:
+            vae = vae.to(dtype=dtype)  # only cast when needed: diffusers warns on every .to(dtype=...)
+        self.vae = vae.to(device=device).eval()
         self.device = torch.device(device) if device is not None else next(vae.parameters()).device
         self.dtype = dtype
         cfg = vae.config

@@ -4,11 +4,11 @@ Depth: ``make_depth_provider("da3" | "simulator" | "memory", align=None | "scale
 Masks: ``make_mask_provider("sam3" | "labels" | "none")``. Providers load lazily and can live on
 another device than the world model. Nothing here imports rclpy.
 """
-from .align import AlignResult, align_depth
+from .align import AlignResult, align_depth, align_to_memory
 from .depth import (AlignedDepth, DA3Depth, DepthProvider, MemoryDepth, SimulatorDepth, decode_depth_image,
                     make_depth_provider)
 
-__all__ = ["AlignResult", "align_depth", "AlignedDepth", "DA3Depth", "DepthProvider", "MemoryDepth",
+__all__ = ["AlignResult", "align_depth", "align_to_memory", "AlignedDepth", "DA3Depth", "DepthProvider", "MemoryDepth",
            "SimulatorDepth", "decode_depth_image", "make_depth_provider", "make_mask_provider"]
 
 

@@ -1,10 +1,11 @@
 """Alignment to the memory at the winning points' exact projections (no latent-grid bias)."""
+import numpy as np
 import pytest
 import torch
 
 from mirage_ros import sim
 from mirage_ros.memory import LatentSpatialMemory
-from mirage_ros.perception import align_depth, align_to_memory
+from mirage_ros.perception import AlignedDepth, SimulatorDepth, align_depth, align_to_memory
 from mirage_ros.world_model.codec import ThumbnailCodec, images_to_tensor
 
 
@@ -59,3 +60,13 @@ def test_align_to_memory_latent_grid_input_and_too_little_overlap(scene_views):
     assert not res.ok and res.cells == 0
     torch.testing.assert_close(same, truths[0] / 2.0, equal_nan=True)
 
+
+def test_aligned_provider_uses_the_points(scene_views):
+    mem, cams, truths = scene_views
+    p = AlignedDepth(SimulatorDepth(lambda c, i: (truths[i] / 3.0).numpy().astype(np.float32)), mode="scale")
+    rgb = np.zeros((len(cams), cams[0].height, cams[0].width, 3), np.uint8)
+    depth, _ = p.estimate(rgb, cams, memory=mem)
+    assert [r.reference for r in p.last_alignment] == ["points"] * len(cams)
+    assert all(abs(r.scale - 3.0) < 3e-3 for r in p.last_alignment)
+    ok = torch.isfinite(torch.stack(truths))
+    assert ((depth[ok] - torch.stack(truths)[ok]).abs() / torch.stack(truths)[ok]).max() < 5e-3

@@ -73,7 +73,7 @@ def run(args) -> int:
     add("simulator", "depth", "32FC1 metres", lambda: sim_depth.estimate(frames, cams))
     mem_depth = make_depth_provider("memory")
     add("memory", "depth", "readout depth, latent grid", lambda: mem_depth.estimate(frames, cams, memory=mem))
-    da3 = make_depth_provider("da3", preset=args.da3_preset, device=args.device, process_res=args.da3_res)
+    da3 = make_depth_provider("da3", preset=args.da3_preset, random_weights=True, device=args.device, process_res=args.da3_res)
     add("da3", "depth", f"{args.da3_preset}, random weights, longer side {args.da3_res}", lambda: da3.estimate(frames, cams))
     try:
         from ..perception.masks import make_mask_provider

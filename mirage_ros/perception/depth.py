@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..geometry import Camera
-from .align import AlignResult, align_depth
+from .align import AlignResult, align_to_memory
 
 __all__ = [
     "DepthProvider", "DA3Depth", "SimulatorDepth", "MemoryDepth", "AlignedDepth",
@@ -88,8 +88,9 @@ class SimulatorDepth(DepthProvider):
 
     name = "simulator"
 
-    def __init__(self, source: Callable, encoding: str = "32FC1"):
-        self.source, self.encoding = source, encoding
+    def __init__(self, source: Callable, encoding: str = "32FC1", device="cpu"):
+        # device: accepted like every provider's (config sets it for all); no model, output on CPU
+        self.source, self.encoding, self.device = source, encoding, torch.device(device)
 
     def estimate(self, frames, cameras, memory=None):
         self._check(frames, cameras)
@@ -107,6 +108,9 @@ class MemoryDepth(DepthProvider):
 
     name = "memory"
 
+    def __init__(self, device="cpu"):
+        self.device = torch.device(device)  # the memory reads on its own device; output on CPU
+
     def estimate(self, frames, cameras, memory=None):
         if memory is None:
             raise ValueError("memory: the 'memory' depth provider needs the LatentSpatialMemory to read from")
@@ -119,6 +123,33 @@ class MemoryDepth(DepthProvider):
         return depth, torch.isfinite(depth).float()
 
 
+def normalize_extrinsics(E: torch.Tensor):
+    """(N, 4, 4) world->camera -> the frame Depth Anything 3 was trained on, and its unit.
+
+    As ``depth_anything_3.api``: the first camera becomes the identity and translations are
+    divided by the median camera distance from it (at least 0.1). Returns ``(E_norm, unit)``;
+    the net's depth is in units of ``unit`` metres when it follows the given poses.
+    """
+    E = E.double()
+    En = E @ torch.linalg.inv(E[:1])
+    centres = torch.linalg.inv(En)[:, :3, 3]
+    unit = float(centres.norm(dim=-1).median().clamp(min=0.1))
+    En[:, :3, 3] = En[:, :3, 3] / unit
+    return En, unit
+
+
+def umeyama_scale(src: torch.Tensor, dst: torch.Tensor) -> float:
+    """Scale s of the similarity dst ~ s R src + t between (N, 3) point sets (Umeyama 1991)."""
+    src, dst = src.double(), dst.double()
+    x, y = src - src.mean(0), dst - dst.mean(0)
+    var = (x ** 2).sum(1).mean()
+    U, D, Vt = torch.linalg.svd(y.T @ x / len(src))
+    S = torch.ones(3, dtype=D.dtype)
+    if torch.det(U) * torch.det(Vt) < 0:
+        S[-1] = -1.0
+    return float((D * S).sum() / var)
+
+
 class DA3Depth(DepthProvider):
     """Depth Anything 3 (``depth_anything_3.model.da3.DepthAnything3Net``).
 
@@ -126,20 +157,33 @@ class DA3Depth(DepthProvider):
     preset name, e.g. ``{"preset": "da3-base"}``, or a ``preset`` argument, and
     ``model.safetensors``) or ``DA3Depth.random(preset)`` for tests and benchmarks. Frames are
     ImageNet-normalised, resized so both sides are multiples of 14 (``process_res`` sets the
-    longer side), run as one multi-view batch with the known cameras, and the depth is resized
-    back. Non-metric presets predict depth up to scale: pair them with ``align="scale"``.
+    longer side), run as one multi-view batch and the depth is resized back.
+
+    Metric output, as the reference API does it:
+    - any-view presets (small/base/large/giant) take the known cameras, normalised like
+      ``depth_anything_3.api`` (first camera = identity, median distance = 1); the depth is then
+      brought to metres by the Umeyama scale between the predicted and the given camera centres.
+      A batch without baseline (one view, a static camera) has no scale: ``last_metric`` says
+      False for it and it needs ``align="scale"``;
+    - ``da3metric-*`` has no camera encoder; its output is multiplied by focal / 300 (focal in
+      pixels at the processed size); ``da3nested-*`` is metric by itself;
+    - pixels the model calls sky (``sky`` head >= ``sky_threshold``) are invalid (NaN), not
+      "far": sky must never be lifted into the memory.
     """
 
     name = "da3"
 
     def __init__(self, net=None, preset: str = "da3-small", device="cpu", dtype=torch.float32, process_res: int = 504,
-                 use_cameras: bool = True, batch_views: int = 9, loader: Optional[Callable] = None):
+                 use_cameras: bool = True, batch_views: int = 9, loader: Optional[Callable] = None,
+                 sky_threshold: float = 0.3, min_baseline: float = 1e-3):
         if net is None and loader is None:
             raise ValueError("net: pass a DepthAnything3Net or a loader that builds one")
         self._net, self._loader = net, loader
         self.preset, self.device, self.dtype = preset, torch.device(device), dtype
         self.process_res, self.use_cameras, self.batch_views = process_res, use_cameras, batch_views
-        self.metric = "metric" in preset or "nested" in preset
+        self.sky_threshold, self.min_baseline = sky_threshold, min_baseline
+        self.metric = "metric" in preset or "nested" in preset or use_cameras
+        self.last_metric: List[bool] = []  # per frame of the last call: was its depth in metres?
 
     @property
     def net(self):
@@ -224,18 +268,41 @@ class DA3Depth(DepthProvider):
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         x = ((x - mean) / std).to(self.device, self.dtype)
-        depths, confs = [], []
+        K14 = torch.stack([torch.diag(torch.tensor([w14 / W, h14 / H, 1.0], dtype=torch.float64)) @ c.K.double()
+                           for c in cameras])
+        E = torch.stack([c.world_to_camera.double() for c in cameras])
+        net = self.net
+        takes_cameras = getattr(net, "cam_enc", None) is not None
+        depths, confs, self.last_metric = [], [], []
         for s in range(0, T, self.batch_views):
-            xs = x[s : s + self.batch_views][None]
+            xs, Ks, Es = x[s : s + self.batch_views][None], K14[s : s + self.batch_views], E[s : s + self.batch_views]
             kw = {}
-            if self.use_cameras:
-                cams = cameras[s : s + self.batch_views]
-                scale = torch.diag(torch.tensor([w14 / W, h14 / H, 1.0], dtype=torch.float64))
-                kw["intrinsics"] = torch.stack([scale @ c.K for c in cams])[None].to(self.device, torch.float32)
-                kw["extrinsics"] = torch.stack([c.world_to_camera for c in cams])[None].to(self.device, torch.float32)
-            out = self.net(xs, **kw)
-            depths.append(out["depth"][0].float())
-            confs.append(out["depth_conf"][0].float() if "depth_conf" in out else torch.ones_like(out["depth"][0]).float())
+            if self.use_cameras and takes_cameras:
+                En, _ = normalize_extrinsics(Es)
+                kw["intrinsics"] = Ks[None].to(self.device, torch.float32)
+                kw["extrinsics"] = En[None].to(self.device, torch.float32)
+            out = net(xs, **kw)
+            d = out["depth"][0].float()
+            metric = False
+            if "nested" in self.preset:
+                metric = True
+            elif not takes_cameras and "metric" in self.preset:
+                focal = 0.5 * (Ks[:, 0, 0] + Ks[:, 1, 1]).to(d)
+                d = d * (focal / 300.0)[:, None, None]
+                metric = True
+            elif kw and "extrinsics" in out:
+                given = torch.linalg.inv(Es)[:, :3, 3]
+                if len(Es) > 1 and float((given - given.mean(0)).norm(dim=-1).max()) > self.min_baseline:
+                    Ep = torch.eye(4, dtype=torch.float64).repeat(len(Es), 1, 1)
+                    Ep[:, :3, :] = out["extrinsics"][0].double().cpu()
+                    pred = torch.linalg.inv(Ep)[:, :3, 3]
+                    d = d / umeyama_scale(given, pred)  # as depth_anything_3.api: depth /= scale
+                    metric = True
+            if "sky" in out:
+                d = torch.where(out["sky"][0].float() >= self.sky_threshold, torch.full_like(d, float("nan")), d)
+            depths.append(d)
+            confs.append(out["depth_conf"][0].float() if "depth_conf" in out else torch.ones_like(d))
+            self.last_metric += [metric] * len(Es)
         depth = F.interpolate(torch.cat(depths)[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0].cpu()
         conf = F.interpolate(torch.cat(confs)[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0].cpu()
         depth = torch.where(torch.isfinite(depth) & (depth > 0), depth, torch.full_like(depth, float("nan")))
@@ -245,25 +312,40 @@ class DA3Depth(DepthProvider):
 class AlignedDepth(DepthProvider):
     """Wraps a provider; aligns each predicted depth map to the memory's readout depth at the same
     camera on the cells both cover (``mode`` "scale" or "scale_shift"). ``last_alignment`` holds
-    one ``AlignResult`` per frame (scale, shift, residual, cells used)."""
+    one ``AlignResult`` per frame (scale, shift, residual, cells used).
+
+    A frame that cannot be aligned (memory empty there, too few shared cells) keeps its depth only
+    if the inner provider says it is metric (``last_metric`` per frame, else ``metric``); depth of
+    unknown scale is made invalid (NaN) with a warning: it would corrupt the memory.
+    """
 
     def __init__(self, inner: DepthProvider, mode: str = "scale", stride: int = 16, min_cells: int = 16, **align_kw):
         self.inner, self.mode, self.stride, self.min_cells, self.align_kw = inner, mode, stride, min_cells, align_kw
         self.name = f"{inner.name}+align({mode})"
+        self.device = getattr(inner, "device", torch.device("cpu"))
         self.last_alignment: List[Optional[AlignResult]] = []
+
+    def _metric(self, n: int) -> List[bool]:
+        flags = getattr(self.inner, "last_metric", None)
+        if flags is not None and len(flags) == n:
+            return list(flags)
+        return [bool(getattr(self.inner, "metric", True))] * n
 
     def estimate(self, frames, cameras, memory=None):
         depth, conf = self.inner.estimate(frames, cameras, memory=memory)
+        metric = self._metric(len(cameras))
         self.last_alignment = []
-        if memory is None or memory.num_points == 0:
-            self.last_alignment = [None] * len(cameras)
-            return depth, conf
         out = []
-        for d, cam in zip(depth, cameras):
-            ref = memory.read(cam, dtype=None).depth.float().cpu()
-            aligned, res = align_depth(d, ref, mode=self.mode, stride=self.stride, min_cells=self.min_cells, **self.align_kw)
+        for i, (d, cam) in enumerate(zip(depth, cameras)):
+            res = None
+            if memory is not None and memory.num_points > 0:
+                d, res = align_to_memory(d, memory, cam, mode=self.mode, min_cells=self.min_cells, **self.align_kw)
             self.last_alignment.append(res)
-            out.append(aligned)
+            if (res is None or not res.ok) and not metric[i]:
+                warnings.warn(f"depth: frame {i} of {self.inner.name} has no metric scale and could not be aligned "
+                              f"to the memory ({0 if res is None else res.cells} shared cells); marked invalid")
+                d = torch.full_like(d, float("nan"))
+            out.append(d)
         return torch.stack(out), conf
 
 
@@ -273,19 +355,23 @@ DEPTH_PROVIDERS = ("da3", "simulator", "memory")
 def make_depth_provider(name: str, align: Optional[str] = None, **cfg) -> DepthProvider:
     """Build a depth provider by name (``da3`` | ``simulator`` | ``memory``), optionally aligned.
 
-    da3: ``weights`` (folder) or ``preset`` for random weights, plus ``device``, ``dtype``,
-    ``process_res``; simulator: ``source``, ``encoding``.
+    da3: ``weights`` (a local folder) or ``random_weights=True`` (tests, benchmarks) with
+    ``preset``, plus ``device``, ``dtype``, ``process_res``, ``use_cameras``, ``batch_views``;
+    simulator: ``source``, ``encoding``; every provider takes ``device``.
     """
     if name == "da3":
-        weights = cfg.pop("weights", None)
+        weights, random_weights = cfg.pop("weights", None), cfg.pop("random_weights", False)
         if weights:
             p = DA3Depth.from_pretrained(weights, preset=cfg.pop("preset", None), **cfg)
-        else:
+        elif random_weights:
             p = DA3Depth.random(cfg.pop("preset", "da3-small"), **cfg)
+        else:
+            raise ValueError("weights: depth provider 'da3' needs weights= (a local folder with model.safetensors "
+                             "and config.json naming the preset), or random_weights=True for tests and benchmarks")
     elif name == "simulator":
         p = SimulatorDepth(**cfg)
     elif name == "memory":
-        p = MemoryDepth()
+        p = MemoryDepth(**cfg)
     else:
         raise ValueError(f"depth: unknown provider {name!r} (expected one of {DEPTH_PROVIDERS})")
     return AlignedDepth(p, align) if align else p

@@ -70,6 +70,14 @@ def test_sync_exact_and_tolerant_pairing():
     s2.add("pose", 203, "pb")
     s2.add("camera_info", 200, "c")
     assert s2.add("image", 200, "i")["pose"] == "pb"  # nearest within tolerance
+    # a neighbour within tolerance is not taken while the exact partner may still arrive
+    s3 = Synchronizer(("image", "pose"), tolerance_ns=10)
+    s3.add("pose", 295, "early")
+    assert s3.add("image", 300, "i") is None
+    assert s3.add("pose", 300, "exact")["pose"] == "exact"
+    s3.add("pose", 395, "near")
+    s3.add("image", 400, "i2")
+    assert s3.add("pose", 410, "after")["pose"] == "near"  # settled: nothing nearer can come now
 
 
 def test_sync_newest_complete_set_wins_and_queues_stay_bounded():

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import sys
 import threading
 import time
 from collections import deque
@@ -91,8 +93,8 @@ def resample_trajectory(T: np.ndarray, stamps: np.ndarray, n: int) -> Tuple[np.n
     out[:, :3, :3] = cv.quaternions_to_matrices(qi)
     out[:, :3, 3] = (1 - a)[:, None] * T[i0, :3, 3] + a[:, None] * T[i0 + 1, :3, 3]
     out[:, 3, 3] = 1
-    st = np.asarray(stamps, dtype=np.float64)
-    return out, np.round((1 - a) * st[i0] + a * st[i0 + 1]).astype(np.int64)
+    st = np.asarray(stamps, dtype=np.int64)  # ns since 1970 do not fit a float64 exactly: interpolate the offset
+    return out, st[i0] + np.round(a * (st[i0 + 1] - st[i0]).astype(np.float64)).astype(np.int64)
 
 
 class MirageCore:
@@ -134,20 +136,21 @@ class MirageCore:
         try:
             self._log(level, msg)
         except Exception:  # noqa: BLE001 - logging must never break the data path
-            pass
+            print(f"[{level}] {msg}", file=sys.stderr, flush=True)
 
     def reject(self, kind: str, reason: str) -> None:
-        """Count and log (first occurrence of each kind at once, then at most every 5 s)."""
+        """Count and log (each kind of problem at once, then at most every 5 s with a count)."""
         self.counts["inputs_rejected"] += 1
         self.last_rejection = f"{kind}: {reason}"
         now = time.monotonic()
-        last, suppressed = self._reject_log.get(kind, (-1e9, 0))
+        key = f"{kind}|{re.sub(r'[0-9.eE+-]+', '#', reason.split('(')[0])[:120]}"  # per kind of problem
+        last, suppressed = self._reject_log.get(key, (-1e9, 0))
         if now - last >= 5.0:
-            more = f" ({suppressed} more {kind} rejections since the last report)" if suppressed else ""
+            more = f" ({suppressed} more like it since the last report)" if suppressed else ""
             self.log("warn", f"rejected {kind}: {reason}; dropped, memory unchanged{more}")
-            self._reject_log[kind] = (now, 0)
+            self._reject_log[key] = (now, 0)
         else:
-            self._reject_log[kind] = (last, suppressed + 1)
+            self._reject_log[key] = (last, suppressed + 1)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def configure(self, backend=None) -> None:

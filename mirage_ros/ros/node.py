@@ -32,8 +32,7 @@ from typing import Optional
 import numpy as np
 import rclpy
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 
@@ -57,7 +56,7 @@ class MirageNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.core: Optional[MirageCore] = None
         self.active = False
-        self._ents = []  # subscriptions, services, timers, action server created on configure
+        self._ents = []  # subscriptions, services, action server created on configure
         self._pubs = {}
         self._stop = threading.Event()
         self._obs_cv = threading.Condition()
@@ -97,9 +96,17 @@ class MirageNode(LifecycleNode):
         return SetParametersResult(successful=True)
 
     def _log(self, level: str, msg: str) -> None:
+        # rclpy fixes the severity per call site ("Logger severity cannot be changed between
+        # calls"), so every severity gets its own line
         lg = self.get_logger()
-        {"debug": lg.debug, "info": lg.info, "warn": lg.warning, "warning": lg.warning,
-         "error": lg.error}.get(level, lg.info)(msg)
+        if level in ("warn", "warning"):
+            lg.warning(msg)
+        elif level == "error":
+            lg.error(msg)
+        elif level == "debug":
+            lg.debug(msg)
+        else:
+            lg.info(msg)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def on_configure(self, state) -> TransitionCallbackReturn:
@@ -138,7 +145,8 @@ class MirageNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._stop.clear()
         self._threads = [threading.Thread(target=self._observe_loop, name="mirage-observe", daemon=True),
-                         threading.Thread(target=self._plan_loop, name="mirage-plan", daemon=True)]
+                         threading.Thread(target=self._plan_loop, name="mirage-plan", daemon=True),
+                         threading.Thread(target=self._output_loop, name="mirage-outputs", daemon=True)]
         for t in self._threads:
             t.start()
         self.get_logger().info(
@@ -156,19 +164,15 @@ class MirageNode(LifecycleNode):
         from std_srvs.srv import Trigger
 
         sensor = qos.profile("sensor", reliability=p["qos.sensor_reliability"], depth=p["qos.sensor_depth"])
-        g_in = MutuallyExclusiveCallbackGroup()
-        g_srv = MutuallyExclusiveCallbackGroup()
-        g_timer = MutuallyExclusiveCallbackGroup()
-        g_act = ReentrantCallbackGroup()
         core = self.core
         e = self._ents
-        e.append(self.create_subscription(Image, "image", self._guard(self._on_image), sensor, callback_group=g_in))
-        e.append(self.create_subscription(CameraInfo, "camera_info", self._guard(core.on_camera_info), sensor, callback_group=g_in))
+        e.append(self.create_subscription(Image, "image", self._guard(self._on_image), sensor))
+        e.append(self.create_subscription(CameraInfo, "camera_info", self._guard(core.on_camera_info), sensor))
         src = p["pose.source"]
         if src == "pose":
-            e.append(self.create_subscription(PoseStamped, "pose", self._guard(core.on_pose), sensor, callback_group=g_in))
+            e.append(self.create_subscription(PoseStamped, "pose", self._guard(core.on_pose), sensor))
         elif src == "odometry":
-            e.append(self.create_subscription(Odometry, "odom", self._guard(core.on_odometry), sensor, callback_group=g_in))
+            e.append(self.create_subscription(Odometry, "odom", self._guard(core.on_odometry), sensor))
         else:
             try:
                 import tf2_ros
@@ -178,21 +182,19 @@ class MirageNode(LifecycleNode):
             buf = tf2_ros.Buffer()
             self._tf = (buf, tf2_ros.TransformListener(buf, self))
         if p["depth.provider"] == "topic":
-            e.append(self.create_subscription(Image, "depth", self._guard(core.on_depth), sensor, callback_group=g_in))
+            e.append(self.create_subscription(Image, "depth", self._guard(core.on_depth), sensor))
         if p["masks.provider"] == "labels":
-            e.append(self.create_subscription(Image, "labels", self._guard(core.on_labels), sensor, callback_group=g_in))
-        e.append(self.create_subscription(Path, "plan", self._on_plan, qos.profile("plan"), callback_group=g_in))
-        e.append(self.create_service(Trigger, "reset", self._srv_reset, callback_group=g_srv))
-        e.append(self.create_service(SaveMemory, "save_memory", self._srv_save, callback_group=g_srv))
-        e.append(self.create_service(LoadMemory, "load_memory", self._srv_load, callback_group=g_srv))
+            e.append(self.create_subscription(Image, "labels", self._guard(core.on_labels), sensor))
+        e.append(self.create_subscription(Path, "plan", self._on_plan, qos.profile("plan")))
+        e.append(self.create_service(Trigger, "reset", self._srv_reset))
+        e.append(self.create_service(SaveMemory, "save_memory", self._srv_save))
+        e.append(self.create_service(LoadMemory, "load_memory", self._srv_load))
         self._action = ActionServer(
             self, Imagine, "imagine", execute_callback=self._execute, goal_callback=self._on_goal,
-            cancel_callback=lambda _h: CancelResponse.ACCEPT, callback_group=g_act,
+            cancel_callback=lambda _h: CancelResponse.ACCEPT,
             result_timeout=60,
         )
         e.append(self._action)
-        e.append(self.create_timer(max(0.05, min(p["viz.cloud_period"], p["viz.stats_period"]) / 2), self._on_timer,
-                                   callback_group=g_timer))
         self._last_cloud = self._last_stats = 0.0
 
     def on_activate(self, state) -> TransitionCallbackReturn:
@@ -221,8 +223,6 @@ class MirageNode(LifecycleNode):
             try:
                 if isinstance(ent, ActionServer):
                     ent.destroy()
-                elif hasattr(ent, "timer_period_ns"):
-                    self.destroy_timer(ent)
                 elif hasattr(ent, "srv_type"):
                     self.destroy_service(ent)
                 else:
@@ -311,7 +311,8 @@ class MirageNode(LifecycleNode):
 
     # -- imagination --------------------------------------------------------------------------
     def _on_goal(self, goal_request) -> GoalResponse:
-        self._accept_ns = time.perf_counter_ns()
+        # every goal is accepted; a malformed one is aborted with its reason in the result
+        # (a rejected goal would tell the planner nothing)
         return GoalResponse.ACCEPT
 
     def _now_ns(self) -> int:
@@ -339,7 +340,32 @@ class MirageNode(LifecycleNode):
                 on_chunk(chunk, msg, summary)
         return summary
 
-    def _execute(self, goal_handle):
+    async def _execute(self, goal_handle):
+        """Runs the goal in a thread and awaits it: the (single-threaded) executor keeps taking
+        sensor messages, cancel requests and other goals meanwhile."""
+        from rclpy.task import Future
+
+        fut = Future(executor=self.executor)
+        fut.add_done_callback(lambda _f: None)  # completion from the thread wakes the executor
+
+        def work():
+            try:
+                fut.set_result(self._run_goal(goal_handle))
+            except BaseException as exc:  # noqa: BLE001 - surfaces in the executor
+                fut.set_exception(exc)
+
+        threading.Thread(target=work, name="mirage-goal", daemon=True).start()
+        status, result = await fut
+        if status == STATUS_SUCCEEDED:
+            goal_handle.succeed()
+        elif status == STATUS_CANCELED:
+            goal_handle.canceled()
+        else:
+            goal_handle.abort()
+        return result
+
+    def _run_goal(self, goal_handle):
+        """The goal's work (a worker thread); returns (status, result)."""
         from mirage_ros.action import Imagine
 
         t_accept = time.perf_counter()
@@ -355,14 +381,9 @@ class MirageNode(LifecycleNode):
             if core is not None:
                 key = {STATUS_SUCCEEDED: "goals_succeeded", STATUS_CANCELED: "goals_canceled"}.get(status, "goals_aborted")
                 core.counts[key] += 1
-            if status == STATUS_SUCCEEDED:
-                goal_handle.succeed()
-            elif status == STATUS_CANCELED:
-                goal_handle.canceled()
-            else:
-                goal_handle.abort()
+            if status not in (STATUS_SUCCEEDED, STATUS_CANCELED):
                 self.get_logger().warning(f"imagine goal {STATUS_NAMES[status]}: {message}")
-            return result
+            return status, result
 
         if not self.active or core is None:
             return finish(STATUS_NOT_READY, "the node is not active (lifecycle state is not 'active')")
@@ -462,10 +483,20 @@ class MirageNode(LifecycleNode):
         return response
 
     # -- periodic outputs ---------------------------------------------------------------------
-    def _on_timer(self) -> None:
-        core = self.core
-        if core is None or not self.active:
-            return
+    def _output_loop(self) -> None:
+        """memory/stats every viz.stats_period; memory/points and memory/frustums at most every
+        viz.cloud_period and only when the memory changed (a thread: a large cloud never holds
+        up the sensor callbacks)."""
+        while not self._stop.wait(0.02):
+            core = self.core
+            if core is None or not self.active:
+                continue
+            try:
+                self._publish_outputs(core)
+            except Exception as exc:  # noqa: BLE001 - keep publishing
+                self.get_logger().error(f"outputs: {type(exc).__name__}: {exc}")
+
+    def _publish_outputs(self, core) -> None:
         now = time.monotonic()
         p = core.p
         stamp = self._now_ns()
@@ -512,7 +543,9 @@ def main(argv=None) -> int:
     code = 0
     try:
         node = MirageNode()
-        executor = MultiThreadedExecutor(num_threads=4)
+        # Single-threaded: rclpy's MultiThreadedExecutor takes a fraction of the messages per
+        # second; goals, observation and outputs run in their own threads instead.
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

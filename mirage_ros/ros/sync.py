@@ -5,8 +5,10 @@ this is the small exact/tolerant pairing mirage_node uses:
 
 - Inputs arrive already validated and converted (``add(kind, stamp_ns, payload)``).
 - A set is complete when, for an image stamp t, every other required kind has an entry within
-  ``tolerance_ns`` of t (the nearest one is taken). camera_info may instead be *latched*: the
-  newest one applies to any image.
+  ``tolerance_ns`` of t, and that kind's choice is settled: the nearest entry is taken once the
+  kind has a message at or after t (so a neighbouring frame's pose is never used while the exact
+  one is still in flight). camera_info may instead be *latched*: the newest one applies to any
+  image.
 - When several images are complete, the newest wins (older complete ones are counted as
   ``superseded``); everything at or before the emitted stamp is then dropped, so queues stay
   bounded by ``queue_size`` per kind no matter how messages arrive.
@@ -112,6 +114,8 @@ class Synchronizer:
                 e = self._nearest(k, t)
                 if e is None:
                     break
+                if k not in self.latch and e[0] < t and not any(x[0] >= t for x in self.queues[k]):
+                    break  # an exact or nearer partner may still be on its way: wait for it
                 parts[k] = e
             else:
                 n_complete += 1

@@ -75,6 +75,15 @@ def _dedup(items: Sequence[Optional[str]], max_items: int) -> List[str]:
     return out
 
 
+# prose around a list: "I see ...", "There are ...", "The image shows ..." (dropped before splitting)
+_LEAD_IN = re.compile(r"^(?:(?:sure|ok|okay|yes)[,!.]?\s+)?(?:i\s+(?:can\s+)?see|there\s+(?:is|are)|"
+                      r"(?:the|this)\s+(?:image|picture|frame|photo)\s+(?:shows|contains|has)|"
+                      r"(?:the\s+)?movable\s+(?:objects|things)\s+(?:are|is))\s+", re.I)
+# a one-sentence answer that there is nothing: "There are no movable objects in this image."
+_NEGATIVE = re.compile(r"^\s*(?:there\s+(?:is|are)\s+)?(?:no|not\s+any)\s+(?:movable\s+|moving\s+|dynamic\s+)?"
+                       r"(?:objects?|things?|entities|items?)(?:\s+(?:are\s+|is\s+)?(?:visible|present|here|"
+                       r"in\s+(?:this|the)\s+(?:image|picture|frame|photo|scene)))?\s*[.!]?\s*$", re.I)
+
 _BULLET = re.compile(r"^\s*(?:[-*\u2022\u2023+]|\d+[.)]|[a-z][.)])\s+(.*)$", re.I)
 
 
@@ -100,7 +109,7 @@ def _parse(text, max_items: int) -> List[str]:
         return []
     t = re.sub(r"<think>.*?(</think>|$)", " ", text, flags=re.S | re.I)
     t = re.sub(r"```[a-zA-Z]*", "\n", t).replace("```", "\n").strip()
-    if not t or t.lower().strip(" .!") in _NONE_WORDS:
+    if not t or t.lower().strip(" .!") in _NONE_WORDS or _NEGATIVE.match(t):
         return []
 
     # 1. a JSON list somewhere in the answer
@@ -147,6 +156,7 @@ def _parse(text, max_items: int) -> List[str]:
     body = " ".join(lines)
     if ":" in body:
         body = body.split(":", 1)[1]
+    body = _LEAD_IN.sub("", body.strip())  # "I see a person and a dog." -> "a person and a dog."
     body = re.sub(r"\s+(and|or)\s+", ",", body.strip().rstrip("."))
     parts = [p for p in re.split(r"\s*[,;\n|]\s*", body) if p.strip()]
     if parts and all(len(p.split()) <= MAX_WORDS and not re.search(r"[.!?]\s", p + " ") for p in parts):

@@ -126,3 +126,23 @@ def test_make_depth_provider_devices_and_no_silent_random_weights():
         make_depth_provider("da3", device="cpu")
     p = make_depth_provider("da3", random_weights=True, preset="da3-small")
     assert p._net is None
+
+
+def test_single_frame_calls_give_single_maps():
+    """Callers that handle one frame at a time (the ROS core) get (H, W) back, not (1, H, W)."""
+    from mirage_ros.perception import make_mask_provider
+
+    scene = sim.make_scene("outdoor", seed=0, moving_object=True)
+    cam = sim.default_camera(64, 112, world_to_camera=sim.scene_trajectory(scene, "loop", 5)[0])
+    f = sim.render(scene, cam)
+    depth = make_depth_provider("simulator", source=lambda c, i: f.depth)(f.rgb, cam)
+    assert depth.shape == (64, 112)
+    truth = torch.from_numpy(f.depth)
+    ok = torch.isfinite(truth)
+    assert torch.equal(depth[ok], truth[ok]) and torch.isnan(depth[~ok]).all()
+    batch = make_depth_provider("simulator", source=lambda c, i: f.depth)(f.rgb[None], [cam])
+    assert batch.shape == (1, 64, 112)
+    ex = make_mask_provider("labels")(f.rgb, cam, labels=f.labels)
+    assert ex.shape == (64, 112) and np.array_equal(ex, f.labels != sim.STATIC)
+    assert make_mask_provider("none")(f.rgb, cam).shape == (64, 112)
+    assert make_mask_provider("labels")(f.rgb[None], [cam], labels=f.labels[None]).shape == (1, 64, 112)

@@ -70,6 +70,15 @@ class DepthProvider:
     def estimate(self, frames, cameras: Sequence[Camera], memory=None):  # pragma: no cover - interface
         raise NotImplementedError
 
+    def __call__(self, frames, cameras, memory=None) -> torch.Tensor:
+        """Depth only. One frame (H, W, 3) with one ``Camera`` gives (H, W) (or (h, w)); a batch
+        gives (T, ., .) as ``estimate`` does (for callers that handle frames one at a time)."""
+        single = isinstance(cameras, Camera)
+        if single:
+            frames, cameras = (frames[None] if np.ndim(frames) == 3 else frames), [cameras]
+        depth, _ = self.estimate(frames, cameras, memory=memory)
+        return depth[0] if single else depth
+
     @staticmethod
     def _check(frames, cameras):
         a = np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames

@@ -51,7 +51,11 @@ class MaskProvider:
     def masks(self, frames, cameras=None, labels=None) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
 
-    __call__ = lambda self, *a, **k: self.masks(*a, **k)  # noqa: E731
+    def __call__(self, frames, cameras=None, labels=None) -> np.ndarray:
+        """``masks``; one frame (H, W, 3) (with one camera or none) gives one (H, W) mask."""
+        single = np.ndim(frames) == 3
+        out = self.masks(frames, [cameras] if single and cameras is not None else cameras, labels=labels)
+        return out[0] if single else out
 
     def config(self) -> dict:
         return {"name": self.name}

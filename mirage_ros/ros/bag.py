@@ -55,7 +55,9 @@ def _stamp(stamp_ns: Optional[int], stamp_s: Optional[float]) -> int:
 
 def interface_dir() -> Path:
     """Folder holding mirage_ros' msg/ (source checkout, pip data_files, colcon or .ros_build install)."""
-    cands = [Path(__file__).resolve().parents[2]]
+    here = Path(__file__).resolve()
+    cands = [here.parents[2]]  # a source checkout: <repo>/msg
+    cands += [p / "share" / "mirage_ros" for p in here.parents[3:7]]  # <prefix>/lib/pythonX/site-packages/...
     cands.append(Path(sys.prefix) / "share" / "mirage_ros")
     for pre in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
         if pre:

@@ -450,3 +450,24 @@ def test_ros_modules_do_not_import_rclpy_at_import_time():
             "print(any(m == 'rclpy' or m.startswith('rclpy.') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_odometry_with_a_camera_mount(scene):
+    """pose.source odometry: camera_to_world = odom (base in world) @ base_to_camera."""
+    from mirage_ros.geometry import look_at, invert_rigid
+
+    cams, frames = scene
+    mount = [0.2, 0.0, 1.0, -0.5, 0.5, -0.5, 0.5]  # x y z qx qy qz qw: optical frame on a REP 103 base
+    core = MirageCore({"pose.source": "odometry", "pose.base_to_camera": mount})
+    core.configure()
+    base = np.eye(4)
+    base[:3, 3] = [1.0, 2.0, 0.0]
+    odom = B.Odometry(header=cv.header_msg(B, 10**9, "map"), child_frame_id="base_link",
+                      pose=B.factory("geometry_msgs/msg/PoseWithCovariance")(pose=cv.pose_msg(B, base)))
+    assert core.on_odometry(odom) is None
+    T = core.sync.queues["pose"][-1][1]
+    assert np.allclose(T[:3, 3], [1.2, 2.0, 1.0])
+    assert np.allclose(T[:3, 2], [1, 0, 0], atol=1e-9)  # optical z looks along the base's x (forward)
+    assert np.allclose(T[:3, 1], [0, 0, -1], atol=1e-9)  # optical y is down
+    odom.header.frame_id = "odom"
+    assert core.on_odometry(odom) is None and "not the world frame" in core.last_rejection

@@ -384,3 +384,26 @@ def test_soak_10000_sensor_messages(tmp_path, probe):
         assert grow_mib < 16 + mem_mib, f"node RSS grew {grow_mib:.1f} MiB over 10,000 messages"
     finally:
         assert proc.stop() == 0
+
+
+def test_runtime_parameters(e2e, probe):
+    """Live settings change at once; settings that need a re-configure are refused with the reason."""
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import GetParameters, SetParameters
+
+    def setp(name, value):
+        pv = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value) if isinstance(value, bool) else \
+            ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
+        return probe.call(f"{NS}/mirage/set_parameters", SetParameters,
+                          SetParameters.Request(parameters=[Parameter(name=name, value=pv)])).results[0]
+
+    r = setp("imagined.feedback_frames", False)
+    assert r.successful, r.reason
+    r = setp("backend", "mirage")
+    assert not r.successful and "takes effect at configure" in r.reason
+    r = setp("masks.provider", "nope")
+    assert not r.successful
+    got = probe.call(f"{NS}/mirage/get_parameters", GetParameters,
+                     GetParameters.Request(names=["backend", "imagined.feedback_frames"])).values
+    assert got[0].string_value == "readout" and got[1].bool_value is False
+    assert setp("imagined.feedback_frames", True).successful

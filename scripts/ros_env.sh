@@ -2,7 +2,11 @@
 # Confines ROS 2 to loopback and makes the interfaces built by scripts/build_interfaces.sh
 # importable. Used by scripts/test.sh before pytest, and by anyone trying the node by hand.
 #   - ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (ROS_LOCALHOST_ONLY is unset: deprecated in Jazzy, and it disables the range)
-#   - Fast DDS profile config/fastdds_loopback.xml: UDPv4 on 127.0.0.1 only, unicast discovery
+#   - Fast DDS profile config/fastdds_loopback.xml: UDPv4 on 127.0.0.1 only, unicast discovery.
+#     MIRAGE_ROS_TRANSPORT=shm selects config/fastdds_local_shm.xml instead (shared memory +
+#     UDP on 127.0.0.1): needed for images above ~0.5 MB on BEST_EFFORT topics (the node's
+#     sensor inputs), which Fast DDS 2.14 drops over UDP alone when the discovery range is
+#     LOCALHOST (measured: 256x448 rgb8 arrives, 352x640 and 1280x704 do not; see the bench)
 #   - a random ROS_DOMAIN_ID (1..100) unless MIRAGE_ROS_DOMAIN_ID is set, so concurrent runs on
 #     one machine do not see each other
 #   - PYTHONPATH: the repository first (so the real mirage_ros/__init__.py merges the generated
@@ -14,7 +18,10 @@ _mirage_build=${MIRAGE_ROS_BUILD:-$_mirage_root/.ros_build}
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 unset ROS_STATIC_PEERS ROS_LOCALHOST_ONLY
 export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
-export FASTDDS_DEFAULT_PROFILES_FILE="$_mirage_root/config/fastdds_loopback.xml"
+case "${MIRAGE_ROS_TRANSPORT:-udp}" in
+  shm) export FASTDDS_DEFAULT_PROFILES_FILE="$_mirage_root/config/fastdds_local_shm.xml" ;;
+  *) export FASTDDS_DEFAULT_PROFILES_FILE="$_mirage_root/config/fastdds_loopback.xml" ;;
+esac
 export FASTRTPS_DEFAULT_PROFILES_FILE="$FASTDDS_DEFAULT_PROFILES_FILE"
 export ROS_DOMAIN_ID=${MIRAGE_ROS_DOMAIN_ID:-$(( (RANDOM % 100) + 1 ))}
 export RCUTILS_COLORIZED_OUTPUT=0

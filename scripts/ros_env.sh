@@ -33,7 +33,7 @@ _mirage_prepend() {  # _mirage_prepend VAR DIR: put DIR first in VAR once
   eval "export $var=\"$dir\${cur:+:\$cur}\""
 }
 
-_mirage_site=$(ls -d "$_mirage_build"/install/lib/python*/site-packages 2>/dev/null | head -1)
+_mirage_site=$(ls -d "$_mirage_build"/install/lib/python*/site-packages 2>/dev/null | head -1 || true)
 if [ -n "$_mirage_site" ] && [ -d "$_mirage_site/mirage_ros/msg" ]; then
   _mirage_prepend PYTHONPATH "$_mirage_site"
   _mirage_prepend LD_LIBRARY_PATH "$_mirage_build/install/lib"

@@ -471,3 +471,28 @@ def test_odometry_with_a_camera_mount(scene):
     assert np.allclose(T[:3, 1], [0, 0, -1], atol=1e-9)  # optical y is down
     odom.header.frame_id = "odom"
     assert core.on_odometry(odom) is None and "not the world frame" in core.last_rejection
+
+
+def test_core_drives_the_generative_backend_and_a_depth_provider():
+    """backend mirage (tiny, random weights) through the same core; depth from the memory provider."""
+    s = sim.make_scene("room", 0)
+    cams = [sim.default_camera(64, 128).with_pose(E) for E in sim.scene_trajectory(s, "loop", 12)]
+    frames = [sim.render(s, c) for c in cams]
+    core = MirageCore({"backend": "mirage", "steps": 2, "chunk_size": 9})
+    core.configure()
+    assert core.backend.generative and "RANDOM weights" in core.backend.description
+    t = 10**9
+    core.on_camera_info(cv.camera_info_msg(B, cams[0].K.numpy(), 64, 128, t, "c"))
+    core.on_pose(cv.pose_stamped_msg(B, cams[0].camera_to_world.numpy(), t, "map"))
+    core.on_depth(cv.image_msg(B, frames[0].depth, t, "c", "32FC1"))
+    assert core.observe(core.on_image(cv.image_msg(B, frames[0].rgb, t, "c"))) > 0
+    T = np.stack([c.camera_to_world.numpy() for c in cams[1:10]])
+    req = core.prepare(cv.path_msg(B, T, [t + i for i in range(9)], "map"))
+    chunks = list(core.imagine(req))
+    assert sum(len(c.frame_indices) for c in chunks) == 9 and "denoise" in chunks[0].timings
+    # an observation-time depth provider instead of a depth topic
+    core2 = MirageCore({"depth.provider": "memory"})
+    core2.configure()
+    assert "depth" not in core2.sync.kinds and core2.depth_provider is not None
+    with pytest.raises(ValueError, match="weights"):
+        MirageCore({"depth.provider": "da3"}).configure()  # no DA3 weights: a clear configure error

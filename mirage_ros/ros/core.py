@@ -165,10 +165,15 @@ class MirageCore:
                 "on_revisit": p["memory.on_revisit"], "block_size": p["memory.block_size"],
                 "max_points": p["memory.max_points"] or None,
             }
-            cfg = {"codec": p["codec"], "weights": p["weights_dir"] or None, "device": p["device"],
-                   "chunk_size": p["chunk_size"], "memory": mem}
-            if p["backend"] != "readout":
-                cfg.update({"steps": p["steps"], "prompt": p["prompt"] or None})
+            if p["backend"] == "readout":
+                cfg = {"codec": p["codec"], "weights": p["weights_dir"] or None, "device": p["device"],
+                       "chunk_size": p["chunk_size"], "memory": mem}
+            else:  # generative: depth and masks of *generated* frames come from these providers
+                cfg = {"config": p["mirage.config"], "weights": p["weights_dir"] or None,
+                       "side_branch": p["mirage.side_branch"] or None, "lora": p["mirage.lora"] or None,
+                       "device": p["device"], "steps": p["steps"], "prompt": p["prompt"] or None, "memory": mem,
+                       "depth": {"name": "da3", "weights": p["depth.weights"]} if p["depth.provider"] == "da3" else "memory",
+                       "masks": self._mask_cfg() if p["masks.provider"] == "sam3" else "none"}
             backend = make_backend(p["backend"], **cfg)
         self.depth_provider = self._provider("depth", self.p["depth.provider"], ("topic",))
         self.mask_provider = self._provider("masks", self.p["masks.provider"], ("none", "labels"))
@@ -179,18 +184,31 @@ class MirageCore:
                 self.version += 1
         self.log("info", f"backend: {self.backend.description or self.backend.name}")
 
+    def _mask_cfg(self) -> dict:
+        p = self.p
+        cfg = {"name": "sam3", "sam3_dir": p["masks.sam3_dir"] or None}
+        if p["masks.qwen_dir"]:
+            cfg["qwen_dir"] = p["masks.qwen_dir"]
+        return cfg
+
     def _provider(self, what: str, name: str, builtin: tuple):
+        """Observation-time depth / mask provider from mirage_ros.perception (None for the
+        built-in ones: the depth topic, no masks, the label topic)."""
         if name in builtin:
             return None
         try:
-            from .. import perception  # noqa: F401
-            import importlib
+            if what == "depth":
+                from ..perception.depth import make_depth_provider
 
-            mod = importlib.import_module(f"mirage_ros.perception.{'depth' if what == 'depth' else 'masks'}")
-            factory = getattr(mod, "make_depth_provider" if what == "depth" else "make_mask_provider")
-        except (ImportError, AttributeError) as exc:
+                kw = {"weights": self.p["depth.weights"] or None} if name == "da3" else {}
+                return make_depth_provider(name, device=self.p["device"], **kw)
+            from ..perception.masks import make_mask_provider
+
+            cfg = self._mask_cfg()
+            cfg.pop("name")
+            return make_mask_provider(name, device=self.p["device"], **cfg)
+        except ImportError as exc:
             raise ValueError(f"{what}.provider: {name!r} is not available in this build ({exc})") from None
-        return factory(name, device=self.p["device"], weights=self.p["weights_dir"] or None)
 
     def release(self) -> None:
         """Drop the backend and free accelerator memory (lifecycle cleanup)."""
@@ -319,10 +337,14 @@ class MirageCore:
             return self.reject("pose", str(exc))
         depth = s.get("depth")
         if depth is None and self.depth_provider is not None:
-            depth = self.depth_provider(rgb, cam)
+            try:
+                depth = self.depth_provider(rgb, cam, memory=self.backend.memory)
+            except Exception as exc:  # noqa: BLE001 - a provider failure drops this frame only
+                return self.reject("depth", f"depth provider {self.p['depth.provider']} failed: {type(exc).__name__}: {exc}")
+            depth = depth.detach().cpu().numpy() if hasattr(depth, "detach") else np.asarray(depth)
         if depth is None:
             return self.reject("depth", f"no depth for the set at {s.stamp_ns} ns (depth.provider={self.p['depth.provider']})")
-        if depth.shape != (H, W):
+        if depth.shape != (H, W) and depth.shape != (H // stride, W // stride):
             return self.reject("depth", f"depth is {depth.shape[0]}x{depth.shape[1]} but the image is {H}x{W}")
         exclude = None
         labels = s.get("labels")
@@ -331,7 +353,10 @@ class MirageCore:
                 return self.reject("labels", f"labels are {labels.shape[0]}x{labels.shape[1]} but the image is {H}x{W}")
             exclude = np.isin(labels, np.asarray(self.p["masks.exclude_labels"], dtype=np.int64))
         elif self.mask_provider is not None:
-            exclude = self.mask_provider(rgb, cam)
+            try:
+                exclude = np.asarray(self.mask_provider(rgb, cam), dtype=bool)
+            except Exception as exc:  # noqa: BLE001
+                return self.reject("masks", f"mask provider {self.p['masks.provider']} failed: {type(exc).__name__}: {exc}")
         try:
             with self.lock:
                 if self.backend is None:

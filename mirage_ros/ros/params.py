@@ -35,11 +35,17 @@ PARAMS: List[Param] = [
     Param("chunk_size", 9, "frames per imagined chunk (one feedback message per chunk)"),
     Param("steps", 20, "denoising steps per chunk (mirage backend)"),
     Param("prompt", "", "default text prompt when a goal gives none (mirage backend)"),
+    Param("mirage.config", "tiny", "mirage backend without weights_dir: tiny | full model with RANDOM weights (tests, benchmarks)", ("tiny", "full")),
+    Param("mirage.side_branch", "", "Mirage side-branch checkpoint file (mirage backend; empty: none)"),
+    Param("mirage.lora", "", "LoRA checkpoint file (mirage backend; empty: none)"),
     # -- perception --
     Param("depth.provider", "topic", "where depth of observed frames comes from: topic (subscribe `depth`) | da3 (Depth Anything 3) | memory", ("topic", "da3", "memory")),
     Param("depth.mm_scale", 0.001, "metres per unit of 16UC1 / mono16 depth images"),
+    Param("depth.weights", "", "Depth Anything 3 weights folder (depth.provider da3; also depth of generated frames)"),
     Param("masks.provider", "none", "which cells to keep out of the memory: none | labels (subscribe `labels`, mono8 0 static / 1 sky / 2 dynamic) | sam3", ("none", "labels", "sam3")),
     Param("masks.exclude_labels", [1, 2], "label values excluded from the memory when masks.provider is labels"),
+    Param("masks.sam3_dir", "", "SAM3 weights folder (masks.provider sam3)"),
+    Param("masks.qwen_dir", "", "Qwen3-VL weights folder listing the entities SAM3 masks (masks.provider sam3; empty: a fixed list)"),
     # -- memory --
     Param("memory.depth_downsample", "bilinear", "pixel -> latent depth downsampling", ("bilinear", "nearest", "area", "median")),
     Param("memory.feature_dtype", "bfloat16", "storage dtype of latent features", ("bfloat16", "float16", "float32")),

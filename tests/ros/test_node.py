@@ -407,3 +407,32 @@ def test_runtime_parameters(e2e, probe):
                      GetParameters.Request(names=["backend", "imagined.feedback_frames"])).values
     assert got[0].string_value == "readout" and got[1].bool_value is False
     assert setp("imagined.feedback_frames", True).successful
+
+
+def test_generative_backend_through_the_node(tmp_path, probe):
+    """backend:=mirage (tiny model, random weights): the node drives the rollout and says so."""
+    from mirage_ros import sim
+
+    ns = "/gen"
+    proc = start_node(tmp_path, ns, {"backend": "mirage", "steps": 2, "viz.stats_period": 0.1})
+    probe.watch(ns)
+    try:
+        st = probe.stats(ns, timeout=90)
+        assert st.backend == "mirage" and st.generative and "RANDOM weights" in st.description
+        s = sim.make_scene("room", 0)
+        cams = [sim.default_camera(64, 128).with_pose(E) for E in sim.scene_trajectory(s, "loop", 12)]
+        f0 = sim.render(s, cams[0])
+        for k in range(50):
+            probe.publish_set(ns, cams[0], f0, 10**9 + k)
+            try:
+                probe.wait_stats(ns, lambda s: s.num_points > 0, timeout=0.5)
+                break
+            except TimeoutError:
+                continue
+        r = probe.imagine(ns, probe.path(cams[1:10], [2 * 10**9 + i for i in range(9)]), expect_frames=9, chunk_size=9)
+        res = r["result"]
+        assert res.status == 0 and res.generative and res.backend == "mirage", res.message
+        assert len(r["images"]) == 9 and all(c.generative for c in r["chunks"])
+        assert "denoise" in list(r["chunks"][0].timing_names)
+    finally:
+        assert proc.stop() == 0, proc.log()[-2000:]

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default="mirage_out/bench_node.json", help="output JSON path (a PNG is written beside it)")
     p.add_argument("--goals", type=int, default=30, help="goals timed for the first-frame latency")
-    p.add_argument("--rates", default="2,5,10,20,30,40,60,80,100", help="offered input rates (sets/s) at 1280x704")
+    p.add_argument("--rates", default="2,5,10,20,40,60,100,150,200", help="offered input rates (sets/s) at 1280x704")
     p.add_argument("--duration", type=float, default=3.0, help="seconds per offered rate")
     p.add_argument("--points", type=int, default=1_000_000, help="points in the PointCloud2 timing")
     p.add_argument("--repeats", type=int, default=7, help="PointCloud2 timing repeats")

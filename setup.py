@@ -37,6 +37,11 @@ setup(
         ("share/" + PACKAGE, ["package.xml"]),
         ("share/" + PACKAGE + "/launch", glob("launch/*.py")),
         ("share/" + PACKAGE + "/config", glob("config/*")),
+        # interface definitions: colcon builds them; a plain pip install ships them so the bag
+        # writer can register the custom types with rosbags
+        ("share/" + PACKAGE + "/msg", glob("msg/*.msg")),
+        ("share/" + PACKAGE + "/srv", glob("srv/*.srv")),
+        ("share/" + PACKAGE + "/action", glob("action/*.action")),
     ],
     install_requires=PINS.get("core", []),
     extras_require={k: v for k, v in PINS.items() if k not in ("core", "nodeps")},

@@ -22,13 +22,7 @@ from mirage_ros.world_model.text import PromptEncoder, load_prompt_embeds, save_
 from mirage_ros.world_model.transformer import MirageTransformer  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine threads spin."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_backbone(seed=0):

@@ -28,13 +28,7 @@ from mirage_ros.world_model.side_branch import MirageSideBranch  # noqa: E402
 from mirage_ros.world_model.transformer import MirageTransformer  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine threads spin."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # -- the original layouts, by hand ------------------------------------------------------------------
 

@@ -21,13 +21,7 @@ from mirage_ros.world_model.rollout import RolloutConfig, latent_chunks, rollout
 from mirage_ros.world_model.sampler import FlowUniPCSampler  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine threads spin."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 H, W = 64, 96
 WALL_X = 5.0

@@ -172,7 +172,8 @@ class MirageCore:
                 cfg = {"config": p["mirage.config"], "weights": p["weights_dir"] or None,
                        "side_branch": p["mirage.side_branch"] or None, "lora": p["mirage.lora"] or None,
                        "device": p["device"], "steps": p["steps"], "prompt": p["prompt"] or None, "memory": mem,
-                       "depth": {"name": "da3", "weights": p["depth.weights"]} if p["depth.provider"] == "da3" else "memory",
+                       "depth": {"name": "da3", "weights": p["depth.weights"], "align": self._align()}
+                       if p["depth.provider"] == "da3" else "memory",
                        "masks": self._mask_cfg() if p["masks.provider"] == "sam3" else "none"}
             backend = make_backend(p["backend"], **cfg)
         self.depth_provider = self._provider("depth", self.p["depth.provider"], ("topic",))
@@ -183,6 +184,10 @@ class MirageCore:
                 self.backend.memory.load(self.p["memory.load_path"])
                 self.version += 1
         self.log("info", f"backend: {self.backend.description or self.backend.name}")
+
+    def _align(self):
+        """Scale alignment of monocular depth to the memory (None when switched off)."""
+        return None if self.p["depth.align"] == "none" else self.p["depth.align"]
 
     def _mask_cfg(self) -> dict:
         p = self.p
@@ -200,7 +205,7 @@ class MirageCore:
             if what == "depth":
                 from ..perception.depth import make_depth_provider
 
-                kw = {"weights": self.p["depth.weights"] or None} if name == "da3" else {}
+                kw = {"weights": self.p["depth.weights"] or None, "align": self._align()} if name == "da3" else {}
                 return make_depth_provider(name, device=self.p["device"], **kw)
             from ..perception.masks import make_mask_provider
 

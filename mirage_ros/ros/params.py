@@ -42,6 +42,7 @@ PARAMS: List[Param] = [
     Param("depth.provider", "topic", "where depth of observed frames comes from: topic (subscribe `depth`) | da3 (Depth Anything 3) | memory", ("topic", "da3", "memory")),
     Param("depth.mm_scale", 0.001, "metres per unit of 16UC1 / mono16 depth images"),
     Param("depth.weights", "", "Depth Anything 3 weights folder (depth.provider da3; also depth of generated frames)"),
+    Param("depth.align", "scale", "align Depth Anything 3 depth to the memory's readout depth before inserting: scale | scale_shift | none", ("scale", "scale_shift", "none")),
     Param("masks.provider", "none", "which cells to keep out of the memory: none | labels (subscribe `labels`, mono8 0 static / 1 sky / 2 dynamic) | sam3", ("none", "labels", "sam3")),
     Param("masks.exclude_labels", [1, 2], "label values excluded from the memory when masks.provider is labels"),
     Param("masks.sam3_dir", "", "SAM3 weights folder (masks.provider sam3)"),

@@ -1,10 +1,12 @@
-"""Camera trajectories (lists of world_to_camera 4x4 float64) and the default camera.
+"""Camera trajectories (lists of world_to_camera (4, 4) float64 tensors) and the default camera.
 
-All keep the camera upright in the REP 103 world (z up) via ``geometry.look_at``.
+All keep the camera upright in the REP 103 world (z up) via ``geometry.look_at``. Positions are
+world metres; ``scene_trajectory`` fits one to a scene's free area (``scene.free_radius``).
 """
 from __future__ import annotations
 
 import math
+import numbers
 from typing import List, Sequence
 
 import torch
@@ -22,6 +24,7 @@ def default_camera(height: int = 256, width: int = 448, fov_x_deg: float = 70.0,
 def forward_walk(n: int, start: Sequence[float] = (0.0, 0.0, 1.5), direction: Sequence[float] = (1.0, 0.0, 0.0),
                  step: float = 0.05) -> List[torch.Tensor]:
     """n poses stepping ``step`` metres along ``direction``, looking along it."""
+    _check_n(n, 1)
     s = torch.tensor(start, dtype=torch.float64)
     d = torch.tensor(direction, dtype=torch.float64)
     d = d / d.norm()
@@ -30,7 +33,9 @@ def forward_walk(n: int, start: Sequence[float] = (0.0, 0.0, 1.5), direction: Se
 
 def orbit(n: int, center: Sequence[float] = (0.0, 0.0, 0.0), radius: float = 1.0, height: float = 1.5,
           target_height: float = 1.2) -> List[torch.Tensor]:
-    """n poses on a horizontal circle around ``center``, looking at it (last pose != first)."""
+    """n poses on a horizontal circle of ``radius`` around ``center`` at ``height``, looking at the
+    point ``target_height`` above ``center`` (counter-clockwise; the last pose is not the first)."""
+    _check_n(n, 1)
     c = torch.tensor(center, dtype=torch.float64)
     poses = []
     for i in range(n):
@@ -42,13 +47,14 @@ def orbit(n: int, center: Sequence[float] = (0.0, 0.0, 0.0), radius: float = 1.0
 
 def closed_loop(n: int, center: Sequence[float] = (0.0, 0.0, 0.0), radius: float = 0.8, height: float = 1.5,
                 outward: float = 50.0, pitch_deg: float = -5.0) -> List[torch.Tensor]:
-    """n poses around a circle that end exactly where they start (pose n-1 == pose 0).
+    """n poses counter-clockwise around a circle that end exactly where they start (pose n-1 ==
+    pose 0, bit for bit).
 
-    The camera looks ``outward`` degrees from the direction of travel towards the outside, so it
-    sweeps the walls and, near the end, looks again at what the start saw (a revisit).
+    The camera looks ``outward`` degrees from the direction of travel towards the outside, pitched
+    by ``pitch_deg``; its yaw turns at a constant rate, so it sweeps the walls and, near the end,
+    looks again at what the start saw (a revisit).
     """
-    if n < 2:
-        raise ValueError(f"n: a closed loop needs at least 2 poses, got {n}")
+    _check_n(n, 2)
     c = torch.tensor(center, dtype=torch.float64)
     poses = []
     for i in range(n):
@@ -61,8 +67,15 @@ def closed_loop(n: int, center: Sequence[float] = (0.0, 0.0, 0.0), radius: float
     return poses
 
 
+def _check_n(n, least: int) -> None:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < least:
+        raise ValueError(f"n: expected an integer >= {least}, got {n!r}")
+
+
 def scene_trajectory(scene, kind: str = "loop", n: int = 46) -> List[torch.Tensor]:
-    """A trajectory that fits ``scene``'s free area: ``loop`` | ``orbit`` | ``forward``."""
+    """A trajectory inside ``scene``'s free area (radius 0.8 * ``scene.free_radius`` around
+    ``scene.center`` at ``scene.eye_height``): ``loop`` (closed_loop: pose n-1 == pose 0) |
+    ``orbit`` (looking at the centre) | ``forward`` (a straight walk along +x through the centre)."""
     c = scene.center.tolist()
     r = 0.8 * scene.free_radius
     if kind == "loop":

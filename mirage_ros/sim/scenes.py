@@ -5,8 +5,9 @@
   central area where trajectories run.
 - ``outdoor``: a ground square (200 m half-size) with buildings, rocks and trees; no walls, no
   ceiling: rays that hit nothing are sky (depth +inf, label SKY).
-- ``moving_object=True`` adds a box circling the centre (label DYNAMIC) whose position is a
-  smooth function of time ``t`` (seconds).
+- ``moving_object=True`` adds a person-sized post (0.4 x 0.4 x 1.6 m, label DYNAMIC) circling the
+  centre clockwise, against the loop trajectories, as a smooth function of time ``t`` (seconds):
+  ``Scene.moving_at(t)``.
 
 World frame: REP 103 (x forward, y left, z up), metres; the floor / ground is z = 0. Textures
 are functions of the world point on a face and of the face's material only, so a surface has

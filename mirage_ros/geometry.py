@@ -30,6 +30,7 @@ __all__ = [
     "latent_intrinsics",
     "backproject",
     "project",
+    "project_pixels",
     "check_rigid",
     "check_intrinsics",
     "invert_rigid",
@@ -194,20 +195,30 @@ def backproject(depth: torch.Tensor, K_l: torch.Tensor, world_to_camera: torch.T
     return world.to(dt if dt.is_floating_point else torch.float32)
 
 
+def project_pixels(points: torch.Tensor, K: torch.Tensor, world_to_camera: torch.Tensor):
+    """World points (N, 3) -> continuous image coordinates (u, v) and camera z, each (N,).
+
+    Applies E, then K, and divides by z; pixel (or cell) i spans [i, i + 1), its centre at
+    i + 1/2. Points with z <= 0 give meaningless (u, v): callers check z.
+    """
+    E = world_to_camera.to(points.device, points.dtype)
+    K = K.to(points.device, points.dtype)
+    cam = torch.addmm(E[:3, 3], points, E[:3, :3].T)
+    z = cam[:, 2]
+    pix = cam @ K.T
+    return pix[:, 0] / z, pix[:, 1] / z, z
+
+
 def project(points: torch.Tensor, K_l: torch.Tensor, world_to_camera: torch.Tensor, h: int, w: int):
     """pi_l: world points (N, 3) -> integer cells (u, v), camera depth z, and validity.
 
     Applies E, then K_l, divides by z and floors. ``valid`` is z > 0 and the cell inside the
     h x w grid. Returns (u (N,) long, v (N,) long, z (N,) float, valid (N,) bool).
     """
-    E = world_to_camera.to(points.device, points.dtype)
-    Kl = K_l.to(points.device, points.dtype)
-    cam = torch.addmm(E[:3, 3], points, E[:3, :3].T)
-    z = cam[:, 2]
-    pix = cam @ Kl.T
+    uc, vc, z = project_pixels(points, K_l, world_to_camera)
     with torch.no_grad():
-        uf = torch.floor(pix[:, 0] / z)
-        vf = torch.floor(pix[:, 1] / z)
+        uf = torch.floor(uc)
+        vf = torch.floor(vc)
     valid = (z > 0) & (uf >= 0) & (uf < w) & (vf >= 0) & (vf < h)
     u = torch.where(valid, uf, torch.zeros_like(uf)).long()
     v = torch.where(valid, vf, torch.zeros_like(vf)).long()

@@ -10,3 +10,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def room_loop():
+    """``room_loop(n, H, W)``: cameras and rendered frames of the seed-0 room along an n-pose loop."""
+
+    def make(n, H, W):
+        from mirage_ros import sim
+
+        scene = sim.make_scene("room", 0)
+        cams = [sim.default_camera(H, W).with_pose(E) for E in sim.scene_trajectory(scene, "loop", n)]
+        return cams, [sim.render(scene, c, 0.0) for c in cams]
+
+    return make

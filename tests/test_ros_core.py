@@ -25,12 +25,8 @@ H, W = 64, 112
 
 
 @pytest.fixture(scope="module")
-def scene():
-    s = sim.make_scene("room", 0)
-    traj = sim.scene_trajectory(s, "loop", 12)
-    cams = [sim.default_camera(H, W).with_pose(E) for E in traj]
-    frames = [sim.render(s, c, 0.0) for c in cams]
-    return cams, frames
+def scene(room_loop):
+    return room_loop(12, H, W)
 
 
 def feed(core, cam, fr, stamp, **bad):

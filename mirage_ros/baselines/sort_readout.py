@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..geometry import Camera
+from ..geometry import Camera, project_pixels
 
 __all__ = ["sort_assign_readout"]
 
@@ -18,13 +18,8 @@ __all__ = ["sort_assign_readout"]
 def sort_assign_readout(points: torch.Tensor, features: torch.Tensor, camera: Camera, stride: int = 16):
     """points (N, 3), features (N, C) -> (latent (C, h, w), mask (h, w))."""
     h, w = camera.latent_size(stride)
-    Kl = camera.latent_K(stride).to(points.device, torch.float32)
-    E = camera.world_to_camera.to(points.device, torch.float32)
-    cam = points @ E[:3, :3].T + E[:3, 3]
-    z = cam[:, 2]
-    pix = cam @ Kl.T
-    u = torch.round(pix[:, 0] / z).long()
-    v = torch.round(pix[:, 1] / z).long()
+    uc, vc, z = project_pixels(points, camera.latent_K(stride), camera.world_to_camera)
+    u, v = torch.round(uc).long(), torch.round(vc).long()  # the official rounding, not the paper's floor
     keep = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
     u, v, z, f = u[keep], v[keep], z[keep], features[keep]
     order = torch.argsort(z, descending=True)  # far first, so nearer points are written later

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..geometry import project_pixels
 from ..memory.downsample import downsample_depth
 
 __all__ = ["AlignResult", "align_depth", "align_to_memory", "fit_scale_shift"]
@@ -106,11 +107,7 @@ def align_to_memory(pred: torch.Tensor, memory, camera, mode: str = "scale", tri
     pred = pred.float()
     idx = readout.index[readout.mask].cpu()
     P = memory.points.cpu()[idx].double()
-    E = camera.world_to_camera.double()
-    Xc = P @ E[:3, :3].T + E[:3, 3]
-    uvw = Xc @ camera.K.double().T
-    z = Xc[:, 2]
-    u, v = uvw[:, 0] / uvw[:, 2], uvw[:, 1] / uvw[:, 2]  # pixel-edge coordinates (centre of pixel i at i + 0.5)
+    u, v, z = project_pixels(P, camera.K, camera.world_to_camera)  # centre of pixel i at i + 0.5
     grid = torch.stack([u / W * 2 - 1, v / H * 2 - 1], -1).float()[None, None]
     p = torch.where(torch.isfinite(pred) & (pred > 0), pred, torch.full_like(pred, float("nan")))
     x = F.grid_sample(p[None, None].cpu(), grid, mode="bilinear", padding_mode="border",

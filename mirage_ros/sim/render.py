@@ -24,7 +24,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..geometry import Camera
+from ..geometry import Camera, project_pixels
 from .scenes import CHECKER, DYNAMIC, NOISE_SIZE, PLAIN, SKY, STATIC, STRIPES_A, STRIPES_B, Box, Scene
 
 __all__ = ["Frame", "render", "render_depth_only", "GROUND_ID", "SKY_ID", "MOVING_ID"]
@@ -78,14 +78,11 @@ def _pixel_rect(box: Box, camera: Camera, E: torch.Tensor) -> Optional[Tuple[int
     H, W = camera.height, camera.width
     lo, hi = box.lo, box.hi
     corners = torch.stack(torch.meshgrid(*[torch.stack([lo[k], hi[k]]) for k in range(3)], indexing="ij"), -1).reshape(8, 3)
-    cam = corners @ E[:3, :3].T + E[:3, 3]
-    z = cam[:, 2]
+    u, v, z = project_pixels(corners, camera.K, E)
     if (z <= _EPS).all():
         return None
     if (z <= 1e-3).any():  # straddles the image plane: its projection is unbounded
         return 0, H, 0, W
-    pix = cam @ camera.K.T
-    u, v = pix[:, 0] / z, pix[:, 1] / z
     # pixel j (centre j + 1/2) lies in [min, max] when min - 1/2 <= j <= max - 1/2; one pixel margin
     u0, u1 = int(np.floor(u.min().item() - 0.5)) - 1, int(np.ceil(u.max().item() - 0.5)) + 2
     v0, v1 = int(np.floor(v.min().item() - 0.5)) - 1, int(np.ceil(v.max().item() - 0.5)) + 2

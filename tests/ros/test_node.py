@@ -17,14 +17,8 @@ CHUNK = 4
 
 
 @pytest.fixture(scope="module")
-def scene():
-    from mirage_ros import sim
-
-    s = sim.make_scene("room", 0)
-    traj = sim.scene_trajectory(s, "loop", 24)
-    cams = [sim.default_camera(H, W).with_pose(E) for E in traj]
-    frames = [sim.render(s, c, 0.0) for c in cams]
-    return cams, frames
+def scene(room_loop):
+    return room_loop(24, H, W)
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,8 @@ def test_sync_exact_and_tolerant_pairing():
     s2.add("pose", 195, "pa")
     s2.add("pose", 203, "pb")
     s2.add("camera_info", 200, "c")
-    assert s2.add("image", 200, "i")["pose"] == "pb"  # nearest within tolerance
+    assert s2.add("image", 200, "i") is None  # pb is after the image: an image nearer to it may still come
+    assert s2.add("image", 210, "i3")["pose"] == "pb"  # nearest within tolerance, and nearer to 200 than to 210
     # a neighbour within tolerance is not taken while the exact partner may still arrive
     s3 = Synchronizer(("image", "pose"), tolerance_ns=10)
     s3.add("pose", 295, "early")
@@ -90,6 +91,98 @@ def test_sync_newest_complete_set_wins_and_queues_stay_bounded():
     # a restarted bag / simulator (time jumps back > 1 s) starts over
     s.add("image", 5 * 10**8, "x")
     assert s.counts["resets"] == 1 and s.add("pose", 5 * 10**8, "p").stamp_ns == 5 * 10**8
+
+
+def _stream_100hz(n, drop_kinds=("pose", "depth"), drop=0.05, seed=0):
+    """(kind, stamp, payload) of n sets 10 ms apart in publishing order; BEST_EFFORT drops a
+    fraction of the poses and depths. Payloads name their set index."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        t = 10**9 + i * 10**7
+        for kind in ("camera_info", "pose", "depth", "image"):
+            if kind in drop_kinds and rng.random() < drop:
+                continue
+            out.append((kind, t, i))
+    return out
+
+
+def test_sync_exact_pairing_is_the_default_and_drops_never_borrow_a_neighbour():
+    """Defect 4: sensors at 100 Hz (10 ms = the old default tolerance), 5 % of poses and depths
+    dropped: every emitted set holds one set's messages, never a neighbour's."""
+    assert defaults()["sync.tolerance"] == 0.0
+    core = MirageCore({})
+    assert core.sync.tolerance_ns == 0
+    s = Synchronizer(("image", "camera_info", "pose", "depth"))
+    emitted = []
+    for kind, t, i in _stream_100hz(2000):
+        out = s.add(kind, t, i)
+        if out is not None:
+            emitted.append(out)
+    assert len(emitted) > 1500
+    for e in emitted:
+        assert len({e[k] for k in e.parts}) == 1, {k: e[k] for k in e.parts}
+
+
+def test_sync_tolerance_takes_the_nearest_unique_partner():
+    """With sync.tolerance (opt-in), an image takes the nearest partner within it, never one that
+    is as close or closer to another image, and each partner serves one image only."""
+    tol = 10**7
+    s = Synchronizer(("image", "pose"), tolerance_ns=tol)
+    emitted = []
+    for kind, t, i in _stream_100hz(2000, drop_kinds=("pose",), drop=0.05):
+        if kind in ("image", "pose"):
+            out = s.add(kind, t, i)
+            if out is not None:
+                emitted.append(out)
+    assert len(emitted) > 1500
+    assert all(e["image"] == e["pose"] for e in emitted)
+    # jittered clocks: a pose 3 ms after each image still pairs, with its own image
+    s = Synchronizer(("image", "pose"), tolerance_ns=tol)
+    got = []
+    for i in range(50):
+        t = 10**9 + i * 10**7
+        for out in (s.add("image", t, i), s.add("pose", t + 3 * 10**6, i)):
+            if out is not None:
+                got.append(out)
+    assert len(got) >= 48 and all(e["image"] == e["pose"] for e in got)
+    # two images, one pose between them but nearer the second: the first image gets nothing
+    s = Synchronizer(("image", "pose"), tolerance_ns=tol)
+    assert s.add("image", 100 * 10**6, "a") is None
+    assert s.add("pose", 108 * 10**6, "p") is None  # nearer an image that may still come: wait
+    assert s.add("image", 110 * 10**6, "b") is None  # b's exact pose may still come
+    out = s.add("pose", 125 * 10**6, "late")  # settled: p is b's nearest, and nearer to b than to a
+    assert out is not None and out["image"] == "b" and out["pose"] == "p"
+    # a tie (a dropped image's pose halfway between two images) pairs with neither
+    s = Synchronizer(("image", "pose"), tolerance_ns=tol)
+    s.add("image", 100 * 10**6, "a")
+    s.add("pose", 110 * 10**6, "dropped image's")
+    assert s.add("image", 120 * 10**6, "c") is None
+    assert s.add("pose", 130 * 10**6, "x") is None
+
+
+def test_dropped_partners_do_not_grow_the_memory(scene):
+    """Defect 4 end to end in the core: four views at 100 Hz again and again, 5 % of poses and
+    depths lost; the memory holds exactly what the four views hold (it grew 84 -> 3106)."""
+    cams, frames = scene
+    views = [0, 3, 6, 9]
+    ref = MirageCore({})
+    ref.configure()
+    for j, v in enumerate(views):
+        ref.observe(feed(ref, cams[v], frames[v], 10**9 + j * 10**7))
+    core = MirageCore({})
+    core.configure()
+    for kind, t, i in _stream_100hz(200, drop=0.05, seed=1):
+        v = views[i % 4]
+        m = {"image": lambda: cv.image_msg(B, frames[v].rgb, t, "cam"),
+             "camera_info": lambda: cv.camera_info_msg(B, cams[v].K.numpy(), H, W, t, "cam"),
+             "pose": lambda: cv.pose_stamped_msg(B, cams[v].camera_to_world.numpy(), t, "map"),
+             "depth": lambda: cv.image_msg(B, frames[v].depth, t, "cam", "32FC1")}[kind]()
+        out = getattr(core, f"on_{kind}")(m)
+        if out is not None:
+            core.observe(out)
+    assert core.counts["frames_observed"] > 150
+    assert core.backend.memory.num_points == ref.backend.memory.num_points
 
 
 def test_sync_latched_camera_info():

@@ -61,7 +61,7 @@ PARAMS: List[Param] = [
     Param("observe.update", True, "keep writing observed frames into the memory after the first (false: initialise once)", read_only=False),
     Param("observe.min_interval", 0.0, "minimum time between memory updates from observed frames (s, by message stamps)", read_only=False),
     # -- input pairing --
-    Param("sync.tolerance", 0.01, "largest stamp difference (s) between image, camera_info, pose (and depth) of one set"),
+    Param("sync.tolerance", 0.0, "0: image, camera_info, pose (and depth) of one set share one stamp (exact); > 0 (s, opt-in for sensors with their own clocks): each image takes the nearest partner within it that is nearer to no other image"),
     Param("sync.queue_size", 30, "messages kept per input while waiting for partners"),
     Param("sync.latch_camera_info", False, "pair every image with the newest camera_info regardless of stamp"),
     Param("pose.source", "pose", "camera pose input: pose (PoseStamped) | odometry (nav_msgs/Odometry on `odom`) | tf (tf2_ros, where installed)", ("pose", "odometry", "tf")),

@@ -4,16 +4,21 @@ message_filters is not on PyPI, and its ApproximateTime policy is more than a ca
 this is the small exact/tolerant pairing mirage_node uses:
 
 - Inputs arrive already validated and converted (``add(kind, stamp_ns, payload)``).
-- A set is complete when, for an image stamp t, every other required kind has an entry within
-  ``tolerance_ns`` of t, and that kind's choice is settled: the nearest entry is taken once the
-  kind has a message at or after t (so a neighbouring frame's pose is never used while the exact
-  one is still in flight). camera_info may instead be *latched*: the newest one applies to any
-  image.
+- EXACT by default (``tolerance_ns=0``): an image pairs only with messages of the same stamp.
+  A lost pose or depth (BEST_EFFORT) then loses that one image; it never borrows a neighbour's.
+- With a tolerance (opt-in, for sensors whose clocks differ), an image takes, per kind, the
+  NEAREST entry within ``tolerance_ns``, and only when that choice is settled and unique:
+  * settled: the kind has a message at or after the image (nothing nearer can still come);
+  * unique: no other image (seen, or still possible because the image stream has not reached
+    the partner yet) is as near or nearer to that partner; a tie between two partners is
+    ambiguous too. Such an image is left unpaired rather than paired with another image's data.
+  * each partner serves one image only.
+- camera_info may instead be *latched*: the newest one applies to any image.
 - When several images are complete, the newest wins (older complete ones are counted as
   ``superseded``); everything at or before the emitted stamp is then dropped, so queues stay
   bounded by ``queue_size`` per kind no matter how messages arrive.
-- A stamp more than ``jump_ns`` older than the newest one seen (a bag or a simulator restarted)
-  clears the queues and starts over.
+- A stamp more than ``jump_ns`` older than the newest one seen (a bag looped, a simulator
+  restarted, or one stray far-future stamp) clears the queues and starts over (``resets``).
 """
 from __future__ import annotations
 
@@ -56,6 +61,9 @@ class Synchronizer:
         self.latched: Dict[str, Tuple[int, Any]] = {}
         self.last_emitted: Optional[int] = None
         self.newest: Optional[int] = None
+        # recent image stamps (emitted, pending, late or superseded): partners nearer to one of
+        # them than to the image being paired belong to that image
+        self.images_seen: Deque[int] = deque(maxlen=4 * self.queue_size)
         self.counts = {"added": 0, "emitted": 0, "superseded": 0, "overflow": 0, "late": 0, "resets": 0}
 
     def reset(self) -> None:
@@ -64,6 +72,7 @@ class Synchronizer:
         self.latched.clear()
         self.last_emitted = None
         self.newest = None
+        self.images_seen.clear()
 
     def pending(self) -> int:
         return sum(len(q) for q in self.queues.values())
@@ -82,9 +91,11 @@ class Synchronizer:
             self.reset()  # time jumped backwards: a restarted bag / simulator
             self.counts["resets"] += 1
             last = None
-        elif last is not None and kind == "image" and stamp_ns <= last:
-            self.counts["late"] += 1  # an image at or before one already used: useless
-            return None
+        if kind == "image":
+            self.images_seen.append(stamp_ns)
+            if last is not None and stamp_ns <= last:
+                self.counts["late"] += 1  # an image at or before one already used: useless
+                return None
         self.newest = stamp_ns if self.newest is None else max(self.newest, stamp_ns)
         q = self.queues[kind]
         if len(q) == q.maxlen:
@@ -92,14 +103,34 @@ class Synchronizer:
         q.append((stamp_ns, payload))
         return self._try()
 
-    def _nearest(self, kind: str, t: int) -> Optional[Tuple[int, Any]]:
+    def _partner(self, kind: str, t: int) -> Optional[Tuple[int, Any]]:
+        """The entry of ``kind`` that belongs to the image at ``t``, or None (none, not settled
+        yet, or not unique)."""
         if kind in self.latch:
             return self.latched.get(kind)
-        best, best_dt = None, None
-        for entry in self.queues[kind]:
+        q = self.queues[kind]
+        tol = self.tolerance_ns
+        best, best_dt, tie = None, None, False
+        for entry in q:
             dt = abs(entry[0] - t)
-            if dt <= self.tolerance_ns and (best_dt is None or dt < best_dt):
-                best, best_dt = entry, dt
+            if dt > tol:
+                continue
+            if best is None or dt < best_dt:
+                best, best_dt, tie = entry, dt, False
+            elif dt == best_dt and entry[0] != best[0]:
+                tie = True
+        if best is None or best_dt == 0:
+            return best
+        if tie:
+            return None  # one partner before and one after, equally near: which is it?
+        p = best[0]
+        if p < t and not any(x[0] >= t for x in q):
+            return None  # an exact or nearer partner may still be on its way: wait for it
+        if p > t and max(self.images_seen, default=t) < p + best_dt:
+            return None  # an image nearer to this partner may still come: wait for it
+        for u in self.images_seen:
+            if u != t and abs(p - u) <= best_dt:
+                return None  # as near or nearer to another image: it is that image's partner
         return best
 
     def _try(self) -> Optional[SyncedSet]:
@@ -111,11 +142,9 @@ class Synchronizer:
             for k in self.kinds:
                 if k == "image":
                     continue
-                e = self._nearest(k, t)
+                e = self._partner(k, t)
                 if e is None:
                     break
-                if k not in self.latch and e[0] < t and not any(x[0] >= t for x in self.queues[k]):
-                    break  # an exact or nearer partner may still be on its way: wait for it
                 parts[k] = e
             else:
                 n_complete += 1
@@ -128,8 +157,9 @@ class Synchronizer:
         t = found.stamp_ns
         self.last_emitted = t
         for k, q in self.queues.items():
-            # partners within tolerance stay usable for the next image (a slower pose stream)
-            keep = [e for e in q if (e[0] > t if k == "image" else e[0] >= t - self.tolerance_ns)]
+            # a partner serves one image; other entries within tolerance may serve the next one
+            used = found.parts.get(k)
+            keep = [e for e in q if (e[0] > t if k == "image" else e[0] >= t - self.tolerance_ns and e is not used)]
             q.clear()
             q.extend(keep)
         return found

@@ -34,9 +34,10 @@ from ..geometry import Camera, GeometryError, backproject
 from .downsample import DEPTH_DOWNSAMPLE_METHODS, downsample_depth, downsample_mask
 from .index import BlockIndex, rect_max
 
-__all__ = ["LatentSpatialMemory", "Readout", "MemoryError_", "MemoryFileError"]
+__all__ = ["LatentSpatialMemory", "Readout", "MemoryError_", "MemoryFileError", "READ_RTOL"]
 
 FORMAT_VERSION = 1
+READ_RTOL = 16 * 2.0**-24  # rounding budget of the readout's float32 projection (see ``read``)
 _INT64_MAX = torch.iinfo(torch.int64).max
 _LOW32 = 0xFFFFFFFF
 
@@ -292,6 +293,22 @@ class LatentSpatialMemory:
         """Eq. 5: per cell the feature of the frontmost point projecting into it, and the mask.
 
         ``dtype`` of the returned latent (None keeps the storage dtype).
+
+        What "exact, deterministic" promises. Each point's (p_u, p_v, z) = P p is computed in
+        float32 (P = K_l [R | t] rounded to float32) and the cell is floor(p_u / z), floor(p_v / z).
+        - Same machine, same inputs (points, insertion order, camera): the same winners, depths
+          and mask, bit for bit, whatever the thread count or execution order (one
+          ``scatter_reduce(amin)`` over (z bits, insertion index) keys; no sort, no racy write).
+        - Exact depth ties (e.g. identical points) go to the earliest inserted point.
+        - Against exact arithmetic, and hence across machines, devices and BLAS builds (which round
+          float32 products differently, e.g. AVX2 vs AVX-512 vs CUDA): a point's z, p_u and p_v
+          may move by up to ``READ_RTOL`` (16 float32 ulps, 9.5e-7) times S = sum_j |P_ij p_j| + |P_i4|
+          (about |z| for points near the optical axis; the dot-product rounding bound is 5 ulps).
+          So the winner of a cell is the true frontmost point except at near-ties: two candidates
+          whose depths agree within that budget, or a point within its budget of a cell border;
+          there either may win, and its reported depth is its true depth within the budget.
+        The block index and culling keep this promise: they skip only points that cannot win, or
+        (their corner tests being float32 too) near-ties and near-border points as above.
         """
         if not isinstance(camera, Camera):
             raise MemoryError_(f"camera: expected a mirage_ros.geometry.Camera, got {type(camera).__name__}")

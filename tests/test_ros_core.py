@@ -262,6 +262,31 @@ def test_core_update_policy(scene):
     assert core.observe(feed(core, cams[5], frames[5], 3 * 10**9)) is not None
 
 
+def test_updates_carry_on_after_a_far_future_stamp_or_a_clock_jump(scene):
+    """Defect 3: one far-future stamp, or time jumping back (a bag loops, a simulator restarts),
+    used to stop every later update (wants() compared against the old stamp): the jump is
+    detected, logged once, and observation carries on."""
+    cams, frames = scene
+    logs = []
+    core = MirageCore({"observe.min_interval": 0.5}, log=lambda level, msg: logs.append((level, msg)))
+    core.configure()
+    assert core.observe(feed(core, cams[0], frames[0], 100 * 10**9)) > 0
+    assert core.observe(feed(core, cams[2], frames[2], 10**18)) is not None  # one stray far-future stamp
+    n = core.backend.memory.num_points
+    s = feed(core, cams[5], frames[5], 101 * 10**9)  # the stream goes on at its own time
+    assert s is not None and core.wants(s.stamp_ns)
+    assert core.observe(s) > 0 and core.backend.memory.num_points > n
+    jumps = [m for _, m in logs if "jumped back" in m]
+    assert len(jumps) == 1, logs
+    # a simulator restart: time starts again at 1 s, with use_sim_time's /clock
+    n = core.backend.memory.num_points
+    assert core.observe(feed(core, cams[8], frames[8], 10**9)) > 0 and core.backend.memory.num_points > n
+    assert core.observe(feed(core, cams[8], frames[8], 10**9 + 10**8)) is None  # min_interval still holds
+    assert core.observe(feed(core, cams[10], frames[10], 2 * 10**9)) is not None
+    assert len([m for _, m in logs if "jumped back" in m]) == 2
+    assert core.counts["inputs_rejected"] == 0
+
+
 # -- core: goals ----------------------------------------------------------------------------------
 
 def _path(n, frame="map"):

@@ -118,11 +118,12 @@ class MirageCore:
         self.base_to_camera = cv.pose_to_matrix(_PoseLike(b2c), "pose.base_to_camera")
         self.counts = {k: 0 for k in ("messages_received", "sets_completed", "frames_observed", "frames_skipped",
                                       "inputs_rejected", "goals_succeeded", "goals_canceled", "goals_aborted",
-                                      "frames_imagined")}
+                                      "frames_imagined", "time_jumps")}
         self.last_rejection = ""
         self._reject_log: Dict[str, Tuple[float, int]] = {}
         self.last_camera: Optional[Tuple[np.ndarray, int, int]] = None
         self.last_observe_stamp: Optional[int] = None
+        self._jump_lock = threading.Lock()
         self.distorted_warned = False
         n = max(1, int(self.p["viz.max_frustums"]))
         self.observed_poses: deque = deque(maxlen=n)
@@ -312,9 +313,19 @@ class MirageCore:
 
     # -- observation --------------------------------------------------------------------------
     def wants(self, stamp_ns: int) -> bool:
-        """Would a set at this stamp be written (update policy)?"""
+        """Would a set at this stamp be written (update policy)? Time running backwards by more
+        than the synchroniser's jump threshold (a bag looped, a simulator restarted, or the last
+        set carried a stray far-future stamp) restarts the policy at the new time, logged once."""
         if self.backend is None:
             return False
+        with self._jump_lock:
+            last = self.last_observe_stamp
+            if last is not None and stamp_ns < last - self.sync.jump_ns:
+                self.last_observe_stamp = None
+                self.counts["time_jumps"] += 1
+                self.log("warn", f"time jumped back {(last - stamp_ns) / 1e9:.3f} s (from {last} to {stamp_ns} ns: "
+                                 "a bag looped, a simulator restarted, or a stray stamp): updates carry on from the "
+                                 "new time; the memory is kept (call reset to clear it)")
         if self.backend.memory.num_points == 0 or self.last_observe_stamp is None:
             return True
         if not self.p["observe.update"]:

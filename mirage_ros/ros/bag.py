@@ -25,7 +25,9 @@ package's .msg files, so the bag carries their definitions for Foxglove and ``ro
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -34,7 +36,8 @@ import numpy as np
 from . import convert as cv
 from . import outputs as out
 
-__all__ = ["BagWriter", "RosbagsTypes", "typestore", "interface_dir", "read_messages", "DEFAULT_TOPICS"]
+__all__ = ["BagWriter", "RosbagsTypes", "typestore", "interface_dir", "read_messages", "DEFAULT_TOPICS",
+           "check_output_path", "written_by_us", "SIGNATURE_KEY"]
 
 DEFAULT_TOPICS = {
     "image": "image", "camera_info": "camera_info", "pose": "pose", "depth": "depth", "labels": "labels",
@@ -43,6 +46,74 @@ DEFAULT_TOPICS = {
     "memory_points": "memory/points", "memory_stats": "memory/stats", "memory_frustums": "memory/frustums",
 }
 _CUSTOM = ("ImaginedChunk", "MemoryStats")
+
+
+# metadata.yaml custom_data entry that marks a bag as written by BagWriter: only such a folder
+# (holding nothing but its own bag files) is ever replaced with ``overwrite``
+SIGNATURE_KEY = "mirage_ros.writer"
+SIGNATURE = "mirage_ros.ros.bag.BagWriter"
+
+
+def written_by_us(path: Union[str, Path]) -> Optional[str]:
+    """None if ``path`` is a rosbag2 folder written by ``BagWriter`` that holds nothing but its
+    own files; otherwise the reason it is not (to refuse replacing it)."""
+    path = Path(path)
+    if path.is_symlink():
+        return "it is a symbolic link"
+    if not path.is_dir():
+        return "it is not a folder"
+    meta = path / "metadata.yaml"
+    if not meta.is_file():
+        return "it is not a rosbag2 folder (no metadata.yaml)"
+    try:
+        import yaml
+
+        info = yaml.safe_load(meta.read_text())["rosbag2_bagfile_information"]
+        custom = info.get("custom_data") or {}
+        files = {str(f) for f in info.get("relative_file_paths") or []}
+    except Exception:  # noqa: BLE001 - any unreadable metadata means: not ours
+        return "its metadata.yaml is not rosbag2 metadata"
+    if custom.get(SIGNATURE_KEY) != SIGNATURE:
+        return "its metadata.yaml carries no mirage_ros writer signature"
+    extra = sorted(p.name for p in path.iterdir() if p.name != "metadata.yaml" and p.name not in files)
+    if extra:
+        return f"it holds files this tool did not write ({', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''})"
+    if any((path / f).is_dir() or (path / f).is_symlink() for f in files):
+        return "its bag files are not plain files"
+    return None
+
+
+def check_output_path(path: Union[str, Path], overwrite: bool = False,
+                      protect: Sequence[Union[str, Path]] = ()) -> Path:
+    """The absolute output bag folder, or ValueError / FileExistsError saying why it may not be
+    written: it is, contains or lies inside a ``protect``ed path (the inputs), or it exists and
+    is not a bag this tool wrote (or ``overwrite`` is off)."""
+    target = Path(os.path.abspath(os.path.expanduser(str(path))))
+    real = target.resolve()
+    for p in protect:
+        q = Path(p).expanduser().resolve()
+        if real == q or q in real.parents or real in q.parents:
+            rel = "is" if real == q else ("lies inside" if q in real.parents else "contains")
+            raise ValueError(f"--out: {target} {rel} the input {q}; write the output somewhere else")
+    if target.exists() or target.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"--out: {target} exists (pass --overwrite to replace a bag this tool wrote)")
+        why = written_by_us(target)
+        if why is not None:
+            raise FileExistsError(f"--out: refusing to replace {target}: {why}; only a rosbag2 folder written by "
+                                  "mirage_ros is ever replaced")
+    return target
+
+
+def _mkdir_parents(folder: Path) -> List[Path]:
+    """mkdir -p; returns the folders it created, outermost first."""
+    made = []
+    p = folder
+    while not p.exists():
+        made.append(p)
+        p = p.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return made[::-1]
 
 
 def _stamp(stamp_ns: Optional[int], stamp_s: Optional[float]) -> int:
@@ -158,34 +229,50 @@ class RosbagsTypes:
 class BagWriter:
     """Write mirage_ros topics to a rosbag2 (``storage='mcap'`` default, or ``'sqlite3'``).
 
-    ``path`` is the bag folder (must not exist unless ``overwrite``). Use as a context manager
-    or call ``close()``. Every ``add_*`` takes stamps in integer nanoseconds; the bag's receive
+    ``path`` is the bag folder. It must not exist, or, with ``overwrite``, be a bag folder this
+    class wrote (its metadata.yaml carries ``SIGNATURE_KEY``) holding nothing else; it must not
+    be, contain or lie inside a ``protect``ed path (the inputs). The bag is written into a hidden
+    temporary folder beside ``path`` and renamed into place by ``close()``; ``abort()`` or an
+    exception in a ``with`` block leaves ``path`` as it was and nothing behind. MCAP chunks are
+    zstd-compressed unless ``compress=False``. Use as a context manager or call ``close()``. Every ``add_*`` takes stamps in integer nanoseconds; the bag's receive
     time is the stamp (or ``log_ns`` where given).
     """
 
     def __init__(self, path: Union[str, Path], storage: str = "mcap", namespace: str = "/",
-                 overwrite: bool = False, topics: Optional[Dict[str, str]] = None):
+                 overwrite: bool = False, topics: Optional[Dict[str, str]] = None,
+                 protect: Sequence[Union[str, Path]] = (), compress: bool = True):
         from rosbags.rosbag2 import StoragePlugin, Writer
+        from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
 
-        self.path = Path(path)
-        if self.path.exists():
-            if not overwrite:
-                raise FileExistsError(f"path: {self.path} exists (pass overwrite=True to replace it)")
-            import shutil
-
-            shutil.rmtree(self.path) if self.path.is_dir() else self.path.unlink()
         if storage not in ("mcap", "sqlite3"):
             raise ValueError(f"storage: expected 'mcap' or 'sqlite3', got {storage!r}")
+        self.path = check_output_path(path, overwrite=overwrite, protect=protect)
+        self.overwrite = overwrite
+        self.protect = tuple(protect)
         self.store = typestore()
         self.types = RosbagsTypes(self.store)
         self.namespace = "/" + namespace.strip("/") if namespace.strip("/") else ""
         self.topics = dict(DEFAULT_TOPICS, **(topics or {}))
+        self._closed = False
+        # Written into a fresh hidden folder next to the target and renamed into place by close():
+        # an interrupted or failed run leaves the target as it was and nothing else behind.
+        self._made_parents = _mkdir_parents(self.path.parent)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=self.path.parent))
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-        self._writer = Writer(self.path, version=9 if storage == "mcap" else 8, storage_plugin=plugin)
-        self._writer.open()
+        try:
+            self._writer = Writer(self._tmp / self.path.name, version=9 if storage == "mcap" else 8,
+                                  storage_plugin=plugin)
+            if compress and storage == "mcap":
+                # zstd inside the MCAP's chunks: the file stays a plain .mcap that Foxglove, the
+                # mcap library and ros2 bag read directly (not rosbag2's whole-file compression)
+                self._writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
+            self._writer.set_custom_data(SIGNATURE_KEY, SIGNATURE)
+            self._writer.open()
+        except BaseException:
+            self._cleanup()
+            raise
         self._conns: Dict[Tuple[str, str], object] = {}
         self.counts: Dict[str, int] = {}
-        self._closed = False
 
     # -- generic ------------------------------------------------------------------------------
     def resolve(self, topic: str) -> str:
@@ -223,15 +310,55 @@ class BagWriter:
         return True
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
+        """Finish the bag and move it into place (replacing an old bag of ours with ``overwrite``)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
             self._writer.close()
+            # checked again: something may have appeared at the target while we wrote
+            check_output_path(self.path, overwrite=self.overwrite, protect=self.protect)
+            old = None
+            if self.path.exists():
+                old = self._tmp / ".replaced"
+                os.rename(self.path, old)
+            try:
+                os.rename(self._tmp / self.path.name, self.path)
+            except BaseException:
+                if old is not None:
+                    os.rename(old, self.path)
+                raise
+        except BaseException:
+            self._cleanup()
+            raise
+        shutil.rmtree(self._tmp, ignore_errors=True)  # now holds at most the replaced bag, ours
+
+    def abort(self) -> None:
+        """Drop what was written; the target stays as it was."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._writer.abort()
+        finally:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        for d in reversed(self._made_parents):  # folders we created for the target, if still empty
+            try:
+                d.rmdir()
+            except OSError:
+                break
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
     # -- inputs (a recording of a run) --------------------------------------------------------
     def add_image(self, topic: str, image: np.ndarray, stamp_ns: int, frame_id: str, encoding: Optional[str] = None) -> None:

@@ -12,11 +12,36 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 __all__ = ["add_arguments", "run", "replay"]
 
 INPUT_KINDS = ("image", "camera_info", "pose", "odom", "depth", "labels", "plan")
+INPUT_TYPES = {"image": "sensor_msgs/msg/Image", "camera_info": "sensor_msgs/msg/CameraInfo",
+               "pose": "geometry_msgs/msg/PoseStamped", "odom": "nav_msgs/msg/Odometry",
+               "depth": "sensor_msgs/msg/Image", "labels": "sensor_msgs/msg/Image", "plan": "nav_msgs/msg/Path"}
+
+
+class BagReadError(ValueError):
+    """The input bag cannot be read (truncated, garbage, an unknown storage)."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def _guarded(src, iterable):
+    """Iterate a rosbags reader; any failure of the reader becomes a BagReadError naming the file."""
+    it = iter(iterable)
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except Exception as exc:  # noqa: BLE001 - rosbags raises many kinds on corrupt input
+            raise BagReadError(f"input bag {src} is unreadable ({_one_line(exc)})") from None
+        yield item
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,17 +82,21 @@ def replay(input_bag, out_bag, params=None, namespace="/", topics=None, imagine=
     from rosbags.highlevel import AnyReader
 
     from . import convert as cv
-    from .bag import BagWriter, typestore
+    from .bag import BagWriter, check_output_path, typestore
     from .core import GoalError, MirageCore
 
     t_start = time.perf_counter()
+    src = input_bag if isinstance(input_bag, Path) else Path(input_bag)
+    if not src.exists():
+        raise FileNotFoundError(f"input bag {src} does not exist")
+    # before any work: never write onto (or around) the input, never replace what we did not write
+    check_output_path(out_bag, overwrite=overwrite, protect=[src])
     core = MirageCore(params or {}, log=lambda level, msg: log(f"[{level}] {msg}"))
     core.configure()
     p = core.p
     ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
     names = {k: f"{ns}/{k}" for k in INPUT_KINDS}
     names.update(topics or {})
-    src = input_bag if isinstance(input_bag, Path) else Path(input_bag)
     summary = {"messages": 0, "sets": 0, "observed": 0, "plans": 0, "chunks": 0, "frames": 0, "clouds": 0}
     handlers = {
         "image": core.on_image, "camera_info": core.on_camera_info, "depth": core.on_depth, "labels": core.on_labels,
@@ -76,8 +105,13 @@ def replay(input_bag, out_bag, params=None, namespace="/", topics=None, imagine=
     }
     if p["pose.source"] == "tf":
         raise ValueError("pose.source: 'tf' is not supported by replay (record the camera pose as PoseStamped or Odometry)")
-    with AnyReader([src], default_typestore=typestore()) as reader, \
-            BagWriter(out_bag, storage=storage, namespace=namespace, overwrite=overwrite) as bag:
+    try:
+        reader = AnyReader([src], default_typestore=typestore())
+        reader.open()
+    except Exception as exc:  # noqa: BLE001 - rosbags raises many kinds on corrupt input
+        raise BagReadError(f"input bag {src} is unreadable ({_one_line(exc)})") from None
+    with closing(reader), BagWriter(out_bag, storage=storage, namespace=namespace, overwrite=overwrite,
+                           protect=[src]) as bag:
         present = {c.topic for c in reader.connections}
         need = ["image", "camera_info", "pose" if p["pose.source"] == "pose" else "odom"]
         if p["depth.provider"] == "topic":
@@ -89,6 +123,11 @@ def replay(input_bag, out_bag, params=None, namespace="/", topics=None, imagine=
             raise ValueError(f"input bag {src} lacks {', '.join(missing)}; it has: {', '.join(sorted(present)) or 'no topics'}"
                              " (use --topic KIND=TOPIC or --namespace)")
         by_topic = {names[k]: k for k in INPUT_KINDS if names[k] in present}
+        for c in reader.connections:
+            kind = by_topic.get(c.topic)
+            if kind is not None and c.msgtype != INPUT_TYPES[kind]:
+                raise ValueError(f"input bag {src}: topic {c.topic} ({kind}) was recorded as {c.msgtype}, "
+                                 f"expected {INPUT_TYPES[kind]}")
         has_plans = names["plan"] in present
         mode = imagine if imagine != "auto" else ("plans" if has_plans else "recorded")
         conns = [c for c in reader.connections if c.topic in by_topic]
@@ -114,12 +153,16 @@ def replay(input_bag, out_bag, params=None, namespace="/", topics=None, imagine=
                 summary["chunks"] += 1
                 summary["frames"] += len(chunk.frame_indices)
 
-        for conn, t, raw in reader.messages(connections=conns):
+        for conn, t, raw in _guarded(src, reader.messages(connections=conns)):
             kind = by_topic[conn.topic]
             t_last = max(t_last, t)
+            try:
+                msg = reader.deserialize(raw, conn.msgtype)
+            except Exception as exc:  # noqa: BLE001
+                raise BagReadError(f"input bag {src}: a {conn.msgtype} message on {conn.topic} at {t} ns does not "
+                                   f"decode ({_one_line(exc)})") from None
             if copy_inputs:
                 bag.write_raw(conn.topic, conn.msgtype, raw, t, "plan" if kind == "plan" else "sensor")
-            msg = reader.deserialize(raw, conn.msgtype)
             summary["messages"] += 1
             if kind == "plan":
                 if mode != "plans":
@@ -189,7 +232,7 @@ def run(args) -> int:
         s = replay(args.input, args.out, params, args.namespace, topics, args.imagine, args.recorded_stride,
                    args.copy_inputs, args.storage, args.overwrite, log)
     except (ValueError, ParamError, FileNotFoundError, FileExistsError) as exc:
-        print(f"mirage replay: {exc}", file=sys.stderr)
+        print("mirage replay: " + " ".join(str(exc).split()), file=sys.stderr)  # one line
         return 2
     print(f"mirage replay: {s['messages']} input messages, {s['sets']} complete sets, {s['observed']} observed, "
           f"{s['points']} memory points; imagined {s['frames']} frames in {s['chunks']} chunks ({s['mode']}); "

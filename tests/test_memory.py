@@ -391,3 +391,59 @@ def test_cuda_keeps_the_same_promise_as_cpu():
     assert_readout_matches_reference(b, gpu.points.cpu(), cam, 16, "cuda")
     same = a.index == b.index
     assert torch.equal(a.latent[:, same], b.latent[:, same])
+
+
+def test_read_is_robust_to_non_finite_points_in_an_indexed_memory():
+    """Issue 8, defect 5: +inf points (once let in by an absurd pose) made ``read`` raise IndexError
+    for some views of a memory big enough for occlusion culling (NaN block footprints became
+    INT64_MIN indices). insert/load/add_points refuse them; read must not crash if one got in."""
+    g = torch.Generator().manual_seed(11)
+    n = 12000
+    pts = torch.rand(n, 3, generator=g) * torch.tensor([13.0, 8.0, 6.0]) + torch.tensor([-5.0, -4.0, -3.0])
+    pts[::500, 0] = float("inf")  # x = +inf shares an index block with finite x in [0, 1)
+    pts[7::500] = float("nan")
+    mem = LatentSpatialMemory(channels=4, feature_dtype=torch.float32, first_round_points=1000)
+    mem._append(pts, torch.randn(n, 4, generator=g))  # bypasses validation, as a corrupt state would
+    assert mem.index.num_blocks > 0 and not torch.isfinite(mem.index.bmax).all()
+    for k, target in enumerate(([1, 0.1, 0.05], [1, -0.3, 0.2], [1, 0.4, -0.1])):
+        cam = Camera.from_fov(128, 192, 75, look_at([-6, 0, 0], target))
+        r = mem.read(cam)
+        assert r.coverage > 0.9
+        assert torch.isfinite(mem.points[r.index[r.mask]]).all(), "a non-finite point won a cell"
+        with np.errstate(invalid="ignore", over="ignore"):
+            assert_readout_matches_reference(r, mem.points, cam, 16, f"view {k}")
+
+
+@pytest.mark.parametrize("on_revisit", ["keep", "refresh"])
+def test_insert_refuses_points_that_are_not_finite_and_changes_nothing(on_revisit):
+    """Issue 8, defect 5: finite but absurd input (here a depth of 3e38 m, finite in float32) lifts
+    to +-inf world points; insert must refuse by name before any change (also the refresh of
+    re-observed cells, which used to happen before the points were computed)."""
+    cam = Camera.from_fov(64, 96, 150, look_at([0, 0, 0], [1, 0, 0]))  # wide: corner rays |x/z| ~ 3
+    mem = LatentSpatialMemory(on_revisit=on_revisit, feature_dtype=torch.float32)
+    mem.insert(torch.zeros(48, 4, 6), torch.full((64, 96), 2.0), cam)
+    snap = snapshot(mem)
+    depth = torch.full((4, 6), 2.0)  # re-observes every stored cell ...
+    depth[0, 0] = 3e38  # ... except a corner cell whose point (|x| ~ 9e38) overflows float32
+    depth[3, 5] = 5.0
+    with pytest.raises(MemoryError_, match="depth: .*non-finite"):
+        mem.insert(torch.ones(48, 4, 6), depth, cam)
+    assert_unchanged(mem, snap)
+    assert mem.last_insert["added"] == 24
+
+
+def test_load_refuses_non_finite_points(tmp_path):
+    from safetensors.torch import save_file
+
+    cam = Camera.from_fov(64, 96, 60, look_at([0, 0, 0], [1, 0, 0]))
+    mem = LatentSpatialMemory()
+    mem.insert(torch.randn(48, 4, 6), torch.full((64, 96), 2.0), cam)
+    snap = snapshot(mem)
+    meta = {"format": "mirage_ros.LatentSpatialMemory", "version": "1", "channels": "48", "stride": "16",
+            "feature_dtype": "bfloat16"}
+    pts = torch.zeros(5, 3)
+    pts[2, 1] = float("inf")
+    save_file({"points": pts, "features": torch.zeros(5, 48, dtype=torch.bfloat16)}, str(tmp_path / "inf.safetensors"), metadata=meta)
+    with pytest.raises(MemoryFileError, match="NaN or inf"):
+        mem.load(tmp_path / "inf.safetensors")
+    assert_unchanged(mem, snap)

@@ -62,9 +62,13 @@ class BlockIndex:
         if n == 0:
             self.clear()
             return
-        cell = torch.floor(xyz / self.block_size).to(torch.int64)
+        # float -> int64 of NaN, inf or |x| >= 2^63 is undefined: clamp first (such points only
+        # share edge blocks, whose AABBs then turn non-finite and are never culled, see frustum)
+        cellf = torch.floor(xyz / self.block_size)
+        cell = torch.nan_to_num(cellf, nan=0.0).clamp_(-(2.0**40), 2.0**40).to(torch.int64)
         cell -= cell.min(0).values  # non-negative, then pack three 21-bit coordinates
-        key = (cell[:, 0].clamp_(max=(1 << 21) - 1) << 42) | (cell[:, 1].clamp_(max=(1 << 21) - 1) << 21) | cell[:, 2].clamp_(max=(1 << 21) - 1)
+        cell.clamp_(max=(1 << 21) - 1)
+        key = (cell[:, 0] << 42) | (cell[:, 1] << 21) | cell[:, 2]
         key_sorted, order = torch.sort(key, stable=True)
         _, counts = torch.unique_consecutive(key_sorted, return_counts=True)
         starts = torch.cumsum(counts, 0) - counts
@@ -88,8 +92,11 @@ class BlockIndex:
         corners = torch.where(_CORNERS.to(self.bmin.device).bool()[None], self.bmax[:, None], self.bmin[:, None])  # (nb, 8, 3)
         pix = corners @ P[:, :3].T + P[:, 3]  # (nb, 8, 3): p_u, p_v, z
         pu, pv, z = pix.unbind(-1)
-        outside = (z <= 0).all(1) | (pu < 0).all(1) | (pu >= w * z).all(1) | (pv < 0).all(1) | (pv >= h * z).all(1)
-        zmin = z.min(1).values
+        # a block holding a non-finite point (never admitted, but a corrupt state must not crash
+        # the readout) has NaN/inf corners: keep it, nearest depth -inf, footprint the whole grid
+        finite = torch.isfinite(pix).all(2).all(1)
+        outside = finite & ((z <= 0).all(1) | (pu < 0).all(1) | (pu >= w * z).all(1) | (pv < 0).all(1) | (pv >= h * z).all(1))
+        zmin = torch.where(finite, z.min(1).values, torch.full_like(z[:, 0], float("-inf")))
         front = zmin > 0
         zs = torch.where(front[:, None], z, torch.ones_like(z))
         cu, cv = pu / zs, pv / zs

@@ -239,12 +239,19 @@ class LatentSpatialMemory:
         n_new = int(new.sum())
         if self.max_points is not None and self._n + n_new > self.max_points:
             raise MemoryError_(f"max_points: inserting {n_new} points would exceed the cap of {self.max_points} (memory holds {self._n})")
+        if n_new:
+            pts = backproject(d, camera.latent_K(self.stride), camera.world_to_camera)[new].float()
+            bad = ~torch.isfinite(pts).all(1)
+            if bool(bad.any()):
+                raise MemoryError_(
+                    f"depth: {int(bad.sum())} admissible cells lift to non-finite world points (depth up to "
+                    f"{float(d[new][bad].max()):.3g} m with this camera's K and pose overflows float32); nothing inserted"
+                )
         # -- all checks passed: mutate --
         if self.on_revisit == "refresh" and bool(revisited.any()):
             idx = r.index[revisited]
             self._feat[idx] = latent.permute(1, 2, 0)[revisited].to(self.feature_dtype)
         if n_new:
-            pts = backproject(d, camera.latent_K(self.stride), camera.world_to_camera)[new].float()
             feats = latent.permute(1, 2, 0)[new].to(self.feature_dtype)
             self._append(pts, feats)
         self.last_insert = {"admissible": n_adm, "revisited": int(revisited.sum()), "added": n_new}

@@ -137,6 +137,39 @@ def test_uncalibrated_or_nan_camera_info_is_rejected():
         cv.camera_info_to_K(cv.camera_info_msg(B, K2, 256, 448, 1, "c"))
 
 
+@pytest.mark.parametrize("k,needle", [
+    ((1e-38, 0, 224, 0, 1e-38, 128, 0, 0, 1), "camera_info.k[0] (fx): 1e-38 px"),
+    ((1e-30, 0, 224, 0, 310, 128, 0, 0, 1), "camera_info.k[0] (fx): 1e-30 px"),
+    ((300, 0, 224, 0, 1e-30, 128, 0, 0, 1), "camera_info.k[4] (fy): 1e-30 px"),
+    ((1e30, 0, 224, 0, 310, 128, 0, 0, 1), "camera_info.k[0] (fx): 1e+30 px"),
+    ((300, 0, 1e30, 0, 310, 128, 0, 0, 1), "camera_info.k[2] (cx): 1e+30 px"),
+    ((300, 1e30, 224, 0, 310, 128, 0, 0, 1), "camera_info.k[1] (skew)"),
+])
+def test_finite_but_absurd_intrinsics_are_rejected(k, needle):
+    """Defect 5: fx = fy = 1e-38 (or 1e-30) passed as 'positive' and put inf/NaN into the memory."""
+    with pytest.raises(cv.ConversionError) as e:
+        cv.camera_info_to_K(wire(cv.camera_info_msg(B, np.array(k, float).reshape(3, 3), 256, 448, 1, "cam")))
+    assert needle in str(e.value), str(e.value)
+    # the widest and narrowest lenses still pass: fisheye-like 170 deg and a 0.1 deg telescope
+    for fov in (170.0, 0.1):
+        f = 224 / np.tan(np.radians(fov) / 2)
+        K, _, _ = cv.camera_info_to_K(cv.camera_info_msg(B, np.array([[f, 0, 224], [0, f, 128], [0, 0, 1]]), 256, 448, 1, "c"))
+        assert K[0, 0] == pytest.approx(f)
+
+
+@pytest.mark.parametrize("xyz", [(1e300, 0, 0), (0, -1e300, 0), (0, 0, 2e5)])
+def test_absurd_positions_are_rejected(xyz):
+    """Defect 5: a pose at 1e300 m is finite, and stored inf points."""
+    T = np.eye(4)
+    T[:3, 3] = xyz
+    with pytest.raises(cv.ConversionError, match=r"pose.pose.position: .* beyond"):
+        cv.pose_stamped_to_matrix(wire(cv.pose_stamped_msg(B, T, 1, "map")))
+    with pytest.raises(cv.ConversionError, match=r"path.poses\[1\].pose.position: .* beyond"):
+        cv.path_to_matrices(cv.path_msg(B, np.stack([np.eye(4), T]), [1, 2], "map"))
+    T[:3, 3] = np.clip(np.asarray(xyz, float), -cv.MAX_POSITION, cv.MAX_POSITION)  # the bound itself is fine
+    assert np.allclose(cv.pose_stamped_to_matrix(cv.pose_stamped_msg(B, T, 1, "map"))[2], T)
+
+
 def test_camera_info_binning_and_roi():
     K = np.array([[400.0, 0, 320], [0, 400.0, 240], [0, 0, 1]])
     m = cv.camera_info_msg(B, K, 480, 640, 1, "c")

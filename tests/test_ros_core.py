@@ -232,6 +232,36 @@ def test_core_rejects_bad_input_and_leaves_memory_unchanged(core, scene, kind, m
     assert core.observe(s) > 0
 
 
+def test_refused_absurd_inputs_change_no_state(core, scene):
+    """Defect 5: a pose at 1e300 m, fx = fy = 1e-38, or one bad CameraInfo (fx = 1e-30) is refused
+    with a reason and changes nothing: not the memory, not the K of later goals."""
+    cams, frames = scene
+    core.observe(feed(core, cams[0], frames[0], 10**9))
+    n, K0, last = core.backend.memory.num_points, core.last_camera[0].copy(), core.last_observe_stamp
+    far = cams[6].camera_to_world.numpy().copy()
+    far[:3, 3] = 1e300
+    tiny = np.array([[1e-38, 0, W / 2], [0, 1e-38, H / 2], [0, 0, 1]])
+    bad_k = cams[6].K.numpy().copy()
+    bad_k[0, 0] = 1e-30
+    for i, bad in enumerate([{"pose": cv.pose_stamped_msg(B, far, 0, "map")},
+                             {"camera_info": cv.camera_info_msg(B, tiny, H, W, 0, "cam")},
+                             {"camera_info": cv.camera_info_msg(B, bad_k, H, W, 0, "cam")}]):
+        t = (2 + i) * 10**9
+        for m in bad.values():
+            m.header.stamp = cv.time_msg(B, t)
+        assert feed(core, cams[6], frames[6], t, **bad) is None
+        assert core.counts["inputs_rejected"] == i + 1
+        assert "beyond" in core.last_rejection or "px" in core.last_rejection, core.last_rejection
+    assert core.backend.memory.num_points == n and core.last_observe_stamp == last and core.counts["frames_observed"] == 1
+    assert np.array_equal(core.last_camera[0], K0)
+    req = core.prepare(_path(3))
+    assert np.array_equal(req.K, K0)
+    far_path = _path(3)
+    far_path.poses[2].pose.position.x = 1e300
+    with pytest.raises(GoalError, match=r"path.poses\[2\].pose.position"):
+        core.prepare(far_path)
+
+
 def _with_q(msg, q):
     o = msg.pose.orientation
     o.x, o.y, o.z, o.w = q

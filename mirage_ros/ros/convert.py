@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 __all__ = [
-    "ConversionError", "QUAT_TOL", "IMAGE_ENCODINGS", "COLOR_ENCODINGS", "DEPTH_ENCODINGS",
+    "ConversionError", "QUAT_TOL", "MAX_POSITION", "MIN_FOV_DEG", "MAX_FOV_DEG", "IMAGE_ENCODINGS", "COLOR_ENCODINGS", "DEPTH_ENCODINGS",
     "stamp_to_ns", "ns_to_stamp", "time_msg", "header_msg",
     "image_to_array", "image_to_rgb", "image_to_depth", "image_to_labels", "array_to_image", "image_msg",
     "camera_info_to_K", "camera_info_to_camera", "camera_info_msg",
@@ -44,6 +44,11 @@ __all__ = [
 ]
 
 QUAT_TOL = 1e-3
+# Finite is not enough: a pose at 1e300 m or a focal length of 1e-38 px is finite and fills the
+# memory with inf/NaN points. Positions are bounded where float32 memory points still resolve
+# centimetres; lenses by their field of view (0.01 .. 179 degrees) and principal point.
+MAX_POSITION = 1e5  # m
+MIN_FOV_DEG, MAX_FOV_DEG = 0.01, 179.0
 
 
 class ConversionError(ValueError):
@@ -302,6 +307,19 @@ def camera_info_to_K(msg, field: str = "camera_info") -> Tuple[np.ndarray, int, 
         K[0] /= bx
         K[1] /= by
         H, W = H // by, W // bx
+    if H <= 0 or W <= 0:
+        raise ConversionError(f"{field}: binning / roi leave a {H} x {W} image")
+    for (i, j), name, size in (((0, 0), "k[0] (fx)", W), ((1, 1), "k[4] (fy)", H)):
+        lo = size / (2 * np.tan(np.radians(MAX_FOV_DEG) / 2))
+        hi = size / (2 * np.tan(np.radians(MIN_FOV_DEG) / 2))
+        if not lo <= K[i, j] <= hi:
+            raise ConversionError(f"{field}.{name}: {K[i, j]:.6g} px is outside {lo:.3g} .. {hi:.3g} px, a field of view of "
+                                  f"{MAX_FOV_DEG:g} .. {MIN_FOV_DEG:g} degrees over {size} px")
+    for (i, j), name, size in (((0, 2), "k[2] (cx)", W), ((1, 2), "k[5] (cy)", H)):
+        if not -10 * size <= K[i, j] <= 11 * size:
+            raise ConversionError(f"{field}.{name}: {K[i, j]:.6g} px is more than 10 image sizes ({size} px) outside the image")
+    if abs(K[0, 1]) > K[0, 0]:
+        raise ConversionError(f"{field}.k[1] (skew): {K[0, 1]:.6g} is larger than fx = {K[0, 0]:.6g}")
     return K, H, W
 
 
@@ -417,6 +435,11 @@ def poses_to_matrices(poses: Sequence, field: str = "poses[{i}]") -> np.ndarray:
     if not fin.all():
         i = int(np.argmin(fin))
         raise ConversionError(f"{field.format(i=i)}.position: contains NaN or inf ({P[i].tolist()})")
+    far = (np.abs(P) > MAX_POSITION).any(axis=1)
+    if far.any():
+        i = int(np.argmax(far))
+        raise ConversionError(f"{field.format(i=i)}.position: {P[i].tolist()} is beyond +-{MAX_POSITION:g} m of the "
+                              "world origin (memory points are float32; use a local world frame)")
     T = np.zeros((len(poses), 4, 4))
     T[:, :3, :3] = quaternions_to_matrices(Q, field + ".orientation")
     T[:, :3, 3] = P

@@ -27,6 +27,7 @@ import torch
 __all__ = [
     "Camera",
     "GeometryError",
+    "MAX_TRANSLATION",
     "latent_intrinsics",
     "backproject",
     "project",
@@ -41,6 +42,11 @@ __all__ = [
 ]
 
 RIGID_TOL = 1e-4
+# Ranges of a sensible camera, generous on purpose; finite but absurd values beyond them (a pose
+# 1e300 m away, fx = 1e-38) would lift depth to inf/NaN world points and poison the memory.
+MAX_TRANSLATION = 1e6  # metres: |translation| of any rigid transform / pose position (1000 km)
+FOCAL_RANGE = (1e-3, 1e5)  # fx / W and fy / H: fields of view from 179.9 deg down to 0.0006 deg
+PRINCIPAL_RANGE = 1e3  # |cx - W/2| <= 1e3 (fx + W) (an optical axis up to 89.94 deg off a crop), same for cy
 
 
 class GeometryError(ValueError):
@@ -76,11 +82,23 @@ def check_rigid(E, name: str = "world_to_camera", tol: float = RIGID_TOL) -> tor
         raise GeometryError(f"{name}: rotation determinant is {det:.6f}, expected 1 (a reflection or a scale)")
     if (E[3] - torch.tensor([0, 0, 0, 1], dtype=E.dtype)).abs().max().item() > tol:
         raise GeometryError(f"{name}: last row must be [0, 0, 0, 1], got {E[3].tolist()}")
+    _check_translation(E[:3, 3], f"{name}: translation")
     return E
 
 
-def check_intrinsics(K, name: str = "K") -> torch.Tensor:
-    """Validate a pinhole matrix: finite, positive focal lengths, zero skew row structure."""
+def _check_translation(t: torch.Tensor, what: str) -> None:
+    n = float(torch.linalg.vector_norm(t))
+    if not n <= MAX_TRANSLATION:
+        raise GeometryError(f"{what} is {n:.6g} m from the origin, beyond MAX_TRANSLATION = {MAX_TRANSLATION:.0e} m")
+
+
+def check_intrinsics(K, name: str = "K", height: int = None, width: int = None) -> torch.Tensor:
+    """Validate a pinhole matrix [[fx, s, cx], [0, fy, cy], [0, 0, 1]]: finite, positive focal lengths.
+
+    With the image size, also the ranges of a sensible camera: fx / W and fy / H within
+    ``FOCAL_RANGE`` (1e-3 .. 1e5), |cx - W/2| <= ``PRINCIPAL_RANGE`` (fx + W) (likewise cy) and
+    |s| <= max(fx, fy). The message names the field.
+    """
     K = _as_tensor(K, name, (3, 3))
     if not torch.isfinite(K).all():
         raise GeometryError(f"{name}: contains NaN or inf")
@@ -88,6 +106,19 @@ def check_intrinsics(K, name: str = "K") -> torch.Tensor:
         raise GeometryError(f"{name}: focal lengths must be positive, got fx={K[0, 0].item()}, fy={K[1, 1].item()}")
     if K[1, 0] != 0 or K[2, 0] != 0 or K[2, 1] != 0 or K[2, 2] != 1:
         raise GeometryError(f"{name}: expected [[fx, s, cx], [0, fy, cy], [0, 0, 1]], got {K.tolist()}")
+    if height is not None and width is not None:
+        fx, fy, s, cx, cy = (float(K[i, j]) for i, j in ((0, 0), (1, 1), (0, 1), (0, 2), (1, 2)))
+        lo, hi = FOCAL_RANGE
+        for field, f, size, axis in (("fx", fx, width, "W"), ("fy", fy, height, "H")):
+            if not lo * size <= f <= hi * size:
+                raise GeometryError(f"{name}: {field} = {f:.6g} px is outside [{lo:g}, {hi:g}] x {axis} = "
+                                    f"[{lo * size:.6g}, {hi * size:.6g}] for a {height}x{width} image")
+        for field, c, f, size in (("cx", cx, fx, width), ("cy", cy, fy, height)):
+            if not abs(c - size / 2) <= PRINCIPAL_RANGE * (f + size):
+                raise GeometryError(f"{name}: {field} = {c:.6g} px is more than {PRINCIPAL_RANGE:g} x (f + size) "
+                                    f"from the image centre {size / 2:g}")
+        if not abs(s) <= max(fx, fy):
+            raise GeometryError(f"{name}: skew = {s:.6g} exceeds max(fx, fy) = {max(fx, fy):.6g} (a shear over 45 deg)")
     return K
 
 
@@ -111,8 +142,9 @@ def latent_intrinsics(K: torch.Tensor, height: int, width: int, h: int, w: int) 
 class Camera:
     """A pinhole camera: ``K`` (3,3) in pixels, ``world_to_camera`` E (4,4), image ``height`` x ``width``.
 
-    Construction validates everything (rigid E, positive focal lengths, positive size) and stores
-    float64 CPU tensors; methods move results to the device and dtype asked for.
+    Construction validates everything (rigid E within ``MAX_TRANSLATION`` of the origin, focal
+    lengths, principal point and skew within the ranges of ``check_intrinsics``, positive size)
+    and stores float64 CPU tensors; methods move results to the device and dtype asked for.
     """
 
     K: torch.Tensor
@@ -121,13 +153,13 @@ class Camera:
     width: int
 
     def __post_init__(self):
-        object.__setattr__(self, "K", check_intrinsics(self.K, "K"))
-        object.__setattr__(self, "world_to_camera", check_rigid(self.world_to_camera, "world_to_camera"))
         for name in ("height", "width"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
                 raise GeometryError(f"{name}: expected a positive integer, got {v!r}")
             object.__setattr__(self, name, int(v))
+        object.__setattr__(self, "K", check_intrinsics(self.K, "K", self.height, self.width))
+        object.__setattr__(self, "world_to_camera", check_rigid(self.world_to_camera, "world_to_camera"))
 
     # -- constructors -------------------------------------------------------------------------
     @classmethod
@@ -299,5 +331,6 @@ def pose_to_matrix(position, orientation_xyzw, name: str = "pose") -> torch.Tens
     p = _as_tensor(position, f"{name}.position", (3,))
     if not torch.isfinite(p).all():
         raise GeometryError(f"{name}.position: contains NaN or inf")
+    _check_translation(p, f"{name}.position")
     T[:3, 3] = p
     return T

@@ -163,3 +163,40 @@ def test_bad_intrinsics_sizes_and_stride():
     with pytest.raises(GeometryError, match="NaN"):
         quaternion_to_matrix([0, 0, float("nan"), 1.0])
     assert check_rigid(np.eye(4)).dtype == torch.float64
+
+
+def test_finite_but_absurd_cameras_are_rejected_by_name():
+    """Issue 8, defect 5: a pose 1e300 m away or fx = fy = 1e-38 passed validation and stored inf/NaN
+    points. Documented ranges: |translation| <= MAX_TRANSLATION (1e6 m); focal lengths within
+    [1e-3, 1e5] x the image size along their axis (fields of view 179.9 deg .. 0.0006 deg);
+    principal point within 1e3 x (f + size) of the image centre; |skew| <= max(fx, fy)."""
+    from mirage_ros.geometry import MAX_TRANSLATION
+
+    assert MAX_TRANSLATION == 1e6
+    K = torch.tensor([[40.0, 0, 16], [0, 40.0, 16], [0, 0, 1]], dtype=torch.float64)
+    far = torch.eye(4, dtype=torch.float64)
+    far[0, 3] = 1e300
+    with pytest.raises(GeometryError, match="world_to_camera: translation"):
+        Camera(K, far, 32, 32)
+    far[0, 3] = 1.0000001e6
+    with pytest.raises(GeometryError, match="world_to_camera: translation"):
+        Camera(K, far, 32, 32)
+    far[0, 3] = 0.99e6  # a camera 990 km from the origin is still a camera
+    assert Camera(K, far, 32, 32).center[0] == -0.99e6
+    with pytest.raises(GeometryError, match="pose.position"):
+        pose_to_matrix([1e300, 0, 0], [0, 0, 0, 1])
+    bad_K = {
+        "fx": [[1e-38, 0, 16], [0, 40, 16], [0, 0, 1]],
+        "fy": [[40, 0, 16], [0, 1e-30, 16], [0, 0, 1]],
+        "fx ": [[1e30, 0, 16], [0, 40, 16], [0, 0, 1]],
+        "cx": [[40, 0, 1e30], [0, 40, 16], [0, 0, 1]],
+        "cy": [[40, 0, 16], [0, 40, -1e9], [0, 0, 1]],
+        "skew": [[40, 100, 16], [0, 40, 16], [0, 0, 1]],
+    }
+    for field, k in bad_K.items():
+        with pytest.raises(GeometryError, match=f"K: {field.strip()}"):
+            Camera(torch.tensor(k, dtype=torch.float64), torch.eye(4), 32, 32)
+    # the edges of the documented ranges are accepted
+    Camera(torch.tensor([[0.032, 0, 16], [0, 0.032, 16], [0, 0, 1]], dtype=torch.float64), torch.eye(4), 32, 32)
+    Camera(torch.tensor([[3.2e6, 0, 16], [0, 3.2e6, 16], [0, 0, 1]], dtype=torch.float64), torch.eye(4), 32, 32)
+    Camera(torch.tensor([[300, 2, -600], [0, 300, 640], [0, 0, 1]], dtype=torch.float64), torch.eye(4), 9, 9)  # a far off-axis crop

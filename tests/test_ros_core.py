@@ -262,6 +262,21 @@ def test_refused_absurd_inputs_change_no_state(core, scene):
         core.prepare(far_path)
 
 
+@pytest.mark.parametrize("fill", [np.nan, -1.0, 0.0])
+def test_depth_without_a_valid_pixel_is_not_an_observation(core, scene, fill):
+    """Defect 10: an all-NaN / negative / zero depth image counted as observed, silently."""
+    cams, frames = scene
+    logs = []
+    core._log = lambda level, msg: logs.append(msg)
+    core.observe(feed(core, cams[0], frames[0], 10**9))
+    n, observed, last = core.backend.memory.num_points, core.counts["frames_observed"], core.last_observe_stamp
+    bad = cv.image_msg(B, np.full((H, W), fill, np.float32), 2 * 10**9, "cam", "32FC1")
+    assert core.observe(feed(core, cams[6], frames[6], 2 * 10**9, depth=bad)) is None
+    assert core.counts["frames_observed"] == observed and core.last_observe_stamp == last
+    assert core.backend.memory.num_points == n and core.counts["inputs_rejected"] == 1
+    assert "no valid depth" in core.last_rejection and any("no valid depth" in m for m in logs)
+
+
 def _with_q(msg, q):
     o = msg.pose.orientation
     o.x, o.y, o.z, o.w = q

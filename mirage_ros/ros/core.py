@@ -362,6 +362,10 @@ class MirageCore:
             return self.reject("depth", f"no depth for the set at {s.stamp_ns} ns (depth.provider={self.p['depth.provider']})")
         if depth.shape != (H, W) and depth.shape != (H // stride, W // stride):
             return self.reject("depth", f"depth is {depth.shape[0]}x{depth.shape[1]} but the image is {H}x{W}")
+        with np.errstate(invalid="ignore"):
+            if not (np.isfinite(depth) & (depth > 0)).any():
+                return self.reject("depth", f"no valid depth in the set at {s.stamp_ns} ns (every pixel NaN, inf, zero "
+                                            "or negative): not an observation")
         exclude = None
         labels = s.get("labels")
         if labels is not None:

@@ -373,6 +373,7 @@ def test_resample_trajectory_interpolates():
 
 
 def test_save_load_reset(core, scene, tmp_path):
+    core.p["memory.save_dir"] = str(tmp_path)
     cams, frames = scene
     core.observe(feed(core, cams[0], frames[0], 10**9))
     n = core.backend.memory.num_points

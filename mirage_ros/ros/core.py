@@ -19,19 +19,18 @@ Thread safety: one re-entrant lock guards the backend and its memory; counters a
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from . import convert as cv
+from . import paths
 from .params import validate
 from .sync import SyncedSet, Synchronizer
 
@@ -475,26 +474,25 @@ class MirageCore:
             self.imagined_poses.clear()
             self.version += 1
 
-    def save(self, path: str = "") -> Tuple[str, int]:
-        if not path:
-            folder = Path(os.path.expanduser(self.p["memory.save_dir"] or "."))
-            path = str(folder / f"memory_{int(time.time())}.safetensors")
-        p = Path(os.path.expanduser(path))
-        if not p.parent.is_dir():
-            raise ValueError(f"path: folder {p.parent} does not exist")
+    def save(self, path: str = "", overwrite: bool = False) -> Tuple[str, int]:
+        """Save the memory inside ``memory.save_dir`` (see ``paths``); returns (absolute path, points).
+        Raises ``ValueError`` (``paths.PathError``) with the reason; nothing is written then."""
+        base = paths.memory_dir(self.p["memory.save_dir"])
+        target = paths.resolve_save(base, path, overwrite)
         with self.lock:
             if self.backend is None:
                 raise ValueError("the node is not active")
-            self.backend.memory.save(p)
-            return str(p), self.backend.memory.num_points
+            mem = self.backend.memory
+            paths.write_atomic(target, mem.save, overwrite)
+            return str(target), mem.num_points
 
     def load(self, path: str) -> int:
-        if not path:
-            raise ValueError("path: empty")
+        """Replace the memory with a file inside ``memory.save_dir``; unchanged on any error."""
+        target = paths.resolve_load(paths.memory_dir(self.p["memory.save_dir"]), path)
         with self.lock:
             if self.backend is None:
                 raise ValueError("the node is not active")
-            self.backend.memory.load(os.path.expanduser(path))  # unchanged on any error
+            self.backend.memory.load(target)  # unchanged on any error
             self.last_observe_stamp = None
             self.version += 1
             return self.backend.memory.num_points

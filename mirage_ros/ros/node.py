@@ -461,7 +461,7 @@ class MirageNode(LifecycleNode):
 
     def _srv_save(self, request, response):
         try:
-            path, n = self.core.save(request.path)
+            path, n = self.core.save(request.path, bool(getattr(request, "overwrite", False)))
             response.success, response.path, response.num_points = True, path, n
             response.message = f"saved {n} points to {path}"
         except Exception as exc:  # noqa: BLE001

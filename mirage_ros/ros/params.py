@@ -56,7 +56,7 @@ PARAMS: List[Param] = [
     Param("memory.block_size", 1.0, "edge of the spatial index blocks (m)"),
     Param("memory.max_points", 0, "hard cap on stored points (0: none); inserts beyond it are refused"),
     Param("memory.load_path", "", "memory file loaded at configure (empty: start empty)"),
-    Param("memory.save_dir", "", "folder for save_memory requests without a path (empty: the working directory)"),
+    Param("memory.save_dir", "", "the one folder save_memory / load_memory may write and read (requests name files inside it; empty: $XDG_DATA_HOME/mirage_ros/memories, i.e. ~/.local/share/mirage_ros/memories)"),
     # -- observation --
     Param("observe.update", True, "keep writing observed frames into the memory after the first (false: initialise once)", read_only=False),
     Param("observe.min_interval", 0.0, "minimum time between memory updates from observed frames (s, by message stamps)", read_only=False),

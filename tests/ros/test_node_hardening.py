@@ -79,3 +79,134 @@ def test_sim_time_restart_keeps_updating_the_memory(tmp_path, probe, scene):
         probe.node.destroy_publisher(clock)
         rc = proc.stop()
     assert rc == 0, proc.log()[-2000:]
+
+
+# -- one node for the input and service tests -------------------------------------------------------
+
+NS = "/hard"
+
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory, probe, scene):
+    tmp = tmp_path_factory.mktemp("hard")
+    (tmp / "mem").mkdir()
+    proc = start_node(tmp, NS, {"chunk_size": 4, "viz.stats_period": 0.1, "memory.save_dir": str(tmp / "mem")})
+    probe.watch(NS)
+    try:
+        probe.stats(NS, timeout=90)
+        cams, frames = scene
+        _observe(probe, NS, cams[0], frames[0], 10**9, lambda s: s.num_points > 0)
+        yield proc, tmp
+    finally:
+        rc = proc.stop()
+        print(proc.log()[-3000:])
+    assert rc == 0, f"mirage_node exited with {rc}"
+
+
+_stamp = [50 * 10**9]
+
+
+def _next():
+    _stamp[0] += 10**8
+    return _stamp[0]
+
+
+def _refused(probe, cam, frame, replace, needle):
+    """Publish a set with one message replaced until the node reports its rejection; returns the
+    stats before and after."""
+    before = probe.wait_stats(NS, lambda s: s.num_points > 0)
+    t = _next()
+    for m in replace.values():
+        m.header.stamp = probe.cv.time_msg(probe.types, t)
+    after = None
+    for _ in range(60):
+        probe.publish_set(NS, cam, frame, t, **replace)
+        try:
+            after = probe.wait_stats(NS, lambda s: s.inputs_rejected > before.inputs_rejected, timeout=0.5)
+            break
+        except TimeoutError:
+            continue
+    assert after is not None, "the node never reported the rejection"
+    time.sleep(0.3)  # anything wrongly accepted would reach the memory now
+    after = probe.stats(NS, fresh_after=time.perf_counter())
+    assert needle in after.last_rejection, after.last_rejection
+    assert (after.num_points, after.nbytes, after.frames_observed) == (before.num_points, before.nbytes, before.frames_observed)
+    return before, after
+
+
+def test_absurd_pose_and_intrinsics_are_refused_and_change_nothing(hard, probe, scene):
+    """Defect 5: pose at 1e300 m, fx = fy = 1e-38, one CameraInfo with fx = 1e-30: each refused
+    with its reason, the memory unchanged, and later goals still use the good K."""
+    proc, _ = hard
+    cams, frames = scene
+    msgs = probe.set_msgs(cams[6], frames[6], 0)
+    far = msgs["pose"]
+    far.pose.position.x = 1e300
+    _refused(probe, cams[6], frames[6], {"pose": far}, "pose.pose.position")
+    tiny = probe.set_msgs(cams[6], frames[6], 0)["camera_info"]
+    k = list(tiny.k)
+    k[0] = k[4] = 1e-38
+    tiny.k = k
+    _refused(probe, cams[6], frames[6], {"camera_info": tiny}, "camera_info.k[0] (fx): 1e-38 px")
+    bad = probe.set_msgs(cams[6], frames[6], 0)["camera_info"]
+    k = list(bad.k)
+    k[0] = 1e-30
+    bad.k = k
+    _refused(probe, cams[6], frames[6], {"camera_info": bad}, "camera_info.k[0] (fx): 1e-30 px")
+    for needle in ("rejected pose: pose.pose.position", "rejected camera_info: camera_info.k[0] (fx)"):
+        wait_for(lambda: needle in proc.log(), 10, what=f"{needle!r} in the node's log")  # noqa: B023
+    r = probe.imagine(NS, probe.path(cams[:2], [1, 2]), expect_frames=2, chunk_size=4)
+    assert r["result"].status == 0 and r["result"].mean_coverage > 0.5, r["result"].message
+    assert r["chunks"][0].camera_info.k[0] == pytest.approx(cams[0].K[0, 0].item())
+    path = probe.path(cams[:2], [1, 2])
+    path.poses[1].pose.position.y = -1e300
+    r = probe.imagine(NS, path)
+    assert r["result"].status == 2 and "path.poses[1].pose.position" in r["result"].message
+
+
+@pytest.mark.parametrize("fill", [float("nan"), -1.0, 0.0])
+def test_depth_without_a_valid_pixel_is_logged_not_observed(hard, probe, scene, fill):
+    """Defect 10: an all-NaN / negative / zero depth counted as observed, with no log line."""
+    proc, _ = hard
+    cams, frames = scene
+    d = probe.cv.image_msg(probe.types, np.full((H, W), fill, np.float32), 0, "camera_optical_frame", "32FC1")
+    _refused(probe, cams[6], frames[6], {"depth": d}, "no valid depth")
+    wait_for(lambda: "no valid depth" in proc.log(), 10, what="the rejection in the node's log")
+
+
+def test_save_and_load_are_confined_to_the_memory_folder(hard, probe):
+    """Defect 7: save_memory wrote anywhere (../, ~, absolute paths, over files and folders),
+    left <dir>.tmp behind, and named files by the second, relative to the working directory."""
+    from mirage_ros.srv import LoadMemory, SaveMemory
+
+    proc, tmp = hard
+    mem = (tmp / "mem").resolve()
+    victim = tmp / "victim.safetensors"
+    victim.write_bytes(b"precious")
+
+    def save(path, overwrite=False):
+        return probe.call(f"{NS}/save_memory", SaveMemory, SaveMemory.Request(path=path, overwrite=overwrite))
+
+    a, b = save(""), save("")
+    assert a.success and b.success and a.path != b.path, (a.message, b.message)
+    assert a.path.startswith(str(mem) + "/") and b.path.startswith(str(mem) + "/") and a.num_points > 0
+    for bad, needle in [("../victim.safetensors", "'..'"), (str(victim), "outside memory.save_dir"),
+                        ("~/m.safetensors", "not expanded"), ("/etc/passwd", "outside memory.save_dir")]:
+        r = save(bad, overwrite=True)
+        assert not r.success and needle in r.message, r.message
+    assert victim.read_bytes() == b"precious"
+    ok = save("named.safetensors")
+    assert ok.success and ok.path == str(mem / "named.safetensors"), ok.message
+    again = save("named.safetensors")
+    assert not again.success and "exists (set overwrite" in again.message
+    assert save("named.safetensors", overwrite=True).success
+    (mem / "folder.safetensors").mkdir()
+    r = save("folder.safetensors", overwrite=True)
+    assert not r.success and "is a folder" in r.message
+    leftovers = [p.name for p in list(mem.iterdir()) + list(tmp.iterdir()) if p.name.endswith(".tmp")]
+    assert leftovers == []
+    ld = probe.call(f"{NS}/load_memory", LoadMemory, LoadMemory.Request(path="named.safetensors"))
+    assert ld.success and ld.num_points == ok.num_points, ld.message
+    ld = probe.call(f"{NS}/load_memory", LoadMemory, LoadMemory.Request(path=str(victim)))
+    assert not ld.success and "outside memory.save_dir" in ld.message and "memory unchanged" in ld.message
+    assert proc.alive()

@@ -1,4 +1,6 @@
 """LatentSpatialMemory against hand-worked values and a brute-force numpy reference."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -447,3 +449,58 @@ def test_load_refuses_non_finite_points(tmp_path):
     with pytest.raises(MemoryFileError, match="NaN or inf"):
         mem.load(tmp_path / "inf.safetensors")
     assert_unchanged(mem, snap)
+
+
+def _memory_file(tmp_path, name, n=24, **meta_overrides):
+    from safetensors.torch import save_file
+
+    meta = {"format": "mirage_ros.LatentSpatialMemory", "version": "1", "channels": "48", "stride": "16",
+            "feature_dtype": "bfloat16", **meta_overrides}
+    g = torch.Generator().manual_seed(n)
+    path = tmp_path / name
+    save_file({"points": torch.rand(n, 3, generator=g), "features": torch.randn(n, 48, generator=g).bfloat16()},
+              str(path), metadata=meta)
+    return path
+
+
+def test_load_respects_max_points_and_changes_nothing(tmp_path):
+    """Issue 8, defect 10: load() ignored memory.max_points."""
+    cam = Camera.from_fov(64, 96, 60, look_at([0, 0, 0], [1, 0, 0]))
+    mem = LatentSpatialMemory(max_points=30)
+    mem.insert(torch.randn(48, 4, 6), torch.full((64, 96), 2.0), cam)
+    snap = snapshot(mem)
+    with pytest.raises(MemoryFileError, match="max_points: .* holds 31 points, more than the cap of 30"):
+        mem.load(_memory_file(tmp_path, "big.safetensors", n=31))
+    assert_unchanged(mem, snap)
+    mem.load(_memory_file(tmp_path, "fits.safetensors", n=30))
+    assert mem.num_points == 30
+
+
+def test_load_says_what_a_path_that_is_not_a_file_is(tmp_path):
+    """Issue 8, defect 10: a directory or /dev/zero was reported as 'does not exist'."""
+    mem = LatentSpatialMemory()
+    with pytest.raises(MemoryFileError, match="is a directory"):
+        mem.load(tmp_path)
+    if Path("/dev/zero").exists():
+        with pytest.raises(MemoryFileError, match="not a regular file .*character device"):
+            mem.load("/dev/zero")
+    with pytest.raises(MemoryFileError, match="does not exist"):
+        mem.load(tmp_path / "missing.safetensors")
+    assert mem.num_points == 0
+
+
+@pytest.mark.parametrize("field,value", [("channels", "abc"), ("stride", "1.5"), ("channels", "")])
+def test_load_names_a_malformed_metadata_field(tmp_path, field, value):
+    """Issue 8, defect 10: channels='abc' in a file's metadata raised a bare ValueError."""
+    mem = LatentSpatialMemory()
+    with pytest.raises(MemoryFileError, match=f"{field}"):
+        mem.load(_memory_file(tmp_path, "meta.safetensors", **{field: value}))
+    assert mem.num_points == 0
+
+
+@pytest.mark.parametrize("kwargs,field", [({"channels": "abc"}, "channels"), ({"stride": 2.5}, "stride"),
+                                          ({"channels": True}, "channels"), ({"max_points": -1}, "max_points"),
+                                          ({"max_points": "many"}, "max_points")])
+def test_constructor_names_a_malformed_argument(kwargs, field):
+    with pytest.raises(MemoryError_, match=f"^{field}: "):
+        LatentSpatialMemory(**kwargs)

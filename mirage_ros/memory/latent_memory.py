@@ -25,6 +25,7 @@ points (N, 3) float32 world; features (N, C) in ``feature_dtype`` (bfloat16 by d
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
@@ -48,6 +49,27 @@ class MemoryError_(ValueError):
 
 class MemoryFileError(MemoryError_):
     """A memory file is corrupt, incomplete or does not match this memory. Nothing was changed."""
+
+
+_FILE_DTYPES = {"F32": torch.float32, "F64": torch.float64, "F16": torch.float16, "BF16": torch.bfloat16, "U8": torch.uint8}
+_LOAD_CHUNK_BYTES = 1 << 24
+
+
+def _check_regular_file(path: Path) -> None:
+    """Raise ``MemoryFileError`` saying what ``path`` is when it is not a readable regular file."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        what = "is a dangling symbolic link" if path.is_symlink() else "does not exist"
+        raise MemoryFileError(f"path: {path} {what}") from None
+    except OSError as exc:
+        raise MemoryFileError(f"path: {path} cannot be examined ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise MemoryFileError(f"path: {path} is a directory, not a memory file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((k for test, k in ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                                       (stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket")) if test(st.st_mode)), "special file")
+        raise MemoryFileError(f"path: {path} is not a regular file (it is a {kind})")
 
 
 class Readout:
@@ -109,8 +131,11 @@ class LatentSpatialMemory:
         occlusion_culling: bool = True,
         first_round_points: int = 32768,
     ):
-        if channels <= 0 or stride <= 0:
-            raise MemoryError_(f"channels/stride: expected positive integers, got {channels}/{stride}")
+        for name, v in (("channels", channels), ("stride", stride), ("first_round_points", first_round_points)):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise MemoryError_(f"{name}: expected a positive integer, got {v!r}")
+        if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 0):
+            raise MemoryError_(f"max_points: expected None or a non-negative integer, got {max_points!r}")
         if depth_downsample not in DEPTH_DOWNSAMPLE_METHODS:
             raise MemoryError_(f"depth_downsample: unknown method {depth_downsample!r} (expected one of {DEPTH_DOWNSAMPLE_METHODS})")
         if on_revisit not in ("keep", "refresh"):
@@ -422,42 +447,87 @@ class LatentSpatialMemory:
         tmp.replace(path)
 
     def load(self, path: Union[str, Path]) -> None:
-        """Replace the contents with a saved memory. On any problem raise ``MemoryFileError`` and
-        leave this memory unchanged."""
+        """Replace the contents with a saved memory. On any problem raise ``MemoryFileError`` naming
+        the field and leave this memory unchanged.
+
+        Refuses: a path that is not a regular file (says what it is), a corrupt or truncated file,
+        metadata of another format or with malformed / different ``channels`` or ``stride``,
+        inconsistent shapes, more points than ``max_points``, NaN or inf anywhere. The tensors
+        are read straight into the memory's own storage in 16 MiB chunks (no mmap, no full-size
+        temporaries: peak RSS is the loaded memory plus its index, see scripts/measure_load_rss.py).
+        """
         from safetensors import safe_open
 
         path = Path(path)
-        if not path.is_file():
-            raise MemoryFileError(f"path: {path} does not exist")
+        _check_regular_file(path)
         try:
-            with safe_open(str(path), framework="pt") as f:
+            with safe_open(str(path), framework="pt") as f:  # validates the header; reads no data
                 meta = f.metadata() or {}
                 keys = set(f.keys())
                 missing = {"points", "features"} - keys
                 if missing:
                     raise MemoryFileError(f"path: {path} lacks tensors {sorted(missing)}")
-                pts = f.get_tensor("points")
-                feats = f.get_tensor("features")
+            with open(path, "rb") as fh:
+                header_len = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(header_len))
         except MemoryFileError:
             raise
         except Exception as exc:  # noqa: BLE001 - safetensors raises several types on corruption
             raise MemoryFileError(f"path: {path} is not a readable safetensors memory file ({exc})") from None
         if meta.get("format") != "mirage_ros.LatentSpatialMemory":
             raise MemoryFileError(f"path: {path} is not a mirage_ros memory file (metadata format={meta.get('format')!r})")
-        if int(meta.get("channels", -1)) != self.channels or int(meta.get("stride", -1)) != self.stride:
+        held = {}
+        for field in ("channels", "stride"):
+            raw = meta.get(field)
+            try:
+                held[field] = int(raw)
+            except (TypeError, ValueError):
+                raise MemoryFileError(f"{field}: {path} has metadata {field}={raw!r}, not an integer") from None
+        if held["channels"] != self.channels or held["stride"] != self.stride:
             raise MemoryFileError(
-                f"path: {path} holds channels={meta.get('channels')} stride={meta.get('stride')}, "
+                f"path: {path} holds channels={held['channels']} stride={held['stride']}, "
                 f"this memory has channels={self.channels} stride={self.stride}"
             )
-        if pts.ndim != 2 or pts.shape[1] != 3 or feats.ndim != 2 or feats.shape != (pts.shape[0], self.channels):
-            raise MemoryFileError(f"path: {path} has inconsistent shapes points={tuple(pts.shape)} features={tuple(feats.shape)}")
-        if not (torch.isfinite(pts).all() and torch.isfinite(feats.float()).all()):
-            raise MemoryFileError(f"path: {path} contains NaN or inf")
+        info = {k: header.get(k, {}) for k in ("points", "features")}
+        ps, fs = (tuple(info[k].get("shape", ())) for k in ("points", "features"))
+        if len(ps) != 2 or ps[1] != 3 or fs != (ps[0], self.channels):
+            raise MemoryFileError(f"path: {path} has inconsistent shapes points={ps} features={fs}")
+        n = ps[0]
+        if self.max_points is not None and n > self.max_points:
+            raise MemoryFileError(f"max_points: {path} holds {n} points, more than the cap of {self.max_points}; nothing loaded")
+        data_start = 8 + header_len
+        with open(path, "rb") as fh:
+            xyz = self._read_rows(fh, path, "points", info["points"], data_start, n, 3, torch.float32)
+            feat = self._read_rows(fh, path, "features", info["features"], data_start, n, self.channels, self.feature_dtype)
+        # -- all checks passed: replace --
         self.clear()
-        self._xyz = pts.to(self.device, torch.float32).contiguous()
-        self._feat = feats.to(self.device, self.feature_dtype).contiguous()
-        self._n = pts.shape[0]
+        self._xyz, self._feat, self._n = xyz, feat, n
         self.index.rebuild(self.points)
+
+    def _read_rows(self, fh, path: Path, name: str, info: dict, data_start: int, n: int, cols: int, dtype: torch.dtype):
+        """Read tensor ``name`` (n, cols) from an open safetensors file into a new (n, cols) tensor
+        of ``dtype`` on the memory's device, chunk by chunk, refusing NaN / inf."""
+        file_dtype = _FILE_DTYPES.get(info.get("dtype"))
+        if file_dtype is None:
+            raise MemoryFileError(f"path: {path} stores {name} as {info.get('dtype')!r}, expected one of {sorted(_FILE_DTYPES)}")
+        item = torch.empty((), dtype=file_dtype).element_size()
+        begin, end = info.get("data_offsets", (0, -1))
+        if end - begin != n * cols * item:
+            raise MemoryFileError(f"path: {path} has {end - begin} bytes of {name}, expected {n * cols * item}")
+        out = torch.empty((n, cols), dtype=dtype, device=self.device)
+        rows = max(1, _LOAD_CHUNK_BYTES // (cols * item))
+        buf = torch.empty((min(rows, max(n, 1)), cols), dtype=file_dtype)
+        fh.seek(data_start + begin)
+        for a in range(0, n, rows):
+            m = min(rows, n - a)
+            chunk = buf[:m]
+            view = memoryview(chunk.view(torch.uint8).numpy()).cast("B")
+            if fh.readinto(view) != m * cols * item:
+                raise MemoryFileError(f"path: {path} is truncated inside {name}")
+            if chunk.is_floating_point() and not bool(torch.isfinite(chunk).all()):
+                raise MemoryFileError(f"path: {path} contains NaN or inf in {name}")
+            out[a : a + m] = chunk
+        return out
 
     # -- summaries ------------------------------------------------------------------------------
     def stats(self) -> dict:

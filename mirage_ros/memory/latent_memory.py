@@ -25,6 +25,7 @@ points (N, 3) float32 world; features (N, C) in ``feature_dtype`` (bfloat16 by d
 from __future__ import annotations
 
 import json
+import numbers
 import stat
 from pathlib import Path
 from typing import Iterator, Optional, Union
@@ -132,9 +133,9 @@ class LatentSpatialMemory:
         first_round_points: int = 32768,
     ):
         for name, v in (("channels", channels), ("stride", stride), ("first_round_points", first_round_points)):
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
                 raise MemoryError_(f"{name}: expected a positive integer, got {v!r}")
-        if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 0):
+        if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, numbers.Integral) or max_points < 0):
             raise MemoryError_(f"max_points: expected None or a non-negative integer, got {max_points!r}")
         if depth_downsample not in DEPTH_DOWNSAMPLE_METHODS:
             raise MemoryError_(f"depth_downsample: unknown method {depth_downsample!r} (expected one of {DEPTH_DOWNSAMPLE_METHODS})")
@@ -149,7 +150,7 @@ class LatentSpatialMemory:
         self.device = torch.device(device)
         self.feature_dtype = feature_dtype
         self.dedup, self.dedup_tolerance, self.on_revisit = dedup, float(dedup_tolerance), on_revisit
-        self.max_points = max_points
+        self.max_points = None if max_points is None else int(max_points)
         self.occlusion_culling, self.first_round_points = occlusion_culling, int(first_round_points)
         self.index = BlockIndex(block_size)
         self._xyz = torch.empty((0, 3), dtype=torch.float32, device=self.device)

@@ -35,7 +35,15 @@ __all__ = [
     "check_rigid",
     "check_intrinsics",
     "invert_rigid",
+    "compose_rigid",
     "look_at",
+    "QUAT_TOL",
+    "quaternions_to_matrices",
+    "matrices_to_quaternions",
+    "poses_to_matrices",
+    "slerp",
+    "interpolate_poses",
+    "frustum_corners",
     "quaternion_to_matrix",
     "matrix_to_quaternion",
     "pose_to_matrix",
@@ -122,14 +130,27 @@ def check_intrinsics(K, name: str = "K", height: int = None, width: int = None) 
     return K
 
 
-def invert_rigid(E: torch.Tensor) -> torch.Tensor:
-    """Inverse of a rigid 4x4 transform (R^T, -R^T t), exact up to rounding."""
+def invert_rigid(E):
+    """Inverse of rigid (..., 4, 4) transforms (R^T, -R^T t), exact up to rounding.
+
+    Torch in: same dtype and device out. NumPy in: float64 NumPy out.
+    """
+    if isinstance(E, np.ndarray):
+        return invert_rigid(torch.from_numpy(np.asarray(E, dtype=np.float64))).numpy()
     R, t = E[..., :3, :3], E[..., :3, 3:]
     out = torch.zeros_like(E)
     out[..., :3, :3] = R.transpose(-1, -2)
     out[..., :3, 3:] = -R.transpose(-1, -2) @ t
     out[..., 3, 3] = 1
     return out
+
+
+def compose_rigid(A, B):
+    """A B for rigid (..., 4, 4) transforms (frame chaining: parent_from_child = A, child_from_x = B).
+    NumPy in: NumPy out."""
+    if isinstance(A, np.ndarray) or isinstance(B, np.ndarray):
+        return np.asarray(A, dtype=np.float64) @ np.asarray(B, dtype=np.float64)
+    return A @ B
 
 
 def latent_intrinsics(K: torch.Tensor, height: int, width: int, h: int, w: int) -> torch.Tensor:
@@ -284,53 +305,183 @@ def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> torch.Tensor:
     return E
 
 
-def quaternion_to_matrix(q, name: str = "orientation", tol: float = 1e-3) -> torch.Tensor:
-    """(x, y, z, w) unit quaternion -> 3x3 rotation. Rejects NaN and non-unit quaternions."""
-    q = _as_tensor(q, name, (4,))
-    if not torch.isfinite(q).all():
-        raise GeometryError(f"{name}: quaternion contains NaN or inf")
-    n = q.norm().item()
-    if abs(n - 1.0) > tol:
-        raise GeometryError(f"{name}: quaternion norm is {n:.6f}, expected 1")
-    x, y, z, w = (q / n).tolist()
-    return torch.tensor(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ],
-        dtype=torch.float64,
-    )
+QUAT_TOL = 1e-3  # |norm - 1| accepted for a quaternion (it is then normalised)
+
+
+def _float64(x, name: str):
+    """(float64 tensor, back): ``back`` turns a result into NumPy if ``x`` was a NumPy array."""
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.asarray(x, dtype=np.float64)), lambda t: t.numpy()
+    if isinstance(x, torch.Tensor):
+        return x.to(torch.float64), lambda t: t
+    try:
+        return torch.as_tensor(x, dtype=torch.float64), lambda t: t
+    except Exception as exc:  # noqa: BLE001 - re-raised with the argument's name
+        raise GeometryError(f"{name}: cannot convert {type(x).__name__} to numbers ({exc})") from None
+
+
+def _at(name: str, flat_index: int, batch_shape) -> str:
+    """``name`` for element ``flat_index`` of a batch: fills a ``{i}`` placeholder, else appends [i]."""
+    if "{i}" in name:
+        return name.replace("{i}", str(flat_index))
+    if len(batch_shape) == 0:
+        return name
+    idx = np.unravel_index(flat_index, tuple(batch_shape))
+    return f"{name}[{', '.join(str(int(k)) for k in idx)}]"
+
+
+def quaternions_to_matrices(q, name: str = "orientation", tol: float = QUAT_TOL):
+    """(..., 4) unit quaternions (x, y, z, w) -> (..., 3, 3) rotations (float64; NumPy in, NumPy out).
+
+    Rejects NaN/inf and norms off 1 by more than ``tol`` (then normalises), naming the first bad
+    element: ``name`` may hold an ``{i}`` placeholder for its flat index, else ``[i]`` is appended.
+    """
+    t, back = _float64(q, name)
+    if t.shape[-1:] != (4,):
+        raise GeometryError(f"{name}: expected (..., 4) quaternions (x, y, z, w), got shape {tuple(t.shape)}")
+    flat = t.reshape(-1, 4)
+    fin = torch.isfinite(flat).all(1)
+    if not bool(fin.all()):
+        i = int((~fin).nonzero()[0])
+        raise GeometryError(f"{_at(name, i, t.shape[:-1])}: quaternion contains NaN or inf ({flat[i].tolist()})")
+    n = flat.norm(dim=1)
+    bad = (n - 1.0).abs() > tol
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise GeometryError(f"{_at(name, i, t.shape[:-1])}: quaternion norm is {float(n[i]):.6g}, expected 1 (within {tol})")
+    x, y, z, w = (flat / n[:, None]).unbind(1)
+    R = torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
+    ], dim=1)
+    return back(R.reshape(*t.shape[:-1], 3, 3))
+
+
+def matrices_to_quaternions(R):
+    """(..., 3, 3) rotations -> (..., 4) unit quaternions (x, y, z, w) with w >= 0 (Shepperd's
+    method, vectorised: each element uses the branch with the largest pivot). NumPy in, NumPy out."""
+    t, back = _float64(R, "R")
+    if t.shape[-2:] != (3, 3):
+        raise GeometryError(f"R: expected (..., 3, 3) rotations, got shape {tuple(t.shape)}")
+    m = t.reshape(-1, 3, 3)
+    m00, m11, m22 = m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]
+    d21, d02, d10 = m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1]
+    s01, s02, s12 = m[:, 0, 1] + m[:, 1, 0], m[:, 0, 2] + m[:, 2, 0], m[:, 1, 2] + m[:, 2, 1]
+    tr = m00 + m11 + m22
+    s0 = 2.0 * torch.sqrt((tr + 1.0).clamp(min=1e-300))
+    s1 = 2.0 * torch.sqrt((1.0 + m00 - m11 - m22).clamp(min=1e-300))
+    s2 = 2.0 * torch.sqrt((1.0 + m11 - m00 - m22).clamp(min=1e-300))
+    s3 = 2.0 * torch.sqrt((1.0 + m22 - m00 - m11).clamp(min=1e-300))
+    cand = torch.stack([
+        torch.stack([d21 / s0, d02 / s0, d10 / s0, 0.25 * s0], 1),
+        torch.stack([0.25 * s1, s01 / s1, s02 / s1, d21 / s1], 1),
+        torch.stack([s01 / s2, 0.25 * s2, s12 / s2, d02 / s2], 1),
+        torch.stack([s02 / s3, s12 / s3, 0.25 * s3, d10 / s3], 1),
+    ])  # (4 branches, N, 4)
+    c0 = tr > 0
+    c1 = ~c0 & (m00 > m11) & (m00 > m22)
+    c2 = ~c0 & ~c1 & (m11 > m22)
+    branch = torch.where(c0, 0, torch.where(c1, 1, torch.where(c2, 2, 3)))
+    q = cand[branch, torch.arange(m.shape[0])]
+    q = torch.where(q[:, 3:] < 0, -q, q)
+    q = q / q.norm(dim=1, keepdim=True)
+    return back(q.reshape(*t.shape[:-2], 4))
+
+
+def poses_to_matrices(position, orientation, name: str = "pose"):
+    """Poses (the frame's position (..., 3) and orientation (..., 4) (x, y, z, w) in the parent) ->
+    (..., 4, 4) parent_from_frame. Validates like ``quaternions_to_matrices`` and bounds the
+    position by ``MAX_TRANSLATION``; errors name ``{name}.position`` / ``{name}.orientation``
+    (``name`` may hold an ``{i}`` placeholder). NumPy in, NumPy out."""
+    p, back = _float64(position, f"{name}.position")
+    if p.shape[-1:] != (3,):
+        raise GeometryError(f"{name}.position: expected shape (..., 3), got {tuple(p.shape)}")
+    batch = p.shape[:-1]
+    nm = name if ("{i}" in name or not batch) else name + "[{i}]"
+    R = quaternions_to_matrices(_float64(orientation, f"{name}.orientation")[0], nm + ".orientation")
+    if tuple(R.shape[:-2]) != tuple(batch):
+        raise GeometryError(f"{name}.orientation: {tuple(R.shape[:-2])} quaternions for {tuple(batch)} positions")
+    flat = p.reshape(-1, 3)
+    fin = torch.isfinite(flat).all(1)
+    if not bool(fin.all()):
+        i = int((~fin).nonzero()[0])
+        raise GeometryError(f"{_at(nm, i, batch)}.position: contains NaN or inf ({flat[i].tolist()})")
+    dist = torch.linalg.vector_norm(flat, dim=1)
+    far = ~(dist <= MAX_TRANSLATION)
+    if bool(far.any()):
+        i = int(far.nonzero()[0])
+        _check_translation(flat[i], f"{_at(nm, i, batch)}.position")
+    T = torch.zeros(*batch, 4, 4, dtype=torch.float64)
+    T[..., :3, :3] = R
+    T[..., :3, 3] = p
+    T[..., 3, 3] = 1
+    return back(T)
+
+
+def slerp(q0, q1, a):
+    """Spherical linear interpolation of unit quaternions (..., 4) (x, y, z, w) at fractions ``a``
+    (broadcast against the batch), along the shorter arc (q and -q are one rotation). NumPy in
+    (q0), NumPy out."""
+    t0, back = _float64(q0, "q0")
+    t1, _ = _float64(q1, "q1")
+    a, _ = _float64(a, "a")
+    dot = (t0 * t1).sum(-1)
+    t1 = torch.where(dot[..., None] < 0, -t1, t1)
+    dot = dot.abs().clamp(max=1.0)
+    theta = torch.arccos(dot)
+    s = torch.sin(theta)
+    small = s < 1e-6  # (nearly) the same rotation: linear interpolation is exact to 1e-12
+    safe = torch.where(small, torch.ones_like(s), s)
+    w0 = torch.where(small, 1 - a, torch.sin((1 - a) * theta) / safe)
+    w1 = torch.where(small, a, torch.sin(a * theta) / safe)
+    q = w0[..., None] * t0 + w1[..., None] * t1
+    return back(q / q.norm(dim=-1, keepdim=True))
+
+
+def interpolate_poses(T, s):
+    """Poses (N, 4, 4) sampled at fractional indices ``s`` (n,) in [0, N-1] (clipped): positions
+    linear between the two neighbours, rotations by ``slerp``. NumPy in (T), NumPy out."""
+    t, back = _float64(T, "T")
+    s, _ = _float64(s, "s")
+    m = t.shape[0]
+    if m == 1:
+        return back(t.expand(s.shape[0], 4, 4).clone())
+    s = s.clamp(0, m - 1)
+    i0 = s.floor().long().clamp(0, m - 2)
+    a = s - i0
+    q = matrices_to_quaternions(t[:, :3, :3])
+    out = torch.zeros(s.shape[0], 4, 4, dtype=torch.float64)
+    out[:, :3, :3] = quaternions_to_matrices(slerp(q[i0], q[i0 + 1], a))
+    out[:, :3, 3] = (1 - a)[:, None] * t[i0, :3, 3] + a[:, None] * t[i0 + 1, :3, 3]
+    out[:, 3, 3] = 1
+    return back(out)
+
+
+def frustum_corners(K, height: int, width: int, depth: float = 1.0):
+    """Camera-frame points (4, 3) at z = ``depth`` through the image corners (0, 0), (W, 0), (W, H),
+    (0, H): the inverse of the pinhole K (skew included). NumPy in, NumPy out."""
+    k, back = _float64(K, "K")
+    fx, fy, cx, cy, sk = k[0, 0], k[1, 1], k[0, 2], k[1, 2], k[0, 1]
+    u = torch.tensor([0.0, width, width, 0.0], dtype=torch.float64)
+    v = torch.tensor([0.0, 0.0, height, height], dtype=torch.float64)
+    yn = (v - cy) / fy
+    xn = (u - cx - sk * yn) / fx
+    return back(torch.stack([xn * depth, yn * depth, torch.full_like(u, float(depth))], 1))
+
+
+def quaternion_to_matrix(q, name: str = "orientation", tol: float = QUAT_TOL) -> torch.Tensor:
+    """(x, y, z, w) unit quaternion -> 3x3 rotation (torch). Rejects NaN and non-unit quaternions."""
+    return torch.as_tensor(quaternions_to_matrices(_as_tensor(q, name, (4,)), name, tol))
 
 
 def matrix_to_quaternion(R) -> torch.Tensor:
-    """3x3 rotation -> (x, y, z, w) with w >= 0 (Shepperd's method, numerically stable)."""
-    R = torch.as_tensor(R, dtype=torch.float64)
-    m = R.tolist()
-    tr = m[0][0] + m[1][1] + m[2][2]
-    if tr > 0:
-        s = 2.0 * np.sqrt(tr + 1.0)
-        w, x, y, z = 0.25 * s, (m[2][1] - m[1][2]) / s, (m[0][2] - m[2][0]) / s, (m[1][0] - m[0][1]) / s
-    elif m[0][0] > m[1][1] and m[0][0] > m[2][2]:
-        s = 2.0 * np.sqrt(1.0 + m[0][0] - m[1][1] - m[2][2])
-        w, x, y, z = (m[2][1] - m[1][2]) / s, 0.25 * s, (m[0][1] + m[1][0]) / s, (m[0][2] + m[2][0]) / s
-    elif m[1][1] > m[2][2]:
-        s = 2.0 * np.sqrt(1.0 + m[1][1] - m[0][0] - m[2][2])
-        w, x, y, z = (m[0][2] - m[2][0]) / s, (m[0][1] + m[1][0]) / s, 0.25 * s, (m[1][2] + m[2][1]) / s
-    else:
-        s = 2.0 * np.sqrt(1.0 + m[2][2] - m[0][0] - m[1][1])
-        w, x, y, z = (m[1][0] - m[0][1]) / s, (m[0][2] + m[2][0]) / s, (m[1][2] + m[2][1]) / s, 0.25 * s
-    q = torch.tensor([x, y, z, w], dtype=torch.float64)
-    return -q if w < 0 else q
+    """3x3 rotation -> (x, y, z, w) with w >= 0 (torch)."""
+    return torch.as_tensor(matrices_to_quaternions(torch.as_tensor(np.asarray(R, dtype=np.float64) if isinstance(R, np.ndarray) else R, dtype=torch.float64)))
 
 
 def pose_to_matrix(position, orientation_xyzw, name: str = "pose") -> torch.Tensor:
-    """A pose (the frame's position and orientation in the parent) -> 4x4 parent_from_frame."""
-    T = torch.eye(4, dtype=torch.float64)
-    T[:3, :3] = quaternion_to_matrix(orientation_xyzw, f"{name}.orientation")
+    """A pose (the frame's position and orientation in the parent) -> 4x4 parent_from_frame (torch)."""
     p = _as_tensor(position, f"{name}.position", (3,))
-    if not torch.isfinite(p).all():
-        raise GeometryError(f"{name}.position: contains NaN or inf")
-    _check_translation(p, f"{name}.position")
-    T[:3, 3] = p
-    return T
+    q = _as_tensor(orientation_xyzw, f"{name}.orientation", (4,))
+    return poses_to_matrices(p, q, name)

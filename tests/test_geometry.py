@@ -200,3 +200,103 @@ def test_finite_but_absurd_cameras_are_rejected_by_name():
     Camera(torch.tensor([[0.032, 0, 16], [0, 0.032, 16], [0, 0, 1]], dtype=torch.float64), torch.eye(4), 32, 32)
     Camera(torch.tensor([[3.2e6, 0, 16], [0, 3.2e6, 16], [0, 0, 1]], dtype=torch.float64), torch.eye(4), 32, 32)
     Camera(torch.tensor([[300, 2, -600], [0, 300, 640], [0, 0, 1]], dtype=torch.float64), torch.eye(4), 9, 9)  # a far off-axis crop
+
+
+# -- the one vectorised set of pose maths (issue 8, section 4), against kornia ----------------------
+
+def _random_quaternions(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    return q / q.norm(dim=1, keepdim=True)
+
+
+def test_vectorised_quaternions_match_kornia_and_return_the_callers_array_type():
+    from mirage_ros.geometry import matrices_to_quaternions, quaternions_to_matrices
+
+    q = _random_quaternions(500, 20)
+    q[:4] = torch.tensor([[0, 0, 0, 1.0], [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]])  # w = 0: Shepperd's other branches
+    R = quaternions_to_matrices(q)
+    Rk = kornia.geometry.conversions.quaternion_to_rotation_matrix(q[:, [3, 0, 1, 2]])  # kornia is (w, x, y, z)
+    assert R.shape == (500, 3, 3) and torch.allclose(R, Rk, atol=1e-12)
+    q2 = matrices_to_quaternions(R)
+    qk = kornia.geometry.conversions.rotation_matrix_to_quaternion(R, eps=1e-12)[:, [1, 2, 3, 0]]
+    qk = torch.where(qk[:, 3:] < 0, -qk, qk)
+    assert (q2[:, 3] >= 0).all() and torch.allclose(q2, qk, atol=1e-9)
+    assert torch.allclose(q2, torch.where(q[:, 3:] < 0, -q, q), atol=1e-12)  # round trip, w >= 0
+    # numpy in, numpy out; any batch shape
+    Rn = quaternions_to_matrices(q.numpy().reshape(5, 100, 4))
+    assert isinstance(Rn, np.ndarray) and Rn.shape == (5, 100, 3, 3) and np.allclose(Rn.reshape(-1, 3, 3), R.numpy(), atol=1e-15)
+    assert isinstance(matrices_to_quaternions(Rn), np.ndarray)
+    # the single-pose helpers are the same maths
+    assert torch.allclose(quaternion_to_matrix(q[7]), R[7], atol=1e-15)
+    assert torch.allclose(matrix_to_quaternion(R[7]), q2[7], atol=1e-15)
+
+
+def test_vectorised_quaternions_name_the_first_bad_index():
+    from mirage_ros.geometry import quaternions_to_matrices
+
+    q = np.tile([0, 0, 0, 1.0], (5, 1))
+    q[3] = [0, 0, 0, 2.0]
+    with pytest.raises(GeometryError, match=r"poses\[3\].orientation: quaternion norm is 2"):
+        quaternions_to_matrices(q, "poses[{i}].orientation")
+    q[3] = [0, np.nan, 0, 1]
+    with pytest.raises(GeometryError, match=r"^orientation\[3\]: quaternion contains NaN"):
+        quaternions_to_matrices(q)
+
+
+def test_rigid_inverse_and_compose_match_kornia():
+    from mirage_ros.geometry import compose_rigid, invert_rigid, poses_to_matrices
+
+    q = _random_quaternions(50, 21)
+    t = torch.randn(50, 3, generator=torch.Generator().manual_seed(22), dtype=torch.float64) * 10
+    T = poses_to_matrices(t, q)
+    assert torch.allclose(T[:, :3, 3], t) and torch.equal(T[:, 3], torch.tensor([0, 0, 0, 1.0], dtype=torch.float64).expand(50, 4))
+    assert torch.allclose(invert_rigid(T), kornia.geometry.linalg.inverse_transformation(T), atol=1e-12)
+    A, B = T[:25], T[25:]
+    assert torch.allclose(compose_rigid(A, B), kornia.geometry.linalg.compose_transformations(A, B), atol=1e-12)
+    assert torch.allclose(compose_rigid(T, invert_rigid(T)), torch.eye(4, dtype=torch.float64).expand(50, 4, 4), atol=1e-12)
+    Tn = poses_to_matrices(t.numpy(), q.numpy())
+    assert isinstance(invert_rigid(Tn), np.ndarray) and np.allclose(invert_rigid(Tn), invert_rigid(T).numpy(), atol=1e-15)
+    far = t.clone()
+    far[4, 2] = 2e6
+    with pytest.raises(GeometryError, match=r"path\[4\].position .*MAX_TRANSLATION"):
+        poses_to_matrices(far, q, "path[{i}]")
+
+
+def test_slerp_and_pose_interpolation_match_kornia():
+    from kornia.geometry.quaternion import Quaternion
+
+    from mirage_ros.geometry import interpolate_poses, poses_to_matrices, quaternions_to_matrices, slerp
+
+    q0, q1 = _random_quaternions(200, 23), _random_quaternions(200, 24)
+    q1[:3] = q0[:3]  # identical ends
+    q1[3] = -q0[3]  # the same rotation with the other sign: no motion, not a full turn
+    a = torch.rand(200, generator=torch.Generator().manual_seed(25), dtype=torch.float64)
+    qs = slerp(q0, q1, a)
+    qk = Quaternion(q0[:, [3, 0, 1, 2]]).slerp(Quaternion(q1[:, [3, 0, 1, 2]]), a).data[:, [1, 2, 3, 0]]
+    assert torch.allclose(quaternions_to_matrices(qs), quaternions_to_matrices(qk), atol=1e-9)
+    assert torch.allclose(quaternions_to_matrices(qs[3]), quaternions_to_matrices(q0[3]), atol=1e-12)
+    # poses: positions linear in the fractional index, rotations slerped between the neighbours
+    T = poses_to_matrices(torch.randn(4, 3, dtype=torch.float64), q0[:4])
+    s = torch.tensor([0.0, 0.25, 1.0, 1.5, 3.0], dtype=torch.float64)
+    Ti = interpolate_poses(T, s)
+    assert torch.allclose(Ti[[0, 2, 4]], T[[0, 1, 3]], atol=1e-12)
+    assert torch.allclose(Ti[1, :3, 3], 0.75 * T[0, :3, 3] + 0.25 * T[1, :3, 3])
+    assert torch.allclose(Ti[3, :3, :3], quaternions_to_matrices(slerp(q0[1], q0[2], torch.tensor(0.5, dtype=torch.float64))), atol=1e-12)
+    assert isinstance(interpolate_poses(T.numpy(), s.numpy()), np.ndarray)
+
+
+def test_frustum_corners_match_kornia_unprojection():
+    from mirage_ros.geometry import frustum_corners
+
+    K = torch.tensor([[310.0, 0.0, 225.0], [0, 305.0, 129.0], [0, 0, 1]], dtype=torch.float64)
+    c = frustum_corners(K, 256, 448, depth=2.5)
+    uv = torch.tensor([[0.0, 0], [448, 0], [448, 256], [0, 256]], dtype=torch.float64)
+    ck = kornia.geometry.camera.perspective.unproject_points(uv, torch.full((4, 1), 2.5, dtype=torch.float64), K)
+    assert c.shape == (4, 3) and torch.allclose(c, ck, atol=1e-12)
+    assert isinstance(frustum_corners(K.numpy(), 256, 448), np.ndarray)
+    # kornia ignores skew; with skew the corners must still project (K p / z) onto the image corners
+    K[0, 1] = 3.0
+    c = frustum_corners(K, 256, 448, depth=2.5)
+    pix = c @ K.T
+    assert torch.allclose(pix[:, :2] / pix[:, 2:], uv, atol=1e-12) and torch.allclose(c[:, 2], torch.full((4,), 2.5, dtype=torch.float64))

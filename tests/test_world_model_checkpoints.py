@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from mirage_ros.world_model.checkpoints import (  # noqa: E402
     CheckpointError, convert_wan22_vae_to_diffusers, convert_wan_transformer_to_diffusers, detect_layout,
-    load_side_branch, read_state_dict, save_side_branch,
+    read_state_dict,
 )
 from mirage_ros.world_model.codec import WanVAECodec  # noqa: E402
 from mirage_ros.world_model.configs import TINY_TRANSFORMER, TINY_VAE_OVERRIDES  # noqa: E402
@@ -264,13 +264,13 @@ def test_official_side_branch_weights_load(tmp_path):
     assert "vace.vace_blocks.0.before_proj.weight" in official and "vace.vace_blocks.1.self_attn.q.weight" in official
     path = tmp_path / "vace.safetensors"
     save_file(official, str(path))
-    loaded = load_side_branch(path, bb)
+    loaded = MirageSideBranch.from_pretrained(path, backbone=bb)
     assert loaded.config.layers == (0, 2) and loaded.config.in_channels == 96
     assert torch.equal(_branch_outputs(bb, loaded, 96), _branch_outputs(bb, branch, 96))
     del official["vace.vace_blocks.1.after_proj.weight"]
     save_file(official, str(path))
     with pytest.raises(CheckpointError) as err:
-        load_side_branch(path, bb)
+        MirageSideBranch.from_pretrained(path, backbone=bb)
     assert str(path) in str(err.value) and "blocks.1.proj_out.weight" in str(err.value)
 
 
@@ -278,10 +278,10 @@ def test_our_side_branch_format_round_trip(tmp_path):
     bb = tiny_backbone()
     branch = MirageSideBranch.from_backbone(bb, "paper")
     branch.randomize_output_projections(std=0.3)
-    path = save_side_branch(branch, tmp_path / "side.safetensors")
-    loaded = load_side_branch(path, bb)
+    path = branch.save_pretrained(tmp_path / "side.safetensors")
+    loaded = MirageSideBranch.from_pretrained(path, backbone=bb)
     assert loaded.config.layers == branch.config.layers and loaded.mask_embedding is not None
     assert torch.equal(_branch_outputs(bb, loaded, 48), _branch_outputs(bb, branch, 48))
     other = WanTransformer3DModel(**dict(TINY_TRANSFORMER, num_layers=2)).eval()
     with pytest.raises(CheckpointError):
-        load_side_branch(path, other)
+        MirageSideBranch.from_pretrained(path, backbone=other)

@@ -15,7 +15,7 @@ from mirage_ros.geometry import Camera, backproject, look_at  # noqa: E402
 from mirage_ros.memory import LatentSpatialMemory  # noqa: E402
 from mirage_ros.world_model.backend import make_backend  # noqa: E402
 from mirage_ros.world_model.model import MirageWorldModel  # noqa: E402
-from mirage_ros.world_model.providers import as_depth_fn, as_mask_fn, memory_depth  # noqa: E402
+from mirage_ros.world_model.providers import as_depth_fn, as_mask_fn, make_provider  # noqa: E402
 from mirage_ros.world_model.references import ReferenceSelector, voxel_iou, voxel_keys  # noqa: E402
 from mirage_ros.world_model.rollout import RolloutConfig, latent_chunks, rollout  # noqa: E402
 from mirage_ros.world_model.sampler import FlowUniPCSampler  # noqa: E402
@@ -176,8 +176,12 @@ def test_provider_hooks_accept_perception_objects():
     assert as_mask_fn(Masks())(frames, cams).dtype == torch.bool
     assert as_mask_fn(None)(frames, cams) is None
     mem = LatentSpatialMemory(48, 16)
-    d = memory_depth(frames, cams, mem)
-    assert d.shape == (2, 4, 6) and torch.isinf(d).all()
+    d = as_depth_fn(None)(frames, cams, mem)  # the default: the memory's own depth, invalid (NaN) where empty
+    assert d.shape == (2, 4, 6) and torch.isnan(d).all()
+    assert make_provider("depth", "memory") is None and make_provider("masks", "none") is None
+    assert make_provider("masks", {"name": "labels"}).name == "labels"
+    with pytest.raises(ValueError):
+        make_provider("depth", {"weights": "x"})
     with pytest.raises(TypeError):
         as_mask_fn(lambda f, c: torch.zeros(2, H, W))(frames, cams)
 

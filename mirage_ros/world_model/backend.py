@@ -3,8 +3,10 @@
 - ``readout``: no generative model. Each requested view is the memory's readout (Eq. 5) decoded
   by the codec; cells the memory cannot see stay black. Honest about what it is
   (``description``), and fast enough to answer a planner in milliseconds.
-- ``mirage``: Wan2.2-TI2V-5B + the Mirage side branch (``mirage_ros.world_model.rollout``),
-  registered when that module is importable.
+- ``mirage``: a Mirage world model (``model.MirageWorldModel``: Wan2.2-TI2V-5B + side branch, or a
+  folder written by ``save_pretrained``) rolling out Algorithm 1 (``rollout``);
+- ``shipped``: ``mirage`` with the small model trained by this project (``SHIPPED_MODEL``), the
+  default of the demo and the node.
 
 Every backend owns a ``LatentSpatialMemory`` and a codec; ``observe`` lifts a real frame into
 the memory (Algorithm 1, lines 1-4, and updates from observed frames), ``imagine`` yields
@@ -14,18 +16,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ..geometry import Camera
 from ..memory import LatentSpatialMemory
-from .codec import Codec, ThumbnailCodec, images_to_tensor, make_codec, tensor_to_images
+from .codec import Codec, WanVAECodec, images_to_tensor, make_codec, tensor_to_images
+from .providers import as_depth_fn, as_mask_fn, make_provider
+from .rollout import RolloutConfig, iter_rollout
 
-__all__ = ["ImaginedChunk", "Backend", "ReadoutBackend", "make_backend", "register_backend", "BACKENDS"]
+__all__ = ["ImaginedChunk", "Backend", "ReadoutBackend", "MirageBackend", "make_backend", "register_backend", "BACKENDS",
+           "SHIPPED_MODEL"]
 
 MAX_FRAMES_PER_REQUEST = 4096
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "mirage_small"
 
 
 @dataclass
@@ -79,14 +86,15 @@ class Backend:
         raise NotImplementedError
 
     def point_colors(self) -> np.ndarray:
-        """(N, 3) uint8 colours for the memory's points: the codec's thumbnail or a PCA of features."""
+        """(N, 3) uint8 colours for the memory's points: the mean colour each feature decodes to
+        (analytic and linear codecs), or a PCA of the features (the VAE: a cell does not decode alone)."""
         feats = self.memory.features
         if feats.shape[0] == 0:
             return np.zeros((0, 3), np.uint8)
-        if isinstance(self.codec, ThumbnailCodec):
-            rgb = self.codec.thumbnail_rgb(feats)
-        else:
+        if isinstance(self.codec, WanVAECodec):
             rgb = pca_colors(feats)
+        else:
+            rgb = self.codec.mean_rgb(feats)
         return (rgb * 255 + 0.5).to(torch.uint8).cpu().numpy()
 
     @staticmethod
@@ -179,13 +187,125 @@ def _make_readout(codec: str = "thumbnail", weights: Optional[str] = None, devic
 register_backend("readout", _make_readout)
 
 
+# -- the backend ------------------------------------------------------------------------------------
+
+class MirageBackend(Backend):
+    """Generative backend: a Mirage world model (the shipped small model, or Wan2.2-TI2V-5B + side
+    branch), rolling out Algorithm 1 from the last observed frame.
+
+    ``imagine(cameras)`` rolls out from the last ``observe``d image along ``cameras`` (the poses of
+    the frames to imagine, after the observed one). With ``keep_imagined=False`` (default) the
+    memory is restored afterwards, so imagined content never mixes with observations.
+    """
+
+    name = "mirage"
+    generative = True
+
+    def __init__(self, memory: LatentSpatialMemory, model, config: Optional[RolloutConfig] = None,
+                 depth_provider=None, mask_provider=None, prompt: Optional[str] = None,
+                 prompt_embeds: Optional[torch.Tensor] = None, keep_imagined: bool = False):
+        super().__init__(memory, model.codec)
+        self.model, self.config = model, config or RolloutConfig(progress=False)
+        self.depth_provider, self.mask_provider = depth_provider, mask_provider
+        self.prompt, self.prompt_embeds, self.keep_imagined = prompt, prompt_embeds, keep_imagined
+        self._last: Optional[Tuple[np.ndarray, Camera]] = None
+        self.description = (f"generative backend ({model.description}); depth of generated frames from "
+                            f"{getattr(as_depth_fn(depth_provider), 'name', 'memory')}, masks from "
+                            f"{getattr(as_mask_fn(mask_provider), 'name', 'none')}")
+
+    def observe(self, image, depth, camera, exclude=None) -> int:
+        n = super().observe(image, depth, camera, exclude=exclude)
+        self._last = (np.array(image, dtype=np.uint8, copy=True), camera)
+        return n
+
+    def reset(self) -> None:
+        super().reset()
+        self._last = None
+
+    def imagine(self, cameras, prompt=None, cancel=None):
+        self._check_request(cameras)
+        if self._last is None:
+            raise RuntimeError("imagine: no frame observed yet; the world model starts from the last observed image")
+        image, cam0 = self._last
+        snapshot = None
+        if not self.keep_imagined:
+            snapshot = (self.memory.points.clone(), self.memory.features.clone())
+        try:
+            for chunk in iter_rollout(self.model, image, [cam0] + list(cameras), self.memory,
+                                      prompt=prompt if prompt is not None else self.prompt,
+                                      prompt_embeds=None if prompt is not None else self.prompt_embeds,
+                                      depth_provider=self.depth_provider, mask_provider=self.mask_provider,
+                                      config=self.config):
+                if cancel is not None and cancel():
+                    return
+                keep = [k for k, i in enumerate(chunk.frame_indices) if i >= 1]
+                idx = [chunk.frame_indices[k] - 1 for k in keep]
+                lat_pos = {j: k for k, j in enumerate(chunk.latent_indices)}
+                per_frame = [lat_pos[-(-(i + 1) // self.model.temporal_stride)] for i in idx]
+                yield ImaginedChunk(
+                    index=chunk.index, cameras=[cameras[i] for i in idx], frame_indices=idx,
+                    frames=chunk.frames[keep], masks=chunk.masks[per_frame].cpu().numpy(),
+                    readouts=chunk.readouts[per_frame], latents=chunk.latents, timings=dict(chunk.timings),
+                )
+        finally:
+            if snapshot is not None:
+                self.memory.clear()
+                if snapshot[0].shape[0]:
+                    self.memory.add_points(*snapshot)
+
+
+def _make_mirage(config: str = "tiny", weights: Optional[str] = None, side_branch: Optional[str] = None,
+                 lora: Optional[str] = None, layout: str = "paper", device: str = "cpu", dtype=None,
+                 steps: Optional[int] = None, shift: Optional[float] = None, guidance_scale: float = 1.0, seed: int = 0,
+                 side_branch_init: str = "zero", offload: bool = False, vae_tiling: bool = False,
+                 memory: Optional[dict] = None, depth=None, masks=None, prompt: Optional[str] = None,
+                 keep_imagined: bool = False, rollout: Optional[dict] = None, **_ignored) -> MirageBackend:
+    """Factory for ``make_backend("mirage", ...)``: ``weights`` = a model folder written by
+    ``save_pretrained`` (e.g. the shipped model) or a Wan2.2-TI2V-5B folder (else random weights of
+    ``config`` tiny | small | full), ``side_branch`` / ``lora`` checkpoint files. ``steps`` / ``shift``
+    default to the model folder's own sampler settings (40 / 5.0 for Wan2.2, as the paper)."""
+    from .model import MirageWorldModel, is_mirage_folder
+    from .sampler import FlowUniPCSampler
+
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    sampler = None
+    if not (weights and is_mirage_folder(weights)) or steps is not None or shift is not None:
+        sampler = FlowUniPCSampler(steps=steps or 40, shift=5.0 if shift is None else shift, guidance_scale=guidance_scale)
+    if weights and is_mirage_folder(weights):
+        model = MirageWorldModel.from_pretrained(weights, side_branch=side_branch, lora=lora, device=device, dtype=dtype,
+                                                 sampler=sampler)
+        if sampler is None:
+            model.sampler.guidance_scale = float(guidance_scale)
+    elif weights:
+        model = MirageWorldModel.from_pretrained(weights, side_branch=side_branch, lora=lora, layout=layout, device=device,
+                                                 dtype=dtype, offload=offload, vae_tiling=vae_tiling, sampler=sampler)
+    else:
+        model = MirageWorldModel.build(config, layout=layout, device=device, dtype=dtype, seed=seed,
+                                       side_branch_init=side_branch_init, sampler=sampler, offload=offload)
+    mem = LatentSpatialMemory(channels=model.channels, stride=model.stride, device=device, **(memory or {}))
+    cfg = RolloutConfig(**{"progress": False, "seed": seed, **(rollout or {})})
+    return MirageBackend(mem, model, cfg, depth_provider=make_provider("depth", depth, device),
+                         mask_provider=make_provider("masks", masks, device), prompt=prompt, keep_imagined=keep_imagined)
+
+
+def _make_shipped(weights: Optional[str] = None, **kwargs) -> MirageBackend:
+    """``make_backend("shipped")``: the small world model trained by this project and shipped in the
+    package (``SHIPPED_MODEL``), or ``weights`` if given. Refuses to start without it (no silent
+    fallback to the readout backend)."""
+    folder = Path(weights) if weights else SHIPPED_MODEL
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(f"weights: the shipped model is not at {folder} (model_index.json missing); "
+                                "use --backend readout for the memory readout alone")
+    return _make_mirage(weights=str(folder), **kwargs)
+
+
+register_backend("mirage", _make_mirage)
+register_backend("shipped", _make_shipped)
+
+
 def make_backend(name: str = "readout", **config) -> Backend:
     """Build a backend by name with its config (codec, weights, device, chunk_size, memory={...})."""
-    if name == "mirage" and "mirage" not in BACKENDS:
-        try:
-            from . import rollout  # noqa: F401 - registers the 'mirage' backend
-        except ImportError as exc:
-            raise ValueError(f"backend: 'mirage' is not available here ({exc})") from exc
     if name not in BACKENDS:
         raise ValueError(f"backend: unknown name {name!r} (available: {', '.join(sorted(BACKENDS))})")
     return BACKENDS[name](**config)

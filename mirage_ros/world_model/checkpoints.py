@@ -8,9 +8,12 @@ Layouts read:
   (tokenizer). Keys are converted to diffusers names by the ``convert_*`` functions below, which
   were written from the public module layouts (Wan2.2 ``wan/modules``; diffusers ``transformer_wan``
   and ``autoencoder_kl_wan``), key by key.
-- **side branch**: ours (``save_side_branch``: the ``MirageSideBranch`` state dict + its config in
-  the metadata) or the official Mirage VACE weights (``vace_blocks.*``, ``vace_patch_embedding.*``).
-- **LoRA**: see ``lora.py``.
+- **side branch**: the official Mirage VACE weights (``vace_blocks.*``, ``vace_patch_embedding.*``)
+  -> ours (``MirageSideBranch.from_pretrained`` reads both).
+- **LoRA**: the official / DiffSynth layout -> peft's (``lora.load_lora`` reads both).
+
+A leaf module: it imports no model class. Each model class owns its ``from_pretrained`` /
+``save_pretrained`` and calls the readers and converters here.
 
 ``.pth`` files are read with ``torch.load(weights_only=True)`` only. Every load checks the key set
 and the shapes and raises ``CheckpointError`` naming the file and the missing / unexpected /
@@ -29,7 +32,7 @@ __all__ = [
     "CheckpointError", "read_state_dict", "check_state_dict", "detect_layout", "strip_prefixes",
     "convert_wan_transformer_to_diffusers", "convert_wan22_vae_to_diffusers", "convert_wan_t5_to_umt5",
     "convert_official_side_branch", "convert_official_lora", "original_transformer_config",
-    "save_side_branch", "load_side_branch", "SIDE_BRANCH_METADATA_KEY",
+    "read_metadata", "SIDE_BRANCH_METADATA_KEY",
 ]
 
 PathLike = Union[str, Path]
@@ -95,7 +98,10 @@ def read_state_dict(path: Union[PathLike, Sequence[PathLike]], device: str = "cp
     if not path.is_file():
         raise FileNotFoundError(f"weights: {path} does not exist")
     if path.suffix == ".safetensors":
-        return load_file(str(path), device=device)
+        try:
+            return load_file(str(path), device=device)
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types on corrupt files
+            raise CheckpointError(path, note=f"not a readable safetensors file ({exc})") from None
     if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
         try:
             obj = torch.load(str(path), map_location=device, weights_only=True)
@@ -110,6 +116,20 @@ def read_state_dict(path: Union[PathLike, Sequence[PathLike]], device: str = "cp
             raise CheckpointError(path, note=f"expected a dict of tensors, got {type(obj).__name__}")
         return {k: v for k, v in obj.items() if torch.is_tensor(v)}
     raise CheckpointError(path, note="unknown weight file type (expected .safetensors, or .pth read with weights_only)")
+
+
+def read_metadata(path: PathLike) -> Dict[str, str]:
+    """The string metadata of a .safetensors file ({} for other files)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(path, note=f"not a readable safetensors file ({exc})") from None
 
 
 def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path, what: str,
@@ -358,66 +378,6 @@ def convert_official_side_branch(state: Mapping[str, torch.Tensor], source: str 
         raise CheckpointError(source, note="no vace_blocks.* / vace_patch_embedding.* tensors found",
                               what="official Mirage side branch (VACE)")
     return out
-
-
-def save_side_branch(branch, path: PathLike) -> Path:
-    """Our format: one safetensors file, the config as JSON in the metadata."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(branch.config).items() if not k.startswith("_")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in branch.state_dict().items()}, str(path),
-              metadata={"format": "pt", SIDE_BRANCH_METADATA_KEY: json.dumps(cfg)})
-    return path
-
-
-def load_side_branch(path: PathLike, backbone, device=None, dtype=None):
-    """A ``MirageSideBranch`` from our file or the official VACE weights, checked against ``backbone``.
-
-    Official weights: the layout is inferred (in_channels from the patch embedding, attached layers
-    evenly spaced from 0 over the backbone's depth, as the official ``infer_vace_layers`` does).
-    """
-    from safetensors import safe_open
-
-    from .configs import side_branch_config
-    from .model import cast_keep_fp32
-    from .side_branch import MirageSideBranch
-
-    path = Path(path)
-    state = read_state_dict(path)
-    meta = {}
-    if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    if SIDE_BRANCH_METADATA_KEY in meta:
-        cfg = json.loads(meta[SIDE_BRANCH_METADATA_KEY])
-        cfg = {k: tuple(v) if k in ("layers", "patch_size") else v for k, v in cfg.items()}
-        what = "side branch"
-    else:
-        state = convert_official_side_branch(state, source=str(path))
-        n_blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-        n_layers = int(backbone.config.num_layers)
-        stride = -(-n_layers // n_blocks)
-        layers = list(range(0, n_layers, stride))
-        if len(layers) != n_blocks:
-            raise CheckpointError(path, what="official Mirage side branch (VACE)",
-                                  note=f"{n_blocks} blocks cannot be spread evenly over {n_layers} backbone layers")
-        if "patch_embedding.weight" not in state:
-            raise CheckpointError(path, missing=["vace_patch_embedding.weight"], what="official Mirage side branch (VACE)")
-        cfg = side_branch_config("official", dict(backbone.config), layers)
-        cfg["in_channels"] = int(state["patch_embedding.weight"].shape[1])
-        what = "official Mirage side branch (VACE)"
-    with torch.device("meta"):
-        branch = MirageSideBranch(**cfg)
-    check_state_dict(branch, state, path, what=what)
-    branch.load_state_dict(state, assign=True, strict=True)
-    branch.to(device if device is not None else backbone.device)
-    cast_keep_fp32(branch, dtype if dtype is not None else backbone.dtype)
-    dim = backbone.config.num_attention_heads * backbone.config.attention_head_dim
-    if branch.blocks[0].attn1.inner_dim != dim or branch.config.num_backbone_layers != backbone.config.num_layers:
-        raise CheckpointError(path, what=what, note="its hidden size or depth does not match the backbone")
-    return branch.eval()
 
 
 # -- LoRA -------------------------------------------------------------------------------------------

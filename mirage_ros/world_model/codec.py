@@ -10,13 +10,23 @@ is loaded:
   4x4 RGB thumbnail (4*4*3 = 48 channels) by area-downsampling; decoding upsamples. It needs no
   weights and loses only detail finer than 4 pixels, so demos and tests can check readouts
   against ground truth.
+- ``LinearBlockCodec``: block PCA. Each 16x16x3 pixel block is projected on the 48 principal
+  components fitted to training frames (an orthonormal basis, one global scale), so latent-space
+  squared error is pixel-space squared error over the scale squared. The small shipped world model
+  uses it: it is the best linear 48-channel code of its training distribution.
 
 Layouts: images (T, 3, H, W) float in [0, 1]; latents (T, C, h, w); one latent per image
-("image mode"). Video-mode encoding (4 frames -> 1 latent) is the world model's business.
+("image mode"). Video mode (``encode_video`` / ``decode_video``, what the world model generates
+in): the Wan2.2 VAE compresses time by ``temporal_stride`` = 4 (first frame alone); image codecs
+have ``temporal_stride`` = 1 and code each frame alone (the stride-1 wrapper in ``Codec``).
+
+Every codec saves and loads itself (``save_pretrained`` / ``load_codec``): a folder with a
+``config.json`` naming the codec, plus its tensors in safetensors.
 """
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional, Union
 
@@ -24,7 +34,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Codec", "ThumbnailCodec", "WanVAECodec", "WAN22_VAE_CONFIG", "make_codec", "images_to_tensor", "tensor_to_images"]
+__all__ = ["Codec", "ThumbnailCodec", "LinearBlockCodec", "WanVAECodec", "WAN22_VAE_CONFIG", "CodecError", "make_codec",
+           "load_codec", "images_to_tensor", "tensor_to_images"]
+
+CODEC_CONFIG = "config.json"
+
+
+class CodecError(ValueError):
+    """A codec folder or file is missing, corrupt or does not fit: names the file."""
 
 WAN22_VAE_CONFIG = Path(__file__).resolve().parent.parent / "data" / "wan22_vae_config.json"
 
@@ -47,11 +64,17 @@ def tensor_to_images(x: torch.Tensor) -> np.ndarray:
 
 
 class Codec:
-    """Interface: ``encode`` (T,3,H,W) [0,1] -> (T,C,h,w); ``decode`` back; ``stride``, ``channels``."""
+    """Interface: ``encode`` (T,3,H,W) [0,1] -> (T,C,h,w); ``decode`` back; ``stride``, ``channels``,
+    ``temporal_stride``; video mode ``encode_video`` / ``decode_video``; ``mean_rgb`` of features.
+
+    The base class is the temporal stride-1 wrapper: an image codec gives one latent per frame in
+    video mode, so a world model generates one latent per RGB frame.
+    """
 
     name: str = "codec"
     stride: int = 16
     channels: int = 48
+    temporal_stride: int = 1
     generative: bool = False
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
@@ -59,6 +82,35 @@ class Codec:
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """(F, 3, H, W) -> (F, C, h, w): one latent per frame (temporal stride 1)."""
+        return self.encode(frames)
+
+    def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
+        """(T, C, h, w) -> (T, 3, H, W): one frame per latent (temporal stride 1)."""
+        return self.decode(latents)
+
+    def video_frames(self, num_latents: int) -> int:
+        """RGB frames that ``num_latents`` latents stand for in video mode."""
+        return 1 + self.temporal_stride * (num_latents - 1)
+
+    def mean_rgb(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, C) latent feature vectors -> (N, 3) mean colour in [0, 1] of the cells they decode to."""
+        n = features.shape[0]
+        out = self.decode(features.float().view(n, self.channels, 1, 1))
+        return out.mean(dim=(2, 3))
+
+    def config(self) -> dict:
+        """What ``make_codec`` / ``load_codec`` need to rebuild this codec (JSON-serialisable)."""
+        return {"codec": self.name, "stride": self.stride, "channels": self.channels}
+
+    def save_pretrained(self, folder: Union[str, Path]) -> Path:
+        """Write ``config.json`` (and tensors, where the codec has any) into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CODEC_CONFIG).write_text(json.dumps(self.config(), indent=2) + "\n")
+        return folder
 
     def _check_images(self, images: torch.Tensor) -> None:
         if images.ndim != 4 or images.shape[1] != 3:
@@ -107,10 +159,121 @@ class ThumbnailCodec(Codec):
             out = F.interpolate(small, scale_factor=scale, mode="bilinear", align_corners=False)
         return out.clamp_(0, 1)
 
-    def thumbnail_rgb(self, features: torch.Tensor) -> torch.Tensor:
+    def mean_rgb(self, features: torch.Tensor) -> torch.Tensor:
         """Mean colour (N, 3) in [0, 1] of latent feature vectors (N, 48) (for point clouds)."""
         f = features.float().add(1.0).mul_(0.5).view(-1, 3, self.thumb * self.thumb)
         return f.mean(-1).clamp_(0, 1)
+
+    def config(self) -> dict:
+        return {"codec": self.name, "stride": self.stride, "thumb": self.thumb, "upsample": self.upsample}
+
+
+class LinearBlockCodec(Codec):
+    """Block PCA codec: z = B (x - mu) / scale per s x s x 3 block; decode x = B^T z scale + mu.
+
+    ``basis`` (C, 3*s*s) has orthonormal rows (principal directions, largest variance first);
+    ``mean`` (3*s*s,) is the mean block; ``scale`` one scalar that gives the latents unit mean
+    variance. A block's pixel index is colour * s*s + dy * s + dx (``pixel_unshuffle`` order).
+    Encode and decode are one strided convolution each. ``LinearBlockCodec.fit(frames)`` fits it.
+    """
+
+    name = "linear-block"
+
+    def __init__(self, basis: torch.Tensor, mean: torch.Tensor, scale: float, stride: int = 16):
+        basis, mean = torch.as_tensor(basis, dtype=torch.float32), torch.as_tensor(mean, dtype=torch.float32)
+        d = 3 * stride * stride
+        if basis.ndim != 2 or basis.shape[1] != d or basis.shape[0] > d or basis.shape[0] < 1:
+            raise CodecError(f"basis: expected (C, {d}) with 1 <= C <= {d} for stride {stride}, got {tuple(basis.shape)}")
+        if tuple(mean.shape) != (d,):
+            raise CodecError(f"mean: expected ({d},), got {tuple(mean.shape)}")
+        if not (torch.isfinite(basis).all() and torch.isfinite(mean).all()):
+            raise CodecError("basis / mean: contain NaN or inf")
+        gram = basis @ basis.T
+        if not torch.allclose(gram, torch.eye(basis.shape[0]), atol=1e-3):
+            raise CodecError("basis: rows are not orthonormal")
+        if not (math.isfinite(float(scale)) and float(scale) > 0):
+            raise CodecError(f"scale: expected a positive finite number, got {scale!r}")
+        self.stride, self.channels, self.scale = int(stride), int(basis.shape[0]), float(scale)
+        self.basis, self.mean = basis.contiguous(), mean.contiguous()
+        s = self.stride
+        self._kernel = self.basis.view(self.channels, 3, s, s) / self.scale  # encode: conv; decode: its transpose
+        self._bias = (self.basis @ self.mean) / self.scale
+        self._mean_img = self.mean.view(1, 3 * s * s, 1, 1)
+
+    @classmethod
+    def fit(cls, images: torch.Tensor, channels: int = 48, stride: int = 16, max_blocks: int = 200_000,
+            seed: int = 0) -> "LinearBlockCodec":
+        """Fit to (N, 3, H, W) frames in [0, 1]: PCA of their s x s blocks (SVD, float64)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise CodecError(f"images: expected (N, 3, H, W), got {tuple(images.shape)}")
+        blocks = F.pixel_unshuffle(images.float(), stride).permute(0, 2, 3, 1).reshape(-1, 3 * stride * stride)
+        if blocks.shape[0] > max_blocks:
+            g = torch.Generator().manual_seed(seed)
+            blocks = blocks[torch.randperm(blocks.shape[0], generator=g)[:max_blocks]]
+        if blocks.shape[0] < channels:
+            raise CodecError(f"images: {blocks.shape[0]} blocks cannot fit {channels} components")
+        x = blocks.double()
+        mean = x.mean(0)
+        _, S, V = torch.linalg.svd(x - mean, full_matrices=False)
+        basis = V[:channels]
+        basis = basis * torch.sign(basis.sum(1, keepdim=True) + 1e-12)  # deterministic signs
+        var = S[:channels] ** 2 / max(1, x.shape[0] - 1)
+        scale = float(var.mean().sqrt())
+        return cls(basis.float(), mean.float(), scale, stride)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        self._check_images(images)
+        k = self._kernel.to(images.device)
+        return F.conv2d(images.float(), k, stride=self.stride) - self._bias.to(images.device).view(1, -1, 1, 1)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        self._check_latents(latents)
+        z = latents.float()
+        blocks = torch.einsum("tchw,cd->tdhw", z, self.basis.to(z.device)) * self.scale + self._mean_img.to(z.device)
+        return F.pixel_shuffle(blocks, self.stride).clamp_(0, 1)
+
+    def mean_rgb(self, features: torch.Tensor) -> torch.Tensor:
+        s2 = self.stride * self.stride
+        f = features.float()
+        blocks = f @ self.basis.to(f.device) * self.scale + self.mean.to(f.device)
+        return blocks.view(-1, 3, s2).mean(-1).clamp_(0, 1)
+
+    def config(self) -> dict:
+        return {"codec": self.name, "stride": self.stride, "channels": self.channels, "scale": self.scale}
+
+    def save_pretrained(self, folder: Union[str, Path]) -> Path:
+        from safetensors.torch import save_file
+
+        folder = super().save_pretrained(folder)
+        save_file({"basis": self.basis, "mean": self.mean}, str(folder / "codec.safetensors"),
+                  metadata={"format": "pt", "codec": self.name})
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: Union[str, Path]) -> "LinearBlockCodec":
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        cfg = _read_codec_config(folder)
+        path = folder / "codec.safetensors"
+        if not path.is_file():
+            raise CodecError(f"codec: {path} is missing")
+        try:
+            sd = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types on corrupt files
+            raise CodecError(f"codec: {path} is not a readable safetensors file ({exc})") from None
+        missing = {"basis", "mean"} - set(sd)
+        if missing:
+            raise CodecError(f"codec: {path} lacks tensors {sorted(missing)}")
+        try:
+            codec = cls(sd["basis"], sd["mean"], float(cfg["scale"]), int(cfg.get("stride", 16)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CodecError(f"codec: {folder}: {exc}") from None
+        if "channels" in cfg and int(cfg["channels"]) != codec.channels:
+            raise CodecError(f"codec: {folder}: config says {cfg['channels']} channels, the basis has {codec.channels}")
+        return codec
 
 
 class WanVAECodec(Codec):
@@ -189,11 +352,76 @@ class WanVAECodec(Codec):
         x = self.vae.decode(z).sample[:, :, 0]
         return x.float().add(1.0).mul(0.5).clamp(0, 1)
 
+    @property
+    def home(self) -> torch.device:
+        """Where the VAE is now (offloading moves it; ``device`` is where it is asked to run)."""
+        return next(self.vae.parameters()).device
+
+    @torch.no_grad()
+    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """(1 + 4(T-1), 3, H, W) RGB in [0, 1] -> (T, C, h, w) normalised latents (posterior mean)."""
+        self._check_images(frames)
+        x = frames.to(self.home, self.dtype).mul(2.0).sub(1.0).permute(1, 0, 2, 3)[None]
+        mu = self.vae.encode(x).latent_dist.mean[0].permute(1, 0, 2, 3)  # (T, C, h, w)
+        return self.normalize(mu)
+
+    @torch.no_grad()
+    def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
+        """(T, C, h, w) normalised latents -> (1 + 4(T-1), 3, H, W) float RGB in [0, 1]."""
+        self._check_latents(latents)
+        z = self.denormalize(latents.to(self.home)).permute(1, 0, 2, 3)[None]  # (1, C, T, h, w)
+        x = self.vae.decode(z.to(self.dtype)).sample[0]  # (3, F, H, W) in [-1, 1]
+        return x.float().permute(1, 0, 2, 3).add(1.0).mul(0.5).clamp(0, 1)
+
+    def config(self) -> dict:
+        return {"codec": self.name, "stride": self.stride, "channels": self.channels,
+                "temporal_stride": self.temporal_stride}
+
+    def save_pretrained(self, folder: Union[str, Path]) -> Path:
+        """A diffusers-layout VAE folder (``AutoencoderKLWan.save_pretrained``)."""
+        folder = Path(folder)
+        self.vae.save_pretrained(str(folder), safe_serialization=True)
+        return folder
+
+
+def _read_codec_config(folder: Path) -> dict:
+    path = Path(folder) / CODEC_CONFIG
+    if not path.is_file():
+        raise CodecError(f"codec: {path} is missing" + (f" ({folder} is not a folder)" if not Path(folder).is_dir() else ""))
+    try:
+        cfg = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CodecError(f"codec: {path} is not valid JSON ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise CodecError(f"codec: {path} must hold a JSON object")
+    return cfg
+
+
+def load_codec(folder: Union[str, Path], device=None, dtype=torch.float32) -> Codec:
+    """Rebuild the codec saved in ``folder`` (``config.json`` names it; a diffusers ``AutoencoderKLWan``
+    folder is the Wan2.2 VAE)."""
+    folder = Path(folder)
+    cfg = _read_codec_config(folder)
+    name = cfg.get("codec") or ("wan2.2-vae" if cfg.get("_class_name") == "AutoencoderKLWan" else None)
+    if name == "thumbnail":
+        return ThumbnailCodec(**{k: cfg[k] for k in ("stride", "thumb", "upsample") if k in cfg})
+    if name == LinearBlockCodec.name:
+        return LinearBlockCodec.from_pretrained(folder)
+    if name == WanVAECodec.name:
+        return WanVAECodec.from_pretrained(folder, device=device, dtype=dtype)
+    raise CodecError(f"codec: {folder / CODEC_CONFIG} names an unknown codec {name!r} "
+                     f"(expected thumbnail, {LinearBlockCodec.name} or {WanVAECodec.name})")
+
 
 def make_codec(name: str = "thumbnail", weights: Optional[str] = None, device=None, **kwargs) -> Codec:
-    """Build a codec by name: ``thumbnail`` | ``wan`` (needs ``weights``) | ``wan-random`` | ``wan-tiny``."""
+    """Build a codec by name: ``thumbnail`` | ``linear-block`` (needs ``weights``: a codec folder) |
+    ``wan`` (needs ``weights``) | ``wan-random`` | ``wan-tiny``; or ``folder`` = any saved codec."""
     if name == "thumbnail":
         return ThumbnailCodec(**kwargs)
+    if name in (LinearBlockCodec.name, "folder"):
+        if not weights:
+            raise ValueError(f"weights: the {name!r} codec needs a codec folder")
+        return load_codec(weights, device=device)
     if name == "wan":
         if not weights:
             raise ValueError("weights: the 'wan' codec needs a local Wan2.2 VAE folder")

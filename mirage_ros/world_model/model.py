@@ -1,13 +1,15 @@
 """``MirageWorldModel``: the pieces one rollout needs, built or loaded in one place.
 
-- ``transformer``: ``MirageTransformer`` = Wan2.2-TI2V-5B backbone (+ LoRA) + Mirage side branch;
-- ``codec``: the Wan2.2 VAE (``WanVAECodec``) in image mode for the memory, plus video-mode
-  ``decode_video`` / ``encode_video`` here (33 RGB frames <-> 9 latents, first frame alone);
+- ``transformer``: ``MirageTransformer`` = Wan2.2 backbone (+ LoRA) + Mirage side branch;
+- ``codec``: any ``Codec``: image mode for the memory, video mode for generation (the Wan2.2 VAE:
+  33 RGB frames <-> 9 latents, first frame alone; image codecs such as the shipped small model's
+  ``LinearBlockCodec``: one latent per frame);
 - ``text``: ``PromptEncoder`` (UMT5, or none: empty / precomputed embeddings);
 - ``sampler``: ``FlowUniPCSampler``.
 
-Builders: ``MirageWorldModel.build("tiny" | "full", ...)`` (random weights, the real classes) and
-``MirageWorldModel.from_pretrained(folder, side_branch=..., lora=...)``. bf16 on GPU by default,
+Builders: ``MirageWorldModel.build("tiny" | "small" | "full", ...)`` (random weights, the real
+classes), ``MirageWorldModel.from_pretrained(folder, side_branch=..., lora=...)`` (a folder written
+by ``save_pretrained``, or Wan2.2-TI2V-5B plus side-branch / LoRA files). bf16 on GPU by default,
 ``offload=True`` keeps each component on the CPU until its stage runs, ``vae_tiling=True`` decodes
 in tiles (smaller GPUs).
 """
@@ -20,50 +22,27 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
-from .configs import TINY_VAE_OVERRIDES, transformer_config
+from .configs import TINY_VAE_OVERRIDES, text_tokens, transformer_config
+from .dtypes import build_random, cast_keep_fp32, default_dtype_for
 from .frame_roles import FrameRoles
 from .sampler import FlowUniPCSampler
 from .text import PromptEncoder
 
-__all__ = ["MirageWorldModel", "cast_keep_fp32", "build_random"]
+__all__ = ["MirageWorldModel", "MODEL_FORMAT", "is_mirage_folder"]
 
-KEEP_FP32 = ("scale_shift_table", "norm1", "norm2", "norm3", "norm_out", "time_embedder")
-
-
-def cast_keep_fp32(model: torch.nn.Module, dtype: Optional[torch.dtype]) -> torch.nn.Module:
-    """Cast parameters to ``dtype`` but keep modulation tables, norms and the time embedder in
-    float32 (as diffusers' ``_keep_in_fp32_modules`` does for Wan)."""
-    if dtype is None:
-        return model
-    for name, p in model.named_parameters():
-        keep = dtype != torch.float32 and any(part in KEEP_FP32 for part in name.split("."))
-        target = torch.float32 if keep else dtype
-        if p.dtype != target:
-            p.data = p.data.to(target)
-    return model
+MODEL_FORMAT = "mirage_ros.world_model"  # model_index.json "format" of folders written by save_pretrained
+MODEL_VERSION = 1
 
 
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype):
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
+def is_mirage_folder(folder: Union[str, Path]) -> bool:
+    """True when ``folder`` was written by ``MirageWorldModel.save_pretrained`` (not a Wan2.2 folder)."""
+    index = Path(folder) / "model_index.json"
+    if not index.is_file():
+        return False
     try:
-        yield
-    finally:
-        torch.set_default_dtype(prev)
-
-
-def build_random(cls, config: Dict, device="cpu", dtype=torch.float32, seed: int = 0):
-    """Instantiate ``cls(**config)`` with random weights directly in ``dtype`` on ``device`` (a 5B
-    model in bf16 never passes through float32)."""
-    with torch.random.fork_rng(devices=[]), _default_dtype(dtype), torch.device(device):
-        torch.manual_seed(seed)
-        model = cls(**config)
-    return cast_keep_fp32(model, dtype).eval()
-
-
-def _default_dtype_for(device) -> torch.dtype:
-    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+        return json.loads(index.read_text()).get("format") == MODEL_FORMAT
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return False
 
 
 class MirageWorldModel:
@@ -71,10 +50,10 @@ class MirageWorldModel:
 
     def __init__(self, transformer, codec, text: PromptEncoder, sampler: Optional[FlowUniPCSampler] = None,
                  device="cpu", offload: bool = False, description: str = ""):
-        from .codec import WanVAECodec
+        from .codec import Codec
 
-        if not isinstance(codec, WanVAECodec):
-            raise TypeError("codec: the world model needs the Wan2.2 VAE (WanVAECodec); the thumbnail codec has no video mode")
+        if not isinstance(codec, Codec):
+            raise TypeError(f"codec: expected a mirage_ros Codec (encode/decode, video mode), got {type(codec).__name__}")
         self.transformer, self.codec, self.text = transformer, codec, text
         self.sampler = sampler or FlowUniPCSampler()
         self.device = torch.device(device)
@@ -111,17 +90,18 @@ class MirageWorldModel:
     @classmethod
     def build(cls, config: str = "tiny", layout: str = "paper", device="cpu", dtype: Optional[torch.dtype] = None,
               seed: int = 0, side_branch_init: str = "zero", rope_layout: str = "official",
-              sampler: Optional[FlowUniPCSampler] = None, offload: bool = False) -> "MirageWorldModel":
-        """Random weights with the real classes. ``config``: ``tiny`` (toy sizes) | ``full`` (5B TI2V + the
-        704.7M-parameter Wan2.2 VAE). ``side_branch_init``: ``zero`` (as trained from) | ``random``
-        (non-zero output projections, so the readout visibly acts) | ``none`` (no side branch)."""
+              sampler: Optional[FlowUniPCSampler] = None, offload: bool = False, codec=None) -> "MirageWorldModel":
+        """Random weights with the real classes. ``config``: ``tiny`` (toy sizes, tiny Wan VAE twin) |
+        ``small`` (the shipped model's size; the analytic thumbnail codec unless ``codec`` is given) |
+        ``full`` (5B TI2V + the 704.7M-parameter Wan2.2 VAE). ``side_branch_init``: ``zero`` (as trained
+        from) | ``random`` (non-zero output projections, so the readout visibly acts) | ``none``."""
         from diffusers import WanTransformer3DModel
 
-        from .codec import WanVAECodec
+        from .codec import ThumbnailCodec, WanVAECodec
         from .side_branch import MirageSideBranch
         from .transformer import MirageTransformer
 
-        dtype = dtype or _default_dtype_for(device)
+        dtype = dtype or default_dtype_for(device)
         home = "cpu" if offload else device
         bb_cfg = transformer_config(config)
         backbone = build_random(WanTransformer3DModel, bb_cfg, device=home, dtype=dtype, seed=seed)
@@ -132,10 +112,13 @@ class MirageWorldModel:
                 side.randomize_output_projections(seed=seed + 1)
             elif side_branch_init != "zero":
                 raise ValueError(f"side_branch_init: expected zero, random or none, got {side_branch_init!r}")
-        vae_overrides = dict(TINY_VAE_OVERRIDES) if config == "tiny" else {}
-        vae_dtype = torch.float32 if torch.device(device).type == "cpu" else dtype
-        codec = WanVAECodec.random(seed=seed + 2, device=home, dtype=vae_dtype, **vae_overrides)
-        text = PromptEncoder(text_dim=bb_cfg["text_dim"], device=home, dtype=dtype)
+        if codec is None and config == "small":
+            codec = ThumbnailCodec()
+        elif codec is None:
+            vae_overrides = dict(TINY_VAE_OVERRIDES) if config == "tiny" else {}
+            vae_dtype = torch.float32 if torch.device(device).type == "cpu" else dtype
+            codec = WanVAECodec.random(seed=seed + 2, device=home, dtype=vae_dtype, **vae_overrides)
+        text = PromptEncoder(text_dim=bb_cfg["text_dim"], max_length=text_tokens(config), device=home, dtype=dtype)
         desc = (f"Mirage world model, {config} configuration with RANDOM weights (no trained weights loaded): "
                 f"{layout} side branch ({side_branch_init} init), generates noise-like video")
         return cls(MirageTransformer(backbone, side, rope_layout), codec, text, sampler, device=device,
@@ -147,15 +130,24 @@ class MirageWorldModel:
                         dtype: Optional[torch.dtype] = None, offload: bool = False, vae_tiling: bool = False,
                         text_encoder: bool = True, rope_layout: str = "official",
                         sampler: Optional[FlowUniPCSampler] = None) -> "MirageWorldModel":
-        """Load Wan2.2-TI2V-5B from ``weights`` (diffusers or original layout, detected), the side
-        branch from ``side_branch`` (ours or official; None = a fresh zero-initialised branch in
-        ``layout``) and LoRA from ``lora`` (ours or official)."""
-        from .checkpoints import detect_layout, load_side_branch
+        """Load a world model from ``weights``:
+
+        - a folder written by ``save_pretrained`` (``model_index.json`` with format
+          ``mirage_ros.world_model``: e.g. the shipped small model or a ``mirage train`` run's
+          ``model/``); ``side_branch`` / ``lora`` then override its own files;
+        - Wan2.2-TI2V-5B (diffusers or original layout, detected), with the side branch from
+          ``side_branch`` (ours or official; None = a fresh zero-initialised branch in ``layout``)
+          and LoRA from ``lora`` (ours or official).
+        """
+        from .checkpoints import detect_layout
         from .lora import load_lora
         from .side_branch import MirageSideBranch
         from .transformer import MirageTransformer
 
-        dtype = dtype or _default_dtype_for(device)
+        if is_mirage_folder(weights):
+            return cls._from_mirage_folder(Path(weights), side_branch=side_branch, lora=lora, device=device, dtype=dtype,
+                                           sampler=sampler)
+        dtype = dtype or default_dtype_for(device)
         home = "cpu" if offload else device
         folder = Path(weights)
         kind = detect_layout(folder)
@@ -166,7 +158,7 @@ class MirageWorldModel:
         else:
             text = PromptEncoder(text_dim=backbone.config.text_dim, device=home, dtype=dtype)
         if side_branch is not None:
-            side = load_side_branch(side_branch, backbone, device=home, dtype=dtype)
+            side = MirageSideBranch.from_pretrained(side_branch, backbone=backbone, device=home, dtype=dtype)
         else:
             side = MirageSideBranch.from_backbone(backbone, layout)
         if lora is not None:
@@ -180,7 +172,7 @@ class MirageWorldModel:
     @contextlib.contextmanager
     def on_device(self, module):
         """With ``offload``, move ``module`` to the device for the duration of a stage."""
-        if not self.offload or self.device.type == "cpu":
+        if module is None or not self.offload or self.device.type == "cpu":
             yield module
             return
         module.to(self.device)
@@ -191,41 +183,34 @@ class MirageWorldModel:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    # -- VAE in video mode -----------------------------------------------------------------------
+    # -- codec in video mode ----------------------------------------------------------------------
+    def _codec_module(self):
+        return getattr(self.codec, "vae", None)  # the Wan2.2 VAE moves with offloading; analytic codecs hold no module
+
     @torch.no_grad()
     def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
-        """(T, C, h, w) normalised latents -> (1 + 4(T-1), 3, H, W) float RGB in [0, 1]."""
-        codec = self.codec
-        with self.on_device(codec.vae):
-            z = codec.denormalize(latents.to(codec.vae.device)).permute(1, 0, 2, 3)[None]  # (1, C, T, h, w)
-            x = codec.vae.decode(z.to(codec.dtype)).sample[0]  # (3, F, H, W) in [-1, 1]
-        return x.float().permute(1, 0, 2, 3).add(1.0).mul(0.5).clamp(0, 1)
+        """(T, C, h, w) latents -> (1 + ts(T-1), 3, H, W) RGB in [0, 1] (ts = the codec's temporal stride)."""
+        with self.on_device(self._codec_module()):
+            return self.codec.decode_video(latents).float()
 
     @torch.no_grad()
     def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
-        """(1 + 4(T-1), 3, H, W) RGB in [0, 1] -> (T, C, h, w) normalised latents (posterior mean)."""
-        codec = self.codec
-        with self.on_device(codec.vae):
-            x = frames.to(codec.vae.device, codec.dtype).mul(2.0).sub(1.0).permute(1, 0, 2, 3)[None]
-            mu = codec.vae.encode(x).latent_dist.mean[0].permute(1, 0, 2, 3)  # (T, C, h, w)
-        return codec.normalize(mu)
+        """(1 + ts(T-1), 3, H, W) RGB in [0, 1] -> (T, C, h, w) latents."""
+        with self.on_device(self._codec_module()):
+            return self.codec.encode_video(frames).float()
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> (N, C, h, w): image mode, each frame alone (memory features)."""
-        codec = self.codec
-        codec._check_images(images)
-        with self.on_device(codec.vae):  # not codec.encode: with offload the VAE moves, codec.device does not
-            x = images.to(codec.vae.device, codec.dtype).mul(2.0).sub(1.0).unsqueeze(2)  # (N, 3, 1, H, W)
-            mu = codec.vae.encode(x).latent_dist.mean[:, :, 0]
-        return codec.normalize(mu)
+        with self.on_device(self._codec_module()):
+            return self.codec.encode(images).float()
 
     def score_latents(self, num_frames: int, height: int, width: int) -> torch.Tensor:
         """(T, C, h, w): the VAE encoding of an all-ones video (official layout's 2nd half of the
         96-channel control), cached per shape."""
         key = (num_frames, height, width)
         if key not in self._score_cache:
-            ones = torch.ones(1 + 4 * (num_frames - 1), 3, height, width)
+            ones = torch.ones(self.codec.video_frames(num_frames), 3, height, width)
             self._score_cache[key] = self.encode_video(ones).cpu()
         return self._score_cache[key]
 
@@ -293,13 +278,69 @@ class MirageWorldModel:
             x = self.sampler.sample(predict, noise, clean, progress=progress)
         return x[0].permute(1, 0, 2, 3).float().cpu()
 
+    # -- our folders -----------------------------------------------------------------------------
+    def save_pretrained(self, folder: Union[str, Path], save_backbone: bool = True, extra: Optional[Dict] = None) -> Path:
+        """Write ``folder``: ``model_index.json`` (format, text and sampler settings, ``extra``),
+        ``transformer/`` (``MirageTransformer.save_pretrained``) and ``codec/``; ``from_pretrained``
+        reads it back exactly."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.transformer.save_pretrained(folder / "transformer", save_backbone=save_backbone)
+        self.codec.save_pretrained(folder / "codec")
+        index = {
+            "_class_name": type(self).__name__, "format": MODEL_FORMAT, "version": MODEL_VERSION,
+            "transformer": "transformer", "codec": "codec",
+            "text": {"text_dim": self.text.text_dim, "max_length": self.text.max_length, "encoder": None},
+            "sampler": {"steps": self.sampler.steps, "shift": self.sampler.shift, "guidance_scale": self.sampler.guidance_scale},
+            **(extra or {}),
+        }
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def _from_mirage_folder(cls, folder: Path, side_branch=None, lora=None, device="cpu", dtype=None,
+                            sampler: Optional[FlowUniPCSampler] = None) -> "MirageWorldModel":
+        from .checkpoints import CheckpointError
+        from .codec import CodecError, load_codec
+        from .lora import load_lora
+        from .side_branch import MirageSideBranch
+        from .transformer import MirageTransformer
+
+        index_path = folder / "model_index.json"
+        try:
+            index = json.loads(index_path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(index_path, what="Mirage world model", note=f"not valid JSON ({exc})") from None
+        if int(index.get("version", -1)) != MODEL_VERSION:
+            raise CheckpointError(index_path, what="Mirage world model",
+                                  note=f"version {index.get('version')} (this build reads {MODEL_VERSION})")
+        dtype = dtype or default_dtype_for(device)
+        transformer = MirageTransformer.from_pretrained(folder / index.get("transformer", "transformer"), device=device, dtype=dtype)
+        if side_branch is not None:
+            transformer.side_branch = MirageSideBranch.from_pretrained(side_branch, backbone=transformer.backbone,
+                                                                       device=device, dtype=dtype)
+        if lora is not None:
+            load_lora(transformer.backbone, lora)
+        try:
+            codec = load_codec(folder / index.get("codec", "codec"), device=device)
+        except CodecError as exc:
+            raise CheckpointError(folder / index.get("codec", "codec"), what="codec", note=str(exc)) from None
+        t = index.get("text", {})
+        text = PromptEncoder(text_dim=int(t.get("text_dim", transformer.backbone.config.text_dim)),
+                             max_length=int(t.get("max_length", 512)), device=device, dtype=dtype)
+        if sampler is None:
+            sampler = FlowUniPCSampler(**index.get("sampler", {}))
+        desc = f"Mirage world model from {folder} ({index.get('name', 'trained with mirage train')})"
+        return cls(transformer, codec, text, sampler, device=device, description=desc)
+
     def summary(self) -> Dict:
         n = self.transformer.num_parameters()
         return {
             "description": self.description,
             "layout": self.layout,
             "side_branch_layers": list(self.transformer.side_branch.config.layers) if self.transformer.side_branch is not None else [],
-            "parameters": {**n, "vae": sum(p.numel() for p in self.codec.vae.parameters())},
+            "parameters": {**n, "codec": _codec_parameters(self.codec)},
+            "codec": self.codec.config(),
             "sampler": {"steps": self.sampler.steps, "shift": self.sampler.shift, "guidance_scale": self.sampler.guidance_scale},
             "dtype": str(self.transformer.dtype).replace("torch.", ""),
             "device": str(self.device),
@@ -307,6 +348,14 @@ class MirageWorldModel:
 
 
 # -- loading helpers -------------------------------------------------------------------------------
+
+def _codec_parameters(codec) -> int:
+    vae = getattr(codec, "vae", None)
+    if vae is not None:
+        return sum(p.numel() for p in vae.parameters())
+    basis = getattr(codec, "basis", None)
+    return 0 if basis is None else int(basis.numel() + codec.mean.numel())
+
 
 def _load_backbone(folder: Path, kind: str, device, dtype):
     from accelerate import init_empty_weights

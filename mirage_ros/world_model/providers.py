@@ -10,11 +10,15 @@ Layouts: frames (T, H, W, 3) uint8 RGB; cameras a list of T ``Camera``; depth (T
 (T, h, w) metres (z-depth; non-finite or <= 0 = invalid, never lifted); exclude (T, H, W) or
 (T, h, w) bool (True = dynamic / sky: never enters the memory).
 
-The default depth is the memory's own readout depth (``memory_depth``): the depth of the surface
-the memory already holds at each cell. It keeps the update consistent with the memory but cannot
-add surfaces the memory has never seen (with de-duplication nothing new enters); a real depth
-provider (Depth Anything 3, simulator depth) is what makes the memory grow from generated frames.
-The first frame's depth comes from the caller (simulator or sensor depth, or a provider).
+The default depth is the memory's own readout depth (``perception.depth.MemoryDepth``, NaN where
+the memory holds nothing): the depth of the surface the memory already holds at each cell. It
+keeps the update consistent with the memory but cannot add surfaces the memory has never seen
+(with de-duplication nothing new enters); a real depth provider (Depth Anything 3, simulator
+depth) is what makes the memory grow from generated frames. The first frame's depth comes from
+the caller (simulator or sensor depth, or a provider).
+
+``make_provider(kind, spec, device)`` is the one factory (the node, the backends and the CLI use
+it): a name or ``{"name": ..., **cfg}`` -> a ``mirage_ros.perception`` provider.
 """
 from __future__ import annotations
 
@@ -23,15 +27,36 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = ["memory_depth", "as_depth_fn", "as_mask_fn", "DepthFn", "MaskFn"]
+__all__ = ["as_depth_fn", "as_mask_fn", "make_provider", "DepthFn", "MaskFn"]
 
 DepthFn = Callable[[np.ndarray, Sequence, object], torch.Tensor]
 MaskFn = Callable[[np.ndarray, Sequence], Optional[torch.Tensor]]
 
 
-def memory_depth(frames, cameras, memory) -> torch.Tensor:
-    """(T, h, w) float32: the readout depth of ``memory`` at each camera (+inf where it holds nothing)."""
-    return torch.stack([memory.read(cam).depth for cam in cameras])
+def make_provider(kind: str, spec, device="cpu"):
+    """A depth (``kind="depth"``) or mask (``kind="masks"``) provider from a name or ``{"name": ...,
+    **cfg}`` (``mirage_ros.perception``); objects, callables and None pass through. ``"none"``
+    masks and a plain ``"memory"`` depth are None (the rollout's defaults)."""
+    if kind not in ("depth", "masks"):
+        raise ValueError(f"kind: expected 'depth' or 'masks', got {kind!r}")
+    cfg = {}
+    if isinstance(spec, dict):
+        cfg = dict(spec)
+        if "name" not in cfg:
+            raise ValueError(f"{kind}: a provider config needs a 'name', got keys {sorted(cfg)}")
+        spec = cfg.pop("name")
+    if spec is None or not isinstance(spec, str):
+        return spec
+    if (kind, spec) in (("depth", "memory"), ("masks", "none")) and not cfg:
+        return None
+    try:
+        if kind == "depth":
+            from ..perception.depth import make_depth_provider as make
+        else:
+            from ..perception.masks import make_mask_provider as make
+    except ImportError as exc:
+        raise ValueError(f"{kind}: provider {spec!r} needs mirage_ros.perception ({exc})") from None
+    return make(spec, **{"device": device, **cfg})
 
 
 def _to_tensor(x, name: str, n: int) -> torch.Tensor:
@@ -47,10 +72,15 @@ def _to_tensor(x, name: str, n: int) -> torch.Tensor:
 
 
 def as_depth_fn(provider) -> DepthFn:
-    """Normalise a depth provider (None = ``memory_depth``) to ``fn(frames, cameras, memory) -> (T, ., .)``."""
+    """Normalise a depth provider (None = the memory's own depth) to ``fn(frames, cameras, memory) -> (T, ., .)``."""
     if provider is None:
-        base = memory_depth
-    elif hasattr(provider, "estimate"):
+        from ..perception.depth import MemoryDepth
+
+        provider = MemoryDepth()
+        name = "memory"
+    else:
+        name = getattr(provider, "name", type(provider).__name__)
+    if hasattr(provider, "estimate"):
         def base(frames, cameras, memory):
             out = provider.estimate(frames, cameras, memory=memory)
             return out[0] if isinstance(out, (tuple, list)) else out
@@ -62,7 +92,7 @@ def as_depth_fn(provider) -> DepthFn:
     def fn(frames, cameras, memory):
         return _to_tensor(base(frames, cameras, memory), "depth", len(cameras)).float()
 
-    fn.name = getattr(provider, "name", "memory" if provider is None else type(provider).__name__)
+    fn.name = name
     return fn
 
 

@@ -1,17 +1,23 @@
-"""Algorithm 1: one Mirage rollout, chunk by chunk, and the ``mirage`` backend built on it.
+"""Algorithm 1: one Mirage rollout, chunk by chunk (the backends in ``backend`` drive it).
 
-Time bookkeeping. The trajectory has N RGB frames (cameras[0] is I_0's). The VAE compresses time
-by 4 with the first frame alone, so latent j stands for RGB frame 4j (and the three before it);
-its camera is cameras[4j] (the last camera, past the end). Chunks hold ``chunk_latents`` = 9
-latents = 33 RGB frames and overlap by one latent: chunk c spans latents 8c .. 8c+8, and its first
-latent is the previous chunk's last one, clean (the encoded I_0 in chunk 0). Each chunk decodes its
-9 latents once (33 frames) and emits frames 4*8c+1 .. 4*(8c+8): the overlap frame is never
-emitted twice. frames[0] of the result is I_0 itself, as in Algorithm 1 (O <- {I_0}).
+Time bookkeeping. The trajectory has N RGB frames (cameras[0] is I_0's). The codec compresses time
+by its temporal stride ts (4 for the Wan2.2 VAE, first frame alone; 1 for image codecs), so latent
+j stands for RGB frame ts*j; its camera is cameras[ts*j] (the last camera, past the end). Chunks
+hold ``chunk_latents`` = 9 latents (33 RGB frames at ts = 4) and overlap by one latent: chunk c
+spans latents 8c .. 8c+8, and its first latent is the previous chunk's last one, clean (the
+encoded I_0 in chunk 0). Each chunk decodes its latents once and emits the frames after the
+overlap frame: the overlap frame is never emitted twice. frames[0] of the result is I_0 itself,
+as in Algorithm 1 (O <- {I_0}).
 
-Per chunk (``iter_rollout``): readout at every target pose (Eq. 5) -> pick preceding and reference
-frames -> denoise with backbone + side branch -> decode -> depth and masks of the new latent-aligned
-frames (pluggable providers, see ``providers``) -> re-encode them (paper; the official code stores
-the denoised latents, ``update_source="denoised"``) -> insert the admissible cells (Eq. 4, Lambda_t).
+Per chunk (``iter_rollout``): readout at every target pose and at the preceding frames' poses, all
+from the memory as it is now (Eq. 5) -> pick preceding and reference frames -> denoise with
+backbone + side branch -> decode -> depth and masks of the new latent-aligned frames (pluggable
+providers, see ``providers``) -> re-encode them (paper; the official code stores the denoised
+latents, ``update_source="denoised"``) -> insert the admissible cells (Eq. 4, Lambda_t). The
+training data (``mirage_ros.training``) records exactly these readouts, with true frames inserted.
+
+The memory may also be the RGB point-cloud cache (``baselines.RGBPointCloudMemory``, the paper's
+baseline): it reads by rendering + encoding and is updated with the decoded pixels.
 """
 from __future__ import annotations
 
@@ -24,13 +30,11 @@ import torch
 
 from ..geometry import Camera
 from ..memory import LatentSpatialMemory
-from .backend import Backend, ImaginedChunk, register_backend
 from .codec import images_to_tensor, tensor_to_images
 from .providers import as_depth_fn, as_mask_fn
 from .references import ReferenceSelector, visible_points
 
-__all__ = ["RolloutConfig", "ChunkResult", "RolloutResult", "latent_chunks", "iter_rollout", "rollout",
-           "MirageBackend", "STAGES"]
+__all__ = ["RolloutConfig", "ChunkResult", "RolloutResult", "latent_chunks", "iter_rollout", "rollout", "STAGES"]
 
 STAGES = ("readout", "denoise", "decode", "depth", "masks", "encode", "update")
 
@@ -122,6 +126,7 @@ def iter_rollout(
     first_depth=None,
     first_exclude=None,
     prompt: Optional[str] = None,
+    readout_scale: float = 1.0,
     prompt_embeds: Optional[torch.Tensor] = None,
     depth_provider=None,
     mask_provider=None,
@@ -132,6 +137,8 @@ def iter_rollout(
     first_frame (H, W, 3) uint8 = I_0 at cameras[0]; first_depth (H, W) / (h, w) metres and
     first_exclude (bool) initialise the memory (lines 1-4); with ``first_depth=None`` the memory is
     assumed to hold I_0 already (the backend observed it). Providers: see ``providers``.
+    ``readout_scale`` multiplies the readout the side branch sees (0 = the model without memory
+    input, an ablation; the memory is still updated and used for references).
     """
     cfg = config or RolloutConfig()
     cams = list(cameras)
@@ -153,7 +160,8 @@ def iter_rollout(
     # Lines 1-5: z_0 = E(I_0); M <- Lambda_0 of (z_0, D_0, K_0, E_0).
     z0 = model.encode_images(images_to_tensor(first_frame))[0].cpu()
     if first_depth is not None:
-        memory.insert(z0.to(memory.device), first_depth, cams[0], exclude=first_exclude)
+        first = np.asarray(first_frame) if getattr(memory, "stores_pixels", False) else z0.to(memory.device)
+        memory.insert(first, first_depth, cams[0], exclude=first_exclude)
     latents, readouts, masks = {0: z0}, {}, {}
     r0 = memory.read(cams[0])
     selector.remember(0, visible_points(memory, [r0]))
@@ -164,20 +172,25 @@ def iter_rollout(
         t, tick = {}, time.perf_counter()
         T, new = b - a + 1, list(range(a + 1, b + 1))
 
-        # Lines 8-10: read the memory at every target pose (Eq. 5); choose context frames.
-        reads = [memory.read(cam_of(j)) for j in range(a, b + 1)]
-        for j, r in zip(range(a, b + 1), reads):
-            readouts[j], masks[j] = r.latent.cpu(), r.mask.cpu()
+        # Lines 8-10: read the memory at every target pose and the preceding frames' poses (Eq. 5),
+        # as it is now; choose context frames.
         prec = list(range(max(0, a - cfg.preceding_latents), a))
-        refs = [i for i, _ in selector.select(visible_points(memory, reads), exclude=prec + [a])]
         cond_ids = list(range(a, b + 1)) + prec
+        reads = [memory.read(cam_of(j)) for j in cond_ids]
+        cond_read, cond_mask = {}, {}
+        for j, r in zip(cond_ids, reads):
+            cond_read[j], cond_mask[j] = r.latent.float().cpu(), r.mask.cpu()
+            if a <= j:
+                readouts[j], masks[j] = cond_read[j], cond_mask[j]
+        refs = [i for i, _ in selector.select(visible_points(memory, reads[:T]), exclude=prec + [a])]
         tick = _lap(t, "readout", tick)
 
         # Line 11: denoise the chunk with the backbone + side branch.
         steps = lambda it: _tqdm(iterable=it, desc=f"chunk {c} denoise", leave=False, disable=not cfg.progress)  # noqa: E731
         z = model.denoise(
             clean_targets=latents[a][None], num_targets=T,
-            readouts=torch.stack([readouts[j] for j in cond_ids]), masks=torch.stack([masks[j] for j in cond_ids]),
+            readouts=torch.stack([cond_read[j] for j in cond_ids]) * readout_scale,
+            masks=torch.stack([cond_mask[j] for j in cond_ids]) & (readout_scale != 0),
             image_size=(H, W), prompt_embeds=emb,
             preceding=torch.stack([latents[j] for j in prec]) if prec else None,
             references=torch.stack([latents[j] for j in refs]) if refs else None,
@@ -188,7 +201,7 @@ def iter_rollout(
         tick = _lap(t, "denoise", tick)
 
         # Lines 12-13: decode once per chunk; emit frames past the overlap frame.
-        video = model.decode_video(z)  # (1 + 4(T-1), 3, H, W)
+        video = model.decode_video(z)  # (1 + ts(T-1), 3, H, W)
         first_out = 0 if c == 0 else 1
         frame_ids = [ts * a + i for i in range(first_out, video.shape[0]) if ts * a + i < N]
         rgb = tensor_to_images(video[[f - ts * a for f in frame_ids]])
@@ -204,7 +217,8 @@ def iter_rollout(
         tick = _lap(t, "depth", tick)
         exclude = mask_fn(upd_frames, upd_cams) if upd else None
         tick = _lap(t, "masks", tick)
-        if not upd:
+        pixels = getattr(memory, "stores_pixels", False)  # the RGB point-cloud cache keeps the decoded pixels
+        if not upd or pixels:
             feats = None
         elif cfg.update_source == "reencode":
             feats = model.encode_images(images_to_tensor(upd_frames)).cpu()
@@ -213,8 +227,8 @@ def iter_rollout(
         tick = _lap(t, "encode", tick)
         added = 0
         for i, j in enumerate(upd):
-            added += memory.insert(feats[i].to(memory.device), depth[i], upd_cams[i],
-                                   exclude=None if exclude is None else exclude[i])
+            item = upd_frames[i] if pixels else feats[i].to(memory.device)
+            added += memory.insert(item, depth[i], upd_cams[i], exclude=None if exclude is None else exclude[i])
         for j in upd:
             selector.remember(j, visible_points(memory, [memory.read(cam_of(j))]))
         tick = _lap(t, "update", tick)
@@ -249,121 +263,3 @@ def rollout(model, first_frame, cameras, memory, **kwargs) -> RolloutResult:
         chunks=[{"chunk": c.index, "frames": c.frame_indices, "latents": c.latent_indices, "references": c.references,
                  "preceding": c.preceding, "points_added": c.points_added} for c in chunks],
     )
-
-
-# -- the backend ------------------------------------------------------------------------------------
-
-class MirageBackend(Backend):
-    """Generative backend: Wan2.2-TI2V-5B + Mirage side branch, starting from the last observed frame.
-
-    ``imagine(cameras)`` rolls out from the last ``observe``d image along ``cameras`` (the poses of
-    the frames to imagine, after the observed one). With ``keep_imagined=False`` (default) the
-    memory is restored afterwards, so imagined content never mixes with observations.
-    """
-
-    name = "mirage"
-    generative = True
-
-    def __init__(self, memory: LatentSpatialMemory, model, config: Optional[RolloutConfig] = None,
-                 depth_provider=None, mask_provider=None, prompt: Optional[str] = None,
-                 prompt_embeds: Optional[torch.Tensor] = None, keep_imagined: bool = False):
-        super().__init__(memory, model.codec)
-        self.model, self.config = model, config or RolloutConfig(progress=False)
-        self.depth_provider, self.mask_provider = depth_provider, mask_provider
-        self.prompt, self.prompt_embeds, self.keep_imagined = prompt, prompt_embeds, keep_imagined
-        self._last: Optional[Tuple[np.ndarray, Camera]] = None
-        self.description = (f"generative backend ({model.description}); depth of generated frames from "
-                            f"{getattr(as_depth_fn(depth_provider), 'name', 'memory')}, masks from "
-                            f"{getattr(as_mask_fn(mask_provider), 'name', 'none')}")
-
-    def observe(self, image, depth, camera, exclude=None) -> int:
-        n = super().observe(image, depth, camera, exclude=exclude)
-        self._last = (np.array(image, dtype=np.uint8, copy=True), camera)
-        return n
-
-    def reset(self) -> None:
-        super().reset()
-        self._last = None
-
-    def imagine(self, cameras, prompt=None, cancel=None):
-        self._check_request(cameras)
-        if self._last is None:
-            raise RuntimeError("imagine: no frame observed yet; the world model starts from the last observed image")
-        image, cam0 = self._last
-        snapshot = None
-        if not self.keep_imagined:
-            snapshot = (self.memory.points.clone(), self.memory.features.clone())
-        try:
-            for chunk in iter_rollout(self.model, image, [cam0] + list(cameras), self.memory,
-                                      prompt=prompt if prompt is not None else self.prompt,
-                                      prompt_embeds=None if prompt is not None else self.prompt_embeds,
-                                      depth_provider=self.depth_provider, mask_provider=self.mask_provider,
-                                      config=self.config):
-                if cancel is not None and cancel():
-                    return
-                keep = [k for k, i in enumerate(chunk.frame_indices) if i >= 1]
-                idx = [chunk.frame_indices[k] - 1 for k in keep]
-                lat_pos = {j: k for k, j in enumerate(chunk.latent_indices)}
-                per_frame = [lat_pos[-(-(i + 1) // self.model.temporal_stride)] for i in idx]
-                yield ImaginedChunk(
-                    index=chunk.index, cameras=[cameras[i] for i in idx], frame_indices=idx,
-                    frames=chunk.frames[keep], masks=chunk.masks[per_frame].cpu().numpy(),
-                    readouts=chunk.readouts[per_frame], latents=chunk.latents, timings=dict(chunk.timings),
-                )
-        finally:
-            if snapshot is not None:
-                self.memory.clear()
-                if snapshot[0].shape[0]:
-                    self.memory.add_points(*snapshot)
-
-
-def _provider(kind: str, spec, device):
-    """A provider from a name or ``{"name": ..., **cfg}`` (``mirage_ros.perception``); objects,
-    callables and None pass through."""
-    cfg = {}
-    if isinstance(spec, dict):
-        cfg = dict(spec)
-        spec = cfg.pop("name")
-    if spec is None or not isinstance(spec, str):
-        return spec
-    if kind == "depth" and spec == "memory" and not cfg:
-        return None
-    if kind == "masks" and spec == "none":
-        return None
-    try:
-        if kind == "depth":
-            from ..perception.depth import make_depth_provider as make
-        else:
-            from ..perception.masks import make_mask_provider as make
-    except ImportError as exc:
-        raise ValueError(f"{kind}: provider {spec!r} needs mirage_ros.perception ({exc})") from exc
-    return make(spec, **{"device": device, **cfg})
-
-
-def _make_mirage(config: str = "tiny", weights: Optional[str] = None, side_branch: Optional[str] = None,
-                 lora: Optional[str] = None, layout: str = "paper", device: str = "cpu", dtype=None,
-                 steps: int = 40, shift: float = 5.0, guidance_scale: float = 1.0, seed: int = 0,
-                 side_branch_init: str = "zero", offload: bool = False, vae_tiling: bool = False,
-                 memory: Optional[dict] = None, depth=None, masks=None, prompt: Optional[str] = None,
-                 keep_imagined: bool = False, rollout: Optional[dict] = None, **_ignored) -> MirageBackend:
-    """Factory for ``make_backend("mirage", ...)``: ``weights`` = a Wan2.2-TI2V-5B folder (else
-    random weights of ``config`` tiny | full), ``side_branch`` / ``lora`` checkpoint files."""
-    from .model import MirageWorldModel
-    from .sampler import FlowUniPCSampler
-
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    sampler = FlowUniPCSampler(steps=steps, shift=shift, guidance_scale=guidance_scale)
-    if weights:
-        model = MirageWorldModel.from_pretrained(weights, side_branch=side_branch, lora=lora, layout=layout, device=device,
-                                                 dtype=dtype, offload=offload, vae_tiling=vae_tiling, sampler=sampler)
-    else:
-        model = MirageWorldModel.build(config, layout=layout, device=device, dtype=dtype, seed=seed,
-                                       side_branch_init=side_branch_init, sampler=sampler, offload=offload)
-    mem = LatentSpatialMemory(channels=model.channels, stride=model.stride, device=device, **(memory or {}))
-    cfg = RolloutConfig(**{"progress": False, "seed": seed, **(rollout or {})})
-    return MirageBackend(mem, model, cfg, depth_provider=_provider("depth", depth, device),
-                         mask_provider=_provider("masks", masks, device), prompt=prompt, keep_imagined=keep_imagined)
-
-
-register_backend("mirage", _make_mirage)

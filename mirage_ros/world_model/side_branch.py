@@ -25,6 +25,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
+from .dtypes import cast_keep_fp32, default_dtype
+
 __all__ = ["MirageSideBlock", "MirageSideBranch"]
 
 
@@ -139,10 +141,8 @@ class MirageSideBranch(ModelMixin, ConfigMixin):
         """
         from .configs import side_branch_config
 
-        from .model import _default_dtype, cast_keep_fp32
-
         # built directly in the backbone's dtype and device: 8 full-size blocks in float32 would be 5 GB
-        with _default_dtype(backbone.dtype), torch.device(backbone.device):
+        with default_dtype(backbone.dtype), torch.device(backbone.device):
             branch = cls(**side_branch_config(layout, dict(backbone.config), layers))
         cast_keep_fp32(branch, backbone.dtype)
         if copy_weights:
@@ -157,6 +157,90 @@ class MirageSideBranch(ModelMixin, ConfigMixin):
                 branch.patch_embedding.weight.data.copy_(w)
                 branch.patch_embedding.bias.data.copy_(backbone.patch_embedding.bias)
         return branch
+
+    # -- weights ---------------------------------------------------------------------------------
+    def save_pretrained(self, path, **kwargs):
+        """A folder (diffusers: ``config.json`` + ``diffusion_pytorch_model.safetensors``), or, when
+        ``path`` ends in ``.safetensors``, one file with the config in its metadata."""
+        from pathlib import Path
+
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            return super().save_pretrained(str(path), safe_serialization=True, **kwargs)
+        import json
+
+        from safetensors.torch import save_file
+
+        from .checkpoints import SIDE_BRANCH_METADATA_KEY
+
+        cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(self.config).items() if not k.startswith("_")}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(path),
+                  metadata={"format": "pt", SIDE_BRANCH_METADATA_KEY: json.dumps(cfg)})
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path, backbone=None, device=None, dtype=None, **_ignored) -> "MirageSideBranch":
+        """Load a side branch from ``path`` and check it fits ``backbone`` (when given).
+
+        ``path``: a folder written by ``save_pretrained``; our single ``.safetensors`` file; or the
+        official Mirage VACE weights (``vace_blocks.*``: converted; the attached layers are spread
+        evenly from 0 over the backbone's depth, as the official ``infer_vace_layers`` does, so the
+        backbone is needed). Errors name the file and the keys (``CheckpointError``).
+        """
+        import json
+        from pathlib import Path
+
+        from .checkpoints import (SIDE_BRANCH_METADATA_KEY, CheckpointError, check_state_dict,
+                                  convert_official_side_branch, read_metadata, read_state_dict)
+        from .configs import side_branch_config
+
+        path = Path(path)
+        if path.is_dir():
+            cfg_path = path / "config.json"
+            if not cfg_path.is_file():
+                raise CheckpointError(path, what="side branch", note="the folder has no config.json")
+            try:
+                cfg = {k: v for k, v in json.loads(cfg_path.read_text()).items() if not k.startswith("_")}
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise CheckpointError(cfg_path, what="side branch", note=f"not valid JSON ({exc})") from None
+            state, what, src = read_state_dict(path), "side branch", path
+        else:
+            state, meta, src = read_state_dict(path), read_metadata(path), path
+            if SIDE_BRANCH_METADATA_KEY in meta:
+                cfg, what = json.loads(meta[SIDE_BRANCH_METADATA_KEY]), "side branch"
+            else:
+                what = "official Mirage side branch (VACE)"
+                if backbone is None:
+                    raise CheckpointError(path, what=what, note="official weights carry no config: pass the backbone")
+                state = convert_official_side_branch(state, source=str(path))
+                n_blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+                n_layers = int(backbone.config.num_layers)
+                stride = -(-n_layers // n_blocks)
+                layers = list(range(0, n_layers, stride))
+                if len(layers) != n_blocks:
+                    raise CheckpointError(path, what=what, note=f"{n_blocks} blocks cannot be spread evenly over {n_layers} backbone layers")
+                if "patch_embedding.weight" not in state:
+                    raise CheckpointError(path, missing=["vace_patch_embedding.weight"], what=what)
+                cfg = side_branch_config("official", dict(backbone.config), layers)
+                cfg["in_channels"] = int(state["patch_embedding.weight"].shape[1])
+        cfg = {k: tuple(v) if k in ("layers", "patch_size") else v for k, v in cfg.items()}
+        try:
+            with torch.device("meta"):
+                branch = cls(**cfg)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(src, what=what, note=f"its config does not build a side branch ({exc})") from None
+        check_state_dict(branch, state, src, what=what)
+        branch.load_state_dict(state, assign=True, strict=True)
+        if backbone is not None:
+            dim = backbone.config.num_attention_heads * backbone.config.attention_head_dim
+            if branch.blocks[0].attn1.inner_dim != dim or branch.config.num_backbone_layers != backbone.config.num_layers:
+                raise CheckpointError(src, what=what, note="its hidden size or depth does not match the backbone")
+            device = device if device is not None else backbone.device
+            dtype = dtype if dtype is not None else backbone.dtype
+        branch.to(device if device is not None else "cpu")
+        cast_keep_fp32(branch, dtype if dtype is not None else torch.float32)
+        return branch.eval()
 
     def randomize_output_projections(self, std: float = 0.02, seed: int = 0) -> None:
         """Non-zero ``proj_out`` / mask embedding (tests, benchmarks: a branch that visibly acts)."""

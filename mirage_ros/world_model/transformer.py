@@ -12,6 +12,8 @@ equals ``WanTransformer3DModel.forward`` with per-token timesteps (tested).
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -111,6 +113,76 @@ class MirageTransformer(nn.Module):
         x = bb.proj_out(x)
         x = x.reshape(B, F // p_t, gh, gw, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    # -- weights ---------------------------------------------------------------------------------
+    def save_pretrained(self, folder, save_backbone: bool = True) -> Path:
+        """``folder/backbone`` (diffusers ``WanTransformer3DModel``; skipped with ``save_backbone=False``,
+        e.g. a frozen pretrained Wan2.2 backbone), ``folder/side_branch``, ``folder/lora.safetensors``
+        (when the backbone carries LoRA; saved apart from the base, see ``lora``), ``mirage_transformer.json``."""
+        from .lora import has_lora, save_lora
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        lora = has_lora(self.backbone)
+        if save_backbone:
+            if lora:
+                raise ValueError("save_backbone: a backbone with LoRA is saved as its base weights + the adapter; "
+                                 "save the base before adding LoRA (save_backbone=False saves the adapter only)")
+            self.backbone.save_pretrained(str(folder / "backbone"), safe_serialization=True)
+        if self.side_branch is not None:
+            self.side_branch.save_pretrained(folder / "side_branch")
+        if lora:
+            save_lora(self.backbone, folder / "lora.safetensors")
+        info = {"_class_name": type(self).__name__, "rope_layout": self.rope_layout, "backbone": save_backbone,
+                "side_branch": self.side_branch is not None, "lora": lora}
+        (folder / "mirage_transformer.json").write_text(json.dumps(info, indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder, backbone=None, device="cpu", dtype: Optional[torch.dtype] = None) -> "MirageTransformer":
+        """Load what ``save_pretrained`` wrote. ``backbone``: the backbone to use when the folder holds
+        none (a pretrained Wan2.2 loaded by the caller); errors name the file (``CheckpointError``)."""
+        from accelerate import init_empty_weights
+        from diffusers import WanTransformer3DModel
+
+        from .checkpoints import CheckpointError, check_state_dict, read_state_dict
+        from .dtypes import cast_keep_fp32, default_dtype_for
+        from .lora import load_lora
+        from .side_branch import MirageSideBranch
+
+        folder = Path(folder)
+        info_path = folder / "mirage_transformer.json"
+        if not info_path.is_file():
+            raise CheckpointError(folder, what="Mirage transformer", note="mirage_transformer.json is missing")
+        try:
+            info = json.loads(info_path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(info_path, what="Mirage transformer", note=f"not valid JSON ({exc})") from None
+        dtype = dtype or default_dtype_for(device)
+        if info.get("backbone"):
+            src = folder / "backbone"
+            cfg_path = src / "config.json"
+            if not cfg_path.is_file():
+                raise CheckpointError(src, what="backbone", note="config.json is missing")
+            cfg = {k: v for k, v in json.loads(cfg_path.read_text()).items() if not k.startswith("_")}
+            state = read_state_dict(src)
+            try:
+                with init_empty_weights():  # parameters on meta, buffers (rotary tables) real
+                    backbone = WanTransformer3DModel(**cfg)
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(cfg_path, what="backbone", note=f"its config does not build the model ({exc})") from None
+            check_state_dict(backbone, state, src, what="backbone")
+            backbone.load_state_dict(state, assign=True, strict=True)
+            backbone = cast_keep_fp32(backbone.to(device), dtype).eval().requires_grad_(False)
+        elif backbone is None:
+            raise CheckpointError(folder, what="Mirage transformer",
+                                  note="it holds no backbone (a pretrained one was used): pass backbone=")
+        side = None
+        if info.get("side_branch"):
+            side = MirageSideBranch.from_pretrained(folder / "side_branch", backbone=backbone, device=device, dtype=dtype)
+        if info.get("lora"):
+            load_lora(backbone, folder / "lora.safetensors")
+        return cls(backbone, side, info.get("rope_layout", "official"))
 
     def num_parameters(self) -> dict:
         n_bb = sum(p.numel() for p in self.backbone.parameters())

@@ -13,7 +13,10 @@ import torch
 
 from ..geometry import Camera, look_at
 
-__all__ = ["default_camera", "forward_walk", "orbit", "closed_loop", "scene_trajectory"]
+__all__ = ["default_camera", "forward_walk", "orbit", "closed_loop", "scene_trajectory", "random_trajectory",
+           "TRAJECTORY_KINDS"]
+
+TRAJECTORY_KINDS = ("loop", "forward")
 
 
 def default_camera(height: int = 256, width: int = 448, fov_x_deg: float = 70.0, world_to_camera=None) -> Camera:
@@ -46,9 +49,10 @@ def orbit(n: int, center: Sequence[float] = (0.0, 0.0, 0.0), radius: float = 1.0
 
 
 def closed_loop(n: int, center: Sequence[float] = (0.0, 0.0, 0.0), radius: float = 0.8, height: float = 1.5,
-                outward: float = 50.0, pitch_deg: float = -5.0) -> List[torch.Tensor]:
-    """n poses counter-clockwise around a circle that end exactly where they start (pose n-1 ==
-    pose 0, bit for bit).
+                outward: float = 50.0, pitch_deg: float = -5.0, start_deg: float = 0.0,
+                clockwise: bool = False) -> List[torch.Tensor]:
+    """n poses around a circle (counter-clockwise unless ``clockwise``) that end exactly where they
+    start (pose n-1 == pose 0, bit for bit), starting at angle ``start_deg`` on the circle.
 
     The camera looks ``outward`` degrees from the direction of travel towards the outside, pitched
     by ``pitch_deg``; its yaw turns at a constant rate, so it sweeps the walls and, near the end,
@@ -56,11 +60,12 @@ def closed_loop(n: int, center: Sequence[float] = (0.0, 0.0, 0.0), radius: float
     """
     _check_n(n, 2)
     c = torch.tensor(center, dtype=torch.float64)
+    sign = -1.0 if clockwise else 1.0
     poses = []
     for i in range(n):
-        a = 2 * math.pi * i / (n - 1)
+        a = math.radians(start_deg) + sign * 2 * math.pi * i / (n - 1)
         eye = c + torch.tensor([radius * math.cos(a), radius * math.sin(a), height], dtype=torch.float64)
-        heading = a + math.pi / 2 - math.radians(outward)  # tangent, turned towards the outside
+        heading = a + sign * (math.pi / 2 - math.radians(outward))  # tangent, turned towards the outside
         d = torch.tensor([math.cos(heading), math.sin(heading), math.tan(math.radians(pitch_deg))], dtype=torch.float64)
         poses.append(look_at(eye, eye + d))
     poses[-1] = poses[0].clone()
@@ -85,3 +90,41 @@ def scene_trajectory(scene, kind: str = "loop", n: int = 46) -> List[torch.Tenso
     if kind == "forward":
         return forward_walk(n, (c[0] - r, c[1], scene.eye_height), (1.0, 0.0, 0.0), step=2 * r / max(1, n - 1))
     raise ValueError(f"kind: expected 'loop', 'orbit' or 'forward', got {kind!r}")
+
+
+def random_trajectory(scene, rng, n: int, kind: str = "loop") -> tuple:
+    """A seeded random trajectory inside ``scene``'s free area: (poses, params).
+
+    ``loop``: a closed loop of random radius (0.35-0.9 of the free radius), start angle, direction,
+    outward look (20-80 degrees), pitch (-15..+5 degrees) and eye height (+-0.25 m) -- it returns to
+    its first pose, so its last frames revisit what the first saw. ``forward``: a straight walk of
+    random heading through the free area with a random pitch and a slow yaw drift (up to 30 degrees).
+    ``rng`` is a ``numpy.random.Generator``; ``params`` records every draw (JSON-serialisable).
+    """
+    _check_n(n, 2)
+    c = scene.center.tolist()
+    R = float(scene.free_radius)
+    height = float(scene.eye_height + rng.uniform(-0.25, 0.25))
+    pitch = float(rng.uniform(-15.0, 5.0))
+    if kind == "loop":
+        p = dict(kind=kind, radius=float(rng.uniform(0.35, 0.9) * R), start_deg=float(rng.uniform(0, 360)),
+                 clockwise=bool(rng.integers(0, 2)), outward=float(rng.uniform(20, 80)), pitch_deg=pitch, height=height)
+        poses = closed_loop(n, c, p["radius"], height, p["outward"], pitch, p["start_deg"], p["clockwise"])
+        return poses, p
+    if kind == "forward":
+        heading = float(rng.uniform(0, 2 * math.pi))
+        half = float(rng.uniform(0.6, 1.0) * R)
+        drift = math.radians(float(rng.uniform(-30, 30)))
+        p = dict(kind=kind, heading_deg=math.degrees(heading), half_length=half, yaw_drift_deg=math.degrees(drift),
+                 pitch_deg=pitch, height=height)
+        d = torch.tensor([math.cos(heading), math.sin(heading), 0.0], dtype=torch.float64)
+        start = torch.tensor([c[0], c[1], height], dtype=torch.float64) - half * d
+        poses = []
+        for i in range(n):
+            f = i / (n - 1)
+            eye = start + 2 * half * f * d
+            yaw = heading + drift * f
+            look = torch.tensor([math.cos(yaw), math.sin(yaw), math.tan(math.radians(pitch))], dtype=torch.float64)
+            poses.append(look_at(eye, eye + look))
+        return poses, p
+    raise ValueError(f"kind: expected one of {TRAJECTORY_KINDS}, got {kind!r}")

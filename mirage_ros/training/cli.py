@@ -1,0 +1,171 @@
+"""``mirage data sim | bag | fit-codec`` and ``mirage train``: argument parsing only.
+
+The work lives in ``sim_data``, ``bag_data``, ``codec_fit`` and ``trainer``; errors that a user can
+fix (bad paths, foreign datasets, mismatched runs) print one line and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _resolution(text: str):
+    from ..demo import parse_resolution
+
+    return parse_resolution(text)
+
+
+# -- mirage data -----------------------------------------------------------------------------------
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="data_command", required=True)
+
+    s = sub.add_parser("sim", help="clips from the procedural scenes", description="Training clips from the procedural "
+                       "scenes: closed loops and forward paths, memory built as Algorithm 1 builds it.")
+    s.add_argument("--out", required=True, help="dataset folder (LMDB)")
+    s.add_argument("--scenes", type=int, required=True, help="number of clips (one scene each)")
+    s.add_argument("--frames", type=int, default=41, help="RGB frames per clip (default 41: 5 chunks of 8 new frames)")
+    s.add_argument("--resolution", type=_resolution, default=(128, 224), help="HxW (default 128x224)")
+    s.add_argument("--seed", type=int, default=0, help="first scene seed (clips use seed, seed+1, ...)")
+    s.add_argument("--scene", choices=["room", "outdoor", "mixed"], default="mixed")
+    _codec_args(s)
+    s.add_argument("--memory", choices=["latent", "rgb"], default="latent",
+                   help="latent: Mirage's latent memory (default); rgb: the RGB point-cloud cache (render + encode)")
+    s.add_argument("--window-stride", type=int, default=1, help="a window every N latents (default 1)")
+    s.add_argument("--workers", type=int, default=1, help="rendering processes (default 1)")
+    s.add_argument("--overwrite", action="store_true", help="replace a dataset this tool wrote at --out")
+
+    b = sub.add_parser("bag", help="clips from a rosbag2 (MCAP or sqlite3)", description="A rosbag2 of a robot or "
+                       "simulator -> the same dataset format, through the node's pairing and conversions.")
+    b.add_argument("bag", help="rosbag2 folder or .mcap file")
+    b.add_argument("--out", required=True, help="dataset folder (LMDB)")
+    b.add_argument("--topic", action="append", default=[], metavar="KIND=TOPIC",
+                   help="image, camera_info, pose, depth, labels (default: the node's topic names)")
+    b.add_argument("--frames", type=int, default=41, help="RGB frames per clip (default 41)")
+    b.add_argument("--clip-stride", type=int, default=None, help="frames between clip starts (default: --frames)")
+    b.add_argument("--depth", choices=["bag", "da3", "memory"], default="bag",
+                   help="depth from the bag's depth topic (default), Depth Anything 3 (--depth-weights), or the memory")
+    b.add_argument("--depth-weights", default=None, help="Depth Anything 3 weights folder for --depth da3")
+    b.add_argument("--tolerance", type=float, default=0.0, help="pairing tolerance in seconds (default exact stamps)")
+    b.add_argument("--resolution", type=_resolution, default=None, help="resize frames to HxW (default: the bag's)")
+    _codec_args(b)
+    b.add_argument("--memory", choices=["latent", "rgb"], default="latent")
+    b.add_argument("--overwrite", action="store_true")
+
+    f = sub.add_parser("fit-codec", help="fit the 48-channel block-PCA codec on simulator frames",
+                       description="Fit LinearBlockCodec on rendered training frames and compare it with the thumbnail "
+                                   "codec on held-out frames (PSNR), JSON + PNG.")
+    f.add_argument("--out", required=True, help="codec folder to write")
+    f.add_argument("--scenes", type=int, default=60, help="training scenes to sample frames from (default 60)")
+    f.add_argument("--frames-per-scene", type=int, default=7)
+    f.add_argument("--resolution", type=_resolution, default=(128, 224))
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--channels", type=int, default=48)
+    f.add_argument("--json", default=None, help="comparison JSON (default OUT/fit.json)")
+
+
+def _codec_args(p) -> None:
+    p.add_argument("--codec", default="thumbnail", choices=["thumbnail", "linear-block", "wan"],
+                   help="latent codec (default thumbnail; linear-block and wan need --codec-weights)")
+    p.add_argument("--codec-weights", default=None, help="codec folder (a fitted linear-block codec or a Wan2.2 VAE)")
+
+
+def run_data(args) -> int:
+    from .dataset import DatasetError
+
+    try:
+        if args.data_command == "sim":
+            from .clips import ClipSpec
+            from .sim_data import generate
+
+            _need_weights(args)
+            header = generate(args.out, args.scenes, args.frames, args.resolution, seed=args.seed, scene=args.scene,
+                              codec_name=args.codec, codec_folder=args.codec_weights,
+                              spec=ClipSpec(memory=args.memory, window_stride=args.window_stride),
+                              workers=args.workers, overwrite=args.overwrite, command=" ".join(sys.argv))
+        elif args.data_command == "bag":
+            from .bag_data import generate_from_bag
+
+            _need_weights(args)
+            header = generate_from_bag(args)
+        else:
+            from .codec_fit import fit_codec
+
+            header = fit_codec(args)
+    except (DatasetError, ValueError, FileNotFoundError) as exc:
+        print(f"mirage data: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: header[k] for k in ("counts", "codec", "resolution", "memory") if k in header}))
+    return 0
+
+
+def _need_weights(args) -> None:
+    if args.codec in ("linear-block", "wan") and not args.codec_weights:
+        raise ValueError(f"codec: {args.codec!r} needs --codec-weights (a codec folder)")
+
+
+# -- mirage train ----------------------------------------------------------------------------------
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from .trainer import RECIPES
+
+    p.add_argument("--config", choices=["tiny", "small", "full"], default="small")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="scratch")
+    p.add_argument("--data", required=True, help="dataset folder written by `mirage data`")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, loss.png, model/)")
+    p.add_argument("--steps", type=int, required=True, help="total optimiser steps")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--batch", type=int, default=4, help="samples per process per step (default 4)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shift", type=float, default=3.0, help="flow shift of the noise-level distribution (and of sampling)")
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--keep-checkpoints", type=int, default=3)
+    p.add_argument("--readout-dropout", type=float, default=0.15)
+    p.add_argument("--context-noise", type=float, default=0.1)
+    p.add_argument("--readout-noise", type=float, default=0.1)
+    p.add_argument("--text-dropout", type=float, default=0.2)
+    p.add_argument("--weights", default=None, help="Wan2.2-TI2V-5B folder (stage1/stage2 with --config full)")
+    p.add_argument("--init", default=None, help="start from a model folder (e.g. a stage1 run's model/)")
+    p.add_argument("--lora-rank", type=int, default=64)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"], default="auto")
+    p.add_argument("--distributed", choices=["ddp", "fsdp"], default="ddp", help="multi-process engine (accelerate)")
+    p.add_argument("--sampler-steps", type=int, default=10, help="UniPC steps the exported model samples with")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run_train(args) -> int:
+    import torch
+
+    from .checkpoint import TrainCheckpointError
+    from .dataset import DatasetError
+    from .trainer import TrainConfig, TrainError, Trainer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cfg = TrainConfig(config=args.config, recipe=args.recipe, data=args.data, out=args.out, steps=args.steps,
+                          batch=args.batch, lr=args.lr, warmup=args.warmup, seed=args.seed, shift=args.shift,
+                          checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+                          readout_dropout=args.readout_dropout, context_noise=args.context_noise,
+                          readout_noise=args.readout_noise, text_dropout=args.text_dropout, weights=args.weights,
+                          init=args.init, lora_rank=args.lora_rank, gradient_checkpointing=args.gradient_checkpointing,
+                          mixed_precision=args.mixed_precision, distributed=args.distributed,
+                          sampler_steps=args.sampler_steps)
+        trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
+        summary = trainer.fit()
+    except (TrainError, TrainCheckpointError, DatasetError) as exc:
+        print(f"mirage train: {exc}", file=sys.stderr)
+        return 2
+    if trainer.acc.is_main_process:
+        print(json.dumps(summary))
+        if summary["interrupted"]:
+            print(f"mirage train: stopped at step {summary['step']}; checkpoint saved. Continue with the same command "
+                  "and --resume.", file=sys.stderr)
+    return 0
+
+

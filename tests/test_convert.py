@@ -227,7 +227,7 @@ def test_pose_is_the_optical_frame_in_the_world():
     assert np.allclose(T[:3, 3], [1, 2, 1.5])
     assert np.allclose(T[:3, 2], [1, 0, 0], atol=1e-9)  # optical z (forward) = world +x
     assert np.allclose(T[:3, 1], [0, 0, -1], atol=1e-9)  # optical y (down) = world -z
-    assert np.allclose(cv.invert_rigid_np(T), E.numpy(), atol=1e-9)  # world_to_camera is the inverse
+    assert np.allclose(geometry.invert_rigid(T), E.numpy(), atol=1e-9)  # world_to_camera is the inverse
 
 
 def test_path_round_trip_and_frame_checks():

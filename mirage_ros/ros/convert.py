@@ -37,9 +37,9 @@ __all__ = [
     "camera_info_to_K", "camera_info_to_camera", "camera_info_msg",
     "quaternions_to_matrices", "matrices_to_quaternions", "pose_to_matrix", "poses_to_matrices",
     "pose_stamped_to_matrix", "path_to_matrices", "odometry_to_matrix", "pose_msg", "pose_stamped_msg",
-    "path_msg", "invert_rigid_np",
+    "path_msg",
     "POINTFIELD_DTYPES", "structured_to_pointcloud", "pointcloud_msg", "xyzrgb_to_structured",
-    "pointcloud_to_structured", "unpack_rgb", "pack_rgb", "ros_u8", "RclpyTypes", "MSGTYPES",
+    "pointcloud_to_structured", "unpack_rgb", "ros_u8", "RclpyTypes", "MSGTYPES",
     "camera_info_is_distorted",
 ]
 
@@ -89,6 +89,8 @@ MSGTYPES: Dict[str, str] = {
     "Pose": "geometry_msgs/msg/Pose", "PoseStamped": "geometry_msgs/msg/PoseStamped",
     "Point": "geometry_msgs/msg/Point", "Quaternion": "geometry_msgs/msg/Quaternion",
     "Vector3": "geometry_msgs/msg/Vector3", "Path": "nav_msgs/msg/Path", "Odometry": "nav_msgs/msg/Odometry",
+    "Transform": "geometry_msgs/msg/Transform", "TransformStamped": "geometry_msgs/msg/TransformStamped",
+    "TFMessage": "tf2_msgs/msg/TFMessage",
     "Marker": "visualization_msgs/msg/Marker", "MarkerArray": "visualization_msgs/msg/MarkerArray",
     "ImaginedChunk": "mirage_ros/msg/ImaginedChunk", "MemoryStats": "mirage_ros/msg/MemoryStats",
 }
@@ -331,10 +333,11 @@ def camera_info_is_distorted(msg) -> bool:
 
 def camera_info_to_camera(msg, camera_to_world: Optional[np.ndarray] = None, field: str = "camera_info"):
     """CameraInfo (+ optional camera_to_world 4x4) -> ``mirage_ros.geometry.Camera``."""
+    from .. import geometry
     from ..geometry import Camera, GeometryError
 
     K, H, W = camera_info_to_K(msg, field)
-    E = np.eye(4) if camera_to_world is None else invert_rigid_np(camera_to_world)
+    E = np.eye(4) if camera_to_world is None else geometry.invert_rigid(np.asarray(camera_to_world, dtype=np.float64))
     try:
         return Camera(K, E, H, W)
     except GeometryError as exc:
@@ -357,64 +360,21 @@ def camera_info_msg(types, K: np.ndarray, height: int, width: int, stamp_ns: int
 # -- poses --------------------------------------------------------------------------------------
 
 def quaternions_to_matrices(q: np.ndarray, field: str = "orientation", tol: float = QUAT_TOL) -> np.ndarray:
-    """(N, 4) (x, y, z, w) -> (N, 3, 3). Rejects NaN/inf and norms off 1 by more than ``tol``,
-    naming the first offending index."""
-    q = np.asarray(q, dtype=np.float64).reshape(-1, 4)
-    fin = np.isfinite(q).all(axis=1)
-    if not fin.all():
-        i = int(np.argmin(fin))
-        raise ConversionError(f"{field.format(i=i)}: quaternion contains NaN or inf ({q[i].tolist()})")
-    n = np.linalg.norm(q, axis=1)
-    bad = np.abs(n - 1.0) > tol
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ConversionError(f"{field.format(i=i)}: quaternion norm is {n[i]:.6g}, expected 1 (within {tol})")
-    x, y, z, w = (q / n[:, None]).T
-    R = np.empty((q.shape[0], 3, 3))
-    R[:, 0, 0] = 1 - 2 * (y * y + z * z)
-    R[:, 0, 1] = 2 * (x * y - z * w)
-    R[:, 0, 2] = 2 * (x * z + y * w)
-    R[:, 1, 0] = 2 * (x * y + z * w)
-    R[:, 1, 1] = 1 - 2 * (x * x + z * z)
-    R[:, 1, 2] = 2 * (y * z - x * w)
-    R[:, 2, 0] = 2 * (x * z - y * w)
-    R[:, 2, 1] = 2 * (y * z + x * w)
-    R[:, 2, 2] = 1 - 2 * (x * x + y * y)
-    return R
+    """(N, 4) (x, y, z, w) -> (N, 3, 3): ``geometry.quaternions_to_matrices`` (rejects NaN/inf and
+    norms off 1 by more than ``tol``, naming the first offending index) raising ConversionError."""
+    from .. import geometry
+
+    try:
+        return geometry.quaternions_to_matrices(np.asarray(q, dtype=np.float64).reshape(-1, 4), field, tol)
+    except geometry.GeometryError as exc:
+        raise ConversionError(str(exc)) from None
 
 
 def matrices_to_quaternions(R: np.ndarray) -> np.ndarray:
-    """(N, 3, 3) rotations -> (N, 4) (x, y, z, w) with w >= 0 (Shepperd, vectorised)."""
-    R = np.asarray(R, dtype=np.float64).reshape(-1, 3, 3)
-    m00, m11, m22 = R[:, 0, 0], R[:, 1, 1], R[:, 2, 2]
-    tr = m00 + m11 + m22
-    q = np.empty((R.shape[0], 4))
-    c0 = tr > 0
-    c1 = ~c0 & (m00 > m11) & (m00 > m22)
-    c2 = ~c0 & ~c1 & (m11 > m22)
-    c3 = ~c0 & ~c1 & ~c2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        s = 2.0 * np.sqrt(np.maximum(tr + 1.0, 0))
-        q[c0] = np.stack([(R[:, 2, 1] - R[:, 1, 2]) / s, (R[:, 0, 2] - R[:, 2, 0]) / s, (R[:, 1, 0] - R[:, 0, 1]) / s, 0.25 * s], 1)[c0]
-        s = 2.0 * np.sqrt(np.maximum(1.0 + m00 - m11 - m22, 0))
-        q[c1] = np.stack([0.25 * s, (R[:, 0, 1] + R[:, 1, 0]) / s, (R[:, 0, 2] + R[:, 2, 0]) / s, (R[:, 2, 1] - R[:, 1, 2]) / s], 1)[c1]
-        s = 2.0 * np.sqrt(np.maximum(1.0 + m11 - m00 - m22, 0))
-        q[c2] = np.stack([(R[:, 0, 1] + R[:, 1, 0]) / s, 0.25 * s, (R[:, 1, 2] + R[:, 2, 1]) / s, (R[:, 0, 2] - R[:, 2, 0]) / s], 1)[c2]
-        s = 2.0 * np.sqrt(np.maximum(1.0 + m22 - m00 - m11, 0))
-        q[c3] = np.stack([(R[:, 0, 2] + R[:, 2, 0]) / s, (R[:, 1, 2] + R[:, 2, 1]) / s, 0.25 * s, (R[:, 1, 0] - R[:, 0, 1]) / s], 1)[c3]
-    q[q[:, 3] < 0] *= -1
-    return q / np.linalg.norm(q, axis=1, keepdims=True)
+    """(N, 3, 3) rotations -> (N, 4) (x, y, z, w) with w >= 0: ``geometry.matrices_to_quaternions``."""
+    from .. import geometry
 
-
-def invert_rigid_np(T: np.ndarray) -> np.ndarray:
-    """Inverse of (..., 4, 4) rigid transforms."""
-    T = np.asarray(T, dtype=np.float64)
-    out = np.zeros_like(T)
-    Rt = np.swapaxes(T[..., :3, :3], -1, -2)
-    out[..., :3, :3] = Rt
-    out[..., :3, 3] = -(Rt @ T[..., :3, 3:])[..., 0]
-    out[..., 3, 3] = 1
-    return out
+    return geometry.matrices_to_quaternions(np.asarray(R, dtype=np.float64).reshape(-1, 3, 3))
 
 
 def _pose_arrays(poses: Sequence) -> Tuple[np.ndarray, np.ndarray]:
@@ -428,27 +388,39 @@ def _pose_arrays(poses: Sequence) -> Tuple[np.ndarray, np.ndarray]:
     return P, Q
 
 
-def poses_to_matrices(poses: Sequence, field: str = "poses[{i}]") -> np.ndarray:
-    """geometry_msgs/Pose list -> (N, 4, 4) parent_from_frame (for camera poses: camera_to_world)."""
-    P, Q = _pose_arrays(poses)
+def _check_positions(P: np.ndarray, field: str) -> None:
     fin = np.isfinite(P).all(axis=1)
     if not fin.all():
         i = int(np.argmin(fin))
-        raise ConversionError(f"{field.format(i=i)}.position: contains NaN or inf ({P[i].tolist()})")
+        raise ConversionError(f"{field.replace('{i}', str(i))}.position: contains NaN or inf ({P[i].tolist()})")
     far = (np.abs(P) > MAX_POSITION).any(axis=1)
     if far.any():
         i = int(np.argmax(far))
-        raise ConversionError(f"{field.format(i=i)}.position: {P[i].tolist()} is beyond +-{MAX_POSITION:g} m of the "
+        raise ConversionError(f"{field.replace('{i}', str(i))}.position: {P[i].tolist()} is beyond +-{MAX_POSITION:g} m of the "
                               "world origin (memory points are float32; use a local world frame)")
-    T = np.zeros((len(poses), 4, 4))
-    T[:, :3, :3] = quaternions_to_matrices(Q, field + ".orientation")
-    T[:, :3, 3] = P
-    T[:, 3, 3] = 1
-    return T
+
+
+def poses_to_matrices(poses: Sequence, field: str = "poses[{i}]") -> np.ndarray:
+    """geometry_msgs/Pose list -> (N, 4, 4) parent_from_frame (for camera poses: camera_to_world)."""
+    from .. import geometry
+
+    P, Q = _pose_arrays(poses)
+    _check_positions(P, field)
+    try:
+        return geometry.poses_to_matrices(P, Q, field)
+    except geometry.GeometryError as exc:
+        raise ConversionError(str(exc)) from None
 
 
 def pose_to_matrix(pose, field: str = "pose") -> np.ndarray:
-    return poses_to_matrices([pose], field.replace("{", "{{").replace("}", "}}"))[0]
+    from .. import geometry
+
+    P, Q = _pose_arrays([pose])
+    _check_positions(P, field)
+    try:
+        return geometry.poses_to_matrices(P[0], Q[0], field)
+    except geometry.GeometryError as exc:
+        raise ConversionError(str(exc)) from None
 
 
 def pose_stamped_to_matrix(msg, field: str = "pose") -> Tuple[int, str, np.ndarray]:
@@ -511,12 +483,6 @@ POINTFIELD_DTYPES: Dict[int, np.dtype] = {
     5: np.dtype(np.int32), 6: np.dtype(np.uint32), 7: np.dtype(np.float32), 8: np.dtype(np.float64),
 }
 _DTYPE_TO_PF = {(v.kind, v.itemsize): k for k, v in POINTFIELD_DTYPES.items()}
-
-
-def pack_rgb(colors: np.ndarray) -> np.ndarray:
-    """(N, 3) uint8 -> (N,) uint32 0x00RRGGBB."""
-    c = np.asarray(colors, dtype=np.uint8).reshape(-1, 3).astype(np.uint32)
-    return (c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]
 
 
 def unpack_rgb(packed: np.ndarray) -> np.ndarray:

@@ -66,7 +66,9 @@ class Request:
 
 def resample_trajectory(T: np.ndarray, stamps: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray]:
     """N poses -> n poses evenly spaced in path index: positions and stamps linearly
-    interpolated, rotations by slerp. (N, 4, 4), (N,) -> (n, 4, 4), (n,)."""
+    interpolated, rotations by slerp (``geometry.interpolate_poses``). (N, 4, 4), (N,) -> (n, 4, 4), (n,)."""
+    from ..geometry import interpolate_poses
+
     T = np.asarray(T, dtype=np.float64)
     m = T.shape[0]
     if n < 1:
@@ -76,22 +78,7 @@ def resample_trajectory(T: np.ndarray, stamps: np.ndarray, n: int) -> Tuple[np.n
     u = np.linspace(0.0, m - 1, n) if n > 1 else np.zeros(1)
     i0 = np.clip(np.floor(u).astype(int), 0, m - 2)
     a = u - i0
-    q = cv.matrices_to_quaternions(T[:, :3, :3])
-    q0, q1 = q[i0], q[i0 + 1]
-    dot = np.sum(q0 * q1, axis=1)
-    q1 = np.where(dot[:, None] < 0, -q1, q1)
-    dot = np.abs(dot).clip(max=1.0)
-    theta = np.arccos(dot)
-    s = np.sin(theta)
-    small = s < 1e-6
-    w0 = np.where(small, 1 - a, np.sin((1 - a) * theta) / np.where(small, 1, s))
-    w1 = np.where(small, a, np.sin(a * theta) / np.where(small, 1, s))
-    qi = w0[:, None] * q0 + w1[:, None] * q1
-    qi /= np.linalg.norm(qi, axis=1, keepdims=True)
-    out = np.zeros((n, 4, 4))
-    out[:, :3, :3] = cv.quaternions_to_matrices(qi)
-    out[:, :3, 3] = (1 - a)[:, None] * T[i0, :3, 3] + a[:, None] * T[i0 + 1, :3, 3]
-    out[:, 3, 3] = 1
+    out = interpolate_poses(T, u)
     st = np.asarray(stamps, dtype=np.int64)  # ns since 1970 do not fit a float64 exactly: interpolate the offset
     return out, st[i0] + np.round(a * (st[i0 + 1] - st[i0]).astype(np.float64)).astype(np.int64)
 
@@ -333,7 +320,7 @@ class MirageCore:
 
     def observe(self, s: SyncedSet) -> Optional[int]:
         """Write one complete set into the memory; returns points added, or None if skipped/rejected."""
-        from ..geometry import Camera, GeometryError
+        from ..geometry import Camera, GeometryError, invert_rigid
 
         if not self.wants(s.stamp_ns):
             self.counts["frames_skipped"] += 1
@@ -347,7 +334,7 @@ class MirageCore:
         if H % stride or W % stride:
             return self.reject("image", f"image {H}x{W} is not divisible by the VAE stride {stride}; crop or resize upstream")
         try:
-            cam = Camera(K, cv.invert_rigid_np(T), H, W)
+            cam = Camera(K, invert_rigid(T), H, W)
         except GeometryError as exc:
             return self.reject("pose", str(exc))
         depth = s.get("depth")
@@ -406,7 +393,7 @@ class MirageCore:
 
     # -- goals --------------------------------------------------------------------------------
     def prepare(self, path_msg, num_frames: int = 0, prompt: Optional[str] = None, now_ns: int = 0) -> Request:
-        from ..geometry import Camera, GeometryError
+        from ..geometry import Camera, GeometryError, invert_rigid
 
         maxf = self.p["imagined.max_frames"]
         if self.backend is None:
@@ -437,7 +424,7 @@ class MirageCore:
             T, stamps = resample_trajectory(T, stamps, num_frames)
         K, H, W = self.last_camera
         try:
-            E = cv.invert_rigid_np(T)
+            E = invert_rigid(T)
             cams = [Camera(K, E[i], H, W) for i in range(T.shape[0])]
         except GeometryError as exc:
             raise GoalError(STATUS_INVALID_GOAL, f"path: {exc}") from None

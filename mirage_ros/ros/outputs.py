@@ -1,6 +1,14 @@
 """Output messages of mirage_node, built with a ``types`` namespace (rclpy or rosbags; see
-``convert``): imagined frames, ``ImaginedChunk``, imagined path, ``MemoryStats``, the memory
-cloud and camera-frustum markers. No rclpy import; the node and ``BagWriter`` share these.
+``convert``): imagined frames with their camera_info and /tf transforms, ``ImaginedChunk``,
+imagined path, ``MemoryStats``, the memory cloud and camera-frustum markers. No rclpy import;
+the node and ``BagWriter`` share these.
+
+Per imagined frame j (global index i = chunk.frame_indices[j] into the request), all stamped with
+the pose time stamps_ns[i]: an rgb8 Image and a CameraInfo in ``frame_id`` (the imagined optical
+frame), and a TFMessage world_frame -> frame_id holding camera_to_world[i], so viewers (RViz,
+Foxglove) place the imagined image in 3D. ``ImaginedChunk`` carries the frame indices, poses,
+intrinsics, visibility and timings, not the images (those are on imagined/image), except where
+``images`` are passed (the action's feedback).
 """
 from __future__ import annotations
 
@@ -10,8 +18,8 @@ import numpy as np
 
 from . import convert as cv
 
-__all__ = ["frame_images", "chunk_msg", "stats_msg", "frustum_lines", "frustum_markers", "imagined_path_msg",
-           "cloud_msg"]
+__all__ = ["frame_images", "frame_camera_infos", "frame_transforms", "transform_stamped_msg", "tf_msg", "chunk_msg",
+           "stats_msg", "frustum_lines", "frustum_markers", "imagined_path_msg", "cloud_msg"]
 
 
 def frame_images(types, chunk, stamps_ns: Sequence[int], frame_id: str) -> List[object]:
@@ -20,10 +28,48 @@ def frame_images(types, chunk, stamps_ns: Sequence[int], frame_id: str) -> List[
             for j, i in enumerate(chunk.frame_indices)]
 
 
+def frame_camera_infos(types, chunk, stamps_ns: Sequence[int], K: np.ndarray, height: int, width: int,
+                       frame_id: str) -> List[object]:
+    """One CameraInfo per imagined frame, with the same header as its Image."""
+    return [cv.camera_info_msg(types, K, height, width, int(stamps_ns[i]), frame_id) for i in chunk.frame_indices]
+
+
+def transform_stamped_msg(types, T: np.ndarray, stamp_ns: int, parent: str, child: str, q: Optional[np.ndarray] = None):
+    """geometry_msgs/TransformStamped: ``child`` expressed in ``parent`` (T = parent_from_child)."""
+    T = np.asarray(T, dtype=np.float64)
+    if q is None:
+        q = cv.matrices_to_quaternions(T[None, :3, :3])[0]
+    return types.TransformStamped(
+        header=cv.header_msg(types, stamp_ns, parent), child_frame_id=str(child),
+        transform=types.Transform(
+            translation=types.Vector3(x=float(T[0, 3]), y=float(T[1, 3]), z=float(T[2, 3])),
+            rotation=types.Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3]))))
+
+
+def tf_msg(types, transforms: Sequence[object]):
+    """tf2_msgs/TFMessage of TransformStamped messages (for /tf or /tf_static)."""
+    return types.TFMessage(transforms=list(transforms))
+
+
+def frame_transforms(types, chunk, camera_to_world: np.ndarray, stamps_ns: Sequence[int], world_frame: str,
+                     frame_id: str) -> List[object]:
+    """One TFMessage per imagined frame: world_frame -> frame_id at the frame's stamp, the
+    requested camera pose (camera_to_world of the optical frame)."""
+    idx = list(chunk.frame_indices)
+    if not idx:
+        return []
+    T = np.asarray(camera_to_world, dtype=np.float64)[idx]
+    Q = cv.matrices_to_quaternions(T[:, :3, :3])
+    return [tf_msg(types, [transform_stamped_msg(types, T[j], int(stamps_ns[i]), world_frame, frame_id, Q[j])])
+            for j, i in enumerate(idx)]
+
+
 def chunk_msg(types, chunk, camera_to_world: np.ndarray, stamps_ns: Sequence[int], K: np.ndarray, height: int,
               width: int, world_frame: str, frame_id: str, goal_frames: int, backend: str, generative: bool,
-              images: Optional[List[object]] = None, with_frames: bool = True):
-    """``mirage_ros/ImaginedChunk`` for one backend chunk. ``images`` reuses already built frames."""
+              images: Optional[List[object]] = None):
+    """``mirage_ros/ImaginedChunk`` for one backend chunk: frame indices, poses, intrinsics,
+    visibility masks, coverage and timings. ``frames`` stays empty (the images are published on
+    imagined/image) unless ``images`` are given (the action's feedback)."""
     idx = list(chunk.frame_indices)
     st = [int(stamps_ns[i]) for i in idx]
     T = np.asarray(camera_to_world)[idx]
@@ -31,11 +77,8 @@ def chunk_msg(types, chunk, camera_to_world: np.ndarray, stamps_ns: Sequence[int
     poses = [cv.pose_stamped_msg(types, T[j], st[j], world_frame, Q[j]) for j in range(len(idx))]
     masks = np.asarray(chunk.masks, dtype=bool)
     coverage = masks.reshape(masks.shape[0], -1).mean(axis=1) if masks.size else np.zeros(len(idx))
-    frames, mask_imgs = [], []
-    if with_frames:
-        frames = images if images is not None else frame_images(types, chunk, stamps_ns, frame_id)
-        mask_imgs = [cv.image_msg(types, (masks[j].astype(np.uint8) * 255), st[j], frame_id, "mono8")
-                     for j in range(len(idx))]
+    mask_imgs = [cv.image_msg(types, (masks[j].astype(np.uint8) * 255), st[j], frame_id, "mono8")
+                 for j in range(len(idx))]
     names = list(chunk.timings.keys())
     return types.ImaginedChunk(
         header=cv.header_msg(types, st[0] if st else 0, world_frame),
@@ -43,7 +86,7 @@ def chunk_msg(types, chunk, camera_to_world: np.ndarray, stamps_ns: Sequence[int
         frame_indices=types.seq(np.asarray(idx, dtype=np.uint32)),
         poses=poses,
         camera_info=cv.camera_info_msg(types, K, height, width, st[0] if st else 0, frame_id),
-        frames=frames, masks=mask_imgs,
+        frames=list(images) if images is not None else [], masks=mask_imgs,
         coverage=types.seq(np.asarray(coverage, dtype=np.float32)),
         timing_names=names,
         timing_seconds=types.seq(np.asarray([float(chunk.timings[k]) for k in names], dtype=np.float64)),
@@ -77,14 +120,12 @@ def frustum_lines(camera_to_world: Sequence[np.ndarray], K: np.ndarray, height: 
                   scale: float) -> np.ndarray:
     """Line-list vertices (M*16, 3) of camera frustums of depth ``scale``: apex to the four image
     corners and the far rectangle, in the world frame."""
+    from ..geometry import frustum_corners
+
     T = np.asarray(camera_to_world, dtype=np.float64).reshape(-1, 4, 4)
     if T.shape[0] == 0:
         return np.zeros((0, 3))
-    K = np.asarray(K, dtype=np.float64)
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    us = np.array([0, width, width, 0], dtype=np.float64)
-    vs = np.array([0, 0, height, height], dtype=np.float64)
-    corners = np.stack([(us - cx) / fx * scale, (vs - cy) / fy * scale, np.full(4, scale)], axis=1)  # (4, 3)
+    corners = frustum_corners(np.asarray(K, dtype=np.float64), height, width, scale)  # (4, 3) camera frame
     apex = np.zeros((1, 3))
     seg = []
     for i in range(4):

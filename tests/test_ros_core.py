@@ -454,10 +454,11 @@ def test_replay_writes_an_mcap_bag(tmp_path, scene, storage):
         if topic == "/imagined/image":
             imgs.append(cv.stamp_to_ns(msg.header.stamp))
         if topic == "/imagined/chunk":
-            assert msg.backend == "readout" and not msg.generative and len(msg.frames) == len(msg.poses) == len(msg.masks)
+            assert msg.backend == "readout" and not msg.generative and len(msg.frames) == 0 and len(msg.poses) == len(msg.masks) > 0
         if topic == "/memory/points":
             cloud = cv.pointcloud_to_structured(msg)
     assert seen == {"/imagined/image": "sensor_msgs/msg/Image", "/imagined/chunk": "mirage_ros/msg/ImaginedChunk",
+                    "/imagined/camera_info": "sensor_msgs/msg/CameraInfo", "/tf": "tf2_msgs/msg/TFMessage",
                     "/imagined/path": "nav_msgs/msg/Path", "/memory/points": "sensor_msgs/msg/PointCloud2",
                     "/memory/stats": "mirage_ros/msg/MemoryStats", "/memory/frustums": "visualization_msgs/msg/MarkerArray"}
     assert imgs == [2 * 10**9 + i * 10**8 for i in range(6)]  # stamped with the plan's pose times

@@ -11,7 +11,8 @@ and ``mirage demo`` use it; no rclpy is needed.
         bag.add_camera_info("/camera_info", K, H, W, stamp_ns, "camera_optical_frame")
         bag.add_pose("/pose", camera_to_world, stamp_ns)
         bag.add_depth("/depth", depth_m, stamp_ns, "camera_optical_frame")
-        bag.add_imagined_chunk(chunk, camera_to_world_all, stamps_all, K, H, W)   # imagined/image + imagined/chunk
+        bag.add_imagined_chunk(chunk, camera_to_world_all, stamps_all, K, H, W)   # /tf, imagined/camera_info,
+                                                                                  # imagined/image, imagined/chunk
         bag.add_path(camera_to_world_all, stamps_all)                             # imagined/path
         bag.add_chunk(chunk, stamp_s=1.0)     # or: a chunk alone (poses from chunk.cameras), + its path
         bag.add_memory(backend.memory.points, backend.point_colors(), stamp_ns)    # memory/points
@@ -42,7 +43,8 @@ __all__ = ["BagWriter", "RosbagsTypes", "typestore", "interface_dir", "read_mess
 DEFAULT_TOPICS = {
     "image": "image", "camera_info": "camera_info", "pose": "pose", "depth": "depth", "labels": "labels",
     "plan": "plan", "odom": "odom",
-    "imagined_image": "imagined/image", "imagined_chunk": "imagined/chunk", "imagined_path": "imagined/path",
+    "imagined_image": "imagined/image", "imagined_camera_info": "imagined/camera_info",
+    "imagined_chunk": "imagined/chunk", "imagined_path": "imagined/path",
     "memory_points": "memory/points", "memory_stats": "memory/stats", "memory_frustums": "memory/frustums",
 }
 _CUSTOM = ("ImaginedChunk", "MemoryStats")
@@ -383,17 +385,38 @@ class BagWriter:
     def add_imagined_chunk(self, chunk, camera_to_world: np.ndarray, stamps_ns: Sequence[int], K: np.ndarray,
                            height: int, width: int, world_frame: str = "map",
                            frame_id: str = "mirage_imagined_optical_frame", goal_frames: Optional[int] = None,
-                           backend: str = "readout", generative: bool = False, log_ns: Optional[int] = None) -> None:
-        """One backend ``ImaginedChunk``: an ``imagined/image`` per frame (stamped with its pose
-        time) and the ``imagined/chunk`` message. ``camera_to_world`` / ``stamps_ns`` cover the
-        whole request; ``chunk.frame_indices`` index into them."""
+                           backend: str = "readout", generative: bool = False, log_ns: Optional[int] = None,
+                           extra_transforms: Optional[Dict[str, np.ndarray]] = None) -> None:
+        """One backend ``ImaginedChunk``, as the node publishes it: per frame a /tf transform
+        world_frame -> frame_id (the requested pose), ``imagined/camera_info`` and
+        ``imagined/image``, all stamped with the frame's pose time; then the ``imagined/chunk``
+        message (indices, poses, visibility; no images: each frame is stored once).
+        ``camera_to_world`` / ``stamps_ns`` cover the whole request; ``chunk.frame_indices``
+        (global within the request) index into them. Log times are the stamps unless ``log_ns``.
+        ``extra_transforms`` {child frame: (N, 4, 4) world_from_child, indexed like
+        ``camera_to_world``} go into each frame's /tf message too (e.g. the observed camera)."""
         images = out.frame_images(self.types, chunk, stamps_ns, frame_id)
+        infos = out.frame_camera_infos(self.types, chunk, stamps_ns, K, height, width, frame_id)
+        tfs = out.frame_transforms(self.types, chunk, camera_to_world, stamps_ns, world_frame, frame_id)
+        for child, Ts in (extra_transforms or {}).items():
+            for j, i in enumerate(chunk.frame_indices):
+                tfs[j].transforms.append(out.transform_stamped_msg(self.types, Ts[i], int(stamps_ns[i]), world_frame,
+                                                                   child))
         for j, i in enumerate(chunk.frame_indices):
-            self.write("imagined_image", images[j], int(stamps_ns[i]) if log_ns is None else log_ns)
+            t = int(stamps_ns[i]) if log_ns is None else log_ns
+            self.write("/tf", tfs[j], t, "tf")
+            self.write("imagined_camera_info", infos[j], t)
+            self.write("imagined_image", images[j], t)
         msg = out.chunk_msg(self.types, chunk, camera_to_world, stamps_ns, K, height, width, world_frame, frame_id,
-                            len(stamps_ns) if goal_frames is None else goal_frames, backend, generative, images=images)
-        first = int(stamps_ns[chunk.frame_indices[0]]) if len(chunk.frame_indices) else 0
-        self.write("imagined_chunk", msg, first if log_ns is None else log_ns)
+                            len(stamps_ns) if goal_frames is None else goal_frames, backend, generative)
+        last = int(stamps_ns[chunk.frame_indices[-1]]) if len(chunk.frame_indices) else 0
+        self.write("imagined_chunk", msg, last if log_ns is None else log_ns)  # complete after its last frame
+
+    def add_transform(self, camera_to_world: np.ndarray, stamp_ns: int, parent: str, child: str,
+                      static: bool = False) -> None:
+        """``/tf`` (or ``/tf_static``): ``child`` in ``parent`` (T = parent_from_child) at ``stamp_ns``."""
+        msg = out.tf_msg(self.types, [out.transform_stamped_msg(self.types, camera_to_world, stamp_ns, parent, child)])
+        self.write("/tf_static" if static else "/tf", msg, stamp_ns, "tf_static" if static else "tf")
 
     def add_path(self, camera_to_world: np.ndarray, stamps_ns: Sequence[int], world_frame: str = "map",
                  log_ns: Optional[int] = None) -> None:

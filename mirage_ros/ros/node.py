@@ -11,7 +11,9 @@ Interfaces (relative names)
               pose.source=odometry), or tf (pose.source=tf, where tf2_ros is installed),
               depth (32FC1 metres / 16UC1 millimetres; depth.provider=topic),
               labels (mono8; masks.provider=labels), plan (nav_msgs/Path: streaming mode)
-  publishes   imagined/image, imagined/chunk (mirage_ros/ImaginedChunk), imagined/path,
+  publishes   imagined/image and imagined/camera_info per frame, with /tf (world_frame ->
+              imagined.frame_id at the frame's stamp: the requested camera pose),
+              imagined/chunk (mirage_ros/ImaginedChunk, without the images), imagined/path,
               memory/points (PointCloud2 xyz+rgb), memory/stats (mirage_ros/MemoryStats),
               memory/frustums (visualization_msgs/MarkerArray)
   action      imagine (mirage_ros/action/Imagine)
@@ -124,7 +126,7 @@ class MirageNode(LifecycleNode):
         latched = qos.profile("latched")
         from mirage_ros.msg import ImaginedChunk, MemoryStats
         from nav_msgs.msg import Path
-        from sensor_msgs.msg import Image, PointCloud2
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
         from visualization_msgs.msg import MarkerArray
 
         self._pubs = {
@@ -134,7 +136,14 @@ class MirageNode(LifecycleNode):
             "points": self.create_lifecycle_publisher(PointCloud2, "memory/points", latched),
             "stats": self.create_lifecycle_publisher(MemoryStats, "memory/stats", res),
             "frustums": self.create_lifecycle_publisher(MarkerArray, "memory/frustums", latched),
+            "camera_info": self.create_lifecycle_publisher(CameraInfo, "imagined/camera_info", res),
         }
+        try:  # /tf: where the imagined camera is, per frame (tf2_msgs: ROS, or scripts/build_interfaces.sh)
+            from tf2_msgs.msg import TFMessage
+
+            self._pubs["tf"] = self.create_lifecycle_publisher(TFMessage, "/tf", qos.profile("tf"))
+        except ImportError as exc:
+            self.get_logger().warning(f"tf2_msgs is not importable ({exc}): the imagined camera is not published on /tf")
         try:
             self._create_inputs(p)
         except Exception as exc:  # noqa: BLE001
@@ -323,21 +332,28 @@ class MirageNode(LifecycleNode):
         core, p, T = self.core, self.core.p, self._types
         summary = {"frames": 0, "chunks": 0, "coverage": [], "first": None}
         self._pubs["path"].publish(out.imagined_path_msg(T, req.camera_to_world, req.stamps_ns, p["world_frame"]))
+        fid = p["imagined.frame_id"]
         for chunk in core.imagine(req, cancel=cancel):
-            images = out.frame_images(T, chunk, req.stamps_ns, p["imagined.frame_id"])
-            for img in images:
+            images = out.frame_images(T, chunk, req.stamps_ns, fid)
+            infos = out.frame_camera_infos(T, chunk, req.stamps_ns, req.K, req.height, req.width, fid)
+            tfs = (out.frame_transforms(T, chunk, req.camera_to_world, req.stamps_ns, p["world_frame"], fid)
+                   if "tf" in self._pubs else [None] * len(images))
+            for img, info, tf in zip(images, infos, tfs):  # the transform first, so viewers can place the image
+                if tf is not None:
+                    self._pubs["tf"].publish(tf)
+                self._pubs["camera_info"].publish(info)
                 self._pubs["image"].publish(img)
                 if summary["first"] is None:
                     summary["first"] = time.perf_counter() - (t_accept or time.perf_counter())
+            # imagined/chunk: indices, poses, visibility; the images are on imagined/image only
             msg = out.chunk_msg(T, chunk, req.camera_to_world, req.stamps_ns, req.K, req.height, req.width,
-                                p["world_frame"], p["imagined.frame_id"], goal_frames, core.backend.name,
-                                core.backend.generative, images=images)
+                                p["world_frame"], fid, goal_frames, core.backend.name, core.backend.generative)
             self._pubs["chunk"].publish(msg)
             summary["frames"] += len(images)
             summary["chunks"] += 1
             summary["coverage"].extend(list(msg.coverage))
             if on_chunk is not None:
-                on_chunk(chunk, msg, summary)
+                on_chunk(chunk, msg, summary, images)
         return summary
 
     async def _execute(self, goal_handle):
@@ -394,10 +410,12 @@ class MirageNode(LifecycleNode):
         n = len(req.cameras)
         cancel = lambda: goal_handle.is_cancel_requested or not self.active or not goal_handle.is_active  # noqa: E731
 
-        def feedback(chunk, msg, summary):
+        def feedback(chunk, msg, summary, images):
             fb = Imagine.Feedback()
-            if not core.p["imagined.feedback_frames"]:
-                msg.frames, msg.masks = [], []
+            if core.p["imagined.feedback_frames"]:
+                msg.frames = images  # the feedback alone carries the images with the chunk
+            else:
+                msg.masks = []
             fb.chunk, fb.frames_done, fb.frames_total = msg, summary["frames"], n
             goal_handle.publish_feedback(fb)
 

@@ -10,6 +10,8 @@
 - Memory visualisation (memory/points, memory/frustums): RELIABLE + TRANSIENT_LOCAL depth 1,
   so RViz or Foxglove started later still get the current cloud; a TRANSIENT_LOCAL publisher
   also serves VOLATILE and BEST_EFFORT subscribers (RViz defaults PointCloud2 to Best Effort).
+- Transforms (/tf: the imagined camera per frame): tf2's own QoS, RELIABLE depth 100 VOLATILE
+  (/tf_static: RELIABLE + TRANSIENT_LOCAL depth 1).
 """
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ SPECS: Dict[str, Dict[str, object]] = {
     "plan": {"reliability": "reliable", "durability": "volatile", "history": "keep_last", "depth": 1},
     "results": {"reliability": "reliable", "durability": "volatile", "history": "keep_last", "depth": 10},
     "latched": {"reliability": "reliable", "durability": "transient_local", "history": "keep_last", "depth": 1},
+    # what tf2's TransformBroadcaster / StaticTransformBroadcaster use for /tf and /tf_static
+    "tf": {"reliability": "reliable", "durability": "volatile", "history": "keep_last", "depth": 100},
+    "tf_static": {"reliability": "reliable", "durability": "transient_local", "history": "keep_last", "depth": 1},
 }
 
 

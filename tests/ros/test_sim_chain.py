@@ -30,7 +30,7 @@ def test_sim_node_feeds_the_node_bgr8_16uc1_and_labels(tmp_path, probe):
         # plans from the simulator are imagined in streaming mode
         wait_for(lambda: len(probe.msgs(f"{ns}/imagined/image")) >= 4, 30, what="frames imagined from the sim's plans")
         chunk = wait_for(lambda: probe.msgs(f"{ns}/imagined/chunk"), 10, what="an imagined chunk")[-1]
-        assert chunk.backend == "readout" and len(chunk.frames) >= 1
+        assert chunk.backend == "readout" and len(chunk.poses) >= 1 and len(chunk.frames) == 0  # images: imagined/image
     finally:
         rc_node, rc_sim = node.stop(), sim.stop()
     assert rc_node == 0 and rc_sim == 0, node.log()[-2000:] + sim.log()[-2000:]

@@ -541,6 +541,3 @@ class LatentSpatialMemory:
             "bounds_min": pts.min(0).values.tolist() if self._n else None,
             "bounds_max": pts.max(0).values.tolist() if self._n else None,
         }
-
-    def to_json(self) -> str:
-        return json.dumps(self.stats())

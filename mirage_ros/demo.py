@@ -3,28 +3,64 @@
 Initialise the latent memory from the first frame (Eq. 4), walk a closed-loop trajectory in
 chunks, read the memory at every pose (Eq. 5), decode the readouts with the analytic thumbnail
 codec, and update the memory from the observed frames of each chunk with dynamic and sky
-pixels excluded. Writes readout strips (PNG), a side-by-side MP4, visibility masks, the memory as
-a coloured PLY, stats JSON, a memory-growth plot and, where the bag writer is available, an MCAP
-rosbag2 of the run. NO generative model is loaded: the frames show what the memory holds.
+pixels excluded. Writes readout strips (PNG), a side-by-side H.264 MP4 (PNG frames where no
+H.264 encoder is installed), visibility masks, the memory as a coloured PLY, strict-JSON stats, a
+memory-growth plot and an MCAP rosbag2 of the run. NO generative model is loaded: the frames
+show what the memory holds.
+
+One clock, one numbering: frame i of the loop (0 = the first observation, 1..N = the imagined
+views) is stamped ``start + i / fps`` and is frame i in the MP4 labels, in stats.json and in the
+bag's ``ImaginedChunk.frame_indices``. ``--start-time`` defaults to a fixed, realistic epoch
+(2025-01-01T00:00:00Z) so that two runs write identical bags; ``--start-time now`` uses the wall
+clock. The bag has, per imagined frame, /tf (world -> imagined optical frame, and the observed
+camera), imagined/camera_info and imagined/image, one imagined/chunk per chunk, and the memory
+cloud and stats after the first observation and after every chunk. The output writing takes the
+``ImaginedChunk``s of any backend.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import copy
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
-HELP_RES = "image size HxW, both divisible by 16 (default 256x448)"
+from .util import HELP_RES, parse_resolution, psnr, write_json  # noqa: F401 - re-exported for old imports
+
+DEFAULT_START = "2025-01-01T00:00:00Z"
+WORLD_FRAME = "map"
+IMAGINED_FRAME = "mirage_imagined_optical_frame"
+OBSERVED_FRAME = "camera_optical_frame"
 
 
-def parse_resolution(text: str):
+def parse_start_time(text: str) -> int:
+    """``now``, an ISO 8601 time (UTC unless it says otherwise) or epoch seconds -> epoch ns."""
+    if text.strip().lower() == "now":
+        return time.time_ns()
     try:
-        h, w = (int(x) for x in text.lower().split("x"))
+        ns = int(round(float(text) * 1e9))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"resolution: expected HxW like 256x448, got {text!r}") from None
-    if h <= 0 or w <= 0 or h % 16 or w % 16:
-        raise argparse.ArgumentTypeError(f"resolution: {h}x{w} must be positive multiples of 16")
-    return h, w
+        try:
+            t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"start-time: expected 'now', an ISO 8601 time like {DEFAULT_START} or epoch seconds, got {text!r}") from None
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=timezone.utc)
+        ns = int(round(t.timestamp() * 1e6)) * 1000
+    if not 0 <= ns < 2**31 * 10**9:  # builtin_interfaces/Time.sec is int32
+        raise argparse.ArgumentTypeError(f"start-time: {text!r} is outside 1970-01-01 .. 2038-01-19")
+    return ns
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"fps: expected a number, got {text!r}") from None
+    if not 0 < v <= 1000:
+        raise argparse.ArgumentTypeError(f"fps: expected 0 < fps <= 1000, got {text!r}")
+    return v
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,28 +73,72 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-moving-object", action="store_true", help="leave the dynamic object out of the scene")
     p.add_argument("--no-update", action="store_true", help="keep only the first frame in memory")
     p.add_argument("--no-bag", action="store_true", help="do not write the run as an MCAP rosbag2")
+    p.add_argument("--fps", type=_positive_float, default=6.0,
+                   help="frames per second of the video and of the bag's clock (default 6)")
+    p.add_argument("--start-time", type=parse_start_time, default=DEFAULT_START, metavar="TIME",
+                   help=f"stamp of frame 0: 'now', ISO 8601 or epoch seconds (default {DEFAULT_START}, "
+                        "so runs are reproducible)")
 
 
-def psnr(a, b, mask=None) -> float:
-    import numpy as np
+class BagRecorder:
+    """Writes a demo run as an MCAP rosbag2, from the ``ImaginedChunk``s of any backend.
 
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    err = (a - b) ** 2
-    if mask is not None:
-        if not mask.any():
-            return float("nan")
-        err = err[mask]
-    mse = float(err.mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+    ``cameras`` is the whole trajectory and ``stamps_ns`` its clock; chunks are passed with their
+    frame indices already global (into ``cameras``). Fails soft: the bag is a bonus of the demo.
+    """
+
+    def __init__(self, path: Path, cameras, stamps_ns, backend):
+        import numpy as np
+
+        from .ros.bag import BagWriter  # needs rosbags only
+
+        self.writer = BagWriter(path, overwrite=True)  # replaces only a bag this tool wrote
+        self.path = self.writer.path
+        self.T = np.stack([c.camera_to_world.numpy() for c in cameras]).astype(np.float64)
+        self.stamps = [int(t) for t in stamps_ns]
+        self.K = cameras[0].K.numpy()
+        self.H, self.W = cameras[0].height, cameras[0].width
+        self.backend = backend
+        self.writer.add_path(self.T, self.stamps, WORLD_FRAME)
+
+    def observed(self, i: int) -> None:
+        """The observed camera of frame i on /tf at its stamp (frames without an imagined one)."""
+        self.writer.add_transform(self.T[i], self.stamps[i], WORLD_FRAME, OBSERVED_FRAME)
+
+    def chunk(self, chunk) -> None:
+        b = self.backend
+        self.writer.add_imagined_chunk(chunk, self.T, self.stamps, self.K, self.H, self.W, WORLD_FRAME, IMAGINED_FRAME,
+                                       len(self.stamps), b.name, bool(b.generative),
+                                       extra_transforms={OBSERVED_FRAME: self.T})
+
+    def memory(self, stamp_ns: int, frames_observed: int, frames_imagined: int) -> None:
+        b, mem = self.backend, self.backend.memory
+        self.writer.add_memory(mem.points.cpu().numpy(), b.point_colors(), stamp_ns, WORLD_FRAME)
+        self.writer.add_stats({"backend": b.name, "generative": bool(b.generative), "description": b.description,
+                               "num_points": mem.num_points, "nbytes": mem.nbytes, "channels": mem.channels,
+                               "stride": mem.stride, "frames_observed": frames_observed,
+                               "frames_imagined": frames_imagined}, stamp_ns, WORLD_FRAME)
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+
+def renumber(chunk, index: int, frame_indices):
+    """A shallow copy of a backend chunk with its chunk index and frame indices made global."""
+    g = copy.copy(chunk)
+    g.index = int(index)
+    g.frame_indices = [int(i) for i in frame_indices]
+    return g
 
 
 def run(args) -> int:
     import numpy as np
-    import torch
     from tqdm import tqdm
 
     from . import sim, viz
-    from .geometry import Camera
     from .memory import LatentSpatialMemory
     from .world_model.backend import ReadoutBackend
     from .world_model.codec import ThumbnailCodec, images_to_tensor, tensor_to_images
@@ -72,6 +152,8 @@ def run(args) -> int:
     poses = sim.scene_trajectory(scene, "loop", n_frames)
     base = sim.default_camera(H, W)
     cameras = [base.with_pose(E) for E in poses]
+    period_ns = int(round(1e9 / args.fps))
+    stamps = [args.start_time + i * period_ns for i in range(n_frames)]
     codec = ThumbnailCodec()
     backend = ReadoutBackend(LatentSpatialMemory(), codec, chunk_size=args.chunk_size)
     print(f"mirage demo: {backend.description}")
@@ -84,66 +166,91 @@ def run(args) -> int:
 
     f0, ex0 = observe(0)
     backend.observe(f0.rgb, f0.depth, cameras[0], exclude=ex0)
+    observed, imagined = 1, 0
+    start_iso = datetime.fromtimestamp(args.start_time / 1e9, timezone.utc).isoformat().replace("+00:00", "Z")
     stats = {"description": backend.description, "scene": args.scene, "seed": args.seed, "resolution": [H, W],
-             "latent_hw": list(base.latent_size(16)), "chunks": []}
+             "latent_hw": list(base.latent_size(16)),
+             "clock": {"start_ns": args.start_time, "start": start_iso, "fps": args.fps, "frame_period_ns": period_ns,
+                       "frames": "frame i is stamped start_ns + i * frame_period_ns; frame 0 is the first observation"},
+             "chunks": []}
     growth = [(0, backend.memory.num_points, backend.memory.nbytes)]
     strip_rows, video = [], []
     mask_tiles = []
-    writer = None
+    rec = None
     if not args.no_bag:
         try:
-            from .ros.bag import BagWriter  # optional: written by the ROS layer, needs rosbags only
-
-            writer = BagWriter(out / "demo_bag")
+            rec = BagRecorder(out / "demo_bag", cameras, stamps, backend)
+            rec.observed(0)
+            rec.memory(stamps[0], observed, imagined)
         except Exception as exc:  # noqa: BLE001 - the bag is a bonus, never a failure of the demo
             print(f"(no MCAP bag: {exc})")
+            if rec is not None:
+                rec.abort()
+            rec = None
     bar = tqdm(total=n_frames - 1, desc="demo", unit="view")
-    for c in range(args.chunks):
-        idx = list(range(1 + c * args.chunk_size, 1 + (c + 1) * args.chunk_size))
-        chunk = next(backend.imagine([cameras[i] for i in idx]))
-        truth = [observe(i) for i in idx]
-        rec = {"chunk": c, "frames": idx, "readout_ms_per_view": 1e3 * chunk.timings["readout"] / len(idx),
-               "decode_ms_per_view": 1e3 * chunk.timings["decode"] / len(idx), "coverage": [], "psnr_visible": [],
-               "psnr_codec_bound": []}
-        for k, i in enumerate(idx):
-            f, ex = truth[k]
-            m = chunk.masks[k]
-            pix = np.repeat(np.repeat(m, 16, 0), 16, 1)
-            best = tensor_to_images(codec.decode(codec.encode(images_to_tensor(f.rgb))))[0]
-            rec["coverage"].append(float(m.mean()))
-            rec["psnr_visible"].append(psnr(chunk.frames[k], f.rgb, pix & ~ex))
-            rec["psnr_codec_bound"].append(psnr(best, f.rgb, pix & ~ex))
-            video.append(np.concatenate([viz.label_image(f.rgb, f"observed {i}"),
-                                         viz.label_image(chunk.frames[k], "memory readout"),
-                                         viz.label_image(viz.mask_to_rgb(m, (H, W)), "mask m_t")], 1))
-            if k == 0:
-                strip_rows.append([viz.label_image(f.rgb, f"frame {i}"), viz.label_image(chunk.frames[k], f"readout {i}")])
-                mask_tiles.append(viz.mask_to_rgb(m, (H, W)))
-            bar.update(1)
-        if writer is not None:
-            writer.add_chunk(chunk, stamp_s=float(idx[0]))
-        added = 0
-        if not args.no_update:
+    n_chunks = 0
+    try:
+        for c in range(args.chunks):
+            idx = list(range(1 + c * args.chunk_size, 1 + (c + 1) * args.chunk_size))
+            frames, masks, timings = {}, {}, {}
+            for chunk in backend.imagine([cameras[i] for i in idx]):  # any backend, any chunking
+                g = renumber(chunk, n_chunks, [idx[j] for j in chunk.frame_indices])
+                n_chunks += 1
+                for j, i in enumerate(g.frame_indices):
+                    frames[i], masks[i] = g.frames[j], np.asarray(g.masks[j])
+                for k, v in g.timings.items():
+                    timings[k] = timings.get(k, 0.0) + float(v)
+                if rec is not None:
+                    rec.chunk(g)
+                imagined += len(g.frame_indices)
+            truth = {i: observe(i) for i in idx}
+            r = {"chunk": c, "frames": idx, **{f"{k}_ms_per_view": 1e3 * v / len(idx) for k, v in timings.items()},
+                 "coverage": [], "psnr_visible": [], "psnr_codec_bound": []}
             for k, i in enumerate(idx):
-                f, ex = truth[k]
-                added += backend.observe(f.rgb, f.depth, cameras[i], exclude=ex)
-        rec["points_added"] = added
-        rec["memory_points"] = backend.memory.num_points
-        rec["memory_mib"] = backend.memory.nbytes / 2**20
-        stats["chunks"].append(rec)
-        growth.append((c + 1, backend.memory.num_points, backend.memory.nbytes))
-        bar.set_postfix(points=backend.memory.num_points, cov=f"{np.mean(rec['coverage']):.2f}")
+                f, ex = truth[i]
+                m = masks[i]
+                pix = np.repeat(np.repeat(m, 16, 0), 16, 1)
+                best = tensor_to_images(codec.decode(codec.encode(images_to_tensor(f.rgb))))[0]
+                r["coverage"].append(float(m.mean()))
+                r["psnr_visible"].append(psnr(frames[i], f.rgb, pix & ~ex))  # NaN -> null in stats.json
+                r["psnr_codec_bound"].append(psnr(best, f.rgb, pix & ~ex))
+                video.append(np.concatenate([viz.label_image(f.rgb, f"observed {i}"),
+                                             viz.label_image(frames[i], f"memory readout {i}"),
+                                             viz.label_image(viz.mask_to_rgb(m, (H, W)), f"mask m_t {i}")], 1))
+                if k == 0:
+                    strip_rows.append([viz.label_image(f.rgb, f"frame {i}"), viz.label_image(frames[i], f"readout {i}")])
+                    mask_tiles.append(viz.mask_to_rgb(m, (H, W)))
+                bar.update(1)
+            added = 0
+            if not args.no_update:
+                for i in idx:
+                    f, ex = truth[i]
+                    added += backend.observe(f.rgb, f.depth, cameras[i], exclude=ex)
+                    observed += 1
+            if rec is not None:  # the memory after this chunk, at its last frame's stamp
+                rec.memory(stamps[idx[-1]], observed, imagined)
+            r["points_added"] = added
+            r["memory_points"] = backend.memory.num_points
+            r["memory_mib"] = backend.memory.nbytes / 2**20
+            stats["chunks"].append(r)
+            growth.append((c + 1, backend.memory.num_points, backend.memory.nbytes))
+            bar.set_postfix(points=backend.memory.num_points, cov=f"{np.mean(r['coverage']):.2f}")
+    except BaseException:
+        if rec is not None:
+            rec.abort()  # no partial bag
+        raise
     bar.close()
+    if rec is not None:
+        rec.close()
 
     mem = backend.memory
     colors = backend.point_colors()
     viz.write_ply(out / "memory.ply", mem.points.cpu().numpy(), colors)
     viz.write_png(out / "readouts.png", viz.image_grid([list(x) for x in zip(*strip_rows)]))
     viz.write_png(out / "masks.png", viz.image_grid([mask_tiles]))
-    n_video = viz.write_mp4(out / "readouts.mp4", video, fps=6)
-    if writer is not None:
-        writer.add_memory(mem.points.cpu().numpy(), colors, stamp_s=float(n_frames))
-        writer.close()
+    video_path, n_video, note = viz.write_video(out / "readouts.mp4", video, fps=args.fps)
+    if note:
+        print(f"(no H.264 video: {note})")
     pyplot = viz.plt()
     fig, ax = pyplot.subplots(1, 2, figsize=(10, 3.6))
     ax[0].plot([g[0] for g in growth], [g[1] for g in growth], "o-")
@@ -156,10 +263,16 @@ def run(args) -> int:
     stats.update({
         "memory_points": mem.num_points, "memory_mib": mem.nbytes / 2**20,
         "mean_coverage": float(np.mean([c for r in stats["chunks"] for c in r["coverage"]])),
-        "video_frames": n_video, "seconds": time.perf_counter() - t_start,
-        "files": sorted(p.name for p in out.iterdir()),
+        "video": {"path": video_path.name, "frames": n_video, "fps": args.fps,
+                  "format": "H.264 yuv420p MP4 (faststart)" if not note else "PNG frames", "note": note},
+        "video_frames": n_video,
+        "bag": ({"path": rec.path.name, "mib": sum(f.stat().st_size for f in rec.path.iterdir()) / 2**20}
+                if rec is not None else None),
+        "seconds": time.perf_counter() - t_start,
+        "files": sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) + ["stats.json"],
     })
-    (out / "stats.json").write_text(json.dumps(stats, indent=1))
+    stats["files"] = sorted(set(stats["files"]))
+    write_json(out / "stats.json", stats)  # strict JSON: undefined PSNR (no visible pixel) is null
     print(f"memory: {mem.num_points} points, {mem.nbytes / 2**20:.2f} MiB; mean coverage {stats['mean_coverage']:.2f}; "
           f"{stats['seconds']:.1f} s. NO generative model was loaded: frames are memory readouts.")
     print(f"wrote {', '.join(stats['files'])} to {out}")

@@ -1,6 +1,6 @@
 """Files people look at: PNG strips, MP4 videos, coloured PLY clouds, benchmark plots.
 
-Only numpy / OpenCV / matplotlib (Agg); nothing here imports torch models or rclpy.
+Only numpy / OpenCV / matplotlib (Agg) / PyAV (H.264 video); nothing here imports torch models or rclpy.
 """
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["write_ply", "read_ply", "write_png", "write_mp4", "image_grid", "mask_to_rgb", "label_image", "plt"]
+__all__ = ["write_ply", "read_ply", "write_png", "write_mp4", "write_video", "h264_encoder", "VideoUnavailable",
+           "image_grid", "mask_to_rgb", "label_image", "plt"]
 
 
 def plt():
@@ -70,24 +71,82 @@ def write_png(path, image: np.ndarray) -> None:
         raise OSError(f"path: could not write PNG {path}")
 
 
-def write_mp4(path, frames: Iterable[np.ndarray], fps: float = 8.0) -> int:
-    """(H, W, 3) RGB uint8 frames -> MP4 (mp4v, no ffmpeg needed). Returns frames written."""
-    import cv2
+class VideoUnavailable(RuntimeError):
+    """No H.264 encoder here (PyAV with libx264 is not installed)."""
 
-    writer = None
+
+def h264_encoder() -> Optional[str]:
+    """None if PyAV's libx264 encoder is usable, else why not (in plain words)."""
+    try:
+        import av
+    except ImportError as exc:
+        return f"PyAV is not installed ({exc}); pip install av (pinned in requirements.txt)"
+    try:
+        av.codec.Codec("libx264", "w")
+    except Exception as exc:  # noqa: BLE001 - PyAV raises UnknownCodecError and others
+        return f"this PyAV build has no libx264 H.264 encoder ({type(exc).__name__}: {exc})"
+    return None
+
+
+def write_mp4(path, frames: Iterable[np.ndarray], fps: float = 8.0, crf: int = 18) -> int:
+    """(H, W, 3) RGB uint8 frames -> MP4 that browsers play: H.264 (libx264 through PyAV's
+    wheel) in yuv420p, odd sizes padded to even, ``moov`` before ``mdat`` (faststart). Returns
+    frames written; raises ``VideoUnavailable`` when there is no H.264 encoder."""
+    from fractions import Fraction
+
+    why = h264_encoder()
+    if why is not None:
+        raise VideoUnavailable(why)
+    import av
+
+    path = Path(path)
+    container = None
     count = 0
-    for frame in frames:
-        frame = np.asarray(frame)
-        if writer is None:
-            h, w = frame.shape[:2]
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-            if not writer.isOpened():
-                raise OSError(f"path: could not open MP4 writer for {path}")
-        writer.write(np.ascontiguousarray(frame[..., ::-1]))
-        count += 1
-    if writer is not None:
-        writer.release()
+    try:
+        for frame in frames:
+            frame = np.ascontiguousarray(np.asarray(frame, dtype=np.uint8))
+            if frame.ndim != 3 or frame.shape[2] != 3:
+                raise ValueError(f"frames: expected (H, W, 3) uint8 RGB, got shape {frame.shape}")
+            if container is None:
+                h, w = frame.shape[:2]
+                H2, W2 = h + h % 2, w + w % 2
+                container = av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"})
+                stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+                stream.width, stream.height, stream.pix_fmt = W2, H2, "yuv420p"
+                stream.options = {"crf": str(int(crf)), "preset": "medium"}
+            if frame.shape[:2] != (h, w):
+                raise ValueError(f"frames: frame {count} is {frame.shape[1]}x{frame.shape[0]}, the first was {w}x{h}")
+            if (H2, W2) != (h, w):
+                frame = np.pad(frame, ((0, H2 - h), (0, W2 - w), (0, 0)), mode="edge")
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+            count += 1
+        if container is not None:
+            for packet in stream.encode():
+                container.mux(packet)
+    except BaseException:
+        if container is not None:
+            container.close()
+            path.unlink(missing_ok=True)
+        raise
+    if container is not None:
+        container.close()
     return count
+
+
+def write_video(path, frames: Sequence[np.ndarray], fps: float = 8.0):
+    """An MP4 as ``write_mp4`` where H.264 is available; otherwise PNG frames in ``<stem>_frames/``
+    beside it. Returns (what was written, frames, a note: "" or why there is no MP4)."""
+    path = Path(path)
+    why = h264_encoder()
+    if why is None:
+        return path, write_mp4(path, frames, fps), ""
+    folder = path.with_name(path.stem + "_frames")
+    folder.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for n, frame in enumerate(frames, start=1):
+        write_png(folder / f"{n:05d}.png", frame)
+    return folder, n, f"no MP4: {why}; wrote {n} PNG frames to {folder}"
 
 
 def mask_to_rgb(mask: np.ndarray, size: Optional[Sequence[int]] = None) -> np.ndarray:

@@ -53,6 +53,16 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--memory", choices=["latent", "rgb"], default="latent")
     b.add_argument("--overwrite", action="store_true")
 
+    r = sub.add_parser("rebuild", help="the same clips through another memory (e.g. the RGB cache) or codec",
+                       description="Re-read a dataset's clips (frames, depth, masks, cameras) through another memory "
+                                   "kind or codec without re-rendering: the RGB point-cloud cache arm of the ablation.")
+    r.add_argument("src", help="source dataset folder")
+    r.add_argument("--out", required=True)
+    r.add_argument("--memory", choices=["latent", "rgb"], default="rgb")
+    r.add_argument("--codec-weights", default=None, help="codec folder (default: the source dataset's)")
+    r.add_argument("--workers", type=int, default=1)
+    r.add_argument("--overwrite", action="store_true")
+
     f = sub.add_parser("fit-codec", help="fit the 48-channel block-PCA codec on simulator frames",
                        description="Fit LinearBlockCodec on rendered training frames and compare it with the thumbnail "
                                    "codec on held-out frames (PSNR), JSON + PNG.")
@@ -84,6 +94,11 @@ def run_data(args) -> int:
                               codec_name=args.codec, codec_folder=args.codec_weights,
                               spec=ClipSpec(memory=args.memory, window_stride=args.window_stride),
                               workers=args.workers, overwrite=args.overwrite, command=" ".join(sys.argv))
+        elif args.data_command == "rebuild":
+            from .sim_data import rebuild
+
+            header = rebuild(args.src, args.out, memory=args.memory, codec_folder=args.codec_weights,
+                             workers=args.workers, overwrite=args.overwrite, command=" ".join(sys.argv))
         elif args.data_command == "bag":
             from .bag_data import generate_from_bag
 

@@ -49,7 +49,7 @@ def _make_memory(spec: ClipSpec, codec: Codec):
         return LatentSpatialMemory(channels=codec.channels, stride=codec.stride)
     from ..baselines.rgb_memory import RGBPointCloudMemory
 
-    return RGBPointCloudMemory(codec)
+    return RGBPointCloudMemory(codec, splat="footprint")  # hole-aware: the baseline at its best
 
 
 def build_clip(
@@ -95,13 +95,8 @@ def build_clip(
     for j, f in enumerate(key_frames):
         ex = None if exclude is None else torch.from_numpy(np.ascontiguousarray(exclude[f]))
         d = torch.from_numpy(np.ascontiguousarray(depth[f], dtype=np.float32))
-        if spec.memory == "latent":
-            memory.insert(feats[j], d, cams[j], exclude=ex)
-            r = memory.read(cams[j])
-            selector.remember(j, visible_points(memory, [r]))
-        else:
-            memory.insert(rgb[f], d, cams[j], exclude=ex)
-            selector.remember(j, _rgb_visible(memory, cams[j]))
+        memory.insert(feats[j] if spec.memory == "latent" else rgb[f], d, cams[j], exclude=ex)
+        selector.remember(j, visible_points(memory, [memory.read(cams[j])]))
         frames.append({
             "latent": latents[j].half(),
             "depth": d.half(),
@@ -113,17 +108,10 @@ def build_clip(
             continue
         prec = list(range(max(0, a - P_max), a))
         cond = list(range(a, a + T)) + prec
-        if spec.memory == "latent":
-            reads = [memory.read(cams[i]) for i in cond]
-            lat = torch.stack([r.latent for r in reads])
-            msk = torch.stack([r.mask for r in reads])
-            target_pts = visible_points(memory, reads[:T])
-        else:
-            pairs = [memory.read(cams[i]) for i in cond]
-            lat = torch.stack([p[0] for p in pairs]).float()
-            msk = torch.stack([p[1] for p in pairs])
-            target_pts = torch.cat([_rgb_visible(memory, cams[i]) for i in cond[:T]])
-        refs = [i for i, _ in selector.select(target_pts, exclude=prec + [a])]
+        reads = [memory.read(cams[i]) for i in cond]
+        lat = torch.stack([r.latent for r in reads]).float()
+        msk = torch.stack([r.mask for r in reads])
+        refs = [i for i, _ in selector.select(visible_points(memory, reads[:T]), exclude=prec + [a])]
         windows.append({
             "a": a,
             "frames": torch.tensor(cond, dtype=torch.int32),
@@ -141,9 +129,3 @@ def build_clip(
     }
     return frames, windows, meta
 
-
-def _rgb_visible(memory, camera: Camera) -> torch.Tensor:
-    """World points of an RGB point cache that win a pixel of ``camera`` (for reference selection)."""
-    r = memory.cloud.read(camera, dtype=None)
-    idx = r.index[r.index >= 0].reshape(-1)
-    return memory.cloud.points[idx]

@@ -127,3 +127,75 @@ def generate(out, scenes: int, frames: int, resolution: Tuple[int, int], seed: i
     finally:
         bar.close()
     return writer.close(clip_kinds=kinds)
+
+
+def rebuild(src_path, out, memory: str = "rgb", codec_folder: Optional[str] = None, workers: int = 1,
+            overwrite: bool = False, progress: bool = True, command: str = "") -> Dict:
+    """A dataset with the same clips (frames, depth, masks, cameras) read through another memory kind
+    or codec, without re-rendering: e.g. the RGB point-cloud cache arm of the ablation."""
+    import multiprocessing as mp
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from ..world_model.codec import load_codec
+    from .dataset import DatasetWriter, MirageDataset
+
+    src = MirageDataset(src_path)
+    if int(src.header.get("temporal_stride", 1)) != 1:
+        raise ValueError("rebuild: the source dataset must use an image codec (temporal stride 1)")
+    codec_dir = codec_folder or str(Path(src_path) / "codec")
+    codec = load_codec(codec_dir)
+    header = {k: v for k, v in src.header.items() if k not in ("complete", "counts", "format", "version", "clip_kinds")}
+    header.update(memory=memory, codec=codec.config(), channels=codec.channels, command=command,
+                  rebuilt_from={"path": str(Path(src_path).resolve()), "memory": src.header.get("memory")})
+    spec_kw = {"chunk_latents": src.chunk_latents, "preceding_latents": int(src.header.get("preceding_latents", 2)),
+               "max_references": int(src.header.get("max_references", 4)),
+               "window_stride": int(src.header.get("window_stride", 1)), "memory": memory}
+    writer = DatasetWriter(out, header, overwrite=overwrite)
+    codec.save_pretrained(Path(out) / "codec")
+    jobs = [(str(src_path), c, codec_dir, spec_kw) for c in range(src.num_clips)]
+    src.close()
+    bar = tqdm(total=len(jobs), desc=f"mirage data rebuild ({memory})", unit="clip", disable=not progress)
+    try:
+        if workers > 1:
+            with mp.get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
+                for meta, fr, win in pool.imap(_rebuild_one, jobs, chunksize=1):
+                    writer.add_clip(meta, fr, win)
+                    bar.update(1)
+        else:
+            for job in jobs:
+                writer.add_clip(*_rebuild_one(job))
+                bar.update(1)
+    finally:
+        bar.close()
+    return writer.close()
+
+
+_SRC_CACHE: Dict = {}
+
+
+def _rebuild_one(job):
+    import torch
+
+    from ..geometry import Camera
+    from ..world_model.codec import load_codec
+    from .dataset import MirageDataset
+
+    path, c, codec_dir, spec_kw = job
+    if path not in _SRC_CACHE:
+        _SRC_CACHE.clear()
+        _SRC_CACHE[path] = (MirageDataset(path), load_codec(codec_dir))
+    ds, codec = _SRC_CACHE[path]
+    meta = ds.meta(c)
+    recs = [ds.frame(c, j) for j in range(meta["num_latents"])]
+    H, W = meta["image_size"]
+    rgb = np.stack([r["rgb"].numpy() for r in recs])
+    depth = np.stack([r["depth"].float().numpy() for r in recs])
+    exclude = np.stack([r["exclude"].bool().numpy() for r in recs])
+    cams = [Camera(torch.tensor(K, dtype=torch.float64), torch.tensor(E, dtype=torch.float64), H, W)
+            for K, E in zip(meta["K"], meta["world_to_camera"])]
+    frames, windows, new_meta = build_clip(rgb, depth, cams, codec, exclude=exclude, spec=ClipSpec(**spec_kw))
+    keep = {k: v for k, v in meta.items() if k not in new_meta and k != "num_latents"}
+    new_meta.update(keep)
+    return new_meta, frames, windows

@@ -4,7 +4,6 @@ Messages are built as rosbags dataclasses (the ROS 2 Jazzy typestore) and pushed
 CDR bytes, so the layouts are the ones ROS 2 puts on the wire. Where rclpy is installed, its
 serialisation is cross-checked against rosbags' too.
 """
-import time
 
 import numpy as np
 import pytest
@@ -250,13 +249,24 @@ def test_path_round_trip_and_frame_checks():
         cv.path_to_matrices(msg)
 
 
-def test_long_path_converts_fast():
+def test_long_path_converts_in_one_vectorised_call(monkeypatch):
+    """10,000 poses: values against kornia, and one batched rotation conversion for the whole path
+    (what used to be a < 1 s wall-clock assert; speed itself is measured by `mirage bench`)."""
+    kornia = pytest.importorskip("kornia")
+    rng = np.random.default_rng(8)
+    q = rng.normal(size=(10000, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
     T = np.tile(np.eye(4), (10000, 1, 1))
-    T[:, 0, 3] = np.arange(10000)
+    T[:, :3, :3] = kornia.geometry.conversions.quaternion_to_rotation_matrix(torch.from_numpy(q[:, [3, 0, 1, 2]])).numpy()
+    T[:, :3, 3] = rng.uniform(-100, 100, (10000, 3))
     msg = cv.path_msg(B, T, list(range(10000)), "map")
-    t0 = time.perf_counter()
+    calls = []
+    real = geometry.quaternions_to_matrices
+    monkeypatch.setattr(geometry, "quaternions_to_matrices", lambda *a, **k: calls.append(1) or real(*a, **k))
     st, T2, _ = cv.path_to_matrices(msg)
-    assert time.perf_counter() - t0 < 1.0 and T2.shape == (10000, 4, 4)
+    assert T2.shape == (10000, 4, 4) and st.tolist() == list(range(10000))
+    assert np.allclose(T2, T, atol=1e-12)
+    assert len(calls) == 1, f"{len(calls)} rotation conversions for one path"
 
 
 # -- point clouds ---------------------------------------------------------------------------------
@@ -294,17 +304,18 @@ def test_pointcloud_from_a_structured_array_with_padding_and_counts():
         cv.structured_to_pointcloud(np.zeros(3))
 
 
-def test_pointcloud_1m_points_is_fast():
+def test_pointcloud_1m_points_bytes_match_an_independent_packing():
+    """1M points: the message bytes equal a plain NumPy packing of (x, y, z, 0x00RRGGBB). What used
+    to be a < 250 ms wall-clock assert is measured by `mirage bench node` (pointcloud_1m_ms)."""
     rng = np.random.default_rng(5)
     pts = rng.normal(size=(1_000_000, 3)).astype(np.float32)
     col = rng.integers(0, 256, (1_000_000, 3), dtype=np.uint8)
-    best = 1e9
-    for _ in range(3):
-        t0 = time.perf_counter()
-        msg = cv.pointcloud_msg(B, cv.xyzrgb_to_structured(pts, col), 1, "map")
-        best = min(best, time.perf_counter() - t0)
+    msg = cv.pointcloud_msg(B, cv.xyzrgb_to_structured(pts, col), 1, "map")
     assert msg.width == 1_000_000 and msg.data.size == 16_000_000
-    assert best < 0.25, f"1M-point PointCloud2 took {best * 1e3:.0f} ms"  # ~20-40 ms here; generous on a loaded machine
+    ref = np.empty((1_000_000, 4), "<u4")
+    ref[:, :3] = pts.astype("<f4").view("<u4")
+    ref[:, 3] = (col[:, 0].astype(np.uint32) << 16) | (col[:, 1].astype(np.uint32) << 8) | col[:, 2]
+    assert np.array_equal(np.frombuffer(msg.data.tobytes(), np.uint8), ref.view(np.uint8).reshape(-1))
 
 
 # -- rclpy (where installed) agrees with rosbags -------------------------------------------------

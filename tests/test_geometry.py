@@ -99,10 +99,15 @@ def test_project_matches_kornia_and_roundtrips_cells():
     world = kornia.geometry.linalg.transform_points(torch.linalg.inv(E)[None], pts_cam[None])[0]
     u, v, z, valid = project(world, Kl, E, h, w)
     uv = kornia.geometry.camera.perspective.project_points(pts_cam, Kl)
+    # two libraries round differently in the last bits: compare the floors only away from cell
+    # borders (1e-9 cells, ~1e6 float64 ulps; random points land that close with odds ~1e-9)
+    clear = ((uv - uv.round()).abs() > 1e-9).all(1)
+    assert clear.float().mean() > 0.99
     inside = (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
-    assert torch.equal(valid, inside)
-    assert torch.equal(u[valid], torch.floor(uv[valid, 0]).long())
-    assert torch.equal(v[valid], torch.floor(uv[valid, 1]).long())
+    assert torch.equal(valid[clear], inside[clear])
+    ok = valid & clear
+    assert torch.equal(u[ok], torch.floor(uv[ok, 0]).long())
+    assert torch.equal(v[ok], torch.floor(uv[ok, 1]).long())
     assert torch.allclose(z, pts_cam[:, 2])
     # back-projection then projection returns every cell to itself (pixel-centre convention)
     d = torch.rand(h, w, dtype=torch.float64) + 0.5

@@ -47,10 +47,15 @@ def test_forward_equals_diffusers_with_per_token_timesteps():
     ours = MirageTransformer(bb)(x, ft, text, roles)
     per_token = ft.repeat_interleave(2 * 3)[None]  # (1, seq): a 4x6 latent is 2x3 tokens per frame
     ref = bb(x, per_token, text).sample
-    assert torch.equal(ours, ref)
-    # the per-token path is live: a different timestep on the clean frame changes the output
+    # Two implementations (ours and diffusers' forward, each with its own rotary tables) agree to
+    # float32 rounding, not bit for bit on every CPU: budget 64 float32 ulps of the output's scale
+    # (a 1-ulp rotary difference grows by far less through two tiny blocks; measured here: equal).
+    tol = 64 * 2.0**-24 * ref.abs().max().item()
+    assert (ours - ref).abs().max().item() <= tol
+    # the per-token path is live: a different timestep on the clean frame changes the output by
+    # orders of magnitude more than that budget
     other = MirageTransformer(bb)(x, torch.tensor([300.0, 700.0, 700.0]), text, roles)
-    assert not torch.allclose(other, ours)
+    assert (other - ours).abs().max().item() > 1e3 * tol
 
 
 def test_segment_positions_tell_roles_apart():
@@ -71,7 +76,9 @@ def test_segment_positions_tell_roles_apart():
     bb = tiny_backbone()
     c_ref, s_ref = bb.rope(torch.zeros(1, 48, 3, 10, 6))
     c, s = segment_rotary_embedding(FrameRoles(3), (5, 3), 12)
-    assert torch.equal(c, c_ref) and torch.equal(s, s_ref)
+    # both are float64 cos/sin rounded to float32; SIMD and scalar float64 cos may differ by an ulp,
+    # which moves the float32 result by at most one float32 ulp (2^-24 for values below 1)
+    assert c.shape == c_ref.shape and (c - c_ref).abs().max() <= 2.0**-24 and (s - s_ref).abs().max() <= 2.0**-24
 
 
 @pytest.mark.parametrize("layout,in_ch", [("paper", 48), ("official", 96)])

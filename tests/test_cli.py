@@ -56,3 +56,46 @@ def test_bench_perception_small_writes_the_documented_keys(tmp_path):
     assert all(p["ms_per_frame"] is not None and p["ms_per_frame"] > 0 for p in r["providers"])
     sa = r["scale_alignment"]
     assert abs(sa["recovered_scale"] - sa["true_scale"]) / sa["true_scale"] < 0.05
+
+
+def test_house_rules_for_imports():
+    """README: mirage_ros.ros is the only place that imports rclpy; benchmarks share helpers
+    through mirage_ros.util, not through the demo command."""
+    import ast
+    from pathlib import Path
+
+    pkg = Path(__file__).resolve().parents[1] / "mirage_ros"
+    rclpy_outside, demo_users = [], []
+    for f in sorted(pkg.rglob("*.py")):
+        rel = f.relative_to(pkg)
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            for n in names:
+                if (n == "rclpy" or n.startswith("rclpy.")) and rel.parts[0] != "ros":
+                    rclpy_outside.append(str(rel))
+                if rel.parts[0] == "bench" and n in ("..demo", "mirage_ros.demo"):
+                    demo_users.append(str(rel))
+    assert not rclpy_outside, f"rclpy imported outside mirage_ros/ros: {sorted(set(rclpy_outside))}"
+    assert not demo_users, f"benchmarks import the demo command: {sorted(set(demo_users))}"
+
+
+def test_benchmarks_write_strict_json(tmp_path):
+    from mirage_ros.util import write_json
+
+    def refuse(token):
+        raise ValueError(f"bare {token}")
+
+    p = write_json(tmp_path / "r.json", {"ratio": float("nan")})
+    assert json.loads(p.read_text(), parse_constant=refuse) == {"ratio": None}
+    import ast
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "mirage_ros" / "bench"
+    for f in sorted(bench.glob("*.py")):  # every JSON file a benchmark writes goes through write_json
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "write_text":
+                assert "json" not in ast.unparse(node), f"{f.name}: {ast.unparse(node)} (use mirage_ros.util.write_json)"

@@ -14,12 +14,11 @@ Parts (all in one run, one JSON + one PNG):
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
-from ..demo import parse_resolution, psnr
+from ..util import dumps_json, parse_resolution, psnr, write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -357,8 +356,8 @@ def run(args) -> int:
         "out_of_view_ratio<=1.5": ov["ratio"] <= 1.5,
         "revisit_new_point_fraction<=0.1": result["revisit_new_point_fraction"] <= 0.1,
     }
-    path.write_text(json.dumps(result, indent=1))
+    write_json(path, result)
     plot(result, path.with_suffix(".png"))
-    log(json.dumps(result["targets"], indent=1))
+    log(dumps_json(result["targets"]))
     log(f"wrote {path} and {path.with_suffix('.png')}")
     return 0

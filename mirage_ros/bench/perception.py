@@ -8,12 +8,11 @@ On a CPU the learned providers run with random weights: Depth Anything 3 at a re
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
-from ..demo import parse_resolution
+from ..util import parse_resolution, write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -99,7 +98,7 @@ def run(args) -> int:
     }
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
+    write_json(path, result)
     pyplot = viz.plt()
     ok = [r for r in rows if r["ms_per_frame"] is not None]
     fig, ax = pyplot.subplots(figsize=(7, 3.5))

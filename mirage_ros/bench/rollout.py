@@ -13,12 +13,11 @@ video: the timings are real, the pictures are not.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
 
-from ..demo import parse_resolution
+from ..util import parse_resolution, write_json
 
 STAGES = ("readout", "denoise", "decode", "depth", "masks", "encode", "update")
 WALL_X = 6.0
@@ -163,7 +162,7 @@ def run(args) -> int:
     }
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_json(out, result, indent=2)
     _plot(result, out.with_suffix(".png"))
     print(f"{frames_out} frames in {total:.2f} s = {result['seconds_per_frame']:.3f} s/frame; "
           f"peak memory {peak:.0f} MiB ({peak_kind}); wrote {out} and {out.with_suffix('.png')}")

@@ -1,0 +1,312 @@
+"""A real rclpy probe that talks to mirage_ros nodes, and helpers to start them as processes.
+
+Shared by the tests (tests/ros) and ``mirage bench node``: one rclpy node in the caller's process,
+in its own context, spun by a background executor; it publishes sensor data, sends goals, calls
+services and records everything it receives, per topic. Lives in ``mirage_ros.ros`` because that
+is the only package that imports rclpy (lazily, here: importing this module needs no ROS).
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+__all__ = ["wait_for", "Proc", "write_params", "start_node", "Probe", "ros_unavailable"]
+
+
+def ros_unavailable() -> Optional[str]:
+    """None if rclpy and mirage_ros' generated interfaces import here, else why not."""
+    try:
+        import rclpy  # noqa: F401
+
+        from mirage_ros.action import Imagine  # noqa: F401
+        from mirage_ros.msg import ImaginedChunk, MemoryStats  # noqa: F401
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def wait_for(pred: Callable[[], object], timeout: float = 10.0, every: float = 0.02, what: str = "condition"):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        v = pred()
+        if v:
+            return v
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout:.1f} s waiting for {what}")
+
+
+class Proc:
+    """A mirage_ros process (node or sim node) with its log in a file."""
+
+    def __init__(self, args: List[str], log_path: Path, env: Optional[dict] = None, cwd: Optional[str] = None):
+        self.log_path = Path(log_path)
+        self._log = open(self.log_path, "wb")
+        e = dict(os.environ)
+        e.update(env or {})
+        self.popen = subprocess.Popen([sys.executable, *args], stdout=self._log, stderr=subprocess.STDOUT, env=e,
+                                      cwd=cwd)
+        self.pid = self.popen.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGINT)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self._log.close()
+        return self.popen.returncode
+
+
+def write_params(path: Path, params: Dict[str, object], node: str = "/**") -> Path:
+    import yaml
+
+    nested: dict = {}
+    for k, v in params.items():
+        d = nested
+        parts = k.split(".")
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+        d[parts[-1]] = v
+    path.write_text(yaml.safe_dump({node: {"ros__parameters": nested}}))
+    return path
+
+
+def start_node(tmp: Path, ns: str, params: Optional[dict] = None, module: str = "mirage_ros.ros.node",
+               cwd: Optional[str] = None) -> Proc:
+    """``python -m module`` in namespace ``ns`` with ``params`` (a parameter file in ``tmp``; the
+    log goes there too)."""
+    tmp = Path(tmp)
+    pf = write_params(tmp / f"params_{ns.strip('/')}_{module.rsplit('.', 1)[-1]}.yaml", params or {})
+    return Proc(["-m", module, "--ros-args", "-r", f"__ns:={ns}", "--params-file", str(pf)],
+                tmp / f"{ns.strip('/')}_{module.rsplit('.', 1)[-1]}.log", cwd=cwd)
+
+
+class Probe:
+    """One rclpy node in its own context, spun by a background executor (``threads`` 1: a
+    single-threaded one), that talks to mirage_ros nodes: publishes, records what it receives
+    (with the receive time, ``time.perf_counter``), sends goals and calls services."""
+
+    def __init__(self, name: str = "mirage_test_probe", threads: int = 2):
+        import rclpy
+        from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+        from rclpy.node import Node
+
+        from . import convert as cv
+
+        self.rclpy = rclpy
+        self.cv = cv
+        self.types = cv.RclpyTypes()
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx)
+        self.node = Node(name, context=self.ctx)
+        self.executor = (SingleThreadedExecutor(context=self.ctx) if threads <= 1
+                         else MultiThreadedExecutor(num_threads=threads, context=self.ctx))
+        self.executor.add_node(self.node)
+        self.lock = threading.Lock()
+        self.received: Dict[str, list] = {}
+        self._pubs: Dict[tuple, object] = {}
+        self._subs: Dict[str, object] = {}
+        self._clients: Dict[tuple, object] = {}
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self):
+        try:
+            self.executor.spin()
+        except Exception:  # noqa: BLE001 - shutdown
+            pass
+
+    def close(self):
+        self.executor.shutdown(timeout_sec=2)
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.ctx)
+
+    # -- topics -----------------------------------------------------------------------------------
+    def pub(self, topic: str, msg_type, reliable: bool = True, depth: int = 10):
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        key = (topic, msg_type)
+        if key not in self._pubs:
+            q = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+            self._pubs[key] = self.node.create_publisher(msg_type, topic, q)
+        return self._pubs[key]
+
+    def listen(self, topic: str, msg_type, latched: bool = False, keep: int = 100000):
+        """Record messages on ``topic`` (with receive time) into ``received[topic]``."""
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+        if topic in self._subs:
+            return
+        q = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                       durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
+        self.received.setdefault(topic, [])
+
+        def cb(msg, topic=topic):
+            with self.lock:
+                lst = self.received[topic]
+                lst.append((time.perf_counter(), msg))
+                if len(lst) > keep:
+                    del lst[: len(lst) - keep]
+
+        self._subs[topic] = self.node.create_subscription(msg_type, topic, cb, q)
+
+    def msgs(self, topic: str) -> list:
+        with self.lock:
+            return [m for _, m in self.received.get(topic, [])]
+
+    def clear(self, topic: str) -> None:
+        with self.lock:
+            self.received[topic] = []
+
+    def wait_matched(self, pub, n: int = 1, timeout: float = 20.0):
+        wait_for(lambda: pub.get_subscription_count() >= n, timeout, what=f"a subscriber on {pub.topic_name}")
+
+    # -- the node's interfaces ---------------------------------------------------------------------
+    def watch(self, ns: str):
+        from mirage_ros.msg import ImaginedChunk, MemoryStats
+        from nav_msgs.msg import Path as PathMsg
+        from sensor_msgs.msg import Image, PointCloud2
+        from visualization_msgs.msg import MarkerArray
+
+        self.listen(f"{ns}/memory/stats", MemoryStats, keep=50)
+        self.listen(f"{ns}/imagined/image", Image)
+        self.listen(f"{ns}/imagined/chunk", ImaginedChunk)
+        self.listen(f"{ns}/imagined/path", PathMsg)
+        self.listen(f"{ns}/memory/points", PointCloud2, latched=True, keep=3)
+        self.listen(f"{ns}/memory/frustums", MarkerArray, latched=True, keep=3)
+
+    def stats(self, ns: str, fresh_after: Optional[float] = None, timeout: float = 15.0):
+        """The newest memory/stats (received after ``fresh_after``, a perf_counter time, if given)."""
+        topic = f"{ns}/memory/stats"
+
+        def newest():
+            with self.lock:
+                lst = self.received.get(topic, [])
+                if lst and (fresh_after is None or lst[-1][0] > fresh_after):
+                    return lst[-1][1]
+            return None
+
+        return wait_for(newest, timeout, what=f"{topic}")
+
+    def wait_stats(self, ns: str, pred, timeout: float = 15.0, what: str = "stats"):
+        def ok():
+            with self.lock:
+                lst = self.received.get(f"{ns}/memory/stats", [])
+                return lst[-1][1] if lst and pred(lst[-1][1]) else None
+        return wait_for(ok, timeout, what=what)
+
+    def sensor_pubs(self, ns: str):
+        from geometry_msgs.msg import PoseStamped
+        from sensor_msgs.msg import CameraInfo, Image
+
+        return {"image": self.pub(f"{ns}/image", Image), "camera_info": self.pub(f"{ns}/camera_info", CameraInfo),
+                "pose": self.pub(f"{ns}/pose", PoseStamped), "depth": self.pub(f"{ns}/depth", Image)}
+
+    def set_msgs(self, cam, frame, stamp: int, world: str = "map"):
+        cv, T = self.cv, self.types
+        return {
+            "image": cv.image_msg(T, frame.rgb, stamp, "camera_optical_frame"),
+            "camera_info": cv.camera_info_msg(T, cam.K.numpy(), cam.height, cam.width, stamp, "camera_optical_frame"),
+            "pose": cv.pose_stamped_msg(T, cam.camera_to_world.numpy(), stamp, world),
+            "depth": cv.image_msg(T, frame.depth.astype(np.float32), stamp, "camera_optical_frame", "32FC1"),
+        }
+
+    def publish_set(self, ns: str, cam, frame, stamp: int, **replace):
+        pubs = self.sensor_pubs(ns)
+        msgs = self.set_msgs(cam, frame, stamp)
+        msgs.update(replace)
+        for k in ("camera_info", "pose", "depth", "image"):
+            self.wait_matched(pubs[k])
+            pubs[k].publish(msgs[k])
+
+    def path(self, cams, stamps, frame: str = "map"):
+        T = np.stack([c.camera_to_world.numpy() for c in cams]) if len(cams) else np.zeros((0, 4, 4))
+        if len(cams) == 0:
+            return self.types.Path(header=self.cv.header_msg(self.types, 0, frame), poses=[])
+        return self.cv.path_msg(self.types, T, stamps, frame)
+
+    def action_client(self, ns: str, wait: bool = True):
+        """The ``ns/imagine`` action client (waits for the server unless ``wait`` is false)."""
+        from rclpy.action import ActionClient
+
+        from mirage_ros.action import Imagine
+
+        key = ("action", ns)
+        if key not in self._clients:
+            self._clients[key] = ActionClient(self.node, Imagine, f"{ns}/imagine")
+        ac = self._clients[key]
+        if wait:
+            wait_for(lambda: ac.server_is_ready(), 30, what=f"the {ns}/imagine action server")
+        return ac
+
+    def imagine(self, ns: str, path, num_frames: int = 0, prompt: str = "", expect_frames: Optional[int] = None,
+                chunk_size: Optional[int] = None, cancel_after_feedback: bool = False, timeout: float = 60.0):
+        """Send a goal; return dict(result, feedback, images, chunks, t_accept, t_first_image)."""
+        from mirage_ros.action import Imagine
+
+        ac = self.action_client(ns)
+        img_topic, chunk_topic = f"{ns}/imagined/image", f"{ns}/imagined/chunk"
+        self.clear(img_topic)
+        self.clear(chunk_topic)
+        goal = Imagine.Goal(path=path, prompt=prompt, num_frames=num_frames)
+        fbs: list = []
+        fb_lock = threading.Lock()
+
+        def on_fb(f):
+            with fb_lock:
+                fbs.append(f.feedback)
+
+        fut = ac.send_goal_async(goal, feedback_callback=on_fb)
+        wait_for(fut.done, timeout, what="the goal response")
+        t_accept = time.perf_counter()
+        gh = fut.result()
+        assert gh.accepted
+        if cancel_after_feedback:
+            wait_for(lambda: len(fbs) > 0, timeout, what="the first feedback")
+            cf = gh.cancel_goal_async()
+            wait_for(cf.done, timeout, what="the cancel response")
+        elif expect_frames:
+            # rclpy drops feedback that arrives after the result: collect frames and feedback first
+            n_chunks = math.ceil(expect_frames / chunk_size) if chunk_size else 1
+            try:
+                wait_for(lambda: len(self.msgs(img_topic)) >= expect_frames and len(fbs) >= n_chunks, timeout,
+                         what=f"{expect_frames} frames and {n_chunks} feedback messages")
+            except TimeoutError:
+                pass
+        rf = gh.get_result_async()
+        wait_for(rf.done, timeout, what="the result")
+        time.sleep(0.05)
+        with self.lock:
+            imgs = list(self.received.get(img_topic, []))
+        with fb_lock:
+            fb = list(fbs)
+        return {"result": rf.result().result, "status": rf.result().status, "feedback": fb,
+                "images": [m for _, m in imgs], "t_accept": t_accept,
+                "t_first_image": imgs[0][0] if imgs else None, "chunks": self.msgs(chunk_topic)}
+
+    def call(self, ns_name: str, srv_type, request, timeout: float = 30.0):
+        key = (ns_name, srv_type)
+        if key not in self._clients:
+            self._clients[key] = self.node.create_client(srv_type, ns_name)
+        cl = self._clients[key]
+        wait_for(lambda: cl.service_is_ready(), timeout, what=f"service {ns_name}")
+        fut = cl.call_async(request)
+        wait_for(fut.done, timeout, what=f"the {ns_name} response")
+        return fut.result()

@@ -119,8 +119,11 @@ def test_resampled_goal_and_first_frame_latency(e2e, probe, scene):
 
     st = [cv.stamp_to_ns(m.header.stamp) for m in r["images"]]
     assert np.allclose(np.diff(st), np.diff(st)[0], atol=2)  # zero stamps: now + i / frame_rate, resampled evenly
-    latency = r["t_first_image"] - r["t_accept"]
-    assert latency < 2.0, f"first imagined frame {latency * 1e3:.0f} ms after acceptance"
+    # frames stream out per chunk: the first is published before the goal's last chunk is done
+    # (ordering, not a wall-clock limit; `mirage bench node` measures the latency itself)
+    res = r["result"]
+    assert res.num_chunks == 3 and 0 < res.first_frame_latency < res.total_time, (res.first_frame_latency, res.total_time)
+    assert r["t_first_image"] is not None
 
 
 def test_plan_topic_streams_imagined_frames(e2e, probe, scene):

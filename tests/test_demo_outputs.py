@@ -230,3 +230,18 @@ def test_bag_stores_each_frame_once_and_compresses_its_chunks(bag):
     comp = {ci.compression for ci in bag["summary"].chunk_indexes}
     assert comp and comp <= {"zstd", "lz4"}, comp
     assert bag["path"].stat().st_size < sum(bag["sizes"].values())
+
+
+def test_rerun_replaces_its_own_bag_with_the_same_clock_and_leaves_a_foreign_folder_alone(demo, bag, tmp_path):
+    from mirage_ros.ros.bag import read_messages
+
+    stamps = [t for t, _ in bag["msgs"]["/imagined/image"]]
+    assert main(["demo", "--out", str(demo), *ARGS]) == 0  # a second run into the same folder
+    again = [t for topic, _, t, _ in read_messages(demo / "demo_bag") if topic == "/imagined/image"]
+    assert again == stamps  # the default clock is fixed: reruns are reproducible
+    assert not [p for p in demo.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    out = tmp_path / "d"
+    (out / "demo_bag").mkdir(parents=True)
+    (out / "demo_bag" / "mine.txt").write_text("keep")
+    assert main(["demo", "--out", str(out), *ARGS, "--chunks", "1"]) == 0  # the bag is a bonus: skipped
+    assert (out / "demo_bag" / "mine.txt").read_text() == "keep" and sorted(p.name for p in (out / "demo_bag").iterdir()) == ["mine.txt"]

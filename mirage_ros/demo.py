@@ -25,7 +25,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .util import HELP_RES, parse_resolution, psnr, write_json  # noqa: F401 - re-exported for old imports
+from .util import HELP_RES, parse_resolution, psnr, write_json  # training/cli.py still imports parse_resolution here
 
 DEFAULT_START = "2025-01-01T00:00:00Z"
 WORLD_FRAME = "map"

@@ -156,18 +156,44 @@ def _check_is_dataset(path: Path) -> None:
     import lmdb
 
     try:
-        env = lmdb.open(str(path), readonly=True, lock=False, subdir=True)
+        env = _open_readonly(path)
     except lmdb.Error as exc:
         raise DatasetError(f"{path}: not an LMDB dataset ({exc})") from None
     with env.begin() as txn:
         raw = txn.get(b"header")
-    env.close()
+    _release(path)
     try:
         head = json.loads(raw) if raw is not None else {}
     except (UnicodeDecodeError, json.JSONDecodeError):
         head = {}
     if head.get("format") != FORMAT:
         raise DatasetError(f"out: {path} holds an LMDB that is not a mirage_ros dataset; refusing to replace it")
+
+
+_OPEN: Dict[str, list] = {}  # realpath -> [env, users]: LMDB forbids opening one environment twice in a process
+
+
+def _open_readonly(path: Path):
+    import lmdb
+
+    key = str(path.resolve())
+    if key in _OPEN:
+        _OPEN[key][1] += 1
+        return _OPEN[key][0]
+    env = lmdb.open(key, readonly=True, lock=False, subdir=True, readahead=False)
+    _OPEN[key] = [env, 1]
+    return env
+
+
+def _release(path: Path) -> None:
+    key = str(path.resolve())
+    entry = _OPEN.get(key)
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] <= 0:
+        entry[0].close()
+        del _OPEN[key]
 
 
 class MirageDataset:
@@ -185,9 +211,17 @@ class MirageDataset:
         if not (self.path / "data.mdb").is_file():
             raise DatasetError(f"data: {self.path} holds no LMDB (data.mdb is missing)")
         try:
-            self.env = lmdb.open(str(self.path), readonly=True, lock=False, subdir=True, readahead=False)
+            self.env = _open_readonly(self.path)
         except lmdb.Error as exc:
             raise DatasetError(f"data: {self.path} is not a readable LMDB ({exc})") from None
+        self._closed = False
+        try:
+            self._validate()
+        except Exception:
+            self.close()
+            raise
+
+    def _validate(self) -> None:
         raw = self._get("header", required=False)
         if raw is None:
             raise DatasetError(f"header: {self.path} has no 'header' key: not a mirage_ros dataset (an empty or foreign LMDB)")
@@ -200,11 +234,11 @@ class MirageDataset:
                                f"expected {FORMAT!r} (a foreign LMDB)")
         if int(self.header.get("version", -1)) != VERSION:
             raise DatasetError(f"header: {self.path}: version {self.header.get('version')} (this build reads {VERSION})")
+        if not self.header.get("complete"):
+            raise DatasetError(f"index: {self.path} is incomplete (the writer did not finish: interrupted?); regenerate it")
         missing = [k for k in self.REQUIRED_HEADER if k not in self.header]
         if missing:
             raise DatasetError(f"header: {self.path}: missing fields {missing}")
-        if not self.header.get("complete"):
-            raise DatasetError(f"index: {self.path} is incomplete (the writer did not finish: interrupted?); regenerate it")
         rec = self._get("index", required=False)
         if rec is None:
             raise DatasetError(f"index: {self.path} has no 'index' key (incomplete dataset)")
@@ -313,4 +347,12 @@ class MirageDataset:
         return iter(range(self.num_clips))
 
     def close(self) -> None:
-        self.env.close()
+        if not self._closed:
+            self._closed = True
+            _release(self.path)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass

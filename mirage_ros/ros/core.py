@@ -104,7 +104,7 @@ class MirageCore:
         self.base_to_camera = cv.pose_to_matrix(_PoseLike(b2c), "pose.base_to_camera")
         self.counts = {k: 0 for k in ("messages_received", "sets_completed", "frames_observed", "frames_skipped",
                                       "inputs_rejected", "goals_succeeded", "goals_canceled", "goals_aborted",
-                                      "frames_imagined", "time_jumps")}
+                                      "frames_imagined", "time_jumps", "goals_rejected")}
         self.last_rejection = ""
         self._reject_log: Dict[str, Tuple[float, int]] = {}
         self.last_camera: Optional[Tuple[np.ndarray, int, int]] = None
@@ -129,12 +129,20 @@ class MirageCore:
         """Count and log (each kind of problem at once, then at most every 5 s with a count)."""
         self.counts["inputs_rejected"] += 1
         self.last_rejection = f"{kind}: {reason}"
+        self._throttled(kind, reason, f"rejected {kind}: {reason}; dropped, memory unchanged")
+
+    def reject_goal(self, reason: str) -> None:
+        """An imagine goal refused at the door (too long, queue full): counted and logged."""
+        self.counts["goals_rejected"] += 1
+        self._throttled("goal", reason, f"imagine goal rejected: {reason}")
+
+    def _throttled(self, kind: str, reason: str, text: str) -> None:
         now = time.monotonic()
         key = f"{kind}|{re.sub(r'[0-9.eE+-]+', '#', reason.split('(')[0])[:120]}"  # per kind of problem
         last, suppressed = self._reject_log.get(key, (-1e9, 0))
         if now - last >= 5.0:
             more = f" ({suppressed} more like it since the last report)" if suppressed else ""
-            self.log("warn", f"rejected {kind}: {reason}; dropped, memory unchanged{more}")
+            self.log("warn", f"{text}{more}")
             self._reject_log[key] = (now, 0)
         else:
             self._reject_log[key] = (last, suppressed + 1)

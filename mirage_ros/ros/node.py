@@ -26,6 +26,7 @@ accelerator memory. With ``autostart`` (default) it configures and activates its
 """
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -36,6 +37,8 @@ import rclpy
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 
 from . import convert as cv
@@ -43,9 +46,14 @@ from . import outputs as out
 from . import qos
 from .core import (STATUS_CANCELED, STATUS_FAILED, STATUS_NAMES, STATUS_NOT_READY, STATUS_SUCCEEDED, GoalError,
                    MirageCore)
+from .goals import GoalQueue
 from .params import PARAMS, ParamError, validate
 
 __all__ = ["MirageNode", "main"]
+
+# The action's goal, cancel and result services keep this many requests and responses (rclpy's
+# default, 10, silently dropped all but ~10 of a burst of goals before the executor took them).
+ACTION_SERVICE_DEPTH = 1000
 
 
 class MirageNode(LifecycleNode):
@@ -67,6 +75,8 @@ class MirageNode(LifecycleNode):
         self._plan_next = None
         self._plan_seq = 0
         self._threads = []
+        self._goals: Optional[GoalQueue] = None
+        self._jobs = {}  # goal uuid -> (GoalQueue job, the future its _execute awaits)
         self._published_version = -1
         self._tf = None
         if self.get_parameter("autostart").value:
@@ -144,6 +154,7 @@ class MirageNode(LifecycleNode):
             self._pubs["tf"] = self.create_lifecycle_publisher(TFMessage, "/tf", qos.profile("tf"))
         except ImportError as exc:
             self.get_logger().warning(f"tf2_msgs is not importable ({exc}): the imagined camera is not published on /tf")
+        self._goals = GoalQueue(p["goals.max_active"], p["goals.max_queued"], p["imagined.max_frames"])
         try:
             self._create_inputs(p)
         except Exception as exc:  # noqa: BLE001
@@ -158,6 +169,7 @@ class MirageNode(LifecycleNode):
                          threading.Thread(target=self._output_loop, name="mirage-outputs", daemon=True)]
         for t in self._threads:
             t.start()
+        self._goals.start()
         self.get_logger().info(
             f"configured: backend={p['backend']} device={p['device']} world_frame={p['world_frame']} "
             f"inputs: image, camera_info, {p['pose.source']}" + (", depth" if p["depth.provider"] == "topic" else "")
@@ -198,10 +210,12 @@ class MirageNode(LifecycleNode):
         e.append(self.create_service(Trigger, "reset", self._srv_reset))
         e.append(self.create_service(SaveMemory, "save_memory", self._srv_save))
         e.append(self.create_service(LoadMemory, "load_memory", self._srv_load))
+        svc = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=ACTION_SERVICE_DEPTH,
+                         reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
         self._action = ActionServer(
             self, Imagine, "imagine", execute_callback=self._execute, goal_callback=self._on_goal,
-            cancel_callback=lambda _h: CancelResponse.ACCEPT,
-            result_timeout=60,
+            cancel_callback=self._on_cancel, goal_service_qos_profile=svc, result_service_qos_profile=svc,
+            cancel_service_qos_profile=svc, result_timeout=60,
         )
         e.append(self._action)
         self._last_cloud = self._last_stats = 0.0
@@ -219,8 +233,18 @@ class MirageNode(LifecycleNode):
             self._plan_seq += 1
         return super().on_deactivate(state)
 
-    def _destroy_entities(self) -> None:
+    def stop_work(self, timeout: float = 30.0) -> None:
+        """Stop goal work and the node's threads and wait for them: before any entity, the node
+        or the context goes away (a thread still inside rclpy then aborts the process)."""
+        self.active = False
         self._stop.set()
+        if self._goals is not None:
+            left = self._goals.stop(timeout)
+            if self._goals._workers:
+                self.get_logger().warning(f"a goal did not stop within {timeout:.0f} s")
+            for job, fut in list(self._jobs.values()):
+                if job in left and not fut.done():
+                    fut.set_result(self._short_result(STATUS_NOT_READY, "the node stopped before this goal started"))
         with self._obs_cv:
             self._obs_cv.notify_all()
         with self._plan_cv:
@@ -228,6 +252,9 @@ class MirageNode(LifecycleNode):
         for t in self._threads:
             t.join(timeout=5)
         self._threads = []
+
+    def _destroy_entities(self) -> None:
+        self.stop_work()
         for ent in self._ents:
             try:
                 if isinstance(ent, ActionServer):
@@ -320,9 +347,38 @@ class MirageNode(LifecycleNode):
 
     # -- imagination --------------------------------------------------------------------------
     def _on_goal(self, goal_request) -> GoalResponse:
-        # every goal is accepted; a malformed one is aborted with its reason in the result
-        # (a rejected goal would tell the planner nothing)
-        return GoalResponse.ACCEPT
+        """O(1), on the executor: a path longer than imagined.max_frames (from the list's length,
+        before any per-pose work) or a full queue is rejected and the reason logged; any other
+        goal is accepted, and a malformed one is aborted with its reason in the result."""
+        if self._goals is None or self.core is None:
+            return GoalResponse.ACCEPT  # answered NOT_READY by _execute
+        reason = self._goals.admit(len(goal_request.path.poses), int(goal_request.num_frames))
+        if reason is None:
+            return GoalResponse.ACCEPT
+        self.core.reject_goal(reason)
+        return GoalResponse.REJECT
+
+    def _on_cancel(self, goal_handle) -> CancelResponse:
+        """A queued goal is cancelled at once; a running one stops after its current chunk."""
+        entry = self._jobs.get(bytes(goal_handle.goal_id.uuid))
+        if entry is not None and self._goals is not None:
+            job, fut = entry
+            if self._goals.cancel(job) and not fut.done():
+                fut.set_result(self._short_result(STATUS_CANCELED, "canceled while queued, before it started"))
+        return CancelResponse.ACCEPT
+
+    def _short_result(self, status: int, message: str):
+        """(status, Imagine.Result) for a goal that did no work."""
+        from mirage_ros.action import Imagine
+
+        result = Imagine.Result(status=status, message=message)
+        core = self.core
+        if core is not None:
+            if core.backend is not None:
+                result.backend, result.generative = core.backend.name, bool(core.backend.generative)
+            key = {STATUS_SUCCEEDED: "goals_succeeded", STATUS_CANCELED: "goals_canceled"}.get(status, "goals_aborted")
+            core.counts[key] += 1
+        return status, result
 
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
@@ -357,21 +413,35 @@ class MirageNode(LifecycleNode):
         return summary
 
     async def _execute(self, goal_handle):
-        """Runs the goal in a thread and awaits it: the (single-threaded) executor keeps taking
-        sensor messages, cancel requests and other goals meanwhile."""
+        """Queues the goal for the fixed goal workers and awaits it: the (single-threaded)
+        executor keeps taking sensor messages, cancel requests and other goals meanwhile."""
         from rclpy.task import Future
 
         fut = Future(executor=self.executor)
-        fut.add_done_callback(lambda _f: None)  # completion from the thread wakes the executor
+        fut.add_done_callback(lambda _f: None)  # completion from a worker wakes the executor
+        key = bytes(goal_handle.goal_id.uuid)
 
-        def work():
+        def done(ok, value):
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+        goals = self._goals
+        if goals is None:
+            status, result = self._short_result(STATUS_NOT_READY, "the node is not configured")
+        elif goal_handle.is_cancel_requested:
+            goals.release()
+            status, result = self._short_result(STATUS_CANCELED, "canceled before it started")
+        else:
             try:
-                fut.set_result(self._run_goal(goal_handle))
-            except BaseException as exc:  # noqa: BLE001 - surfaces in the executor
-                fut.set_exception(exc)
-
-        threading.Thread(target=work, name="mirage-goal", daemon=True).start()
-        status, result = await fut
+                self._jobs[key] = (goals.submit(lambda: self._run_goal(goal_handle), done), fut)
+            except RuntimeError as exc:  # shutting down
+                fut.set_result(self._short_result(STATUS_NOT_READY, str(exc)))
+            try:
+                status, result = await fut
+            finally:
+                self._jobs.pop(key, None)
         if status == STATUS_SUCCEEDED:
             goal_handle.succeed()
         elif status == STATUS_CANCELED:
@@ -403,12 +473,15 @@ class MirageNode(LifecycleNode):
 
         if not self.active or core is None:
             return finish(STATUS_NOT_READY, "the node is not active (lifecycle state is not 'active')")
+        if goal_handle.is_cancel_requested:
+            return finish(STATUS_CANCELED, "canceled before it started")
         try:
             req = core.prepare(goal.path, int(goal.num_frames), goal.prompt or None, self._now_ns())
         except GoalError as exc:
             return finish(exc.status, exc.message)
         n = len(req.cameras)
-        cancel = lambda: goal_handle.is_cancel_requested or not self.active or not goal_handle.is_active  # noqa: E731
+        cancel = lambda: (goal_handle.is_cancel_requested or not self.active or not goal_handle.is_active  # noqa: E731
+                          or self._stop.is_set())
 
         def feedback(chunk, msg, summary, images):
             fb = Imagine.Feedback()
@@ -555,9 +628,20 @@ class _Pose:
 
 
 def main(argv=None) -> int:
+    """Spin until SIGINT / SIGTERM; then stop goal work and threads FIRST, then destroy the node,
+    then shut the context down (rclpy's own signal handler shut the context down while a goal
+    thread was still inside rclpy, and the process aborted)."""
     argv = sys.argv if argv is None else argv
-    rclpy.init(args=argv)
+    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
     node = None
+    executor = None
     code = 0
     try:
         node = MirageNode()
@@ -565,7 +649,8 @@ def main(argv=None) -> int:
         # second; goals, observation and outputs run in their own threads instead.
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)  # a signal is seen within 0.1 s
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as exc:  # noqa: BLE001
@@ -574,17 +659,25 @@ def main(argv=None) -> int:
     finally:
         if node is not None:
             try:
-                node.active = False
+                node.stop_work()
                 node._destroy_entities()
+            except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - best effort on the way out
+                print(f"mirage_node: shutdown: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if executor is not None:
+            try:
+                executor.shutdown(timeout_sec=1.0)
+            except (Exception, KeyboardInterrupt):  # noqa: BLE001
+                pass
+        if node is not None:
+            try:
                 node.destroy_node()
-            except (Exception, KeyboardInterrupt):  # noqa: BLE001 - best effort on the way out
+            except (Exception, KeyboardInterrupt):  # noqa: BLE001
                 pass
         try:
             rclpy.try_shutdown()
         except (Exception, KeyboardInterrupt):  # noqa: BLE001
             pass
     return code
-
 
 if __name__ == "__main__":
     sys.exit(main())

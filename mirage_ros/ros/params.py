@@ -72,6 +72,9 @@ PARAMS: List[Param] = [
     Param("imagined.frame_rate", 10.0, "Hz; stamps of imagined frames whose pose has a zero stamp are path stamp + i / rate"),
     Param("imagined.max_frames", 1024, "goals and plans with more poses (or num_frames) are rejected"),
     Param("imagined.feedback_frames", True, "action feedback carries the chunk's images (false: poses, coverage and timings only)", read_only=False),
+    # -- goals --
+    Param("goals.max_active", 1, "imagine goals run at once, each on one of this many fixed worker threads"),
+    Param("goals.max_queued", 10, "imagine goals waiting for a worker; a goal beyond this is rejected at once (the node logs why)"),
     # -- QoS --
     Param("qos.sensor_reliability", "best_effort", "sensor subscriptions: best_effort | reliable", ("best_effort", "reliable")),
     Param("qos.sensor_depth", 1, "sensor subscription history depth (1: keep only the newest message)"),
@@ -151,6 +154,10 @@ def validate(values: Dict[str, Any]) -> Dict[str, Any]:
         raise ParamError(f"chunk_size: expected >= 1, got {out['chunk_size']}")
     if out["imagined.max_frames"] < 1:
         raise ParamError(f"imagined.max_frames: expected >= 1, got {out['imagined.max_frames']}")
+    if not 1 <= out["goals.max_active"] <= 64:
+        raise ParamError(f"goals.max_active: expected 1 .. 64, got {out['goals.max_active']}")
+    if not 0 <= out["goals.max_queued"] <= 10000:
+        raise ParamError(f"goals.max_queued: expected 0 .. 10000, got {out['goals.max_queued']}")
     if out["imagined.frame_rate"] <= 0:
         raise ParamError(f"imagined.frame_rate: expected > 0, got {out['imagined.frame_rate']}")
     if len(out["pose.base_to_camera"]) != 7:

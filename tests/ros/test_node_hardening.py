@@ -210,3 +210,135 @@ def test_save_and_load_are_confined_to_the_memory_folder(hard, probe):
     ld = probe.call(f"{NS}/load_memory", LoadMemory, LoadMemory.Request(path=str(victim)))
     assert not ld.success and "outside memory.save_dir" in ld.message and "memory unchanged" in ld.message
     assert proc.alive()
+
+
+# -- defects 2 and 8: bursts of goals and cancels, oversized goals ------------------------------------
+
+def _deep_client(probe, ns):
+    """An action client whose own service queues hold a whole burst (rclpy's default is 10)."""
+    from rclpy.action import ActionClient
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    from mirage_ros.action import Imagine
+
+    q = QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE)
+    ac = ActionClient(probe.node, Imagine, f"{ns}/imagine", goal_service_qos_profile=q,
+                      result_service_qos_profile=q, cancel_service_qos_profile=q)
+    wait_for(ac.server_is_ready, 60, what=f"the {ns}/imagine action server")
+    return ac
+
+
+def _max_threads(pid, stop, out):
+    import psutil
+
+    p = psutil.Process(pid)
+    while not stop.is_set():
+        try:
+            out.append(p.num_threads())
+        except psutil.Error:
+            return
+        time.sleep(0.01)
+
+
+def test_goal_and_cancel_bursts_all_get_answers_with_bounded_threads(tmp_path, probe, scene):
+    """Defect 2: 50 goals at once gave 10 results (119 threads); 30 goals + 30 cancels gave 17
+    goal responses and 10 honoured cancels. Now every goal is accepted (queued) or rejected at
+    once, every accepted goal ends in a terminal status, every accepted cancel is honoured, and
+    goals run on a fixed worker (no thread per goal)."""
+    import threading
+
+    import psutil
+    from action_msgs.msg import GoalStatus
+
+    from mirage_ros.action import Imagine
+
+    ns = "/burst"
+    proc = start_node(tmp_path, ns, {"chunk_size": 4, "viz.stats_period": 0.1})
+    probe.watch(ns)
+    stop, threads = threading.Event(), []
+    try:
+        probe.stats(ns, timeout=90)
+        cams, frames = scene
+        _observe(probe, ns, cams[0], frames[0], 10**9, lambda s: s.num_points > 0)
+        ac = _deep_client(probe, ns)
+        time.sleep(0.5)
+        base_threads = psutil.Process(proc.pid).num_threads()
+        rss0 = psutil.Process(proc.pid).memory_info().rss
+        sampler = threading.Thread(target=_max_threads, args=(proc.pid, stop, threads), daemon=True)
+        sampler.start()
+
+        # 50 goals at once
+        goal = Imagine.Goal(path=probe.path(cams[:12], [10**9 + i for i in range(12)]))
+        t0 = time.perf_counter()
+        futs = [ac.send_goal_async(goal) for _ in range(50)]
+        wait_for(lambda: all(f.done() for f in futs), 300, what="a response to each of 50 goals")
+        handles = [f.result() for f in futs]
+        accepted = [h for h in handles if h.accepted]
+        assert accepted, "no goal accepted"
+        rfs = [h.get_result_async() for h in accepted]
+        wait_for(lambda: all(f.done() for f in rfs), 600, what="a result for every accepted goal")
+        burst_s = time.perf_counter() - t0
+        statuses = [f.result().status for f in rfs]
+        assert all(s == GoalStatus.STATUS_SUCCEEDED for s in statuses), statuses
+        n_acc1 = len(accepted)
+
+        # 30 long goals, each cancelled as soon as it is accepted
+        long_goal = Imagine.Goal(path=probe.path([cams[i % 12] for i in range(600)], [10**9 + i for i in range(600)]))
+        futs = [ac.send_goal_async(long_goal) for _ in range(30)]
+        wait_for(lambda: all(f.done() for f in futs), 300, what="a response to each of 30 goals")
+        accepted = [h for h in (f.result() for f in futs) if h.accepted]
+        cfs = [h.cancel_goal_async() for h in accepted]
+        wait_for(lambda: all(f.done() for f in cfs), 300, what="a response to each cancel")
+        honoured = [len(f.result().goals_canceling) == 1 for f in cfs]
+        rfs = [h.get_result_async() for h in accepted]
+        wait_for(lambda: all(f.done() for f in rfs), 600, what="a result for every cancelled goal")
+        final = [f.result().status for f in rfs]
+        assert all(honoured), f"{sum(honoured)} of {len(cfs)} cancels accepted"
+        assert all(s == GoalStatus.STATUS_CANCELED for s in final), final
+        stop.set()
+        sampler.join(2)
+        rss1 = psutil.Process(proc.pid).memory_info().rss
+        print(f"burst: 50 goals -> {n_acc1} accepted, {50 - n_acc1} rejected, all answered in {burst_s:.1f} s; "
+              f"30 goals + cancels -> {len(accepted)} accepted, all cancelled; threads {base_threads} -> max "
+              f"{max(threads)}; RSS {rss0 / 2**20:.0f} -> {rss1 / 2**20:.0f} MiB")
+        assert max(threads) <= base_threads + 2, f"threads grew from {base_threads} to {max(threads)}"
+        assert probe.imagine(ns, probe.path(cams[:2], [1, 2]))["result"].status == 0  # keeps serving
+        assert proc.alive()
+    finally:
+        stop.set()
+        rc = proc.stop()
+    assert rc == 0, proc.log()[-2000:]
+
+
+# -- defect 6: SIGINT while a goal runs ---------------------------------------------------------------
+
+def test_sigint_while_a_goal_runs_exits_cleanly(tmp_path, probe, room_loop):
+    """Defect 6: SIGINT during a goal killed the node with SIGABRT (exit -6, 'terminate called
+    without an active exception'; here 2 of 4 runs at 256x448 before the fix): the goal worker
+    is stopped before the node and the context go; exit 0. Three runs, each a fresh node."""
+    import signal
+
+    from mirage_ros.action import Imagine
+
+    cams, frames = room_loop(3, 256, 448)
+    for rep in range(3):
+        ns = f"/sigint{rep}"
+        proc = start_node(tmp_path, ns, {"chunk_size": 2, "viz.stats_period": 0.1})
+        probe.watch(ns)
+        try:
+            probe.stats(ns, timeout=90)
+            _observe(probe, ns, cams[0], frames[0], 10**9, lambda s: s.num_points > 0)
+            ac = probe.action_client(ns)
+            fbs = []
+            goal = Imagine.Goal(path=probe.path([cams[i % 3] for i in range(1024)], [10**9 + i for i in range(1024)]))
+            fut = ac.send_goal_async(goal, feedback_callback=fbs.append)
+            wait_for(fut.done, 60, what="the goal response")
+            assert fut.result().accepted
+            wait_for(lambda: len(fbs) >= 1 + rep, 60, what="the goal to be running")
+            proc.popen.send_signal(signal.SIGINT)
+            proc.popen.wait(120)
+        finally:
+            rc = proc.stop()
+        log = proc.log()
+        assert rc == 0, log[-3000:]
+        assert "terminate called" not in log and "Traceback" not in log, log[-3000:]

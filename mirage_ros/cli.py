@@ -21,6 +21,8 @@ BENCHMARKS = {
     "rollout": ("mirage_ros.bench.rollout", "world-model rollout timings per chunk and stage"),
     "perception": ("mirage_ros.bench.perception", "depth and mask providers, ms per frame; scale alignment"),
     "node": ("mirage_ros.bench.node", "ROS node latency, sustained input rate, PointCloud2 build time"),
+    "train": ("mirage_ros.bench.train", "training throughput of mirage train: steps/s, samples/s, peak memory"),
+    "imagine": ("mirage_ros.bench.imagine", "closed-loop ablation on held-out scenes: latent vs RGB cache vs no memory"),
 }
 
 

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Union
 
-__all__ = ["parse_resolution", "psnr", "strict", "dumps_json", "write_json", "HELP_RES"]
+__all__ = ["parse_resolution", "psnr", "ssim", "strict", "dumps_json", "write_json", "HELP_RES"]
 
 HELP_RES = "image size HxW, both divisible by 16 (default 256x448)"
 
@@ -38,6 +38,26 @@ def psnr(a, b, mask=None) -> float:
         err = err[mask]
     mse = float(err.mean())
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def ssim(a, b) -> float:
+    """Mean SSIM (Wang et al. 2004) of uint8 RGB images ``a`` vs ``b`` (H, W, 3): 11x11 Gaussian window,
+    sigma 1.5, K1 = 0.01, K2 = 0.03, data range 255, valid region only (no padding), channels averaged."""
+    import cv2
+    import numpy as np
+
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    g = cv2.getGaussianKernel(11, 1.5)
+    win = g @ g.T
+
+    def filt(img):
+        return cv2.filter2D(img, -1, win, borderType=cv2.BORDER_REFLECT)[5:-5, 5:-5]
+
+    mx, my = filt(x), filt(y)
+    sxx, syy, sxy = filt(x * x) - mx * mx, filt(y * y) - my * my, filt(x * y) - mx * my
+    m = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return float(m.mean())
 
 
 def strict(obj: Any) -> Any:

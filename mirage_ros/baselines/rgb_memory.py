@@ -99,10 +99,19 @@ class RGBPointCloudMemory:
         return self.cloud.nbytes
 
     def insert(self, image, depth, camera: Camera, exclude=None) -> int:
-        """image (H, W, 3) uint8 RGB; depth (H, W) metres; exclude (H, W) bool. Returns points added."""
+        """image (H, W, 3) uint8 RGB; depth (H, W) metres (or (h, w) per latent cell, spread over its
+        pixels); exclude (H, W) or (h, w) bool. Returns points added."""
         img = torch.as_tensor(np.asarray(image))
         if img.dtype != torch.uint8 or tuple(img.shape) != (camera.height, camera.width, 3):
             raise ValueError(f"image: expected ({camera.height}, {camera.width}, 3) uint8, got {tuple(img.shape)} {img.dtype}")
+        d = torch.as_tensor(np.asarray(depth) if not isinstance(depth, torch.Tensor) else depth)
+        s = self.stride
+        if tuple(d.shape) == (camera.height // s, camera.width // s):  # latent-resolution depth (e.g. the memory's own)
+            depth = d.repeat_interleave(s, 0).repeat_interleave(s, 1)
+        if exclude is not None:
+            ex = torch.as_tensor(np.asarray(exclude) if not isinstance(exclude, torch.Tensor) else exclude)
+            if tuple(ex.shape) == (camera.height // s, camera.width // s):
+                exclude = ex.repeat_interleave(s, 0).repeat_interleave(s, 1)
         n0 = self.cloud.num_points
         added = self.cloud.insert(img.permute(2, 0, 1).float(), depth, camera, exclude=exclude)
         new = self.cloud.points[n0:]
@@ -119,10 +128,11 @@ class RGBPointCloudMemory:
         r = self.cloud.read(camera, dtype=None)
         return r.latent.permute(1, 2, 0), r.mask, r.depth
 
-    def read(self, camera: Camera) -> Readout:
+    def read(self, camera: Camera, dtype=None) -> Readout:
         """The conditioning an RGB-cache pipeline gets: encode(render) as a ``Readout`` (latent (C, h, w),
         mask (h, w), depth (h, w) the nearest rendered depth per cell, index (H, W) the winning cloud
-        point of every pixel)."""
+        point of every pixel). ``dtype`` is accepted for interface parity with the latent memory; the
+        latent is the encoder's float32."""
         rgb, coverage, depth, index = self._render(camera)
         latent = self.encoder.encode(rgb.permute(2, 0, 1)[None].float().div(255.0))[0]
         if self.splat == "footprint":

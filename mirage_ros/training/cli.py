@@ -9,11 +9,7 @@ import argparse
 import json
 import sys
 
-
-def _resolution(text: str):
-    from ..demo import parse_resolution
-
-    return parse_resolution(text)
+from ..util import parse_resolution as _resolution
 
 
 # -- mirage data -----------------------------------------------------------------------------------
@@ -44,8 +40,8 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                    help="image, camera_info, pose, depth, labels (default: the node's topic names)")
     b.add_argument("--frames", type=int, default=41, help="RGB frames per clip (default 41)")
     b.add_argument("--clip-stride", type=int, default=None, help="frames between clip starts (default: --frames)")
-    b.add_argument("--depth", choices=["bag", "da3", "memory"], default="bag",
-                   help="depth from the bag's depth topic (default), Depth Anything 3 (--depth-weights), or the memory")
+    b.add_argument("--depth", choices=["bag", "da3"], default="bag",
+                   help="depth from the bag's depth topic (default) or Depth Anything 3 (--depth-weights)")
     b.add_argument("--depth-weights", default=None, help="Depth Anything 3 weights folder for --depth da3")
     b.add_argument("--tolerance", type=float, default=0.0, help="pairing tolerance in seconds (default exact stamps)")
     b.add_argument("--resolution", type=_resolution, default=None, help="resize frames to HxW (default: the bag's)")

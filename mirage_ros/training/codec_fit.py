@@ -7,7 +7,6 @@ PNG (one held-out frame: original | thumbnail | linear-block).
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -41,6 +40,7 @@ def _psnr(a, b) -> float:
 def fit_codec(args) -> dict:
     import torch
 
+    from ..util import write_json
     from ..viz import write_png
     from ..world_model.codec import LinearBlockCodec, ThumbnailCodec, images_to_tensor, tensor_to_images
     from .seeds import check_train_seeds, held_out_seeds
@@ -64,7 +64,7 @@ def fit_codec(args) -> dict:
         "counts": {"train_frames": int(train.shape[0])},
     }
     path = Path(args.json) if args.json else Path(args.out) / "fit.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(path, result)
     strip = np.concatenate([tensor_to_images(test[:1])[0], tensor_to_images(rec["thumbnail"][:1])[0],
                             tensor_to_images(rec["linear-block"][:1])[0]], axis=1)
     write_png(path.with_suffix(".png"), strip)

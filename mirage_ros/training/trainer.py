@@ -37,6 +37,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..util import dumps_json
 from ..world_model.frame_roles import FrameRoles
 from .checkpoint import TrainCheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from .dataset import MirageDataset
@@ -394,9 +395,9 @@ class Trainer:
         main = self.acc.is_main_process
         if main:
             self.run.mkdir(parents=True, exist_ok=True)
-            (self.run / "run.json").write_text(json.dumps(
+            (self.run / "run.json").write_text(dumps_json(
                 {"fingerprint": cfg.fingerprint(), "config": asdict(cfg), "data_header": self.data.header,
-                 "world_size": self.world, "parameters": self._parameter_counts()}, indent=1, default=list) + "\n")
+                 "world_size": self.world, "parameters": self._parameter_counts()}) + "\n")
         old = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         tb = _tensorboard(self.run) if main else None
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"mirage train {cfg.config}/{cfg.recipe}", unit="step",
@@ -407,7 +408,7 @@ class Trainer:
                 while self.step < cfg.steps:
                     rec = self.train_step()
                     if main:
-                        log.write(json.dumps(asdict(rec)) + "\n")
+                        log.write(dumps_json(asdict(rec), indent=None) + "\n")
                         log.flush()
                         if tb is not None:
                             tb.add_scalar("loss", rec.loss, rec.step)

@@ -1,0 +1,293 @@
+"""`mirage bench imagine`: the paper's closed-loop ablation in miniature, on held-out scenes.
+
+Each seed (``training.seeds.held_out_seeds``: never in any training set) is a procedural scene with
+the moving post and a closed loop that ends where it starts. Only the first frame is observed
+(with its simulator depth and labels); every arm then rolls out Algorithm 1 along the loop, each
+generated chunk written back into its memory. Arms, all with the same sampler steps and seeds:
+
+- ``latent``: the shipped model with the latent memory (ours);
+- ``rgb``: the same architecture trained the same way on the RGB point-cloud cache's readout
+  (hole-aware footprint splats rendered at full resolution, then encoded), rolled out with that
+  cache (``--rgb-model``);
+- ``none``: the shipped model with the readout zeroed (a shortcut for a model trained without memory
+  input; it was trained with 15 % readout dropout, so an empty readout is in its distribution);
+- ``readout``: no model: the first frame's memory read at every pose and decoded, black where unseen;
+- ``latent_nomask``: the latent arm with dynamic objects left in the memory (no exclusion masks).
+
+Depth of generated frames: the simulator's (oracle; ``arms``) and, as a second row, the memory's own
+depth (``arms_memory_depth``: the path a robot without Depth Anything 3 weights has).
+
+Metrics per seed, then mean over seeds with paired bootstrap 95 % intervals against ``latent``:
+PSNR and SSIM of the final frame (the first frame's pose), PSNR over the revisited region (cells the
+first observation covers, read at every generated frame's pose) and the never-seen region (the rest).
+Every frame is written as 8-bit PNG (``DIR/gt/<seed>/<frame>.png``, ``DIR/<arm>/<seed>/<frame>.png``;
+the memory-depth row under ``DIR/memory_depth/``), and the final-frame PSNR is computed from those
+PNGs, so anyone can recompute it.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+from ..util import psnr, ssim, write_json
+
+ARMS = ("latent", "rgb", "none", "readout", "latent_nomask")
+DEPTHS = ("oracle", "memory")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", default="mirage_out/bench_imagine.json", help="output JSON (PNG table/plot beside it)")
+    p.add_argument("--out", default="mirage_out/bench_imagine", help="folder for every frame (PNG)")
+    p.add_argument("--seeds", type=int, default=20, help="held-out seeds (default 20)")
+    p.add_argument("--frames", type=int, default=41, help="RGB frames per loop (default 41: 5 chunks)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    p.add_argument("--rgb-model", default=None, help="the RGB-cache arm's model folder (default: shipped beside it)")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
+    p.add_argument("--depths", default=",".join(DEPTHS), help="oracle,memory (depth of generated frames)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's own)")
+    p.add_argument("--bootstrap", type=int, default=10000)
+    p.add_argument("--threads", type=int, default=None)
+
+
+def _scene_loop(seed: int, frames: int, H: int, W: int):
+    """GT frames, depths, labels and cameras of a held-out seed's closed loop."""
+    from ..training.sim_data import render_clip, sim_clip_source
+
+    src = sim_clip_source(seed, "mixed", frames)
+    src["trajectory"] = "loop"
+    rgb, depth, labels, cams, params = render_clip(src, H, W)
+    return src, rgb, depth, labels, cams
+
+
+def _oracle(cams, depth, labels, exclude_dynamic: bool):
+    """Simulator depth / label providers for generated frames: the scene's exact values at the
+    frame's camera and time (looked up by camera)."""
+    from ..sim import STATIC, SKY
+
+    index = {id(c): i for i, c in enumerate(cams)}
+
+    def depth_fn(frames, cameras, memory):
+        return np.stack([depth[index[id(c)]] for c in cameras])
+
+    def mask_fn(frames, cameras):
+        import torch
+
+        lab = np.stack([labels[index[id(c)]] for c in cameras])
+        return torch.from_numpy(lab != STATIC if exclude_dynamic else lab == SKY)
+
+    return depth_fn, mask_fn
+
+
+def _rollout(model, arm: str, depth_mode: str, rgb0, cams, depth, labels, steps):
+    """One arm's frames (N, H, W, 3) uint8 (frame 0 = the observed frame)."""
+    import torch
+
+    from ..baselines.rgb_memory import RGBPointCloudMemory
+    from ..memory import LatentSpatialMemory
+    from ..sim import STATIC, SKY
+    from ..world_model.rollout import RolloutConfig, rollout
+
+    nomask = arm == "latent_nomask"
+    first_ex = torch.from_numpy(labels[0] == SKY if nomask else labels[0] != STATIC)
+    depth_fn, mask_fn = _oracle(cams, depth, labels, exclude_dynamic=not nomask)
+    if arm == "rgb":
+        memory = RGBPointCloudMemory(model.codec, splat="footprint")
+    else:
+        memory = LatentSpatialMemory(channels=model.channels, stride=model.stride)
+    res = rollout(model, rgb0, cams, memory, first_depth=torch.from_numpy(depth[0]), first_exclude=first_ex,
+                  depth_provider=depth_fn if depth_mode == "oracle" else None, mask_provider=mask_fn,
+                  readout_scale=0.0 if arm == "none" else 1.0, config=RolloutConfig(progress=False, seed=0))
+    return res.frames
+
+
+def _readout_frames(codec, rgb0, cams, depth, labels):
+    """No model: the first observation's memory read at every pose and decoded (black where unseen),
+    and the visibility of that memory (the revisited region)."""
+    import torch
+
+    from ..memory import LatentSpatialMemory
+    from ..sim import STATIC
+    from ..world_model.codec import images_to_tensor, tensor_to_images
+
+    mem = LatentSpatialMemory(channels=codec.channels, stride=codec.stride)
+    mem.insert(codec.encode(images_to_tensor(rgb0))[0], torch.from_numpy(depth[0]), cams[0],
+               exclude=torch.from_numpy(labels[0] != STATIC))
+    reads = [mem.read(c) for c in cams]
+    lat = torch.stack([r.latent for r in reads])
+    vis = torch.stack([r.mask for r in reads])
+    img = codec.decode(lat) * vis.repeat_interleave(codec.stride, 1).repeat_interleave(codec.stride, 2)[:, None]
+    frames = tensor_to_images(img)
+    frames[0] = rgb0
+    return frames, vis.numpy()
+
+
+def _write_frames(folder: Path, frames) -> None:
+    from ..viz import write_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames):
+        write_png(folder / f"{i:04d}.png", f)
+
+
+def _load_png(path: Path) -> np.ndarray:
+    import cv2
+
+    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def _metrics(gt: np.ndarray, out: np.ndarray, vis: np.ndarray, stride: int, final_png: Path, final_gt_png: Path) -> Dict:
+    """Per-seed metrics; the final-frame PSNR/SSIM come from the written PNGs."""
+    pix = vis.repeat(stride, 1).repeat(stride, 2)[1:]  # (N-1, H, W): revisited pixels of generated frames
+    g, o = gt[1:], out[1:]
+    m = pix[..., None].repeat(3, -1)
+    gfin, ofin = _load_png(final_gt_png), _load_png(final_png)
+    return {
+        "final_frame_psnr": psnr(gfin, ofin), "final_frame_ssim": ssim(gfin, ofin),
+        "revisited_psnr": psnr(g, o, m), "never_seen_psnr": psnr(g, o, ~m),
+        "all_frames_psnr": psnr(g, o), "revisited_fraction": float(pix.mean()),
+    }
+
+
+def _bootstrap(diffs: np.ndarray, n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(diffs), size=(n, len(diffs)))
+    means = diffs[idx].mean(1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def summarise(per_seed: Dict[str, List[Dict]], n_boot: int) -> Dict:
+    """Mean per arm and metric, with the paired bootstrap 95 % interval of (arm - latent)."""
+    out = {}
+    keys = ("final_frame_psnr", "final_frame_ssim", "revisited_psnr", "never_seen_psnr", "all_frames_psnr")
+    base = per_seed.get("latent")
+    for arm, rows in per_seed.items():
+        d = {}
+        for k in keys:
+            v = np.array([r[k] for r in rows], dtype=np.float64)
+            d[k] = float(np.mean(v))
+            if base is not None and arm != "latent":
+                b = np.array([r[k] for r in base], dtype=np.float64)
+                diff = v - b
+                d[f"{k}_minus_latent"] = float(diff.mean())
+                d[f"{k}_minus_latent_ci95"] = _bootstrap(diff, n_boot)
+        out[arm] = d
+    return out
+
+
+def run(args) -> int:
+    import torch
+
+    from ..training.seeds import held_out_seeds
+    from ..world_model.backend import SHIPPED_MODEL
+    from ..world_model.model import MirageWorldModel
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    arms = [a for a in args.arms.split(",") if a]
+    depths = [d for d in args.depths.split(",") if d]
+    bad = [a for a in arms if a not in ARMS] + [d for d in depths if d not in DEPTHS]
+    if bad:
+        raise SystemExit(f"bench imagine: unknown arms/depths {bad}")
+    model_dir = Path(args.model) if args.model else SHIPPED_MODEL
+    rgb_dir = Path(args.rgb_model) if args.rgb_model else model_dir.parent / (model_dir.name + "_rgb")
+    model = MirageWorldModel.from_pretrained(model_dir, device=args.device)
+    models = {"latent": model, "none": model, "latent_nomask": model}
+    if "rgb" in arms:
+        models["rgb"] = MirageWorldModel.from_pretrained(rgb_dir, device=args.device)
+    for m in set(map(id, models.values())):
+        mm = next(x for x in models.values() if id(x) == m)
+        mm.transformer.eval()
+        if args.steps:
+            mm.sampler.steps = int(args.steps)
+    H, W = (model.codec.stride * 8, model.codec.stride * 14)
+    idx = model_dir / "model_index.json"
+    if idx.is_file():
+        import json
+
+        res = json.loads(idx.read_text()).get("resolution")
+        if res:
+            H, W = int(res[0]), int(res[1])
+    out = Path(args.out)
+    seeds = held_out_seeds(args.seeds)
+    per_seed = {d: {a: [] for a in arms} for d in depths}
+    seconds = {d: {a: 0.0 for a in arms} for d in depths}
+    for k, seed in enumerate(seeds):
+        src, gt, depth, labels, cams = _scene_loop(seed, args.frames, H, W)
+        _write_frames(out / "gt" / str(seed), gt)
+        ro_frames, vis = _readout_frames(model.codec, gt[0], cams, depth, labels)
+        for d in depths:
+            for arm in arms:
+                t0 = time.perf_counter()
+                if arm == "readout":
+                    frames = ro_frames
+                else:
+                    frames = _rollout(models[arm], arm, d, gt[0], cams, depth, labels, args.steps)
+                seconds[d][arm] += time.perf_counter() - t0
+                folder = out / (arm if d == "oracle" else f"memory_depth/{arm}") / str(seed)
+                _write_frames(folder, frames)
+                n = len(frames) - 1
+                row = _metrics(gt, frames, vis, model.codec.stride, folder / f"{n:04d}.png", out / "gt" / str(seed) / f"{n:04d}.png")
+                row.update(seed=seed, scene=src["scene"])
+                per_seed[d][arm].append(row)
+        print(f"bench imagine: seed {seed} ({src['scene']}) done [{k + 1}/{len(seeds)}]: " + ", ".join(
+            f"{a} {per_seed[depths[0]][a][-1]['final_frame_psnr']:.1f}" for a in arms))
+    result = {
+        "model": str(model_dir), "rgb_model": str(rgb_dir) if "rgb" in arms else None,
+        "model_description": model.description, "sampler": {"steps": model.sampler.steps, "shift": model.sampler.shift},
+        "resolution": [H, W], "frames_per_loop": args.frames, "seeds": seeds, "device": args.device,
+        "none_arm": "shortcut: the shipped model with the readout zeroed (trained with 15 % readout dropout), "
+                    "not a separately trained model",
+        "revisited_region": "cells of the first frame's memory visible at each generated frame's pose",
+        "arms": summarise(per_seed["oracle"], args.bootstrap) if "oracle" in depths else {},
+        "arms_memory_depth": summarise(per_seed["memory"], args.bootstrap) if "memory" in depths else {},
+        "per_seed": per_seed, "seconds_per_rollout": {d: {a: s / len(seeds) for a, s in v.items()} for d, v in seconds.items()},
+        "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
+    }
+    path = write_json(args.json, result)
+    _plot(path.with_suffix(".png"), result, out, seeds[0], args.frames - 1, arms)
+    print(f"bench imagine: -> {path}")
+    return 0
+
+
+def _plot(png: Path, result: Dict, out: Path, seed: int, last: int, arms) -> None:
+    """Bars with 95 % intervals per metric and arm (oracle depth), and the final frames of one seed."""
+    from ..viz import image_grid, label_image, plt
+
+    p = plt()
+    arms_res = result["arms"] or result["arms_memory_depth"]
+    metrics = ("final_frame_psnr", "revisited_psnr", "never_seen_psnr", "final_frame_ssim")
+    fig, axes = p.subplots(1, len(metrics) + 1, figsize=(4 * (len(metrics) + 1), 3.6),
+                           gridspec_kw={"width_ratios": [1] * len(metrics) + [2.2]})
+    for ax, m in zip(axes, metrics):
+        names = [a for a in arms if a in arms_res]
+        vals = [arms_res[a][m] for a in names]
+        ax.bar(names, vals, color=["C0" if a == "latent" else "C7" for a in names])
+        if "latent" in arms_res:  # the paired 95 % interval of (arm - latent), drawn around the arm's mean
+            for i, a in enumerate(names):
+                if a != "latent":
+                    d, (lo, hi) = arms_res[a][f"{m}_minus_latent"], arms_res[a][f"{m}_minus_latent_ci95"]
+                    ax.errorbar(i, vals[i], yerr=[[d - lo], [hi - d]], color="k", capsize=3)
+        for i, v in enumerate(vals):
+            ax.text(i, v, f"{v:.2f}" if "ssim" in m else f"{v:.1f}", ha="center", va="bottom", fontsize=7)
+        ax.set_title(m.replace("_", " "), fontsize=9)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        lo_v = min(vals) if vals else 0
+        ax.set_ylim(max(0, lo_v - (0.1 if "ssim" in m else 3)), None)
+    tiles = [[label_image(_load_png(out / "gt" / str(seed) / f"{last:04d}.png"), "ground truth")]]
+    for a in arms:
+        f = out / a / str(seed) / f"{last:04d}.png"
+        if f.is_file():
+            tiles[0].append(label_image(_load_png(f), a))
+    grid = image_grid([tiles[0][i:i + 3] for i in range(0, len(tiles[0]), 3)])
+    axes[-1].imshow(grid)
+    axes[-1].axis("off")
+    axes[-1].set_title(f"final frame, seed {seed} (same pose as the first)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    p.close(fig)

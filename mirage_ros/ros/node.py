@@ -76,6 +76,7 @@ class MirageNode(LifecycleNode):
         self._plan_seq = 0
         self._threads = []
         self._goals: Optional[GoalQueue] = None
+        self._goal_node = self._goal_exec = self._goal_spin = self._action = None
         self._jobs = {}  # goal uuid -> (GoalQueue job, the future its _execute awaits)
         self._published_version = -1
         self._tf = None
@@ -210,15 +211,53 @@ class MirageNode(LifecycleNode):
         e.append(self.create_service(Trigger, "reset", self._srv_reset))
         e.append(self.create_service(SaveMemory, "save_memory", self._srv_save))
         e.append(self.create_service(LoadMemory, "load_memory", self._srv_load))
+        # The action server lives on a helper node spun by its own executor thread: rclpy turns a
+        # goal request into Python objects (~50 us per pose here) before any callback can look at
+        # its length, and a huge path must not stall the sensor and service executor meanwhile.
+        # The action keeps the name this node resolves (its namespace and remaps apply).
+        name = self.resolve_topic_name("imagine")
+        self._goal_node = rclpy.create_node(f"{self.get_name()}_imagine", namespace=self.get_namespace(),
+                                            context=self.context, use_global_arguments=False,
+                                            start_parameter_services=False, enable_rosout=False)
         svc = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=ACTION_SERVICE_DEPTH,
                          reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
         self._action = ActionServer(
-            self, Imagine, "imagine", execute_callback=self._execute, goal_callback=self._on_goal,
+            self._goal_node, Imagine, name, execute_callback=self._execute, goal_callback=self._on_goal,
             cancel_callback=self._on_cancel, goal_service_qos_profile=svc, result_service_qos_profile=svc,
             cancel_service_qos_profile=svc, result_timeout=60,
         )
-        e.append(self._action)
+        self._goal_exec = SingleThreadedExecutor(context=self.context)
+        self._goal_exec.add_node(self._goal_node)
+        self._goal_spin_stop = threading.Event()
+        self._goal_spin = threading.Thread(target=self._spin_goals, name="mirage-goal-executor", daemon=True)
+        self._goal_spin.start()
         self._last_cloud = self._last_stats = 0.0
+
+    def _spin_goals(self) -> None:
+        ex, stop = self._goal_exec, self._goal_spin_stop
+        while not stop.is_set():
+            try:
+                ex.spin_once(timeout_sec=0.1)
+            except (ExternalShutdownException, KeyboardInterrupt):
+                return
+            except Exception as exc:  # noqa: BLE001 - keep serving goals
+                if not self.context.ok():
+                    return
+                self.get_logger().error(f"goal executor: {type(exc).__name__}: {exc}")
+
+    def _destroy_goal_server(self) -> None:
+        """After stop_work: stop the goal executor thread, then the action server and its node."""
+        if self._goal_spin is not None:
+            self._goal_spin_stop.set()
+            self._goal_spin.join(timeout=5)
+            self._goal_spin = None
+        for what in (lambda: self._action.destroy(), lambda: self._goal_exec.shutdown(timeout_sec=1.0),
+                     lambda: self._goal_node.destroy_node()):
+            try:
+                what()
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                pass
+        self._action = self._goal_exec = self._goal_node = None
 
     def on_activate(self, state) -> TransitionCallbackReturn:
         self.active = True
@@ -255,6 +294,8 @@ class MirageNode(LifecycleNode):
 
     def _destroy_entities(self) -> None:
         self.stop_work()
+        if self._goal_node is not None:
+            self._destroy_goal_server()
         for ent in self._ents:
             try:
                 if isinstance(ent, ActionServer):
@@ -417,8 +458,8 @@ class MirageNode(LifecycleNode):
         executor keeps taking sensor messages, cancel requests and other goals meanwhile."""
         from rclpy.task import Future
 
-        fut = Future(executor=self.executor)
-        fut.add_done_callback(lambda _f: None)  # completion from a worker wakes the executor
+        fut = Future(executor=self._goal_exec)
+        fut.add_done_callback(lambda _f: None)  # completion from a worker wakes the goal executor
         key = bytes(goal_handle.goal_id.uuid)
 
         def done(ok, value):

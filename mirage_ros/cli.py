@@ -15,6 +15,7 @@ COMMANDS = {
     "replay": ("mirage_ros.ros.replay", "run the node logic over a rosbag2 and write the results to an MCAP bag"),
     "data": ("mirage_ros.training.cli_data", "make a training dataset (LMDB) from the simulator or a rosbag2"),
     "train": ("mirage_ros.training.cli_train", "train a world model (flow matching; accelerate / torchrun)"),
+    "ship": ("mirage_ros.training.ship", "package a training run's model (float16 weights, recipe, log, hashes)"),
 }
 BENCHMARKS = {
     "memory": ("mirage_ros.bench.memory", "latent memory vs RGB point-cloud cache (paper Fig. 5), scaling, growth"),

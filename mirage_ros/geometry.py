@@ -194,6 +194,11 @@ class Camera:
     def with_pose(self, world_to_camera) -> "Camera":
         return Camera(self.K, world_to_camera, self.height, self.width)
 
+    def resized(self, height: int, width: int) -> "Camera":
+        """The same camera for the image resized to ``height`` x ``width``: K's x row scales by
+        width / W and its y row by height / H (as ``latent_intrinsics`` does for the latent grid)."""
+        return Camera(latent_intrinsics(self.K, self.height, self.width, height, width), self.world_to_camera, height, width)
+
     # -- derived quantities -------------------------------------------------------------------
     @property
     def camera_to_world(self) -> torch.Tensor:

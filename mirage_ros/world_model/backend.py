@@ -196,6 +196,11 @@ class MirageBackend(Backend):
     ``imagine(cameras)`` rolls out from the last ``observe``d image along ``cameras`` (the poses of
     the frames to imagine, after the observed one). With ``keep_imagined=False`` (default) the
     memory is restored afterwards, so imagined content never mixes with observations.
+
+    A model trained at one resolution (``model.resolution``, e.g. the shipped 128x224) observes and
+    imagines at it: observed frames, depth, masks and cameras are resized to it before they enter
+    the memory (so a memory cell always covers the area the model's latents describe), and imagined
+    frames are resized back to the requested cameras' size.
     """
 
     name = "mirage"
@@ -213,7 +218,22 @@ class MirageBackend(Backend):
                             f"{getattr(as_depth_fn(depth_provider), 'name', 'memory')}, masks from "
                             f"{getattr(as_mask_fn(mask_provider), 'name', 'none')}")
 
+    @property
+    def resolution(self) -> Optional[Tuple[int, int]]:
+        res = getattr(self.model, "resolution", None)
+        return None if res is None else (int(res[0]), int(res[1]))
+
+    def _native(self, camera: Camera) -> Camera:
+        res = self.resolution
+        if res is None or (camera.height, camera.width) == res:
+            return camera
+        return camera.resized(*res)
+
     def observe(self, image, depth, camera, exclude=None) -> int:
+        res = self.resolution
+        if res is not None and (camera.height, camera.width) != res:
+            image, depth, exclude = _resize_observation(image, depth, exclude, camera, res, self.memory.stride)
+            camera = camera.resized(*res)
         n = super().observe(image, depth, camera, exclude=exclude)
         self._last = (np.array(image, dtype=np.uint8, copy=True), camera)
         return n
@@ -231,7 +251,8 @@ class MirageBackend(Backend):
         if not self.keep_imagined:
             snapshot = (self.memory.points.clone(), self.memory.features.clone())
         try:
-            for chunk in iter_rollout(self.model, image, [cam0] + list(cameras), self.memory,
+            native = [self._native(c) for c in cameras]
+            for chunk in iter_rollout(self.model, image, [cam0] + native, self.memory,
                                       prompt=prompt if prompt is not None else self.prompt,
                                       prompt_embeds=None if prompt is not None else self.prompt_embeds,
                                       depth_provider=self.depth_provider, mask_provider=self.mask_provider,
@@ -242,9 +263,12 @@ class MirageBackend(Backend):
                 idx = [chunk.frame_indices[k] - 1 for k in keep]
                 lat_pos = {j: k for k, j in enumerate(chunk.latent_indices)}
                 per_frame = [lat_pos[-(-(i + 1) // self.model.temporal_stride)] for i in idx]
+                frames = chunk.frames[keep]
+                if native[0] is not cameras[0]:
+                    frames = _resize_frames(frames, cameras[0].height, cameras[0].width)
                 yield ImaginedChunk(
                     index=chunk.index, cameras=[cameras[i] for i in idx], frame_indices=idx,
-                    frames=chunk.frames[keep], masks=chunk.masks[per_frame].cpu().numpy(),
+                    frames=frames, masks=chunk.masks[per_frame].cpu().numpy(),
                     readouts=chunk.readouts[per_frame], latents=chunk.latents, timings=dict(chunk.timings),
                 )
         finally:
@@ -252,6 +276,31 @@ class MirageBackend(Backend):
                 self.memory.clear()
                 if snapshot[0].shape[0]:
                     self.memory.add_points(*snapshot)
+
+
+def _resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    import cv2
+
+    return np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR) for f in frames])
+
+
+def _resize_observation(image, depth, exclude, camera: Camera, res: Tuple[int, int], stride: int):
+    """An observation at ``camera``'s size -> the model's resolution ``res``: the image by area, depth by
+    nearest pixel (never mixing foreground and background), an exclusion mask by any-overlap."""
+    import cv2
+
+    H, W = res
+    img = cv2.resize(np.asarray(image, dtype=np.uint8), (W, H), interpolation=cv2.INTER_AREA)
+    d = depth.detach().cpu().numpy() if isinstance(depth, torch.Tensor) else np.asarray(depth)
+    if d.shape == (camera.height, camera.width):
+        d = cv2.resize(d.astype(np.float32), (W, H), interpolation=cv2.INTER_NEAREST)
+    elif d.shape == (camera.height // stride, camera.width // stride):
+        d = cv2.resize(d.astype(np.float32), (W // stride, H // stride), interpolation=cv2.INTER_NEAREST)
+    ex = exclude
+    if ex is not None:
+        e = ex.detach().cpu().numpy() if isinstance(ex, torch.Tensor) else np.asarray(ex)
+        ex = cv2.resize(e.astype(np.uint8) * 255, (W, H), interpolation=cv2.INTER_AREA) > 0
+    return img, d, ex
 
 
 def _make_mirage(config: str = "tiny", weights: Optional[str] = None, side_branch: Optional[str] = None,

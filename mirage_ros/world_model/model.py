@@ -59,6 +59,7 @@ class MirageWorldModel:
         self.device = torch.device(device)
         self.offload = offload
         self.description = description
+        self.resolution: Optional[Tuple[int, int]] = None  # (H, W) a trained model expects; None: any
         self._score_cache: Dict[Tuple[int, int, int], torch.Tensor] = {}
         bb = transformer.backbone.config
         if text.text_dim != bb.text_dim:
@@ -331,7 +332,10 @@ class MirageWorldModel:
         if sampler is None:
             sampler = FlowUniPCSampler(**index.get("sampler", {}))
         desc = f"Mirage world model from {folder} ({index.get('name', 'trained with mirage train')})"
-        return cls(transformer, codec, text, sampler, device=device, description=desc)
+        model = cls(transformer, codec, text, sampler, device=device, description=desc)
+        if index.get("resolution"):
+            model.resolution = tuple(int(x) for x in index["resolution"])
+        return model
 
     def summary(self) -> Dict:
         n = self.transformer.num_parameters()

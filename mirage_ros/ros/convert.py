@@ -85,6 +85,7 @@ MSGTYPES: Dict[str, str] = {
     "Header": "std_msgs/msg/Header", "ColorRGBA": "std_msgs/msg/ColorRGBA",
     "Image": "sensor_msgs/msg/Image", "CameraInfo": "sensor_msgs/msg/CameraInfo",
     "RegionOfInterest": "sensor_msgs/msg/RegionOfInterest", "PointCloud2": "sensor_msgs/msg/PointCloud2",
+    "CompressedImage": "sensor_msgs/msg/CompressedImage",
     "PointField": "sensor_msgs/msg/PointField",
     "Pose": "geometry_msgs/msg/Pose", "PoseStamped": "geometry_msgs/msg/PoseStamped",
     "Point": "geometry_msgs/msg/Point", "Quaternion": "geometry_msgs/msg/Quaternion",

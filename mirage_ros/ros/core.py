@@ -102,6 +102,18 @@ class MirageCore:
         )
         b2c = self.p["pose.base_to_camera"]
         self.base_to_camera = cv.pose_to_matrix(_PoseLike(b2c), "pose.base_to_camera")
+        # pose.source tf: our own transform buffer (fed by on_tf), or a foreign lookup (tf2_ros:
+        # use_tf_lookup), and the queue of image stamps waiting for their transform
+        self.tf_buffer = self.tf_poses = None
+        if self.p["pose.source"] == "tf":
+            from .tf_buffer import TfPoseQueue, TransformBuffer
+
+            self.tf_buffer = TransformBuffer(cache_time_ns=int(self.p["tf.cache_time"] * 1e9),
+                                             tolerance_ns=int(round(self.p["tf.tolerance"] * 1e9)),
+                                             jump_ns=self.sync.jump_ns)
+            self.tf_poses = TfPoseQueue(self.tf_buffer.lookup, self.p["world_frame"], self.p["tf.camera_frame"],
+                                        self.p["tf.camera_is_link"], int(round(self.p["tf.wait"] * 1e9)),
+                                        max_pending=self.p["sync.queue_size"])
         self.counts = {k: 0 for k in ("messages_received", "sets_completed", "frames_observed", "frames_skipped",
                                       "inputs_rejected", "goals_succeeded", "goals_canceled", "goals_aborted",
                                       "frames_imagined", "time_jumps", "goals_rejected")}
@@ -237,13 +249,82 @@ class MirageCore:
             self.counts["sets_completed"] += 1
         return s
 
-    def on_image(self, msg) -> Optional[SyncedSet]:
+    def on_image(self, msg, now_ns: Optional[int] = None) -> Optional[SyncedSet]:
         self.counts["messages_received"] += 1
         try:
             rgb = cv.image_to_rgb(msg, "image")
         except cv.ConversionError as exc:
             return self.reject("image", str(exc))
-        return self._add("image", cv.stamp_to_ns(msg.header.stamp), rgb)
+        return self._image_in(msg.header, rgb, now_ns)
+
+    def on_compressed_image(self, msg, now_ns: Optional[int] = None) -> Optional[SyncedSet]:
+        """sensor_msgs/CompressedImage (``image/compressed``: jpeg or png as image_transport publishes it)."""
+        from .compressed import compressed_to_rgb
+
+        self.counts["messages_received"] += 1
+        try:
+            rgb = compressed_to_rgb(msg, "image/compressed")
+        except cv.ConversionError as exc:
+            return self.reject("image", str(exc))
+        return self._image_in(msg.header, rgb, now_ns)
+
+    def _image_in(self, header, rgb: np.ndarray, now_ns: Optional[int]) -> Optional[SyncedSet]:
+        stamp = cv.stamp_to_ns(header.stamp)
+        s = self._add("image", stamp, rgb)
+        if self.tf_poses is not None:  # ask for the camera pose at this image's stamp
+            now = time.monotonic_ns() if now_ns is None else int(now_ns)
+            s = self._tf_results(*self.tf_poses.request(stamp, str(header.frame_id), now)) or s
+        return s
+
+    # -- tf (pose.source tf) ------------------------------------------------------------------
+    def use_tf_lookup(self, lookup: Callable[[str, str, int], np.ndarray]) -> None:
+        """Take camera poses from another buffer (tf2_ros): ``lookup(target, source, stamp_ns)``
+        returns target_from_source; ``on_tf`` is then not needed, ``poll_tf`` retries waiting images."""
+        if self.tf_poses is None:
+            raise ValueError("pose.source is not 'tf'")
+        self.tf_poses.lookup = lookup
+
+    def on_tf(self, msg, static: bool = False, now_ns: Optional[int] = None) -> Optional[SyncedSet]:
+        """tf2_msgs/TFMessage from /tf (or /tf_static with ``static``): stored in the buffer, then
+        images waiting for their transform are retried. Our own imagined camera
+        (``imagined.frame_id``, which the node publishes on /tf) is ignored."""
+        if self.tf_buffer is None:
+            return None
+        from .tf_buffer import TfInputError, transforms_from_msg
+
+        self.counts["tf_received"] = self.counts.get("tf_received", 0) + 1
+        good, bad = transforms_from_msg(msg)
+        for reason in bad:
+            self.reject("tf", reason)
+        own = self.p["imagined.frame_id"]
+        for parent, child, stamp, T in good:
+            if child == own:
+                continue
+            try:
+                self.tf_buffer.set_transform(parent, child, stamp, T, static=static)
+            except TfInputError as exc:
+                self.reject("tf", str(exc))
+        return self.poll_tf(now_ns)
+
+    def poll_tf(self, now_ns: Optional[int] = None) -> Optional[SyncedSet]:
+        """Retry images waiting for their transform; drop those whose wait is over (logged)."""
+        if self.tf_poses is None or not self.tf_poses.pending:
+            return None
+        now = time.monotonic_ns() if now_ns is None else int(now_ns)
+        return self._tf_results(*self.tf_poses.poll(now))
+
+    def _tf_results(self, resolved, failed) -> Optional[SyncedSet]:
+        for _stamp, reason in failed:
+            self.reject("tf", reason)
+        s = None
+        for stamp, T in resolved:
+            dist = float(np.linalg.norm(T[:3, 3]))
+            if not dist <= cv.MAX_POSITION:
+                self.reject("tf", f"camera position from tf is {dist:.3g} m from the world origin, beyond "
+                                  f"{cv.MAX_POSITION:g} m (use a local world frame)")
+                continue
+            s = self._add("pose", stamp, T) or s
+        return s
 
     def on_camera_info(self, msg) -> Optional[SyncedSet]:
         self.counts["messages_received"] += 1
@@ -293,6 +374,17 @@ class MirageCore:
         self.counts["messages_received"] += 1
         try:
             d = cv.image_to_depth(msg, "depth", self.p["depth.mm_scale"])
+        except cv.ConversionError as exc:
+            return self.reject("depth", str(exc))
+        return self._add("depth", cv.stamp_to_ns(msg.header.stamp), d)
+
+    def on_compressed_depth(self, msg) -> Optional[SyncedSet]:
+        """CompressedImage on ``depth/compressedDepth`` (image_transport's compressedDepth png)."""
+        from .compressed import compressed_depth_to_array
+
+        self.counts["messages_received"] += 1
+        try:
+            d = compressed_depth_to_array(msg, "depth/compressedDepth", self.p["depth.mm_scale"])
         except cv.ConversionError as exc:
             return self.reject("depth", str(exc))
         return self._add("depth", cv.stamp_to_ns(msg.header.stamp), d)
@@ -464,6 +556,8 @@ class MirageCore:
             if self.backend is not None:
                 self.backend.reset()
             self.sync.reset()
+            if self.tf_poses is not None:
+                self.tf_poses.clear()
             self.last_observe_stamp = None
             self.observed_poses.clear()
             self.imagined_poses.clear()

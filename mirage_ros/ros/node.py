@@ -5,13 +5,17 @@ Run: ``ros2 run mirage_ros mirage_node`` (colcon) or ``mirage_node`` (pip), with
 every topic, service and action name is relative, so a namespace or a remap moves them.
 
 Interfaces (relative names)
-  subscribes  image (sensor_msgs/Image: rgb8 bgr8 rgba8 bgra8 mono8), camera_info,
+  subscribes  image (sensor_msgs/Image: rgb8 bgr8 rgba8 bgra8 mono8) or image/compressed
+              (CompressedImage jpeg/png; input.image_transport=compressed), camera_info,
               pose (geometry_msgs/PoseStamped: the camera OPTICAL frame — x right, y down,
               z forward — in the world frame, i.e. camera_to_world), or odom (nav_msgs/Odometry,
-              pose.source=odometry), or tf (pose.source=tf, where tf2_ros is installed),
-              depth (32FC1 metres / 16UC1 millimetres; depth.provider=topic),
+              pose.source=odometry), or /tf + /tf_static (pose.source=tf: world_frame <- the
+              camera frame at each image's stamp; tf2_ros where installed, else a built-in buffer),
+              depth (32FC1 metres / 16UC1 millimetres; depth.provider=topic) or
+              depth/compressedDepth (input.depth_transport=compressedDepth),
               labels (mono8; masks.provider=labels), plan (nav_msgs/Path: streaming mode)
-  publishes   imagined/image and imagined/camera_info per frame, with /tf (world_frame ->
+  publishes   imagined/image (and imagined/image/compressed with imagined.compressed jpeg|png)
+              and imagined/camera_info per frame, with /tf (world_frame ->
               imagined.frame_id at the frame's stamp: the requested camera pose),
               imagined/chunk (mirage_ros/ImaginedChunk, without the images), imagined/path,
               memory/points (PointCloud2 xyz+rgb), memory/stats (mirage_ros/MemoryStats),
@@ -149,6 +153,11 @@ class MirageNode(LifecycleNode):
             "frustums": self.create_lifecycle_publisher(MarkerArray, "memory/frustums", latched),
             "camera_info": self.create_lifecycle_publisher(CameraInfo, "imagined/camera_info", res),
         }
+        if p["imagined.compressed"] != "none":  # image_transport's name for the compressed twin
+            from sensor_msgs.msg import CompressedImage
+
+            self._pubs["image_compressed"] = self.create_lifecycle_publisher(
+                CompressedImage, "imagined/image/compressed", res)
         try:  # /tf: where the imagined camera is, per frame (tf2_msgs: ROS, or scripts/build_interfaces.sh)
             from tf2_msgs.msg import TFMessage
 
@@ -188,7 +197,13 @@ class MirageNode(LifecycleNode):
         sensor = qos.profile("sensor", reliability=p["qos.sensor_reliability"], depth=p["qos.sensor_depth"])
         core = self.core
         e = self._ents
-        e.append(self.create_subscription(Image, "image", self._guard(self._on_image), sensor))
+        if p["input.image_transport"] == "compressed":
+            from sensor_msgs.msg import CompressedImage
+
+            e.append(self.create_subscription(CompressedImage, "image/compressed", self._guard(core.on_compressed_image),
+                                              sensor))
+        else:
+            e.append(self.create_subscription(Image, "image", self._guard(core.on_image), sensor))
         e.append(self.create_subscription(CameraInfo, "camera_info", self._guard(core.on_camera_info), sensor))
         src = p["pose.source"]
         if src == "pose":
@@ -196,15 +211,15 @@ class MirageNode(LifecycleNode):
         elif src == "odometry":
             e.append(self.create_subscription(Odometry, "odom", self._guard(core.on_odometry), sensor))
         else:
-            try:
-                import tf2_ros
-            except ImportError:
-                raise RuntimeError("pose.source is 'tf' but tf2_ros is not installed (it is not on PyPI; "
-                                   "use a ROS install, or pose.source pose/odometry)") from None
-            buf = tf2_ros.Buffer()
-            self._tf = (buf, tf2_ros.TransformListener(buf, self))
+            self._create_tf_input(p)
         if p["depth.provider"] == "topic":
-            e.append(self.create_subscription(Image, "depth", self._guard(core.on_depth), sensor))
+            if p["input.depth_transport"] == "compressedDepth":
+                from sensor_msgs.msg import CompressedImage
+
+                e.append(self.create_subscription(CompressedImage, "depth/compressedDepth",
+                                                  self._guard(core.on_compressed_depth), sensor))
+            else:
+                e.append(self.create_subscription(Image, "depth", self._guard(core.on_depth), sensor))
         if p["masks.provider"] == "labels":
             e.append(self.create_subscription(Image, "labels", self._guard(core.on_labels), sensor))
         e.append(self.create_subscription(Path, "plan", self._on_plan, qos.profile("plan")))
@@ -232,6 +247,61 @@ class MirageNode(LifecycleNode):
         self._goal_spin = threading.Thread(target=self._spin_goals, name="mirage-goal-executor", daemon=True)
         self._goal_spin.start()
         self._last_cloud = self._last_stats = 0.0
+
+    def _create_tf_input(self, p: dict) -> None:
+        """pose.source tf: tf2_ros' buffer and listener where installed (tf.listener auto /
+        tf2_ros), else the core's own buffer fed by /tf + /tf_static subscriptions with tf2's QoS.
+        Either way the core's queue asks for world_frame <- camera frame at each image's stamp,
+        and a 20 ms timer retries images still waiting for their transform."""
+        core, e = self.core, self._ents
+        tf2_ros = None
+        if p["tf.listener"] in ("auto", "tf2_ros"):
+            try:
+                import tf2_ros
+            except ImportError:
+                if p["tf.listener"] == "tf2_ros":
+                    raise RuntimeError("tf.listener is 'tf2_ros' but tf2_ros is not installed (it is not on PyPI; "
+                                       "use tf.listener auto or builtin)") from None
+        if tf2_ros is not None:
+            from rclpy.duration import Duration
+            from rclpy.time import Time
+
+            buf = tf2_ros.Buffer(cache_time=Duration(nanoseconds=int(p["tf.cache_time"] * 1e9)))
+            self._tf = (buf, tf2_ros.TransformListener(buf, self))
+
+            def lookup(target, source, stamp_ns):
+                tr = buf.lookup_transform(target, source, Time(nanoseconds=int(stamp_ns)))
+                return cv.pose_to_matrix(_Pose(tr.transform.translation, tr.transform.rotation), "tf")
+
+            core.use_tf_lookup(lookup)
+        else:
+            from tf2_msgs.msg import TFMessage
+
+            e.append(self.create_subscription(TFMessage, "/tf", lambda m: self._on_tf(m, False), qos.profile("tf")))
+            e.append(self.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, True),
+                                              qos.profile("tf_static", depth=100)))
+        e.append(self.create_timer(0.02, self._poll_tf))
+        self.get_logger().info(
+            f"pose from tf: {p['world_frame']} <- {p['tf.camera_frame'] or 'each image header.frame_id'}"
+            + (" (a camera link: + link -> optical rotation)" if p["tf.camera_is_link"] else "")
+            + f" via {'tf2_ros' if tf2_ros is not None else 'the built-in /tf + /tf_static buffer'}")
+
+    def _on_tf(self, msg, static: bool) -> None:
+        """Transforms are stored even while inactive (/tf_static is latched: it arrives once)."""
+        core = self.core
+        if core is None:
+            return
+        s = core.on_tf(msg, static)
+        if s is not None and self.active:
+            self._offer(s)
+
+    def _poll_tf(self) -> None:
+        core = self.core
+        if core is None:
+            return
+        s = core.poll_tf()
+        if s is not None and self.active:
+            self._offer(s)
 
     def _spin_goals(self) -> None:
         ex, stop = self._goal_exec, self._goal_spin_stop
@@ -300,6 +370,8 @@ class MirageNode(LifecycleNode):
             try:
                 if isinstance(ent, ActionServer):
                     ent.destroy()
+                elif hasattr(ent, "timer_period_ns"):
+                    self.destroy_timer(ent)
                 elif hasattr(ent, "srv_type"):
                     self.destroy_service(ent)
                 else:
@@ -336,30 +408,6 @@ class MirageNode(LifecycleNode):
             if s is not None:
                 self._offer(s)
         return cb
-
-    def _on_image(self, msg):
-        if self._tf is not None:
-            self._lookup_tf(msg)
-        return self.core.on_image(msg)
-
-    def _lookup_tf(self, msg) -> None:
-        from rclpy.time import Time
-
-        buf, _ = self._tf
-        try:
-            tr = buf.lookup_transform(self.core.p["world_frame"], msg.header.frame_id, Time.from_msg(msg.header.stamp))
-        except Exception as exc:  # noqa: BLE001 - tf raises several lookup errors
-            self.core.reject("tf", f"{self.core.p['world_frame']} <- {msg.header.frame_id}: {exc}")
-            return
-        t, r = tr.transform.translation, tr.transform.rotation
-        try:
-            T = cv.pose_to_matrix(_Pose(t, r), "tf")
-        except cv.ConversionError as exc:
-            self.core.reject("tf", str(exc))
-            return
-        s = self.core.on_camera_pose(cv.stamp_to_ns(msg.header.stamp), T)
-        if s is not None:
-            self._offer(s)
 
     def _offer(self, s) -> None:
         """Hand a complete set to the observer thread; a set still waiting is superseded."""
@@ -430,16 +478,22 @@ class MirageNode(LifecycleNode):
         summary = {"frames": 0, "chunks": 0, "coverage": [], "first": None}
         self._pubs["path"].publish(out.imagined_path_msg(T, req.camera_to_world, req.stamps_ns, p["world_frame"]))
         fid = p["imagined.frame_id"]
+        zpub = self._pubs.get("image_compressed")
         for chunk in core.imagine(req, cancel=cancel):
             images = out.frame_images(T, chunk, req.stamps_ns, fid)
+            zimgs = (out.frame_compressed_images(T, chunk, req.stamps_ns, fid, p["imagined.compressed"],
+                                                 p["imagined.jpeg_quality"], p["imagined.png_level"])
+                     if zpub is not None else [None] * len(images))
             infos = out.frame_camera_infos(T, chunk, req.stamps_ns, req.K, req.height, req.width, fid)
             tfs = (out.frame_transforms(T, chunk, req.camera_to_world, req.stamps_ns, p["world_frame"], fid)
                    if "tf" in self._pubs else [None] * len(images))
-            for img, info, tf in zip(images, infos, tfs):  # the transform first, so viewers can place the image
+            for img, info, tf, zimg in zip(images, infos, tfs, zimgs):  # the transform first, so viewers can place the image
                 if tf is not None:
                     self._pubs["tf"].publish(tf)
                 self._pubs["camera_info"].publish(info)
                 self._pubs["image"].publish(img)
+                if zimg is not None:
+                    zpub.publish(zimg)
                 if summary["first"] is None:
                     summary["first"] = time.perf_counter() - (t_accept or time.perf_counter())
             # imagined/chunk: indices, poses, visibility; the images are on imagined/image only

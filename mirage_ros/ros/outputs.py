@@ -18,13 +18,24 @@ import numpy as np
 
 from . import convert as cv
 
-__all__ = ["frame_images", "frame_camera_infos", "frame_transforms", "transform_stamped_msg", "tf_msg", "chunk_msg",
+__all__ = ["frame_images", "frame_compressed_images", "frame_camera_infos", "frame_transforms", "transform_stamped_msg", "tf_msg", "chunk_msg",
            "stats_msg", "frustum_lines", "frustum_markers", "imagined_path_msg", "cloud_msg"]
 
 
 def frame_images(types, chunk, stamps_ns: Sequence[int], frame_id: str) -> List[object]:
     """One rgb8 Image per imagined frame, stamped with its pose time."""
     return [cv.image_msg(types, chunk.frames[j], int(stamps_ns[i]), frame_id, "rgb8")
+            for j, i in enumerate(chunk.frame_indices)]
+
+
+def frame_compressed_images(types, chunk, stamps_ns: Sequence[int], frame_id: str, codec: str,
+                            jpeg_quality: int = 90, png_level: int = 3) -> List[object]:
+    """One sensor_msgs/CompressedImage per imagined frame (``imagined/image/compressed``: jpeg or
+    png, format "rgb8; <codec> compressed bgr8" as image_transport's compressed plugin writes it),
+    with the same header as its Image."""
+    from .compressed import compressed_image_msg
+
+    return [compressed_image_msg(types, chunk.frames[j], int(stamps_ns[i]), frame_id, codec, jpeg_quality, png_level)
             for j, i in enumerate(chunk.frame_indices)]
 
 

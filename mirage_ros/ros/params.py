@@ -64,14 +64,27 @@ PARAMS: List[Param] = [
     Param("sync.tolerance", 0.0, "0: image, camera_info, pose (and depth) of one set share one stamp (exact); > 0 (s, opt-in for sensors with their own clocks): each image takes the nearest partner within it that is nearer to no other image"),
     Param("sync.queue_size", 30, "messages kept per input while waiting for partners"),
     Param("sync.latch_camera_info", False, "pair every image with the newest camera_info regardless of stamp"),
-    Param("pose.source", "pose", "camera pose input: pose (PoseStamped) | odometry (nav_msgs/Odometry on `odom`) | tf (tf2_ros, where installed)", ("pose", "odometry", "tf")),
+    Param("pose.source", "pose", "camera pose input: pose (PoseStamped) | odometry (nav_msgs/Odometry on `odom`) | tf (/tf + /tf_static: world_frame -> the camera frame at each image's stamp)", ("pose", "odometry", "tf")),
     Param("pose.base_to_camera", [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], "camera optical frame in the odometry child frame: x y z qx qy qz qw (pose.source odometry)"),
+    # -- tf (pose.source tf) --
+    Param("tf.camera_frame", "", "frame whose pose in world_frame is the camera pose (pose.source tf; empty: each image's header.frame_id)"),
+    Param("tf.camera_is_link", False, "the camera frame is a REP 103 camera LINK (x forward, y left, z up, as Isaac Sim and Gazebo publish), not its optical frame: append the fixed link -> optical rotation (quaternion -0.5 0.5 -0.5 0.5)"),
+    Param("tf.wait", 0.5, "seconds an image waits for the transform at its stamp (tf later than the image, e.g. at start-up); then it is dropped with the reason"),
+    Param("tf.tolerance", 0.0, "a stamp up to this many seconds outside a tf edge's samples takes the nearest sample instead of failing (0: interpolate only, as tf2)"),
+    Param("tf.cache_time", 10.0, "seconds of tf history kept per edge"),
+    Param("tf.listener", "auto", "auto (tf2_ros where installed, else builtin) | tf2_ros | builtin (the node's own /tf + /tf_static subscription and buffer)", ("auto", "tf2_ros", "builtin")),
+    # -- input transports --
+    Param("input.image_transport", "raw", "colour input: raw (sensor_msgs/Image on `image`) | compressed (CompressedImage on `image/compressed`, jpeg or png as image_transport publishes it)", ("raw", "compressed")),
+    Param("input.depth_transport", "raw", "depth input: raw (Image on `depth`) | compressedDepth (CompressedImage on `depth/compressedDepth`, image_transport's png format)", ("raw", "compressedDepth")),
     # -- frames --
     Param("world_frame", "map", "world frame: poses, paths, clouds and markers are in it"),
     Param("imagined.frame_id", "mirage_imagined_optical_frame", "frame_id of imagined images"),
     Param("imagined.frame_rate", 10.0, "Hz; stamps of imagined frames whose pose has a zero stamp are path stamp + i / rate"),
     Param("imagined.max_frames", 1024, "goals and plans with more poses (or num_frames) are rejected"),
     Param("imagined.feedback_frames", True, "action feedback carries the chunk's images (false: poses, coverage and timings only)", read_only=False),
+    Param("imagined.compressed", "none", "also publish imagined/image/compressed (sensor_msgs/CompressedImage as image_transport's compressed plugin): none | jpeg | png", ("none", "jpeg", "png")),
+    Param("imagined.jpeg_quality", 90, "JPEG quality of imagined/image/compressed (1 .. 100)", read_only=False),
+    Param("imagined.png_level", 3, "PNG compression level of imagined/image/compressed (0 .. 9)", read_only=False),
     # -- goals --
     Param("goals.max_active", 1, "imagine goals run at once, each on one of this many fixed worker threads"),
     Param("goals.max_queued", 10, "imagine goals waiting for a worker; a goal beyond this is rejected at once (the node logs why)"),
@@ -160,6 +173,15 @@ def validate(values: Dict[str, Any]) -> Dict[str, Any]:
         raise ParamError(f"goals.max_queued: expected 0 .. 10000, got {out['goals.max_queued']}")
     if out["imagined.frame_rate"] <= 0:
         raise ParamError(f"imagined.frame_rate: expected > 0, got {out['imagined.frame_rate']}")
+    if not 1 <= out["imagined.jpeg_quality"] <= 100:
+        raise ParamError(f"imagined.jpeg_quality: expected 1 .. 100, got {out['imagined.jpeg_quality']}")
+    if not 0 <= out["imagined.png_level"] <= 9:
+        raise ParamError(f"imagined.png_level: expected 0 .. 9, got {out['imagined.png_level']}")
+    for name in ("tf.wait", "tf.tolerance"):
+        if not out[name] >= 0:
+            raise ParamError(f"{name}: expected >= 0 s, got {out[name]}")
+    if not out["tf.cache_time"] > 0:
+        raise ParamError(f"tf.cache_time: expected > 0 s, got {out['tf.cache_time']}")
     if len(out["pose.base_to_camera"]) != 7:
         raise ParamError("pose.base_to_camera: expected 7 numbers x y z qx qy qz qw")
     return out

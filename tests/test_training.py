@@ -285,7 +285,12 @@ def test_sigterm_saves_and_stops_cleanly_then_resume_finishes(dataset, tmp_path)
 
 
 def test_two_gloo_processes_match_one_with_the_doubled_batch(dataset, tmp_path):
-    common = ["--config", "tiny", "--data", str(dataset), "--steps", "4", "--warmup", "2", "--no-progress", "--threads", "1"]
+    """torchrun with 2 CPU (gloo) processes of batch 2 follows the same loss curve as 1 process of
+    batch 4: same samples, same noise, gradients averaged. A large learning rate makes every step's
+    update show in the next loss: measured here the two curves agree to 1e-7 relative, while one
+    process of batch 2 (what a missing gradient average amounts to) is off by about 2 %."""
+    common = ["--config", "tiny", "--data", str(dataset), "--steps", "6", "--warmup", "1", "--lr", "1e-2",
+              "--no-progress", "--threads", "1"]
     one = subprocess.run([sys.executable, "-m", "mirage_ros", "train", "--out", str(tmp_path / "one"), "--batch", "4"] + common,
                          env=_env(), capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr
@@ -293,26 +298,17 @@ def test_two_gloo_processes_match_one_with_the_doubled_batch(dataset, tmp_path):
                           "-m", "mirage_ros", "train", "--out", str(tmp_path / "two"), "--batch", "2"] + common,
                          env=_env(), capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
-    run = json.loads((tmp_path / "two" / "run.json").read_text())
-    assert run["world_size"] == 2
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
     a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    assert len(a) == len(b) == 4
-    assert np.allclose(a, b, rtol=1e-4, atol=1e-6), (a, b)  # same samples and noise; only summation order differs
-    # The trained models compute the same function. (Parameters are not compared one by one: AdamW turns
-    # a gradient that is zero up to rounding -- e.g. the cross-attention key bias under a one-token
-    # prompt, which the softmax ignores -- into a full-size step of either sign.)
-    from mirage_ros.training.trainer import flow_matching_inputs
-    from mirage_ros.world_model.model import MirageWorldModel
-
-    ds = MirageDataset(dataset)
-    m1 = MirageWorldModel.from_pretrained(tmp_path / "one" / "model", device="cpu").transformer
-    m2 = MirageWorldModel.from_pretrained(tmp_path / "two" / "model", device="cpu").transformer
-    cfg = TrainConfig(config="tiny", data=str(dataset), out=str(tmp_path / "x"))
-    same_roles = max(ds.buckets().values(), key=len)[:2]
-    b = flow_matching_inputs([ds.window(i) for i in same_roles], cfg, 7, 0, m1.backbone.config.text_dim, 512)
-    with torch.no_grad():
-        y1, y2 = (m(b["latents"], b["frame_timesteps"], b["prompt"], b["roles"], b["control"], b["control_mask"]) for m in (m1, m2))
-    assert torch.allclose(y1, y2, rtol=1e-3, atol=1e-4), float((y1 - y2).abs().max())
+    assert len(a) == len(b) == 6
+    # budget: float32 summation order differs (per-rank means averaged vs one mean), ~1e-7 per step,
+    # compounded over 6 steps; a 1e-4 budget stays 100x below the effect of a wrong average
+    assert np.allclose(a, b, rtol=1e-4, atol=0), (a, b)
+    half = subprocess.run([sys.executable, "-m", "mirage_ros", "train", "--out", str(tmp_path / "half"), "--batch", "2"] + common,
+                          env=_env(), capture_output=True, text=True, timeout=600)
+    assert half.returncode == 0, half.stderr
+    c = _losses(tmp_path / "half")
+    assert max(abs(x - y) / x for x, y in zip(a[1:], c[1:])) > 1e-3  # the test can tell batches apart
 
 
 def test_cli_data_sim_and_train_one_line_errors(tmp_path, dataset):

@@ -214,3 +214,32 @@ def test_perception_providers_plug_in(model):
     cams = cameras(10)
     be.observe(first_image(), wall_depth(cams[0]).numpy(), cams[0])
     assert [i for c in be.imagine(cams[1:]) for i in c.frame_indices] == list(range(9))
+
+
+def test_candidates_batch_like_alone_and_never_touch_the_memory():
+    """K candidate trajectories from one snapshot: each rolls out as it does alone (same noise, one
+    batch per chunk round), the memory is unchanged, and the scores are the memory's coverage."""
+    from mirage_ros.world_model.backend import make_backend
+
+    b = make_backend("mirage", config="tiny", steps=2, side_branch_init="random")
+    cams = cameras(14)
+    img = (np.random.default_rng(0).random((H, W, 3)) * 255).astype(np.uint8)
+    b.observe(img, wall_depth(cams[0]).numpy(), cams[0])
+    before = (b.memory.points.clone(), b.memory.features.clone())
+    trajs = [cams[1:6], cams[2:14], cams[3:9]]  # different lengths: different chunk schedules
+    got = {}
+    for k, ch in b.imagine_candidates(trajs):
+        got.setdefault(k, []).append(ch)
+    assert torch.equal(b.memory.points, before[0]) and torch.equal(b.memory.features, before[1])
+    for k, traj in enumerate(trajs):
+        alone = list(b.imagine(traj))
+        assert [c.frame_indices for c in got[k]] == [c.frame_indices for c in alone]
+        for x, y in zip(got[k], alone):
+            assert torch.allclose(x.latents, y.latents, atol=1e-4), k  # batched matmuls round differently
+    scores = b.candidate_scores(trajs)
+    for s, traj in zip(scores, trajs):
+        vis = [float(b.memory.read(c).mask.float().mean()) for c in traj]
+        assert s["visibility"] == pytest.approx(vis) and s["known"] == pytest.approx(np.mean(vis))
+        assert s["novelty"] == pytest.approx(1 - np.mean(vis))
+    with pytest.raises(ValueError, match="no candidates"):
+        list(b.imagine_candidates([]))

@@ -189,6 +189,18 @@ class LatentSpatialMemory:
         self._n = 0
         self.index.clear()
 
+    def fork(self) -> "LatentSpatialMemory":
+        """An independent copy (same settings, points, features and spatial index): what a rollout
+        may write into without touching this memory (read-only forks for candidate trajectories)."""
+        import copy
+
+        other = copy.copy(self)
+        other._xyz = self._xyz[: self._n].clone()
+        other._feat = self._feat[: self._n].clone()
+        other.index = copy.deepcopy(self.index)
+        other.last_insert = dict(self.last_insert)
+        return other
+
     def __repr__(self) -> str:
         return (f"LatentSpatialMemory(points={self._n}, channels={self.channels}, stride={self.stride}, "
                 f"{self.nbytes / 2**20:.2f} MiB, device={self.device})")

@@ -26,12 +26,13 @@ from ..geometry import Camera
 from ..memory import LatentSpatialMemory
 from .codec import Codec, WanVAECodec, images_to_tensor, make_codec, tensor_to_images
 from .providers import as_depth_fn, as_mask_fn, make_provider
-from .rollout import RolloutConfig, iter_rollout
+from .rollout import RolloutConfig, iter_rollout_batch
 
 __all__ = ["ImaginedChunk", "Backend", "ReadoutBackend", "MirageBackend", "make_backend", "register_backend", "BACKENDS",
            "SHIPPED_MODEL"]
 
 MAX_FRAMES_PER_REQUEST = 4096
+MAX_CANDIDATES = 64
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "mirage_small"
 
 
@@ -84,6 +85,43 @@ class Backend:
         self, cameras: Sequence[Camera], prompt: Optional[str] = None, cancel: Optional[Callable[[], bool]] = None
     ) -> Iterator[ImaginedChunk]:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def imagine_candidates(
+        self, trajectories: Sequence[Sequence[Camera]], prompt: Optional[str] = None,
+        cancel: Optional[Callable[[], bool]] = None,
+    ) -> Iterator[Tuple[int, ImaginedChunk]]:
+        """Imagine several candidate trajectories from the same memory snapshot, none written into the
+        memory: yields (candidate index, chunk). Generative backends batch them through the model."""
+        self._check_candidates(trajectories)
+        for k, cams in enumerate(trajectories):
+            for chunk in self.imagine(cams, prompt=prompt, cancel=cancel):
+                yield k, chunk
+
+    def candidate_scores(self, trajectories: Sequence[Sequence[Camera]]) -> List[Dict]:
+        """Cheap scores a planner can rank on, from the memory as it is (no model): per frame the
+        fraction of the view the memory already knows (``visibility``), their mean (``known``), and
+        ``novelty`` = 1 - known (how much of the path looks at space never seen)."""
+        out = []
+        for cams in trajectories:
+            vis = [float(self.memory.read(self._native(c), dtype=None).coverage) for c in cams]
+            known = float(np.mean(vis)) if vis else 0.0
+            out.append({"visibility": vis, "known": known, "novelty": 1.0 - known})
+        return out
+
+    def _native(self, camera: Camera) -> Camera:
+        """The camera the memory is read at (a model's own resolution; identity here)."""
+        return camera
+
+    def _check_candidates(self, trajectories) -> None:
+        if len(trajectories) == 0:
+            raise ValueError("trajectories: no candidates")
+        if len(trajectories) > MAX_CANDIDATES:
+            raise ValueError(f"trajectories: {len(trajectories)} candidates, at most {MAX_CANDIDATES} per request")
+        total = sum(len(t) for t in trajectories)
+        if total > MAX_FRAMES_PER_REQUEST:
+            raise ValueError(f"trajectories: {total} poses in all, at most {MAX_FRAMES_PER_REQUEST} per request")
+        for t in trajectories:
+            self._check_request(t)
 
     def point_colors(self) -> np.ndarray:
         """(N, 3) uint8 colours for the memory's points: the mean colour each feature decodes to
@@ -244,38 +282,41 @@ class MirageBackend(Backend):
 
     def imagine(self, cameras, prompt=None, cancel=None):
         self._check_request(cameras)
+        for _, chunk in self._rollouts([cameras], prompt, cancel, keep=self.keep_imagined):
+            yield chunk
+
+    def imagine_candidates(self, trajectories, prompt=None, cancel=None):
+        """All candidates in one batched rollout (lockstep chunks; one denoising batch per chunk
+        round), each in its own fork of the memory: nothing is written into the memory."""
+        self._check_candidates(trajectories)
+        yield from self._rollouts(trajectories, prompt, cancel, keep=False)
+
+    def _rollouts(self, trajectories, prompt, cancel, keep: bool):
         if self._last is None:
             raise RuntimeError("imagine: no frame observed yet; the world model starts from the last observed image")
         image, cam0 = self._last
-        snapshot = None
-        if not self.keep_imagined:
-            snapshot = (self.memory.points.clone(), self.memory.features.clone())
-        try:
-            native = [self._native(c) for c in cameras]
-            for chunk in iter_rollout(self.model, image, [cam0] + native, self.memory,
-                                      prompt=prompt if prompt is not None else self.prompt,
-                                      prompt_embeds=None if prompt is not None else self.prompt_embeds,
-                                      depth_provider=self.depth_provider, mask_provider=self.mask_provider,
-                                      config=self.config):
-                if cancel is not None and cancel():
-                    return
-                keep = [k for k, i in enumerate(chunk.frame_indices) if i >= 1]
-                idx = [chunk.frame_indices[k] - 1 for k in keep]
-                lat_pos = {j: k for k, j in enumerate(chunk.latent_indices)}
-                per_frame = [lat_pos[-(-(i + 1) // self.model.temporal_stride)] for i in idx]
-                frames = chunk.frames[keep]
-                if native[0] is not cameras[0]:
-                    frames = _resize_frames(frames, cameras[0].height, cameras[0].width)
-                yield ImaginedChunk(
-                    index=chunk.index, cameras=[cameras[i] for i in idx], frame_indices=idx,
-                    frames=frames, masks=chunk.masks[per_frame].cpu().numpy(),
-                    readouts=chunk.readouts[per_frame], latents=chunk.latents, timings=dict(chunk.timings),
-                )
-        finally:
-            if snapshot is not None:
-                self.memory.clear()
-                if snapshot[0].shape[0]:
-                    self.memory.add_points(*snapshot)
+        natives = [[self._native(c) for c in cams] for cams in trajectories]
+        memories = [self.memory] if keep else [self.memory.fork() for _ in trajectories]
+        it = iter_rollout_batch(self.model, image, [[cam0] + n for n in natives], memories,
+                                prompt=prompt if prompt is not None else self.prompt,
+                                prompt_embeds=None if prompt is not None else self.prompt_embeds,
+                                depth_provider=self.depth_provider, mask_provider=self.mask_provider, config=self.config)
+        for k, chunk in it:
+            if cancel is not None and cancel():
+                return
+            cameras, native = trajectories[k], natives[k]
+            keep_ids = [i for i, f in enumerate(chunk.frame_indices) if f >= 1]
+            idx = [chunk.frame_indices[i] - 1 for i in keep_ids]
+            lat_pos = {j: i for i, j in enumerate(chunk.latent_indices)}
+            per_frame = [lat_pos[-(-(i + 1) // self.model.temporal_stride)] for i in idx]
+            frames = chunk.frames[keep_ids]
+            if native[0] is not cameras[0]:
+                frames = _resize_frames(frames, cameras[0].height, cameras[0].width)
+            yield k, ImaginedChunk(
+                index=chunk.index, cameras=[cameras[i] for i in idx], frame_indices=idx,
+                frames=frames, masks=chunk.masks[per_frame].cpu().numpy(),
+                readouts=chunk.readouts[per_frame], latents=chunk.latents, timings=dict(chunk.timings),
+            )
 
 
 def _resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -254,30 +254,55 @@ class MirageWorldModel:
         preceding (P, C, h, w), references (R, C, h, w): clean context latents.
         Noise is drawn on the CPU from ``generator`` so a seed gives the same frames on any device.
         """
-        C, h, w = clean_targets.shape[1:]
-        P = 0 if preceding is None else preceding.shape[0]
-        R = 0 if references is None else references.shape[0]
-        roles = FrameRoles(num_targets, P, R, clean_targets.shape[0])
-        if readouts.shape[0] != roles.num_conditioned:
-            raise ValueError(f"readouts: {readouts.shape[0]} frames, expected targets + preceding = {roles.num_conditioned}")
+        req = dict(clean_targets=clean_targets, num_targets=num_targets, readouts=readouts, masks=masks,
+                   preceding=preceding, references=references, generator=generator)
+        return self.denoise_batch([req], image_size, prompt_embeds, negative_embeds, progress)[0]
+
+    @torch.no_grad()
+    def denoise_batch(self, requests, image_size: Tuple[int, int], prompt_embeds: torch.Tensor,
+                      negative_embeds: Optional[torch.Tensor] = None, progress=None) -> list:
+        """Several chunks in one batch (e.g. a planner's candidate trajectories): ``requests`` are dicts
+        with ``denoise``'s per-chunk arguments; all must have the same frame roles (targets, clean
+        targets, preceding, references). Each request's noise comes from its own generator, so a
+        chunk is the same whether it is denoised alone or in a batch (up to float rounding)."""
+        if not requests:
+            return []
+        shapes = [(r["num_targets"], r["clean_targets"].shape[0],
+                   0 if r.get("preceding") is None else r["preceding"].shape[0],
+                   0 if r.get("references") is None else r["references"].shape[0]) for r in requests]
+        if len(set(shapes)) != 1:
+            raise ValueError(f"requests: a batch needs one frame-role layout, got {sorted(set(shapes))}")
+        T, k, P, R = shapes[0]
+        C, h, w = requests[0]["clean_targets"].shape[1:]
+        roles = FrameRoles(T, P, R, k)
+        for r in requests:
+            if r["readouts"].shape[0] != roles.num_conditioned:
+                raise ValueError(f"readouts: {r['readouts'].shape[0]} frames, expected targets + preceding = {roles.num_conditioned}")
+        B = len(requests)
         tr = self.transformer
         with self.on_device(tr):
             dev, dt = tr.device, tr.dtype
-            ctx = [x.permute(1, 0, 2, 3)[None].to(dev, torch.float32) for x in (preceding, references) if x is not None and x.shape[0]]
-            control, cmask = self.control_inputs(readouts.to(dev), masks.to(dev), image_size)
-            cond = prompt_embeds.to(dev, dt)
-            uncond = (negative_embeds if negative_embeds is not None else torch.zeros_like(prompt_embeds)).to(dev, dt)
+            ctx = []
+            for key in ("preceding", "references"):
+                if requests[0].get(key) is not None and requests[0][key].shape[0]:
+                    ctx.append(torch.stack([r[key] for r in requests]).permute(0, 2, 1, 3, 4).to(dev, torch.float32))
+            parts = [self.control_inputs(r["readouts"].to(dev), r["masks"].to(dev), image_size) for r in requests]
+            control = None if parts[0][0] is None else torch.cat([c for c, _ in parts])
+            cmask = None if parts[0][1] is None else torch.cat([m for _, m in parts])
+            cond = prompt_embeds.to(dev, dt).expand(B, -1, -1)
+            uncond = (negative_embeds if negative_embeds is not None else torch.zeros_like(prompt_embeds)).to(dev, dt).expand(B, -1, -1)
 
             def predict(x, t, conditional: bool):
                 seq = torch.cat([x] + ctx, dim=2)
                 ft = roles.frame_timesteps(t, device=dev)
                 out = tr(seq, ft, cond if conditional else uncond, roles, control, cmask)
-                return out[:, :, :num_targets]
+                return out[:, :, :T]
 
-            noise = torch.randn((1, C, num_targets, h, w), generator=generator, dtype=torch.float32).to(dev)
-            clean = clean_targets.permute(1, 0, 2, 3)[None].to(dev, torch.float32)
+            noise = torch.cat([torch.randn((1, C, T, h, w), generator=r.get("generator"), dtype=torch.float32)
+                               for r in requests]).to(dev)
+            clean = torch.stack([r["clean_targets"] for r in requests]).permute(0, 2, 1, 3, 4).to(dev, torch.float32)
             x = self.sampler.sample(predict, noise, clean, progress=progress)
-        return x[0].permute(1, 0, 2, 3).float().cpu()
+        return [x[i].permute(1, 0, 2, 3).float().cpu() for i in range(B)]
 
     # -- our folders -----------------------------------------------------------------------------
     def save_pretrained(self, folder: Union[str, Path], save_backbone: bool = True, extra: Optional[Dict] = None) -> Path:

@@ -34,7 +34,8 @@ from .codec import images_to_tensor, tensor_to_images
 from .providers import as_depth_fn, as_mask_fn
 from .references import ReferenceSelector, visible_points
 
-__all__ = ["RolloutConfig", "ChunkResult", "RolloutResult", "latent_chunks", "iter_rollout", "rollout", "STAGES"]
+__all__ = ["RolloutConfig", "ChunkResult", "RolloutResult", "latent_chunks", "iter_rollout", "iter_rollout_batch", "rollout",
+           "STAGES"]
 
 STAGES = ("readout", "denoise", "decode", "depth", "masks", "encode", "update")
 
@@ -118,6 +119,169 @@ def _tqdm(**kw):
     return tqdm(**kw)
 
 
+class _Track:
+    """One trajectory's Algorithm 1 state: cameras, memory, latents, readouts, reference selector."""
+
+    def __init__(self, model, cameras, memory, z0, cfg: RolloutConfig, readout_scale: float, depth_fn, mask_fn):
+        cams = list(cameras)
+        N, H, W = len(cams), cams[0].height, cams[0].width
+        if any((c.height, c.width) != (H, W) for c in cams):
+            raise ValueError("cameras: all cameras of a rollout must share one image size")
+        if memory.channels != model.channels or memory.stride != model.stride:
+            raise ValueError(f"memory: {memory.channels} channels / stride {memory.stride}, the model has {model.channels} / {model.stride}")
+        self.model, self.cams, self.memory, self.cfg = model, cams, memory, cfg
+        self.N, self.H, self.W, self.ts = N, H, W, model.temporal_stride
+        self.readout_scale, self.depth_fn, self.mask_fn = readout_scale, depth_fn, mask_fn
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.selector = ReferenceSelector(cfg.max_references, cfg.ref_iou_threshold, cfg.ref_voxel_size)
+        self.latents, self.readouts, self.masks = {0: z0}, {}, {}
+        self.selector.remember(0, visible_points(memory, [memory.read(cams[0])]))
+        self.schedule = latent_chunks(N, cfg.chunk_latents, self.ts)
+
+    def cam_of(self, j: int) -> Camera:
+        """Camera of latent j (the last camera past the end)."""
+        return self.cams[min(self.ts * j, self.N - 1)]
+
+    def plan(self, c: int) -> Dict:
+        """Lines 8-10 for chunk c: read the memory at every target pose and the preceding frames'
+        poses (Eq. 5), as it is now; choose context frames. Returns the chunk's denoise request."""
+        tick = time.perf_counter()
+        a, b = self.schedule[c]
+        T = b - a + 1
+        prec = list(range(max(0, a - self.cfg.preceding_latents), a))
+        cond_ids = list(range(a, b + 1)) + prec
+        reads = [self.memory.read(self.cam_of(j)) for j in cond_ids]
+        cond_read = [r.latent.float().cpu() for r in reads]
+        cond_mask = [r.mask.cpu() for r in reads]
+        for j, lat, m in zip(cond_ids, cond_read, cond_mask):
+            if a <= j:
+                self.readouts[j], self.masks[j] = lat, m
+        refs = [i for i, _ in self.selector.select(visible_points(self.memory, reads[:T]), exclude=prec + [a])]
+        self._chunk = dict(c=c, a=a, b=b, prec=prec, refs=refs, t={"readout": time.perf_counter() - tick})
+        lat = self.latents
+        return dict(
+            clean_targets=lat[a][None], num_targets=T,
+            readouts=torch.stack(cond_read) * self.readout_scale,
+            masks=torch.stack(cond_mask) & (self.readout_scale != 0),
+            preceding=torch.stack([lat[j] for j in prec]) if prec else None,
+            references=torch.stack([lat[j] for j in refs]) if refs else None,
+            generator=self.gen,
+        )
+
+    def finish(self, z: torch.Tensor, first_frame: np.ndarray, denoise_s: float) -> ChunkResult:
+        """Lines 12-17 for the planned chunk: decode, perceive, re-encode, insert."""
+        ch, model, memory, ts, N = self._chunk, self.model, self.memory, self.ts, self.N
+        c, a, b = ch["c"], ch["a"], ch["b"]
+        t = dict(ch["t"], denoise=denoise_s)
+        new = list(range(a + 1, b + 1))
+        for j in new:
+            self.latents[j] = z[j - a]
+        tick = time.perf_counter()
+        # Lines 12-13: decode once per chunk; emit frames past the overlap frame.
+        video = model.decode_video(z)  # (1 + ts(T-1), 3, H, W)
+        first_out = 0 if c == 0 else 1
+        frame_ids = [ts * a + i for i in range(first_out, video.shape[0]) if ts * a + i < N]
+        rgb = tensor_to_images(video[[f - ts * a for f in frame_ids]])
+        if c == 0:
+            rgb[0] = np.asarray(first_frame)  # O <- {I_0}: the input frame itself
+        tick = _lap(t, "decode", tick)
+
+        # Lines 14-17: depth, masks, encode and insert the new latent-aligned frames.
+        upd = [j for j in new if ts * j < N]
+        upd_frames = tensor_to_images(video[[ts * (j - a) for j in upd]]) if upd else np.zeros((0, self.H, self.W, 3), np.uint8)
+        upd_cams = [self.cam_of(j) for j in upd]
+        depth = self.depth_fn(upd_frames, upd_cams, memory) if upd else None
+        tick = _lap(t, "depth", tick)
+        exclude = self.mask_fn(upd_frames, upd_cams) if upd else None
+        tick = _lap(t, "masks", tick)
+        pixels = getattr(memory, "stores_pixels", False)  # the RGB point-cloud cache keeps the decoded pixels
+        if not upd or pixels:
+            feats = None
+        elif self.cfg.update_source == "reencode":
+            feats = model.encode_images(images_to_tensor(upd_frames)).cpu()
+        else:
+            feats = torch.stack([self.latents[j] for j in upd])
+        tick = _lap(t, "encode", tick)
+        added = 0
+        for i, j in enumerate(upd):
+            item = upd_frames[i] if pixels else feats[i].to(memory.device)
+            added += memory.insert(item, depth[i], upd_cams[i], exclude=None if exclude is None else exclude[i])
+        for j in upd:
+            self.selector.remember(j, visible_points(memory, [memory.read(self.cam_of(j))]))
+        _lap(t, "update", tick)
+        t["total"] = sum(t[s] for s in STAGES)
+        lat_ids = ([0] if c == 0 else []) + new
+        return ChunkResult(
+            index=c, frame_indices=frame_ids, frames=rgb, latent_indices=lat_ids,
+            latents=torch.stack([self.latents[j] for j in lat_ids]),
+            readouts=torch.stack([self.readouts[j] for j in lat_ids]),
+            masks=torch.stack([self.masks[j] for j in lat_ids]),
+            references=ch["refs"], preceding=ch["prec"], points_added=added, timings=t,
+        )
+
+
+def iter_rollout_batch(
+    model,
+    first_frame: np.ndarray,
+    trajectories: Sequence[Sequence[Camera]],
+    memories: Sequence,
+    first_depth=None,
+    first_exclude=None,
+    prompt: Optional[str] = None,
+    readout_scale: float = 1.0,
+    prompt_embeds: Optional[torch.Tensor] = None,
+    depth_provider=None,
+    mask_provider=None,
+    config: Optional[RolloutConfig] = None,
+) -> Iterator[Tuple[int, ChunkResult]]:
+    """Algorithm 1 along several trajectories from one first frame, in lockstep: each chunk round
+    denoises every trajectory's chunk in batches of equal frame roles. Yields (trajectory index,
+    ``ChunkResult``) in chunk order. Each trajectory has its own memory (``memories``: e.g. forks of
+    one snapshot) and its own noise generator seeded with ``config.seed``, so a trajectory rolls out
+    the same whether alone or in a batch (up to float rounding). See ``iter_rollout``."""
+    cfg = config or RolloutConfig()
+    trajs = [list(t) for t in trajectories]
+    if not trajs or len(trajs) != len(memories):
+        raise ValueError(f"trajectories / memories: expected one memory per trajectory, got {len(trajs)} and {len(memories)}")
+    H, W = trajs[0][0].height, trajs[0][0].width
+    if tuple(np.shape(first_frame)) != (H, W, 3):
+        raise ValueError(f"first_frame: shape {np.shape(first_frame)} does not match the camera's {H}x{W}x3")
+    depth_fn, mask_fn = as_depth_fn(depth_provider), as_mask_fn(mask_provider)
+    emb = prompt_embeds if prompt_embeds is not None else model.text.encode(prompt)
+    neg = model.text.encode(cfg.negative_prompt) if model.sampler.cfg and model.text.has_model else None
+
+    # Lines 1-5: z_0 = E(I_0); M <- Lambda_0 of (z_0, D_0, K_0, E_0).
+    z0 = model.encode_images(images_to_tensor(first_frame))[0].cpu()
+    if first_depth is not None:
+        for memory, cams in zip(memories, trajs):
+            first = np.asarray(first_frame) if getattr(memory, "stores_pixels", False) else z0.to(memory.device)
+            memory.insert(first, first_depth, cams[0], exclude=first_exclude)
+    tracks = [_Track(model, cams, mem, z0, cfg, readout_scale, depth_fn, mask_fn) for cams, mem in zip(trajs, memories)]
+    rounds = max(len(tr.schedule) for tr in tracks)
+    bar = _tqdm(total=sum(len(tr.schedule) for tr in tracks), desc="mirage rollout", unit="chunk", disable=not cfg.progress)
+    for c in range(rounds):
+        live = [i for i, tr in enumerate(tracks) if c < len(tr.schedule)]
+        requests = {i: tracks[i].plan(c) for i in live}
+        groups: Dict[tuple, List[int]] = {}
+        for i in live:
+            r = requests[i]
+            key = (r["num_targets"], 0 if r["preceding"] is None else r["preceding"].shape[0],
+                   0 if r["references"] is None else r["references"].shape[0])
+            groups.setdefault(key, []).append(i)
+        out, secs = {}, {}
+        for ids in groups.values():
+            tick = time.perf_counter()
+            steps = lambda it: _tqdm(iterable=it, desc=f"chunk {c} denoise x{len(ids)}", leave=False, disable=not cfg.progress)  # noqa: E731
+            zs = model.denoise_batch([requests[i] for i in ids], (H, W), emb, neg, progress=steps)
+            dt = time.perf_counter() - tick
+            for i, z in zip(ids, zs):
+                out[i], secs[i] = z, dt
+        for i in live:
+            bar.update(1)
+            yield i, tracks[i].finish(out[i], first_frame, secs[i])
+    bar.close()
+
+
 def iter_rollout(
     model,
     first_frame: np.ndarray,
@@ -140,109 +304,13 @@ def iter_rollout(
     ``readout_scale`` multiplies the readout the side branch sees (0 = the model without memory
     input, an ablation; the memory is still updated and used for references).
     """
-    cfg = config or RolloutConfig()
-    cams = list(cameras)
-    N, H, W = len(cams), cams[0].height, cams[0].width
-    if tuple(np.shape(first_frame)) != (H, W, 3):
-        raise ValueError(f"first_frame: shape {np.shape(first_frame)} does not match the camera's {H}x{W}x3")
-    if any((c.height, c.width) != (H, W) for c in cams):
-        raise ValueError("cameras: all cameras of a rollout must share one image size")
-    if memory.channels != model.channels or memory.stride != model.stride:
-        raise ValueError(f"memory: {memory.channels} channels / stride {memory.stride}, the model has {model.channels} / {model.stride}")
-    depth_fn, mask_fn = as_depth_fn(depth_provider), as_mask_fn(mask_provider)
-    ts = model.temporal_stride
-    cam_of = lambda j: cams[min(ts * j, N - 1)]  # noqa: E731 - camera of latent j
-    emb = prompt_embeds if prompt_embeds is not None else model.text.encode(prompt)
-    neg = model.text.encode(cfg.negative_prompt) if model.sampler.cfg and model.text.has_model else None
-    gen = torch.Generator().manual_seed(cfg.seed)
-    selector = ReferenceSelector(cfg.max_references, cfg.ref_iou_threshold, cfg.ref_voxel_size)
-
-    # Lines 1-5: z_0 = E(I_0); M <- Lambda_0 of (z_0, D_0, K_0, E_0).
-    z0 = model.encode_images(images_to_tensor(first_frame))[0].cpu()
-    if first_depth is not None:
-        first = np.asarray(first_frame) if getattr(memory, "stores_pixels", False) else z0.to(memory.device)
-        memory.insert(first, first_depth, cams[0], exclude=first_exclude)
-    latents, readouts, masks = {0: z0}, {}, {}
-    r0 = memory.read(cams[0])
-    selector.remember(0, visible_points(memory, [r0]))
-
-    schedule = latent_chunks(N, cfg.chunk_latents, ts)
-    bar = _tqdm(total=len(schedule), desc="mirage rollout", unit="chunk", disable=not cfg.progress)
-    for c, (a, b) in enumerate(schedule):
-        t, tick = {}, time.perf_counter()
-        T, new = b - a + 1, list(range(a + 1, b + 1))
-
-        # Lines 8-10: read the memory at every target pose and the preceding frames' poses (Eq. 5),
-        # as it is now; choose context frames.
-        prec = list(range(max(0, a - cfg.preceding_latents), a))
-        cond_ids = list(range(a, b + 1)) + prec
-        reads = [memory.read(cam_of(j)) for j in cond_ids]
-        cond_read, cond_mask = {}, {}
-        for j, r in zip(cond_ids, reads):
-            cond_read[j], cond_mask[j] = r.latent.float().cpu(), r.mask.cpu()
-            if a <= j:
-                readouts[j], masks[j] = cond_read[j], cond_mask[j]
-        refs = [i for i, _ in selector.select(visible_points(memory, reads[:T]), exclude=prec + [a])]
-        tick = _lap(t, "readout", tick)
-
-        # Line 11: denoise the chunk with the backbone + side branch.
-        steps = lambda it: _tqdm(iterable=it, desc=f"chunk {c} denoise", leave=False, disable=not cfg.progress)  # noqa: E731
-        z = model.denoise(
-            clean_targets=latents[a][None], num_targets=T,
-            readouts=torch.stack([cond_read[j] for j in cond_ids]) * readout_scale,
-            masks=torch.stack([cond_mask[j] for j in cond_ids]) & (readout_scale != 0),
-            image_size=(H, W), prompt_embeds=emb,
-            preceding=torch.stack([latents[j] for j in prec]) if prec else None,
-            references=torch.stack([latents[j] for j in refs]) if refs else None,
-            negative_embeds=neg, generator=gen, progress=steps,
-        )
-        for j in new:
-            latents[j] = z[j - a]
-        tick = _lap(t, "denoise", tick)
-
-        # Lines 12-13: decode once per chunk; emit frames past the overlap frame.
-        video = model.decode_video(z)  # (1 + ts(T-1), 3, H, W)
-        first_out = 0 if c == 0 else 1
-        frame_ids = [ts * a + i for i in range(first_out, video.shape[0]) if ts * a + i < N]
-        rgb = tensor_to_images(video[[f - ts * a for f in frame_ids]])
-        if c == 0:
-            rgb[0] = np.asarray(first_frame)  # O <- {I_0}: the input frame itself
-        tick = _lap(t, "decode", tick)
-
-        # Lines 14-17: depth, masks, encode and insert the new latent-aligned frames.
-        upd = [j for j in new if ts * j < N]
-        upd_frames = tensor_to_images(video[[ts * (j - a) for j in upd]]) if upd else np.zeros((0, H, W, 3), np.uint8)
-        upd_cams = [cam_of(j) for j in upd]
-        depth = depth_fn(upd_frames, upd_cams, memory) if upd else None
-        tick = _lap(t, "depth", tick)
-        exclude = mask_fn(upd_frames, upd_cams) if upd else None
-        tick = _lap(t, "masks", tick)
-        pixels = getattr(memory, "stores_pixels", False)  # the RGB point-cloud cache keeps the decoded pixels
-        if not upd or pixels:
-            feats = None
-        elif cfg.update_source == "reencode":
-            feats = model.encode_images(images_to_tensor(upd_frames)).cpu()
-        else:
-            feats = torch.stack([latents[j] for j in upd])
-        tick = _lap(t, "encode", tick)
-        added = 0
-        for i, j in enumerate(upd):
-            item = upd_frames[i] if pixels else feats[i].to(memory.device)
-            added += memory.insert(item, depth[i], upd_cams[i], exclude=None if exclude is None else exclude[i])
-        for j in upd:
-            selector.remember(j, visible_points(memory, [memory.read(cam_of(j))]))
-        tick = _lap(t, "update", tick)
-        t["total"] = sum(t[s] for s in STAGES)
-
-        lat_ids = ([0] if c == 0 else []) + new
-        bar.update(1)
-        yield ChunkResult(
-            index=c, frame_indices=frame_ids, frames=rgb, latent_indices=lat_ids,
-            latents=torch.stack([latents[j] for j in lat_ids]),
-            readouts=torch.stack([readouts[j] for j in lat_ids]), masks=torch.stack([masks[j] for j in lat_ids]),
-            references=refs, preceding=prec, points_added=added, timings=t,
-        )
-    bar.close()
+    if len(cameras) < 2:
+        latent_chunks(len(cameras))  # raises the documented error
+    for _, chunk in iter_rollout_batch(model, first_frame, [cameras], [memory], first_depth=first_depth,
+                                       first_exclude=first_exclude, prompt=prompt, readout_scale=readout_scale,
+                                       prompt_embeds=prompt_embeds, depth_provider=depth_provider,
+                                       mask_provider=mask_provider, config=config):
+        yield chunk
 
 
 def _lap(t: Dict[str, float], stage: str, tick: float) -> float:

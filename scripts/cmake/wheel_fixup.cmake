@@ -1,4 +1,5 @@
-# Injected by scripts/build_interfaces.sh with -DCMAKE_PROJECT_INCLUDE=... (never by colcon).
+# Injected with -DCMAKE_PROJECT_INCLUDE=... by scripts/build_interfaces.sh and scripts/colcon_build.sh
+# (builds against the PyPI wheels; never needed with a ROS install).
 #
 # The PyPI ROS 2 wheels were built in a manylinux container, and their exported
 # `<pkg>::<pkg>__rosidl_generator_py` targets name that container's Python and numpy include

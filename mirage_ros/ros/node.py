@@ -182,7 +182,9 @@ class MirageNode(LifecycleNode):
         self._goals.start()
         self.get_logger().info(
             f"configured: backend={p['backend']} device={p['device']} world_frame={p['world_frame']} "
-            f"inputs: image, camera_info, {p['pose.source']}" + (", depth" if p["depth.provider"] == "topic" else "")
+            f"inputs: {'image/compressed' if p['input.image_transport'] == 'compressed' else 'image'}, camera_info, "
+            f"{p['pose.source']}" + ((", depth/compressedDepth" if p["input.depth_transport"] == "compressedDepth"
+                                      else ", depth") if p["depth.provider"] == "topic" else "")
             + (", labels" if p["masks.provider"] == "labels" else ""))
         return TransitionCallbackReturn.SUCCESS
 

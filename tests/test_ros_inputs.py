@@ -174,3 +174,60 @@ def test_compressed_inputs_give_what_raw_inputs_give(scene):
                                data=np.frombuffer(jpg[: len(jpg) // 3], np.uint8))
     assert z.on_compressed_image(broken) is None
     assert "truncated" in z.last_rejection and z.backend.memory.num_points == n and z.version == v
+
+
+def test_replay_from_tf_and_compressed_topics_equals_the_pose_topic_replay(tmp_path, scene):
+    """A bag recorded from a tf-only robot with compressed cameras (/tf_static, /tf, PNG
+    image/compressed, compressedDepth) replays to the memory a pose-topic bag of the same frames
+    gives; the output carries imagined/image/compressed (JPEG) that OpenCV decodes."""
+    import struct
+
+    from mirage_ros.ros.bag import BagWriter, read_messages
+    from mirage_ros.ros.replay import replay
+
+    cams, frames = scene
+    with BagWriter(tmp_path / "posebag") as pb, BagWriter(tmp_path / "tfbag") as tb:
+        tb.write("/tf_static", tf_msg([("map", "odom", 0, MAP_FROM_ODOM, None)]), 1, "tf_static")
+        tb.write("/tf_static", robot_static(), 1, "tf_static")
+        for i, (cam, fr) in enumerate(zip(cams, frames)):
+            st = 30 * S + i * S // 10
+            C = cam.camera_to_world.numpy()
+            mm = np.nan_to_num(fr.depth * 1000.0, nan=0).astype(np.uint16)
+            for b in (pb, tb):
+                b.add_camera_info("camera_info", cam.K.numpy(), H, W, st, FRAME)
+            pb.add_pose("pose", C, st)
+            pb.add_image("depth", mm, st, FRAME, "16UC1")
+            pb.add_image("image", fr.rgb, st, FRAME)
+            ok, dpng = cv2.imencode(".png", mm)
+            tb.write("depth/compressedDepth", B.CompressedImage(
+                header=cv.header_msg(B, st, FRAME), format="16UC1; compressedDepth png",
+                data=np.frombuffer(struct.pack("<iff", 0, 0.0, 0.0) + dpng.tobytes(), np.uint8)), st, "sensor")
+            zi = _png(fr.rgb)
+            zi.header = cv.header_msg(B, st, FRAME)
+            tb.write("image/compressed", zi, st, "sensor")
+            # the transform is recorded 30 ms after its image (a slower tf publisher)
+            tb.write("/tf", tf_msg([("odom", "base_link", st, odom_to_base(C), None)]), st + 30_000_000, "tf")
+    common = {"viz.cloud_max_points": 10**6}
+    a = replay(tmp_path / "posebag", tmp_path / "out_pose", dict(common), imagine="none", log=lambda *_: None)
+    b = replay(tmp_path / "tfbag", tmp_path / "out_tf", dict(common, **{
+        "pose.source": "tf", "input.image_transport": "compressed", "input.depth_transport": "compressedDepth",
+        "imagined.compressed": "jpeg"}), imagine="recorded", log=lambda *_: None)
+    assert a["observed"] == b["observed"] == len(cams) and b["rejected"] == 0, b["last_rejection"]
+    assert a["points"] == b["points"] > 0
+
+    def last_cloud(path):
+        return [m for t, _, _, m in read_messages(path) if t == "/memory/points"][-1]
+
+    ca, cb = (cv.pointcloud_to_structured(last_cloud(tmp_path / p)) for p in ("out_pose", "out_tf"))
+    for k in ("x", "y", "z"):
+        np.testing.assert_allclose(cb[k], ca[k], atol=1e-5)
+    assert np.array_equal(ca["rgb"].view(np.uint32), cb["rgb"].view(np.uint32))
+    msgs = [(t, m) for t, _, _, m in read_messages(tmp_path / "out_tf")]
+    raw = {cv.stamp_to_ns(m.header.stamp): m for t, m in msgs if t == "/imagined/image"}
+    z = [m for t, m in msgs if t == "/imagined/image/compressed"]
+    assert len(z) == len(raw) == len(cams)
+    for m in z:
+        assert m.format == "rgb8; jpeg compressed bgr8"
+        dec = cv2.imdecode(np.asarray(m.data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1].astype(float)
+        ref = cv.image_to_rgb(raw[cv.stamp_to_ns(m.header.stamp)]).astype(float)
+        assert 10 * np.log10(255 ** 2 / max(np.mean((dec - ref) ** 2), 1e-9)) > 30

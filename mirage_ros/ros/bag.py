@@ -44,6 +44,7 @@ DEFAULT_TOPICS = {
     "image": "image", "camera_info": "camera_info", "pose": "pose", "depth": "depth", "labels": "labels",
     "plan": "plan", "odom": "odom",
     "imagined_image": "imagined/image", "imagined_camera_info": "imagined/camera_info",
+    "imagined_image_compressed": "imagined/image/compressed",
     "imagined_chunk": "imagined/chunk", "imagined_path": "imagined/path",
     "memory_points": "memory/points", "memory_stats": "memory/stats", "memory_frustums": "memory/frustums",
 }
@@ -386,7 +387,8 @@ class BagWriter:
                            height: int, width: int, world_frame: str = "map",
                            frame_id: str = "mirage_imagined_optical_frame", goal_frames: Optional[int] = None,
                            backend: str = "readout", generative: bool = False, log_ns: Optional[int] = None,
-                           extra_transforms: Optional[Dict[str, np.ndarray]] = None) -> None:
+                           extra_transforms: Optional[Dict[str, np.ndarray]] = None,
+                           compressed: Optional[Tuple[str, int, int]] = None) -> None:
         """One backend ``ImaginedChunk``, as the node publishes it: per frame a /tf transform
         world_frame -> frame_id (the requested pose), ``imagined/camera_info`` and
         ``imagined/image``, all stamped with the frame's pose time; then the ``imagined/chunk``
@@ -394,8 +396,12 @@ class BagWriter:
         ``camera_to_world`` / ``stamps_ns`` cover the whole request; ``chunk.frame_indices``
         (global within the request) index into them. Log times are the stamps unless ``log_ns``.
         ``extra_transforms`` {child frame: (N, 4, 4) world_from_child, indexed like
-        ``camera_to_world``} go into each frame's /tf message too (e.g. the observed camera)."""
+        ``camera_to_world``} go into each frame's /tf message too (e.g. the observed camera).
+        ``compressed`` = (codec jpeg | png, jpeg quality, png level) also writes
+        ``imagined/image/compressed`` per frame, as the node does with ``imagined.compressed``."""
         images = out.frame_images(self.types, chunk, stamps_ns, frame_id)
+        zimgs = (out.frame_compressed_images(self.types, chunk, stamps_ns, frame_id, *compressed)
+                 if compressed else None)
         infos = out.frame_camera_infos(self.types, chunk, stamps_ns, K, height, width, frame_id)
         tfs = out.frame_transforms(self.types, chunk, camera_to_world, stamps_ns, world_frame, frame_id)
         for child, Ts in (extra_transforms or {}).items():
@@ -407,6 +413,8 @@ class BagWriter:
             self.write("/tf", tfs[j], t, "tf")
             self.write("imagined_camera_info", infos[j], t)
             self.write("imagined_image", images[j], t)
+            if zimgs is not None:
+                self.write("imagined_image_compressed", zimgs[j], t)
         msg = out.chunk_msg(self.types, chunk, camera_to_world, stamps_ns, K, height, width, world_frame, frame_id,
                             len(stamps_ns) if goal_frames is None else goal_frames, backend, generative)
         last = int(stamps_ns[chunk.frame_indices[-1]]) if len(chunk.frame_indices) else 0

@@ -1,11 +1,13 @@
 """``mirage replay INPUT_BAG --out OUTPUT_BAG``: mirage_node's logic over a rosbag2, no ROS needed.
 
-Reads a rosbag2 (MCAP or sqlite3; rosbags' AnyReader) in time order and feeds image,
-camera_info, pose / odom, depth and labels to the same ``MirageCore`` the node uses (same
-parameters, same pairing, same validation). Plans (nav_msgs/Path on ``plan``) are imagined when
+Reads a rosbag2 (MCAP or sqlite3; rosbags' AnyReader) in time order and feeds image (or
+image/compressed), camera_info, pose / odom / tf (/tf + /tf_static with ``pose.source: tf``;
+an image waits ``tf.wait`` of bag time for its transform), depth (or depth/compressedDepth) and
+labels to the same ``MirageCore`` the node uses (same parameters, same pairing, same validation). Plans (nav_msgs/Path on ``plan``) are imagined when
 they arrive; a bag without plans is imagined along its own recorded poses at the end
 (``--imagine recorded``). Writes imagined/image, imagined/chunk, imagined/path, memory/points,
-memory/stats and memory/frustums to an MCAP rosbag2 (``ros2 bag play`` / Foxglove).
+memory/stats and memory/frustums (and /tf, imagined/camera_info, imagined/image/compressed) to an
+MCAP rosbag2 (``ros2 bag play`` / Foxglove).
 """
 from __future__ import annotations
 
@@ -17,10 +19,12 @@ from pathlib import Path
 
 __all__ = ["add_arguments", "run", "replay"]
 
-INPUT_KINDS = ("image", "camera_info", "pose", "odom", "depth", "labels", "plan")
+INPUT_KINDS = ("image", "camera_info", "pose", "odom", "depth", "labels", "plan", "tf", "tf_static")
 INPUT_TYPES = {"image": "sensor_msgs/msg/Image", "camera_info": "sensor_msgs/msg/CameraInfo",
                "pose": "geometry_msgs/msg/PoseStamped", "odom": "nav_msgs/msg/Odometry",
-               "depth": "sensor_msgs/msg/Image", "labels": "sensor_msgs/msg/Image", "plan": "nav_msgs/msg/Path"}
+               "depth": "sensor_msgs/msg/Image", "labels": "sensor_msgs/msg/Image", "plan": "nav_msgs/msg/Path",
+               "tf": "tf2_msgs/msg/TFMessage", "tf_static": "tf2_msgs/msg/TFMessage"}
+COMPRESSED = "sensor_msgs/msg/CompressedImage"
 
 
 class BagReadError(ValueError):
@@ -96,15 +100,26 @@ def replay(input_bag, out_bag, params=None, namespace="/", topics=None, imagine=
     p = core.p
     ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
     names = {k: f"{ns}/{k}" for k in INPUT_KINDS}
+    names.update({"tf": "/tf", "tf_static": "/tf_static"})  # tf2's absolute names
+    types = dict(INPUT_TYPES)
+    if p["input.image_transport"] == "compressed":  # image_transport's sub-topic names
+        names["image"], types["image"] = f"{ns}/image/compressed", COMPRESSED
+    if p["input.depth_transport"] == "compressedDepth":
+        names["depth"], types["depth"] = f"{ns}/depth/compressedDepth", COMPRESSED
     names.update(topics or {})
     summary = {"messages": 0, "sets": 0, "observed": 0, "plans": 0, "chunks": 0, "frames": 0, "clouds": 0}
+    # handlers take (message, bag time): images waiting for their transform wait in bag time
+    on_image = core.on_compressed_image if p["input.image_transport"] == "compressed" else core.on_image
+    on_depth = core.on_compressed_depth if p["input.depth_transport"] == "compressedDepth" else core.on_depth
+    tf_src = p["pose.source"] == "tf"
     handlers = {
-        "image": core.on_image, "camera_info": core.on_camera_info, "depth": core.on_depth, "labels": core.on_labels,
-        "pose": core.on_pose if p["pose.source"] == "pose" else None,
-        "odom": core.on_odometry if p["pose.source"] == "odometry" else None,
+        "image": lambda m, t: on_image(m, now_ns=t), "camera_info": lambda m, t: core.on_camera_info(m),
+        "depth": lambda m, t: on_depth(m), "labels": lambda m, t: core.on_labels(m),
+        "pose": (lambda m, t: core.on_pose(m)) if p["pose.source"] == "pose" else None,
+        "odom": (lambda m, t: core.on_odometry(m)) if p["pose.source"] == "odometry" else None,
+        "tf": (lambda m, t: core.on_tf(m, False, now_ns=t)) if tf_src else None,
+        "tf_static": (lambda m, t: core.on_tf(m, True, now_ns=t)) if tf_src else None,
     }
-    if p["pose.source"] == "tf":
-        raise ValueError("pose.source: 'tf' is not supported by replay (record the camera pose as PoseStamped or Odometry)")
     try:
         reader = AnyReader([src], default_typestore=typestore())
         reader.open()
@@ -113,21 +128,23 @@ def replay(input_bag, out_bag, params=None, namespace="/", topics=None, imagine=
     with closing(reader), BagWriter(out_bag, storage=storage, namespace=namespace, overwrite=overwrite,
                            protect=[src]) as bag:
         present = {c.topic for c in reader.connections}
-        need = ["image", "camera_info", "pose" if p["pose.source"] == "pose" else "odom"]
+        need = ["image", "camera_info"] + ({"pose": ["pose"], "odometry": ["odom"]}.get(p["pose.source"], []))
         if p["depth.provider"] == "topic":
             need.append("depth")
         if p["masks.provider"] == "labels":
             need.append("labels")
         missing = [f"{k} ({names[k]})" for k in need if names[k] not in present]
+        if tf_src and names["tf"] not in present and names["tf_static"] not in present:
+            missing.append(f"tf ({names['tf']} or {names['tf_static']})")
         if missing:
             raise ValueError(f"input bag {src} lacks {', '.join(missing)}; it has: {', '.join(sorted(present)) or 'no topics'}"
                              " (use --topic KIND=TOPIC or --namespace)")
         by_topic = {names[k]: k for k in INPUT_KINDS if names[k] in present}
         for c in reader.connections:
             kind = by_topic.get(c.topic)
-            if kind is not None and c.msgtype != INPUT_TYPES[kind]:
+            if kind is not None and c.msgtype != types[kind]:
                 raise ValueError(f"input bag {src}: topic {c.topic} ({kind}) was recorded as {c.msgtype}, "
-                                 f"expected {INPUT_TYPES[kind]}")
+                                 f"expected {types[kind]}")
         has_plans = names["plan"] in present
         mode = imagine if imagine != "auto" else ("plans" if has_plans else "recorded")
         conns = [c for c in reader.connections if c.topic in by_topic]
@@ -144,12 +161,15 @@ def replay(input_bag, out_bag, params=None, namespace="/", topics=None, imagine=
                              p["viz.frustum_scale"])
             summary["clouds"] += 1
 
+        zc = p["imagined.compressed"]
+        compressed = None if zc == "none" else (zc, p["imagined.jpeg_quality"], p["imagined.png_level"])
+
         def run_request(req, t):
             bag.add_path(req.camera_to_world, req.stamps_ns, p["world_frame"], log_ns=t)
             for chunk in core.imagine(req):
                 bag.add_imagined_chunk(chunk, req.camera_to_world, req.stamps_ns, req.K, req.height, req.width,
                                        p["world_frame"], p["imagined.frame_id"], len(req.cameras), core.backend.name,
-                                       core.backend.generative, log_ns=t)
+                                       core.backend.generative, log_ns=t, compressed=compressed)
                 summary["chunks"] += 1
                 summary["frames"] += len(chunk.frame_indices)
 
@@ -162,7 +182,8 @@ def replay(input_bag, out_bag, params=None, namespace="/", topics=None, imagine=
                 raise BagReadError(f"input bag {src}: a {conn.msgtype} message on {conn.topic} at {t} ns does not "
                                    f"decode ({_one_line(exc)})") from None
             if copy_inputs:
-                bag.write_raw(conn.topic, conn.msgtype, raw, t, "plan" if kind == "plan" else "sensor")
+                bag.write_raw(conn.topic, conn.msgtype, raw, t, {"plan": "plan", "tf": "tf", "tf_static": "tf_static"}
+                              .get(kind, "sensor"))
             summary["messages"] += 1
             if kind == "plan":
                 if mode != "plans":
@@ -179,7 +200,7 @@ def replay(input_bag, out_bag, params=None, namespace="/", topics=None, imagine=
             h = handlers.get(kind)
             if h is None:
                 continue
-            s = h(msg)
+            s = h(msg, t)
             if s is not None:
                 summary["sets"] += 1
                 if core.observe(s) is not None:
@@ -190,6 +211,10 @@ def replay(input_bag, out_bag, params=None, namespace="/", topics=None, imagine=
             if last_stats is None or (t - last_stats) >= p["viz.stats_period"] * 1e9:
                 last_stats = t
                 bag.add_stats(core.stats(), t, p["world_frame"])
+        if tf_src:  # images still waiting for their transform when the bag ends: the wait is over
+            s = core.poll_tf(t_last + int(p["tf.wait"] * 1e9) + 1)
+            if s is not None and core.observe(s) is not None:
+                summary["observed"] += 1
         if mode == "recorded" and recorded:
             k = max(1, int(recorded_stride))
             poses = recorded[::k]

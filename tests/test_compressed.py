@@ -173,3 +173,30 @@ def test_rosbags_cdr_round_trip_of_the_built_message(rgb):
     assert struct.unpack_from("<iI", raw, 4) == (1, 500_000_123)
     assert raw[-n:] == bytes(m.data)
     assert struct.unpack_from("<I", raw, len(raw) - n - 4)[0] == n
+
+
+def test_bench_compression_writes_consistent_strict_json(tmp_path):
+    import json
+
+    from mirage_ros.cli import main
+
+    path = tmp_path / "bc.json"
+    assert main(["bench", "compression", "--json", str(path), "--resolution", "32x48", "--resolution", "48x64",
+                 "--frames", "1", "--repeats", "1"]) == 0
+    data = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    rows = data["rows"]
+    assert {tuple(r["resolution"]) for r in rows} == {(32, 48), (48, 64)}
+    for (h, w) in ((32, 48), (48, 64)):
+        mine = {(r["input"].split(" +")[0].split(" sigma")[0], r["codec"]) for r in rows if r["resolution"] == [h, w]}
+        assert {("rendered", "jpeg"), ("rendered", "png"), ("depth 16UC1", "compressedDepth png"),
+                ("depth 32FC1", "compressedDepth png")} <= mine
+    for r in rows:
+        assert r["bytes_min"] <= r["bytes_per_frame"] <= r["bytes_max"]
+        assert r["ratio"] == pytest.approx(r["raw_bytes"] / r["bytes_per_frame"])
+        assert r["decode_ms"] > 0
+        if r["codec"] == "png":
+            assert r["lossless"] and r["psnr_db"] is None and r["raw_bytes"] == r["resolution"][0] * r["resolution"][1] * 3
+            assert r["format"] == "rgb8; png compressed bgr8" and r["encode_ms"] > 0
+        if r["codec"] == "jpeg":
+            assert not r["lossless"] and r["psnr_db"] > 25 and r["format"] == "rgb8; jpeg compressed bgr8"
+    assert (tmp_path / "bc.png").is_file()

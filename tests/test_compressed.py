@@ -142,6 +142,28 @@ def test_compressed_depth_both_encodings(rgb):
             cz.compressed_depth_to_array(bad)
 
 
+def test_depth_encoder_writes_what_compressed_depth_image_transport_writes(rgb):
+    """encode_depth (the simulator's depth/compressedDepth) against the plugin's encoder written out
+    above: the same header and 16-bit pixels (PNG bytes may differ by compression level), and the
+    node's decoder reads it back. 16UC1 from metres: the nearest millimetre."""
+    _, depth = rgb
+    depth = depth.astype(np.float32).copy()
+    depth[0, :5] = np.nan
+    for enc in ("16UC1", "32FC1"):
+        data, fmt = cz.encode_depth(depth, enc)
+        assert fmt == f"{enc}; compressedDepth png"
+        ref, ref_px = _compressed_depth(depth, enc)
+        assert data[:12].tobytes() == bytes(ref.data[:12])
+        px = cv2.imdecode(data[12:], cv2.IMREAD_UNCHANGED)
+        assert px.dtype == np.uint16
+        if enc == "32FC1":
+            assert np.array_equal(px, ref_px)
+        else:
+            assert np.array_equal(px, np.nan_to_num(np.round(depth.astype(np.float64) * 1000), nan=0).astype(np.uint16))
+        out = cz.compressed_depth_to_array(msg(data.tobytes(), fmt))
+        assert np.array_equal(np.isnan(out), px == 0)
+
+
 def test_encoder_writes_what_opencv_and_image_transport_read(rgb):
     img, _ = rgb
     for codec, ext, param in (("jpeg", ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 90]), ("png", ".png", [cv2.IMWRITE_PNG_COMPRESSION, 3])):

@@ -28,7 +28,7 @@ import numpy as np
 from .convert import MAX_IMAGE_SIDE, ConversionError, _buffer, header_msg
 
 __all__ = ["parse_format", "file_info", "compressed_to_rgb", "compressed_depth_to_array", "encode_rgb",
-           "compressed_image_msg", "CODECS", "DEPTH_HEADER_BYTES"]
+           "compressed_image_msg", "encode_depth", "compressed_depth_msg", "CODECS", "DEPTH_HEADER_BYTES"]
 
 CODECS = ("jpeg", "png")
 DEPTH_HEADER_BYTES = 12
@@ -202,4 +202,43 @@ def compressed_image_msg(types, rgb: np.ndarray, stamp_ns: int, frame_id: str, c
                          png_level: int = 3):
     """sensor_msgs/CompressedImage of an RGB frame (``types``: rclpy or rosbags, see ``convert``)."""
     data, fmt = encode_rgb(rgb, codec, jpeg_quality, png_level)
+    return types.CompressedImage(header=header_msg(types, stamp_ns, frame_id), format=fmt, data=types.u8(data))
+
+
+def encode_depth(depth_m: np.ndarray, encoding: str = "16UC1", depth_max: float = 10.0, quantization: float = 100.0,
+                 png_level: int = 1) -> Tuple[np.ndarray, str]:
+    """(H, W) metres (NaN / non-positive: no return) -> (bytes as uint8 array, format) as
+    compressed_depth_image_transport's ``png`` writes it: the 12-byte header, then a 16-bit PNG.
+    16UC1: millimetres (beyond 65.535 m: no return). 32FC1: quantised inverse depth
+    v = A / d + B with A = q (q + 1), B = 1 - A / depth_max (the plugin's defaults: depth_max 10 m,
+    quantization 100); depths at or beyond depth_max are dropped (0), as the plugin drops them."""
+    cv2 = _cv2()
+    d = np.asarray(depth_m, dtype=np.float32)
+    if d.ndim != 2:
+        raise ConversionError(f"depth: expected (H, W) metres, got shape {d.shape}")
+    ok_px = np.isfinite(d) & (d > 0)
+    if encoding in ("16UC1", "mono16"):
+        mm = np.where(ok_px, np.round(d.astype(np.float64) * 1000.0), 0.0)
+        v = np.where(mm <= 65535, mm, 0).astype(np.uint16)
+        head = struct.pack("<iff", 0, 0.0, 0.0)
+    elif encoding == "32FC1":
+        qa = np.float32(quantization * (quantization + 1.0))
+        qb = np.float32(1.0 - qa / np.float32(depth_max))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = np.where(ok_px & (d < depth_max), qa / d + qb, 0.0)
+        v = np.clip(inv, 0, 65535).astype(np.uint16)
+        head = struct.pack("<iff", 0, float(qa), float(qb))
+    else:
+        raise ConversionError(f"depth encoding {encoding!r}: expected 16UC1 or 32FC1")
+    ok, buf = cv2.imencode(".png", v, [cv2.IMWRITE_PNG_COMPRESSION, int(png_level)])
+    if not ok:
+        raise ConversionError("depth: cv2.imencode (png) failed")
+    data = np.concatenate([np.frombuffer(head, np.uint8), buf.reshape(-1)])
+    return data, f"{encoding}; compressedDepth png"
+
+
+def compressed_depth_msg(types, depth_m: np.ndarray, stamp_ns: int, frame_id: str, encoding: str = "16UC1",
+                         depth_max: float = 10.0, quantization: float = 100.0):
+    """sensor_msgs/CompressedImage (``depth/compressedDepth``) of a depth image in metres."""
+    data, fmt = encode_depth(depth_m, encoding, depth_max, quantization)
     return types.CompressedImage(header=header_msg(types, stamp_ns, frame_id), format=fmt, data=types.u8(data))

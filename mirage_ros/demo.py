@@ -1,12 +1,19 @@
-"""`mirage demo`: the memory loop on the built-in synthetic scene, no weights, no GPU.
+"""`mirage demo`: imagine a closed loop on the built-in synthetic scene, no downloads, no GPU.
 
-Initialise the latent memory from the first frame (Eq. 4), walk a closed-loop trajectory in
-chunks, read the memory at every pose (Eq. 5), decode the readouts with the analytic thumbnail
-codec, and update the memory from the observed frames of each chunk with dynamic and sky
-pixels excluded. Writes readout strips (PNG), a side-by-side H.264 MP4 (PNG frames where no
-H.264 encoder is installed), visibility masks, the memory as a coloured PLY, strict-JSON stats, a
-memory-growth plot and an MCAP rosbag2 of the run. NO generative model is loaded: the frames
-show what the memory holds.
+Default (``--backend shipped``): the small Mirage world model trained by this project and shipped
+in the package. Only the first frame is observed (its simulator depth and labels initialise the
+latent memory, Eq. 4); the model then imagines the whole loop chunk by chunk (Algorithm 1), each
+chunk conditioned on the memory readout at its poses (Eq. 5) and written back into the memory
+(depth and dynamic/sky masks of the generated frames from the simulator: oracle perception).
+Per frame the demo shows ground truth | memory readout | imagined | visibility.
+
+``--backend readout`` is the memory alone (no generative model): every view is the memory's
+readout decoded by the analytic thumbnail codec, and the memory is updated from the observed
+frames of each chunk.
+
+Both write strips (PNG), a side-by-side H.264 MP4 (PNG frames where no H.264 encoder is
+installed), visibility masks, the memory as a coloured PLY, strict-JSON stats, a memory-growth plot
+and an MCAP rosbag2 of the run.
 
 One clock, one numbering: frame i of the loop (0 = the first observation, 1..N = the imagined
 views) is stamped ``start + i / fps`` and is frame i in the MP4 labels, in stats.json and in the
@@ -65,11 +72,18 @@ def _positive_float(text: str) -> float:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="mirage_out/demo", help="output folder (default mirage_out/demo)")
+    p.add_argument("--backend", choices=["shipped", "readout"], default="shipped",
+                   help="shipped: the small trained world model imagines the loop from the first frame (default); "
+                        "readout: the memory alone, updated from observed frames, no generative model")
+    p.add_argument("--weights", default=None, help="a model folder for --backend shipped (default: the shipped model)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's own)")
     p.add_argument("--scene", choices=["room", "outdoor"], default="room")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resolution", type=parse_resolution, default=(256, 448), help=HELP_RES)
-    p.add_argument("--chunks", type=int, default=6, help="chunks along the loop (default 6)")
-    p.add_argument("--chunk-size", type=int, default=9, help="views per chunk (default 9, one Wan2.2 latent chunk)")
+    p.add_argument("--resolution", type=parse_resolution, default=None,
+                   help="image size HxW, both divisible by 16 (default: the model's own 128x224; 256x448 for readout)")
+    p.add_argument("--chunks", type=int, default=None, help="chunks along the loop (default 5 shipped, 6 readout)")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="views per chunk (default 8 shipped: a 9-latent chunk minus its overlap; 9 readout)")
     p.add_argument("--no-moving-object", action="store_true", help="leave the dynamic object out of the scene")
     p.add_argument("--no-update", action="store_true", help="keep only the first frame in memory")
     p.add_argument("--no-bag", action="store_true", help="do not write the run as an MCAP rosbag2")
@@ -143,6 +157,11 @@ def run(args) -> int:
     from .world_model.backend import ReadoutBackend
     from .world_model.codec import ThumbnailCodec, images_to_tensor, tensor_to_images
 
+    if args.backend == "shipped":
+        return run_generative(args)
+    args.resolution = args.resolution or (256, 448)
+    args.chunks = args.chunks or 6
+    args.chunk_size = args.chunk_size or 9
     t_start = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,17 +195,7 @@ def run(args) -> int:
     growth = [(0, backend.memory.num_points, backend.memory.nbytes)]
     strip_rows, video = [], []
     mask_tiles = []
-    rec = None
-    if not args.no_bag:
-        try:
-            rec = BagRecorder(out / "demo_bag", cameras, stamps, backend)
-            rec.observed(0)
-            rec.memory(stamps[0], observed, imagined)
-        except Exception as exc:  # noqa: BLE001 - the bag is a bonus, never a failure of the demo
-            print(f"(no MCAP bag: {exc})")
-            if rec is not None:
-                rec.abort()
-            rec = None
+    rec = _start_bag(out, cameras, stamps, backend, not args.no_bag)
     bar = tqdm(total=n_frames - 1, desc="demo", unit="view")
     n_chunks = 0
     try:
@@ -243,12 +252,25 @@ def run(args) -> int:
     if rec is not None:
         rec.close()
 
+    _write_outputs(out, backend, stats, strip_rows, mask_tiles, video, growth, rec, t_start, args.fps)
+    print(f"memory: {backend.memory.num_points} points, {backend.memory.nbytes / 2**20:.2f} MiB; mean coverage "
+          f"{stats['mean_coverage']:.2f}; {stats['seconds']:.1f} s. NO generative model was loaded: frames are memory readouts.")
+    print(f"wrote {', '.join(stats['files'])} to {out}")
+    return 0
+
+
+def _write_outputs(out: Path, backend, stats, strip_rows, mask_tiles, video, growth, rec, t_start, fps) -> None:
+    """PLY, strips, masks, MP4, growth plot and stats.json (the same for every backend)."""
+    import numpy as np
+
+    from . import viz
+
     mem = backend.memory
     colors = backend.point_colors()
     viz.write_ply(out / "memory.ply", mem.points.cpu().numpy(), colors)
     viz.write_png(out / "readouts.png", viz.image_grid([list(x) for x in zip(*strip_rows)]))
     viz.write_png(out / "masks.png", viz.image_grid([mask_tiles]))
-    video_path, n_video, note = viz.write_video(out / "readouts.mp4", video, fps=args.fps)
+    video_path, n_video, note = viz.write_video(out / "readouts.mp4", video, fps=fps)
     if note:
         print(f"(no H.264 video: {note})")
     pyplot = viz.plt()
@@ -263,7 +285,7 @@ def run(args) -> int:
     stats.update({
         "memory_points": mem.num_points, "memory_mib": mem.nbytes / 2**20,
         "mean_coverage": float(np.mean([c for r in stats["chunks"] for c in r["coverage"]])),
-        "video": {"path": video_path.name, "frames": n_video, "fps": args.fps,
+        "video": {"path": video_path.name, "frames": n_video, "fps": fps,
                   "format": "H.264 yuv420p MP4 (faststart)" if not note else "PNG frames", "note": note},
         "video_frames": n_video,
         "bag": ({"path": rec.path.name, "mib": sum(f.stat().st_size for f in rec.path.iterdir()) / 2**20}
@@ -273,7 +295,132 @@ def run(args) -> int:
     })
     stats["files"] = sorted(set(stats["files"]))
     write_json(out / "stats.json", stats)  # strict JSON: undefined PSNR (no visible pixel) is null
-    print(f"memory: {mem.num_points} points, {mem.nbytes / 2**20:.2f} MiB; mean coverage {stats['mean_coverage']:.2f}; "
-          f"{stats['seconds']:.1f} s. NO generative model was loaded: frames are memory readouts.")
+
+
+def _start_bag(out: Path, cameras, stamps, backend, enabled: bool):
+    if not enabled:
+        return None
+    rec = None
+    try:
+        rec = BagRecorder(out / "demo_bag", cameras, stamps, backend)
+        rec.observed(0)
+        rec.memory(stamps[0], 1, 0)
+    except Exception as exc:  # noqa: BLE001 - the bag is a bonus, never a failure of the demo
+        print(f"(no MCAP bag: {exc})")
+        if rec is not None:
+            rec.abort()
+        rec = None
+    return rec
+
+
+def run_generative(args) -> int:
+    """The shipped world model imagines the loop from the first frame only (see module docstring)."""
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from . import sim, viz
+    from .world_model.backend import make_backend
+    from .world_model.codec import images_to_tensor, tensor_to_images
+
+    t_start = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scene = sim.make_scene(args.scene, seed=args.seed, moving_object=not args.no_moving_object)
+    chunks, size = args.chunks or 5, args.chunk_size or 8
+    n_frames = chunks * size + 1
+    poses = sim.scene_trajectory(scene, "loop", n_frames)
+    oracle = sim.SceneOracle(scene, poses, frame_period=1.0 / args.fps)
+    try:
+        backend = make_backend("shipped", weights=args.weights, steps=args.steps, keep_imagined=True,
+                               depth=oracle.depth_provider(), masks=oracle.mask_provider())
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"mirage demo: {exc}")
+        return 2
+    H, W = args.resolution or backend.resolution or (128, 224)
+    base = sim.default_camera(H, W)
+    cameras = [base.with_pose(E) for E in poses]
+    period_ns = int(round(1e9 / args.fps))
+    stamps = [args.start_time + i * period_ns for i in range(n_frames)]
+    codec = backend.codec
+    print(f"mirage demo: {backend.description}")
+    print(f"the model imagines {n_frames - 1} views of a closed loop from the first frame only "
+          f"(scene={args.scene} seed={args.seed}, {H}x{W}); depth and masks of generated frames from the simulator -> {out}")
+
+    def truth(i):
+        f = sim.render(scene, cameras[i], t=i / args.fps)
+        return f, f.labels != sim.STATIC
+
+    f0, ex0 = truth(0)
+    backend.observe(f0.rgb, f0.depth, cameras[0], exclude=ex0)
+    start_iso = datetime.fromtimestamp(args.start_time / 1e9, timezone.utc).isoformat().replace("+00:00", "Z")
+    stats = {"description": backend.description, "backend": "shipped", "model": str(backend.model.description),
+             "scene": args.scene, "seed": args.seed, "resolution": [H, W],
+             "model_resolution": list(backend.resolution) if backend.resolution else None,
+             "sampler": {"steps": backend.model.sampler.steps, "shift": backend.model.sampler.shift},
+             "perception_of_generated_frames": "simulator depth and labels (oracle)",
+             "clock": {"start_ns": args.start_time, "start": start_iso, "fps": args.fps, "frame_period_ns": period_ns,
+                       "frames": "frame i is stamped start_ns + i * frame_period_ns; frame 0 is the only observation"},
+             "chunks": []}
+    growth = [(0, backend.memory.num_points, backend.memory.nbytes)]
+    strip_rows, video, mask_tiles = [], [], []
+    rec = _start_bag(out, cameras, stamps, backend, not args.no_bag)
+    bar = tqdm(total=n_frames - 1, desc="demo (imagining)", unit="view")
+    try:
+        for n, chunk in enumerate(backend.imagine(cameras[1:])):
+            g = renumber(chunk, n, [1 + i for i in chunk.frame_indices])
+            if rec is not None:
+                rec.chunk(g)
+            ro = codec.decode(g.readouts.float())
+            ro = ro * torch.as_tensor(np.asarray(g.masks)).repeat_interleave(codec.stride, 1).repeat_interleave(codec.stride, 2)[:, None]
+            ro = tensor_to_images(ro)
+            r = {"chunk": n, "frames": g.frame_indices, **{f"{k}_s": float(v) for k, v in g.timings.items()},
+                 "coverage": [], "psnr_imagined": [], "psnr_imagined_visible": [], "psnr_readout_visible": []}
+            for j, i in enumerate(g.frame_indices):
+                f, ex = truth(i)
+                m = np.asarray(g.masks[j])
+                readout = _fit(ro[j], H, W)
+                pix = _fit(np.repeat(np.repeat(m.astype(np.uint8), codec.stride, 0), codec.stride, 1), H, W) > 0
+                r["coverage"].append(float(m.mean()))
+                r["psnr_imagined"].append(psnr(g.frames[j], f.rgb))
+                r["psnr_imagined_visible"].append(psnr(g.frames[j], f.rgb, pix & ~ex))
+                r["psnr_readout_visible"].append(psnr(readout, f.rgb, pix & ~ex))
+                vis = viz.mask_to_rgb(m, (H, W))
+                video.append(np.concatenate([viz.label_image(f.rgb, f"ground truth {i}"),
+                                             viz.label_image(readout, f"memory readout {i}"),
+                                             viz.label_image(g.frames[j], f"imagined {i}"),
+                                             viz.label_image(vis, f"visibility m_t {i}")], 1))
+                if j == len(g.frame_indices) - 1:
+                    strip_rows.append([viz.label_image(f.rgb, f"truth {i}"), viz.label_image(readout, f"readout {i}"),
+                                       viz.label_image(g.frames[j], f"imagined {i}")])
+                    mask_tiles.append(vis)
+                bar.update(1)
+            if rec is not None:
+                rec.memory(stamps[g.frame_indices[-1]], 1, g.frame_indices[-1])
+            r["memory_points"] = backend.memory.num_points
+            r["memory_mib"] = backend.memory.nbytes / 2**20
+            stats["chunks"].append(r)
+            growth.append((n + 1, backend.memory.num_points, backend.memory.nbytes))
+    except BaseException:
+        if rec is not None:
+            rec.abort()
+        raise
+    bar.close()
+    if rec is not None:
+        rec.close()
+    stats["final_frame_psnr"] = stats["chunks"][-1]["psnr_imagined"][-1]
+    _write_outputs(out, backend, stats, strip_rows, mask_tiles, video, growth, rec, t_start, args.fps)
+    print(f"{n_frames - 1} views imagined in {stats['seconds']:.1f} s; final frame (the first frame's pose) PSNR "
+          f"{stats['final_frame_psnr']:.1f} dB; memory {backend.memory.num_points} points.")
     print(f"wrote {', '.join(stats['files'])} to {out}")
     return 0
+
+
+def _fit(img, H: int, W: int):
+    """``img`` at H x W (the model's frames are resized to the demo's size)."""
+    import cv2
+    import numpy as np
+
+    if img.shape[:2] == (H, W):
+        return img
+    return np.asarray(cv2.resize(img, (W, H), interpolation=cv2.INTER_NEAREST if img.ndim == 2 else cv2.INTER_LINEAR))

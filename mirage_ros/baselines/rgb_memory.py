@@ -149,6 +149,20 @@ class RGBPointCloudMemory:
         r = self.cloud.read(camera, dtype=None)
         return r.latent.permute(1, 2, 0), r.mask, r.depth, r.index
 
+    def _candidates(self, P: torch.Tensor, H: int, W: int):
+        """Storage indices of the points that may splat into the image (None: all): index blocks in
+        the frustum widened by ``max_splat`` pixels on every side, plus the unindexed tail."""
+        ix, n = self.cloud.index, self.cloud.num_points
+        if ix.num_blocks == 0:
+            return None
+        m = float(self.max_splat)
+        shift = torch.tensor([[1.0, 0.0, m], [0.0, 1.0, m], [0.0, 0.0, 1.0]], device=P.device)  # pixel (u, v) -> (u+m, v+m)
+        vis, _, _ = ix.frustum(shift @ P, H + 2 * self.max_splat, W + 2 * self.max_splat)
+        ids = ix.gather(vis.nonzero().squeeze(1))
+        if ix.n_indexed < n:
+            ids = torch.cat([ids, torch.arange(ix.n_indexed, n, device=ids.device)])
+        return ids
+
     def _render_footprint(self, camera: Camera, with_index: bool = False):
         """Hole-aware rasterisation (see module docstring)."""
         H, W = camera.height, camera.width
@@ -156,12 +170,14 @@ class RGBPointCloudMemory:
         best = torch.full((H * W + 1,), _INT64_MAX, dtype=torch.int64, device=dev)
         if pts.shape[0]:
             P = (camera.K @ camera.world_to_camera[:3]).to(dev, torch.float32)
-            q = pts @ P[:, :3].T + P[:, 3]
+            cand = self._candidates(P, H, W)
+            q = (pts if cand is None else pts[cand]) @ P[:, :3].T + P[:, 3]
             z = q[:, 2]
             ok = z > 1e-6
-            idx = ok.nonzero().squeeze(1)
-            z = z[idx]
-            u, v = q[idx, 0] / z, q[idx, 1] / z
+            sel = ok.nonzero().squeeze(1)
+            z = z[sel]
+            u, v = q[sel, 0] / z, q[sel, 1] / z
+            idx = sel if cand is None else cand[sel]
             f = 0.5 * float(camera.K[0, 0] + camera.K[1, 1])
             size = torch.ceil(self.pitch[idx] * f / z).clamp_(1, self.max_splat).long()
             inside = (u > -self.max_splat) & (u < W + self.max_splat) & (v > -self.max_splat) & (v < H + self.max_splat)

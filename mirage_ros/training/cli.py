@@ -56,6 +56,8 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--out", required=True)
     r.add_argument("--memory", choices=["latent", "rgb"], default="rgb")
     r.add_argument("--codec-weights", default=None, help="codec folder (default: the source dataset's)")
+    r.add_argument("--window-stride", type=int, default=None, help="a window every N latents (default: the source's)")
+    r.add_argument("--clips", type=int, default=None, help="only the first N clips (default: all)")
     r.add_argument("--workers", type=int, default=1)
     r.add_argument("--overwrite", action="store_true")
 
@@ -89,12 +91,14 @@ def run_data(args) -> int:
             header = generate(args.out, args.scenes, args.frames, args.resolution, seed=args.seed, scene=args.scene,
                               codec_name=args.codec, codec_folder=args.codec_weights,
                               spec=ClipSpec(memory=args.memory, window_stride=args.window_stride),
-                              workers=args.workers, overwrite=args.overwrite, command=" ".join(sys.argv))
+                              workers=args.workers, overwrite=args.overwrite, command=" ".join(sys.argv),
+                             window_stride=args.window_stride, clips=args.clips)
         elif args.data_command == "rebuild":
             from .sim_data import rebuild
 
             header = rebuild(args.src, args.out, memory=args.memory, codec_folder=args.codec_weights,
-                             workers=args.workers, overwrite=args.overwrite, command=" ".join(sys.argv))
+                             workers=args.workers, overwrite=args.overwrite, command=" ".join(sys.argv),
+                             window_stride=args.window_stride, clips=args.clips)
         elif args.data_command == "bag":
             from .bag_data import generate_from_bag
 

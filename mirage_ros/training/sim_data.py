@@ -130,7 +130,8 @@ def generate(out, scenes: int, frames: int, resolution: Tuple[int, int], seed: i
 
 
 def rebuild(src_path, out, memory: str = "rgb", codec_folder: Optional[str] = None, workers: int = 1,
-            overwrite: bool = False, progress: bool = True, command: str = "") -> Dict:
+            overwrite: bool = False, progress: bool = True, command: str = "", window_stride: Optional[int] = None,
+            clips: Optional[int] = None) -> Dict:
     """A dataset with the same clips (frames, depth, masks, cameras) read through another memory kind
     or codec, without re-rendering: e.g. the RGB point-cloud cache arm of the ablation."""
     import multiprocessing as mp
@@ -151,10 +152,13 @@ def rebuild(src_path, out, memory: str = "rgb", codec_folder: Optional[str] = No
                   rebuilt_from={"path": str(Path(src_path).resolve()), "memory": src.header.get("memory")})
     spec_kw = {"chunk_latents": src.chunk_latents, "preceding_latents": int(src.header.get("preceding_latents", 2)),
                "max_references": int(src.header.get("max_references", 4)),
-               "window_stride": int(src.header.get("window_stride", 1)), "memory": memory}
+               "window_stride": int(window_stride or src.header.get("window_stride", 1)), "memory": memory}
+    header["window_stride"] = spec_kw["window_stride"]
     writer = DatasetWriter(out, header, overwrite=overwrite)
     codec.save_pretrained(Path(out) / "codec")
-    jobs = [(str(src_path), c, codec_dir, spec_kw) for c in range(src.num_clips)]
+    n_clips = src.num_clips if clips is None else min(int(clips), src.num_clips)
+    header["rebuilt_from"]["clips"] = n_clips
+    jobs = [(str(src_path), c, codec_dir, spec_kw) for c in range(n_clips)]
     src.close()
     bar = tqdm(total=len(jobs), desc=f"mirage data rebuild ({memory})", unit="clip", disable=not progress)
     try:

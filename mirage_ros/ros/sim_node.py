@@ -7,6 +7,8 @@ Publishes, all with the same stamp per frame (relative names):
   labels       sensor_msgs/Image mono8: 0 static, 1 sky, 2 dynamic (publish_labels)
   pose         geometry_msgs/PoseStamped: the camera optical frame in the world frame
   plan         nav_msgs/Path of the next ``plan_horizon`` poses, every ``plan_period`` s (0: off)
+  image/compressed, depth/compressedDepth  sensor_msgs/CompressedImage as image_transport's
+               compressed (jpeg) and compressedDepth (png) plugins write them (``compressed``)
 along a trajectory (loop | orbit | forward) of ``num_poses`` poses at ``rate`` Hz, looping.
 Frames are rendered once and cached, so the rate holds on a CPU.
 """
@@ -43,6 +45,8 @@ SIM_PARAMS = {
     "loop": (True, "start over at the end of the trajectory (false: stop publishing)"),
     "plan_horizon": (0, "poses per published plan (0: no plans)"),
     "plan_period": (0.0, "seconds between plans"),
+    "compressed": (False, "also publish image/compressed (jpeg) and depth/compressedDepth (png), as image_transport does"),
+    "jpeg_quality": (90, "JPEG quality of image/compressed"),
 }
 
 
@@ -76,6 +80,12 @@ class SimNode(Node):
         }
         if self.p["publish_labels"]:
             self.pubs["labels"] = self.create_publisher(Image, "labels", q)
+        if self.p["compressed"]:
+            from sensor_msgs.msg import CompressedImage
+
+            self.pubs["image_c"] = self.create_publisher(CompressedImage, "image/compressed", q)
+            self.pubs["depth_c"] = self.create_publisher(CompressedImage, "depth/compressedDepth", q)
+            self.encoded = {}  # frame index -> (jpeg bytes, format, depth bytes, format), encoded once
         if int(self.p["plan_horizon"]) > 0 and float(self.p["plan_period"]) > 0:
             self.pubs["plan"] = self.create_publisher(Path, "plan", qos.profile("plan"))
             self.create_timer(float(self.p["plan_period"]), self._plan)
@@ -110,6 +120,16 @@ class SimNode(Node):
         else:
             d = np.where(np.isfinite(depth), np.clip(depth * 1000.0, 0, 65535), 0).astype(np.uint16)
         P["depth"].publish(cv.image_msg(T, d, stamp, fid, self.p["depth_encoding"]))
+        if "image_c" in P:
+            from . import compressed as cz
+
+            if i not in self.encoded:
+                self.encoded[i] = (*cz.encode_rgb(rgb, "jpeg", int(self.p["jpeg_quality"])),
+                                   *cz.encode_depth(depth, self.p["depth_encoding"]))
+            jpg, jfmt, dpng, dfmt = self.encoded[i]
+            hdr = cv.header_msg(T, stamp, fid)
+            P["image_c"].publish(T.CompressedImage(header=hdr, format=jfmt, data=T.u8(jpg)))
+            P["depth_c"].publish(T.CompressedImage(header=cv.header_msg(T, stamp, fid), format=dfmt, data=T.u8(dpng)))
         if "labels" in P:
             P["labels"].publish(cv.image_msg(T, labels.astype(np.uint8), stamp, fid, "mono8"))
         P["pose"].publish(cv.pose_stamped_msg(T, cam.camera_to_world.numpy(), stamp, self.p["world_frame"]))

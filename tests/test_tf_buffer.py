@@ -255,3 +255,18 @@ def test_pose_queue_is_bounded_and_needs_a_frame():
     # wait 0: no queue, the reason at once
     r, f = TfPoseQueue(buf.lookup, "map", wait_ns=0).request(3 * S, "camera_optical_frame", 0)
     assert r == [] and "after its newest" in f[0][1]
+
+
+def test_several_moving_edges_interpolate_together():
+    """map -> odom drifts along y while odom -> base turns and drives: at the midpoint, odom is
+    half-way (0, 1, 0), base at 45 degrees half-way along x; composed by hand."""
+    buf = TransformBuffer()
+    feed(buf, [tf("map", "odom", 1 * S, (0, 0, 0), qz(0)), tf("map", "odom", 3 * S, (0, 2, 0), qz(0))])
+    feed(buf, [tf("odom", "base", 1 * S, (0, 0, 0), qz(0)), tf("odom", "base", 3 * S, (4, 0, 0), qz(90))])
+    feed(buf, [tf("base", "cam", 0, (1, 0, 0), (0, 0, 0, 1))], static=True)
+    # cam origin: odom (0, 1, 0) + base (2, 0, 0) + Rz(45) (1, 0, 0)
+    c = math.sqrt(0.5)
+    expect = rigid(rz(45), (2 + c, 1 + c, 0))
+    assert np.allclose(buf.lookup("map", "cam", 2 * S), expect, atol=1e-12)
+    # and the other way round, through the same edges
+    assert np.allclose(buf.lookup("cam", "map", 2 * S) @ expect, np.eye(4), atol=1e-12)

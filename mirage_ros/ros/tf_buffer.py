@@ -189,7 +189,8 @@ class TransformBuffer:
                 raise TfError(f"the chain above {frame!r} is deeper than {MAX_DEPTH} frames")
         return chain
 
-    def _edge_at(self, child: str, stamp_ns: int) -> np.ndarray:
+    def _edge_at(self, child: str, stamp_ns: int):
+        """parent_from_child at ``stamp_ns``: a 4x4, or (T0, T1, a) to interpolate (batched by ``lookup``)."""
         edge = self.edges[child]
         if edge.static:
             return edge.poses[0]
@@ -210,11 +211,8 @@ class TransformBuffer:
         i = bisect.bisect_left(st, stamp_ns)
         if st[i] == stamp_ns:
             return edge.poses[i]
-        from ..geometry import interpolate_poses
-
         t0, t1 = st[i - 1], st[i]
-        a = (stamp_ns - t0) / (t1 - t0)
-        return interpolate_poses(np.stack([edge.poses[i - 1], edge.poses[i]]), np.array([a]))[0]
+        return edge.poses[i - 1], edge.poses[i], (stamp_ns - t0) / (t1 - t0)
 
     def _chain(self, target: str, source: str) -> Tuple[List[str], List[str]]:
         """(edges from source up to the common ancestor, edges from target up to it): child names."""
@@ -243,14 +241,21 @@ class TransformBuffer:
         if stamp_ns == 0:
             dyn = [self.edges[c].stamps[-1] for c in s_edges + t_edges if not self.edges[c].static]
             stamp_ns = min(dyn) if dyn else 0
-        from ..geometry import invert_rigid
+        from ..geometry import interpolate_poses, invert_rigid
 
+        at = [self._edge_at(child, stamp_ns) for child in s_edges + t_edges]
+        todo = [k for k, e in enumerate(at) if isinstance(e, tuple)]
+        if todo:  # every interpolated edge in one call: pairs (2k, 2k + 1) at fractional index 2k + a
+            pairs = np.stack([m for k in todo for m in at[k][:2]])
+            got = interpolate_poses(pairs, np.array([2 * j + at[k][2] for j, k in enumerate(todo)]))
+            for j, k in enumerate(todo):
+                at[k] = got[j]
         anc_from_source = np.eye(4)
-        for child in s_edges:  # source first: anc <- ... <- parent(source) <- source
-            anc_from_source = self._edge_at(child, stamp_ns) @ anc_from_source
+        for T in at[:len(s_edges)]:  # source first: anc <- ... <- parent(source) <- source
+            anc_from_source = T @ anc_from_source
         anc_from_target = np.eye(4)
-        for child in t_edges:
-            anc_from_target = self._edge_at(child, stamp_ns) @ anc_from_target
+        for T in at[len(s_edges):]:
+            anc_from_target = T @ anc_from_target
         if not t_edges:
             return anc_from_source
         return np.asarray(invert_rigid(anc_from_target)) @ anc_from_source
@@ -271,18 +276,31 @@ def transforms_from_msg(msg) -> Tuple[List[Tuple[str, str, int, np.ndarray]], Li
     ``geometry.MAX_TRANSLATION``."""
     from ..geometry import GeometryError, poses_to_matrices
 
-    good, bad = [], []
+    rows, bad = [], []
     for i, tr in enumerate(getattr(msg, "transforms", []) or []):
         try:
             parent, child = str(tr.header.frame_id), str(tr.child_frame_id)
             stamp = int(tr.header.stamp.sec) * 1_000_000_000 + int(tr.header.stamp.nanosec)
             t, r = tr.transform.translation, tr.transform.rotation
-            T = poses_to_matrices(np.array([t.x, t.y, t.z], dtype=np.float64),
-                                  np.array([r.x, r.y, r.z, r.w], dtype=np.float64), f"transforms[{i}]")
-        except (GeometryError, AttributeError, TypeError, ValueError) as exc:
-            bad.append(f"transforms[{i}]: {exc}")
-            continue
-        good.append((parent, child, stamp, T))
+            rows.append((i, parent, child, stamp, (float(t.x), float(t.y), float(t.z)),
+                         (float(r.x), float(r.y), float(r.z), float(r.w))))
+        except (AttributeError, TypeError, ValueError) as exc:
+            bad.append(f"transforms[{i}]: {type(exc).__name__}: {exc}")
+    if not rows:
+        return [], bad
+    P = np.array([r[4] for r in rows], dtype=np.float64)
+    Q = np.array([r[5] for r in rows], dtype=np.float64)
+    try:  # one validated conversion per message
+        Ts = poses_to_matrices(P, Q, "transforms[{i}]")
+        return [(r[1], r[2], r[3], Ts[k]) for k, r in enumerate(rows)], bad
+    except GeometryError:
+        pass
+    good = []
+    for k, r in enumerate(rows):  # one is bad: find which, keep the rest
+        try:
+            good.append((r[1], r[2], r[3], poses_to_matrices(P[k], Q[k], f"transforms[{r[0]}]")))
+        except GeometryError as exc:
+            bad.append(str(exc))
     return good, bad
 
 

@@ -38,6 +38,7 @@ DEFAULT_START = "2025-01-01T00:00:00Z"
 WORLD_FRAME = "map"
 IMAGINED_FRAME = "mirage_imagined_optical_frame"
 OBSERVED_FRAME = "camera_optical_frame"
+GROUND_TRUTH_NS = "/ground_truth"
 
 
 def parse_start_time(text: str) -> int:
@@ -119,6 +120,17 @@ class BagRecorder:
         """The observed camera of frame i on /tf at its stamp (frames without an imagined one)."""
         self.writer.add_transform(self.T[i], self.stamps[i], WORLD_FRAME, OBSERVED_FRAME)
 
+    def ground_truth(self, i: int, frame) -> None:
+        """What the camera sees at frame i (the simulator's truth), as a robot would record it, under
+        ``/ground_truth``: image, camera_info, pose, depth (32FC1) and labels (mono8). ``mirage replay``
+        and ``mirage data bag --namespace /ground_truth`` read these."""
+        w, t, ns = self.writer, self.stamps[i], GROUND_TRUTH_NS
+        w.add_image(f"{ns}/image", frame.rgb, t, OBSERVED_FRAME)
+        w.add_camera_info(f"{ns}/camera_info", self.K, self.H, self.W, t, OBSERVED_FRAME)
+        w.add_pose(f"{ns}/pose", self.T[i], t, WORLD_FRAME)
+        w.add_depth(f"{ns}/depth", frame.depth, t, OBSERVED_FRAME)
+        w.add_image(f"{ns}/labels", frame.labels, t, OBSERVED_FRAME, "mono8")
+
     def chunk(self, chunk) -> None:
         b = self.backend
         self.writer.add_imagined_chunk(chunk, self.T, self.stamps, self.K, self.H, self.W, WORLD_FRAME, IMAGINED_FRAME,
@@ -186,6 +198,7 @@ def run(args) -> int:
     f0, ex0 = observe(0)
     backend.observe(f0.rgb, f0.depth, cameras[0], exclude=ex0)
     observed, imagined = 1, 0
+    first_truth = f0
     start_iso = datetime.fromtimestamp(args.start_time / 1e9, timezone.utc).isoformat().replace("+00:00", "Z")
     stats = {"description": backend.description, "scene": args.scene, "seed": args.seed, "resolution": [H, W],
              "latent_hw": list(base.latent_size(16)),
@@ -196,6 +209,8 @@ def run(args) -> int:
     strip_rows, video = [], []
     mask_tiles = []
     rec = _start_bag(out, cameras, stamps, backend, not args.no_bag)
+    if rec is not None:
+        rec.ground_truth(0, first_truth)
     bar = tqdm(total=n_frames - 1, desc="demo", unit="view")
     n_chunks = 0
     try:
@@ -213,6 +228,9 @@ def run(args) -> int:
                     rec.chunk(g)
                 imagined += len(g.frame_indices)
             truth = {i: observe(i) for i in idx}
+            if rec is not None:
+                for i in idx:
+                    rec.ground_truth(i, truth[i][0])
             r = {"chunk": c, "frames": idx, **{f"{k}_ms_per_view": 1e3 * v / len(idx) for k, v in timings.items()},
                  "coverage": [], "psnr_visible": [], "psnr_codec_bound": []}
             for k, i in enumerate(idx):
@@ -365,6 +383,8 @@ def run_generative(args) -> int:
     growth = [(0, backend.memory.num_points, backend.memory.nbytes)]
     strip_rows, video, mask_tiles = [], [], []
     rec = _start_bag(out, cameras, stamps, backend, not args.no_bag)
+    if rec is not None:
+        rec.ground_truth(0, f0)
     bar = tqdm(total=n_frames - 1, desc="demo (imagining)", unit="view")
     try:
         for n, chunk in enumerate(backend.imagine(cameras[1:])):
@@ -378,6 +398,8 @@ def run_generative(args) -> int:
                  "coverage": [], "psnr_imagined": [], "psnr_imagined_visible": [], "psnr_readout_visible": []}
             for j, i in enumerate(g.frame_indices):
                 f, ex = truth(i)
+                if rec is not None:
+                    rec.ground_truth(i, f)
                 m = np.asarray(g.masks[j])
                 readout = _fit(ro[j], H, W)
                 pix = _fit(np.repeat(np.repeat(m.astype(np.uint8), codec.stride, 0), codec.stride, 1), H, W) > 0

@@ -18,9 +18,31 @@ def test_help_is_fast_and_lists_commands():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False False"
 
 
+def test_demo_imagines_with_the_shipped_model_by_default(tmp_path, capsys):
+    """The README's first command: the shipped model imagines the loop from the first frame; every
+    view has ground truth | readout | imagined | visibility, and the run says which model ran."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--chunks", "2", "--steps", "3"]) == 0
+    said = capsys.readouterr().out
+    assert "mirage_small" in said and "first frame only" in said
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["backend"] == "shipped" and stats["resolution"] == [128, 224]
+    frames = [i for c in stats["chunks"] for i in c["frames"]]
+    assert frames == list(range(1, 17))  # 2 chunks x 8 new views, one global index
+    assert all(np.isfinite(c["psnr_imagined"]).all() for c in stats["chunks"])
+    import av
+
+    with av.open(str(out / "readouts.mp4")) as f:
+        s = f.streams.video[0]
+        assert s.codec_context.name == "h264" and s.width == 4 * 224 and s.frames == 16  # 4 panels per view
+    for name in ("readouts.png", "masks.png", "memory.ply", "memory_growth.png", "demo_bag"):
+        assert (out / name).exists(), name
+
+
 def test_demo_writes_its_outputs(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--resolution", "64x112", "--chunks", "2", "--chunk-size", "3", "--no-bag"]) == 0
+    assert main(["demo", "--backend", "readout", "--out", str(out), "--resolution", "64x112", "--chunks", "2",
+                 "--chunk-size", "3", "--no-bag"]) == 0
     said = capsys.readouterr().out
     assert "NO generative model" in said
     for name in ("readouts.png", "readouts.mp4", "masks.png", "memory.ply", "stats.json", "memory_growth.png"):

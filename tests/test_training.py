@@ -317,3 +317,36 @@ def test_cli_data_sim_and_train_one_line_errors(tmp_path, dataset):
     assert main(["data", "sim", "--out", str(dataset), "--scenes", "1", "--frames", "12", "--resolution", "64x96"]) == 2
     assert main(["train", "--config", "tiny", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), "--steps", "1"]) == 2
     assert not (tmp_path / "r").exists()
+
+
+def test_data_bag_reads_the_demo_bag_like_the_simulator(tmp_path):
+    """`mirage data bag` on the bag `mirage demo` writes (its /ground_truth stream): the pairing and
+    conversions of the node give the same latents, cameras and readouts as the simulator itself."""
+    from mirage_ros import sim
+    from mirage_ros.cli import main
+
+    demo = tmp_path / "demo"
+    assert main(["demo", "--backend", "readout", "--out", str(demo), "--resolution", "64x96", "--chunks", "2",
+                 "--chunk-size", "6"]) == 0
+    ds_path = tmp_path / "ds"
+    assert main(["data", "bag", str(demo / "demo_bag"), "--namespace", "/ground_truth", "--out", str(ds_path),
+                 "--frames", "12"]) == 0
+    ds = MirageDataset(ds_path)
+    assert ds.header["source"] == "bag" and ds.header["counts"]["clips"] == 1 and len(ds) == 4
+    scene = sim.make_scene("room", seed=0, moving_object=True)
+    poses = sim.scene_trajectory(scene, "loop", 13)
+    cams = [sim.default_camera(64, 96).with_pose(E) for E in poses]
+    shots = [sim.render(scene, c, t=i / 6) for i, c in enumerate(cams)]  # the readout demo's clock: i / chunk size
+    codec = ThumbnailCodec()
+    z = codec.encode(images_to_tensor(np.stack([s.rgb for s in shots])))
+    meta = ds.meta(0)
+    assert np.allclose(np.array(meta["world_to_camera"]), np.stack([c.world_to_camera.numpy() for c in cams[:12]]), atol=1e-9)
+    mem = LatentSpatialMemory()
+    for a in range(3):
+        mem.insert(z[a], torch.from_numpy(shots[a].depth), cams[a], exclude=torch.from_numpy(shots[a].labels != 0))
+    s = ds.window(next(i for i, w in enumerate(ds.windows) if w.a == 2))
+    for k, j in enumerate(list(range(2, 11)) + [0, 1]):
+        r = mem.read(cams[j])
+        assert torch.equal(s["masks"][k], r.mask), j
+        assert torch.allclose(s["readouts"][k], (r.latent * r.mask).half().float(), atol=1e-3), j
+    assert torch.equal(s["targets"], z[2:11].half().float())

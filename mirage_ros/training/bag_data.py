@@ -37,7 +37,7 @@ def _topics(items: List[str]) -> Dict[str, str]:
 
 
 def read_synced_frames(bag, topics: Dict[str, str], depth_from_bag: bool = True, tolerance: float = 0.0,
-                       log=print) -> Dict:
+                       log=print, namespace: str = "/") -> Dict:
     """Paired frames of ``bag`` in time order: stamps, rgb (N, H, W, 3), K (N, 3, 3), camera_to_world
     (N, 4, 4), depth (N, H, W) or None, labels (N, H, W) or None, exclude_labels."""
     from rosbags.highlevel import AnyReader
@@ -49,7 +49,8 @@ def read_synced_frames(bag, topics: Dict[str, str], depth_from_bag: bool = True,
     src = Path(bag)
     if not src.exists():
         raise FileNotFoundError(f"bag: {src} does not exist")
-    names = {k: f"/{k}" for k in KINDS}
+    ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
+    names = {k: f"{ns}/{k}" for k in KINDS}
     names.update(topics)
     try:
         reader = AnyReader([src], default_typestore=typestore())
@@ -134,7 +135,8 @@ def generate_from_bag(args) -> Dict:
     from .dataset import DatasetWriter
 
     frames = read_synced_frames(args.bag, _topics(args.topic), depth_from_bag=args.depth == "bag",
-                                tolerance=args.tolerance, log=lambda m: print(m, file=sys.stderr))
+                                tolerance=args.tolerance, log=lambda m: print(m, file=sys.stderr),
+                                namespace=args.namespace)
     if args.resolution:
         frames = _resize(frames, args.resolution)
     N, H, W = frames["rgb"].shape[:3]

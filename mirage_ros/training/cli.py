@@ -36,8 +36,9 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                        "simulator -> the same dataset format, through the node's pairing and conversions.")
     b.add_argument("bag", help="rosbag2 folder or .mcap file")
     b.add_argument("--out", required=True, help="dataset folder (LMDB)")
+    b.add_argument("--namespace", default="/", help="namespace of the input topics (default /; the demo's bag: /ground_truth)")
     b.add_argument("--topic", action="append", default=[], metavar="KIND=TOPIC",
-                   help="image, camera_info, pose, depth, labels (default: the node's topic names)")
+                   help="image, camera_info, pose, odom, depth, labels (default: the node's topic names in --namespace)")
     b.add_argument("--frames", type=int, default=41, help="RGB frames per clip (default 41)")
     b.add_argument("--clip-stride", type=int, default=None, help="frames between clip starts (default: --frames)")
     b.add_argument("--depth", choices=["bag", "da3"], default="bag",

@@ -160,29 +160,40 @@ class MirageCore:
             self._reject_log[key] = (last, suppressed + 1)
 
     # -- lifecycle ------------------------------------------------------------------------------
+    def memory_config(self) -> dict:
+        """Keyword arguments of this node's ``LatentSpatialMemory`` (from the memory.* parameters)."""
+        p = self.p
+        return {
+            "depth_downsample": p["memory.depth_downsample"], "feature_dtype": p["memory.feature_dtype"],
+            "dedup": p["memory.dedup"], "dedup_tolerance": p["memory.dedup_tolerance"],
+            "on_revisit": p["memory.on_revisit"], "block_size": p["memory.block_size"],
+            "max_points": p["memory.max_points"] or None,
+        }
+
+    def backend_config(self) -> Tuple[str, dict]:
+        """(backend name, ``make_backend`` keyword arguments without ``memory``): what decides which
+        model is loaded (robots whose configs are equal can share one loaded model, see ``fleet``)."""
+        p = self.p
+        if p["backend"] == "readout":
+            return p["backend"], {"codec": p["codec"], "weights": p["weights_dir"] or None, "device": p["device"],
+                                  "chunk_size": p["chunk_size"]}
+        # generative: depth and masks of *generated* frames come from these providers
+        return p["backend"], {
+            "config": p["mirage.config"], "weights": p["weights_dir"] or None,
+            "side_branch": p["mirage.side_branch"] or None, "lora": p["mirage.lora"] or None,
+            "device": p["device"], "steps": p["steps"], "prompt": p["prompt"] or None,
+            "depth": {"name": "da3", "weights": p["depth.weights"], "align": self._align()}
+            if p["depth.provider"] == "da3" else "memory",
+            "masks": self._mask_cfg() if p["masks.provider"] == "sam3" else "none"}
+
     def configure(self, backend=None) -> None:
-        """Build the backend (loads models), the optional providers, and load memory.load_path."""
+        """Build the backend (loads models) unless one is given (e.g. one sharing another node's
+        model, ``fleet.share_model``), the optional providers, and load memory.load_path."""
         if backend is None:
             from ..world_model.backend import make_backend
 
-            p = self.p
-            mem = {
-                "depth_downsample": p["memory.depth_downsample"], "feature_dtype": p["memory.feature_dtype"],
-                "dedup": p["memory.dedup"], "dedup_tolerance": p["memory.dedup_tolerance"],
-                "on_revisit": p["memory.on_revisit"], "block_size": p["memory.block_size"],
-                "max_points": p["memory.max_points"] or None,
-            }
-            if p["backend"] == "readout":
-                cfg = {"codec": p["codec"], "weights": p["weights_dir"] or None, "device": p["device"],
-                       "chunk_size": p["chunk_size"], "memory": mem}
-            else:  # generative: depth and masks of *generated* frames come from these providers
-                cfg = {"config": p["mirage.config"], "weights": p["weights_dir"] or None,
-                       "side_branch": p["mirage.side_branch"] or None, "lora": p["mirage.lora"] or None,
-                       "device": p["device"], "steps": p["steps"], "prompt": p["prompt"] or None, "memory": mem,
-                       "depth": {"name": "da3", "weights": p["depth.weights"], "align": self._align()}
-                       if p["depth.provider"] == "da3" else "memory",
-                       "masks": self._mask_cfg() if p["masks.provider"] == "sam3" else "none"}
-            backend = make_backend(p["backend"], **cfg)
+            name, cfg = self.backend_config()
+            backend = make_backend(name, memory=self.memory_config(), **cfg)
         self.depth_provider = self._provider("depth", self.p["depth.provider"], ("topic",))
         self.mask_provider = self._provider("masks", self.p["masks.provider"], ("none", "labels"))
         with self.lock:

@@ -35,7 +35,7 @@ PARAMS: List[Param] = [
     Param("chunk_size", 9, "frames per imagined chunk (one feedback message per chunk)"),
     Param("steps", 20, "denoising steps per chunk (mirage backend)"),
     Param("prompt", "", "default text prompt when a goal gives none (mirage backend)"),
-    Param("mirage.config", "tiny", "mirage backend without weights_dir: tiny | full model with RANDOM weights (tests, benchmarks)", ("tiny", "full")),
+    Param("mirage.config", "tiny", "mirage backend without weights_dir: tiny | small (the shipped model's size) | full model with RANDOM weights (tests, benchmarks)", ("tiny", "small", "full")),
     Param("mirage.side_branch", "", "Mirage side-branch checkpoint file (mirage backend; empty: none)"),
     Param("mirage.lora", "", "LoRA checkpoint file (mirage backend; empty: none)"),
     # -- perception --

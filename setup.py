@@ -31,7 +31,8 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=[PACKAGE, PACKAGE + ".*"]),
-    package_data={PACKAGE: ["data/*"]},
+    # the shipped world model (weights, codec, config, recipe, log) travels with the package
+    package_data={PACKAGE: ["data/*", "models/*/*", "models/*/*/*", "models/*/*/*/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
         ("share/" + PACKAGE, ["package.xml"]),
@@ -50,6 +51,7 @@ setup(
             "mirage = mirage_ros.cli:main",
             "mirage_node = mirage_ros.ros.node:main",
             "mirage_sim_node = mirage_ros.ros.sim_node:main",
+            "mirage_multi_node = mirage_ros.ros.multi_node:main",
         ]
     },
 )

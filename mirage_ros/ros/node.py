@@ -61,7 +61,10 @@ ACTION_SERVICE_DEPTH = 1000
 
 
 class MirageNode(LifecycleNode):
-    def __init__(self, node_name: str = "mirage", **kwargs):
+    def __init__(self, node_name: str = "mirage", share_with: Optional["MirageNode"] = None, **kwargs):
+        """``share_with``: another MirageNode in this process whose loaded model this one shares
+        (``fleet``: own memory, same model; ``mirage_multi_node``)."""
+        self._share_with = share_with
         super().__init__(node_name, **kwargs)
         self._types = cv.RclpyTypes()
         for p in PARAMS:
@@ -130,7 +133,7 @@ class MirageNode(LifecycleNode):
         try:
             self.core = MirageCore(self._params(), log=self._log)
             t0 = time.perf_counter()
-            self.core.configure()
+            self._configure_core()
             self.get_logger().info(f"backend ready in {time.perf_counter() - t0:.2f} s")
         except Exception as exc:  # noqa: BLE001 - a failed configure must say why and stay unconfigured
             self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
@@ -187,6 +190,21 @@ class MirageNode(LifecycleNode):
                                       else ", depth") if p["depth.provider"] == "topic" else "")
             + (", labels" if p["masks.provider"] == "labels" else ""))
         return TransitionCallbackReturn.SUCCESS
+
+    def _configure_core(self) -> None:
+        """Build the backend, or share the model of ``share_with`` when both need the same one."""
+        leader = self._share_with.core if self._share_with is not None else None
+        if leader is not None and leader.backend is not None:
+            from .fleet import SharingError, share_model
+
+            try:
+                share_model(self.core, leader)
+                self.get_logger().info(f"sharing the loaded model of {self._share_with.get_namespace()} "
+                                       "(own memory; the robots take turns on the model)")
+                return
+            except SharingError as exc:
+                self.get_logger().warning(f"not sharing a model: {exc}")
+        self.core.configure()
 
     def _create_inputs(self, p: dict) -> None:
         from geometry_msgs.msg import PoseStamped

@@ -1,0 +1,119 @@
+"""``mirage_multi_node``: several robots on one GPU host, in one process, sharing one loaded model.
+
+Run: ``ros2 run mirage_ros mirage_multi_node --ros-args -p robots:="[robot1, robot2]"
+--params-file config/mirage.yaml`` (colcon) or ``mirage_multi_node ...`` (pip).
+
+For each namespace in ``robots`` it starts a ``MirageNode`` named ``mirage`` in that namespace
+(``/robot1/mirage``: topics ``/robot1/image``, ``/robot1/imagined/image``, action
+``/robot1/imagine``, services ``/robot1/reset`` ...), exactly the interfaces of ``mirage_node``.
+Each robot has its own memory, input pairing, goal queue and outputs; with ``share_model`` (default)
+robots whose backend parameters agree share the first robot's loaded model (``fleet``), so the
+weights are in memory once and the robots take turns on it one chunk at a time.
+
+Parameters of this process's own node ``mirage_multi``: ``robots`` (string array, required) and
+``share_model`` (bool). Node parameters come from the parameter file as usual: a ``/**`` section
+applies to every robot, a ``/robot1/mirage`` section to one. Do not remap ``__ns`` (it would
+move every robot into one namespace); the namespaces are the ``robots`` entries.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
+
+from .fleet import parse_robots
+from .node import MirageNode
+
+__all__ = ["main", "make_robots"]
+
+
+def make_robots(robots, share_model: bool = True, **node_kwargs):
+    """One MirageNode per namespace (validated by ``fleet.parse_robots``); later robots share the
+    first robot's model when ``share_model``. ``node_kwargs`` go to every node (``context``,
+    ``parameter_overrides``). Returns the nodes (each configured and active unless its
+    ``autostart`` parameter is false)."""
+    nodes = []
+    for ns in parse_robots(robots):
+        leader = nodes[0] if share_model and nodes else None
+        nodes.append(MirageNode("mirage", share_with=leader, namespace=ns, **node_kwargs))
+    return nodes
+
+
+def shutdown_robots(nodes, executor=None) -> None:
+    """Stop goal work and threads of every robot first, then their entities and nodes."""
+    for n in nodes:
+        try:
+            n.stop_work()
+        except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - best effort on the way out
+            print(f"mirage_multi_node: {n.get_namespace()}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    for n in nodes:
+        try:
+            n._destroy_entities()
+        except (Exception, KeyboardInterrupt):  # noqa: BLE001
+            pass
+    if executor is not None:
+        try:
+            executor.shutdown(timeout_sec=1.0)
+        except (Exception, KeyboardInterrupt):  # noqa: BLE001
+            pass
+    for n in nodes:
+        try:
+            n.destroy_node()
+        except (Exception, KeyboardInterrupt):  # noqa: BLE001
+            pass
+
+
+def main(argv=None) -> int:
+    argv = sys.argv if argv is None else argv
+    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    host = None
+    nodes = []
+    executor = None
+    code = 0
+    try:
+        from rcl_interfaces.msg import ParameterDescriptor
+        from rclpy.parameter import Parameter
+
+        host = rclpy.create_node("mirage_multi")
+        host.declare_parameter("robots", Parameter.Type.STRING_ARRAY,
+                               ParameterDescriptor(description="robot namespaces served by this process, e.g. [robot1, robot2]"))
+        host.declare_parameter("share_model", True, ParameterDescriptor(
+            description="robots with the same backend parameters share the first robot's loaded model"))
+        robots = host.get_parameter("robots").value or []
+        share = bool(host.get_parameter("share_model").value)
+        nodes = make_robots(list(robots), share)
+        host.get_logger().info(f"serving {len(nodes)} robots: {', '.join(n.get_namespace() for n in nodes)}"
+                               + (" (one shared model)" if share else " (a model each)"))
+        executor = SingleThreadedExecutor()
+        for n in [host, *nodes]:
+            executor.add_node(n)
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception as exc:  # noqa: BLE001
+        print(f"mirage_multi_node: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        shutdown_robots(nodes, executor)
+        if host is not None:
+            try:
+                host.destroy_node()
+            except (Exception, KeyboardInterrupt):  # noqa: BLE001
+                pass
+        try:
+            rclpy.try_shutdown()
+        except (Exception, KeyboardInterrupt):  # noqa: BLE001
+            pass
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

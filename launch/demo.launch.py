@@ -1,6 +1,6 @@
 """The whole chain without a simulator: mirage_sim_node + mirage_node + RViz.
 
-    ros2 launch mirage_ros demo.launch.py [config:=FILE] [namespace:=NS] [backend:=readout|mirage]
+    ros2 launch mirage_ros demo.launch.py [config:=FILE] [namespace:=NS] [backend:=shipped|readout|mirage]
         [device:=cpu|cuda] [weights_dir:=DIR] [use_sim_time:=false] [scene:=room|outdoor]
         [moving_object:=false] [rate:=10.0] [rviz:=true]
 
@@ -25,7 +25,7 @@ def generate_launch_description():
         DeclareLaunchArgument("config", default_value=os.path.join(share, "config", "mirage.yaml"),
                               description="ROS 2 parameter file for mirage_node"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of both nodes"),
-        DeclareLaunchArgument("backend", default_value="", description="readout | mirage (empty: as in config)"),
+        DeclareLaunchArgument("backend", default_value="", description="shipped | readout | mirage (empty: as in config)"),
         DeclareLaunchArgument("device", default_value="", description="torch device (empty: as in config)"),
         DeclareLaunchArgument("weights_dir", default_value="", description="folder with model weights (empty: as in config)"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock"),

@@ -1,6 +1,6 @@
 """Launch mirage_node with a parameter file.
 
-    ros2 launch mirage_ros mirage.launch.py [config:=FILE] [namespace:=NS] [backend:=readout|mirage]
+    ros2 launch mirage_ros mirage.launch.py [config:=FILE] [namespace:=NS] [backend:=shipped|readout|mirage]
         [device:=cpu|cuda] [weights_dir:=DIR] [use_sim_time:=false]
 
 backend, device and weights_dir override the parameter file only when given (empty: keep the
@@ -41,7 +41,7 @@ def generate_launch_description():
         DeclareLaunchArgument("config", default_value=os.path.join(share, "config", "mirage.yaml"),
                               description="ROS 2 parameter file for mirage_node"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace for every topic, service and action"),
-        DeclareLaunchArgument("backend", default_value="", description="readout | mirage (empty: as in config)"),
+        DeclareLaunchArgument("backend", default_value="", description="shipped | readout | mirage (empty: as in config)"),
         DeclareLaunchArgument("device", default_value="", description="cpu, cuda, cuda:1 ... (empty: as in config)"),
         DeclareLaunchArgument("weights_dir", default_value="", description="folder with model weights (empty: as in config)"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock"),

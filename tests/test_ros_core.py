@@ -47,7 +47,7 @@ def feed(core, cam, fr, stamp, **bad):
 
 @pytest.fixture
 def core():
-    c = MirageCore({"viz.cloud_max_points": 1000})
+    c = MirageCore({"backend": "readout", "viz.cloud_max_points": 1000})
     c.configure()
     return c
 
@@ -111,7 +111,7 @@ def test_sync_exact_pairing_is_the_default_and_drops_never_borrow_a_neighbour():
     """Defect 4: sensors at 100 Hz (10 ms = the old default tolerance), 5 % of poses and depths
     dropped: every emitted set holds one set's messages, never a neighbour's."""
     assert defaults()["sync.tolerance"] == 0.0
-    core = MirageCore({})
+    core = MirageCore({"backend": "readout"})
     assert core.sync.tolerance_ns == 0
     s = Synchronizer(("image", "camera_info", "pose", "depth"))
     emitted = []
@@ -166,11 +166,11 @@ def test_dropped_partners_do_not_grow_the_memory(scene):
     depths lost; the memory holds exactly what the four views hold (it grew 84 -> 3106)."""
     cams, frames = scene
     views = [0, 3, 6, 9]
-    ref = MirageCore({})
+    ref = MirageCore({"backend": "readout"})
     ref.configure()
     for j, v in enumerate(views):
         ref.observe(feed(ref, cams[v], frames[v], 10**9 + j * 10**7))
-    core = MirageCore({})
+    core = MirageCore({"backend": "readout"})
     core.configure()
     for kind, t, i in _stream_100hz(200, drop=0.05, seed=1):
         v = views[i % 4]
@@ -296,11 +296,11 @@ def test_core_rejects_mismatched_sizes(core, scene):
 
 def test_core_update_policy(scene):
     cams, frames = scene
-    core = MirageCore({"observe.update": False})
+    core = MirageCore({"backend": "readout", "observe.update": False})
     core.configure()
     assert core.observe(feed(core, cams[0], frames[0], 10**9)) > 0
     assert core.observe(feed(core, cams[5], frames[5], 2 * 10**9)) is None and core.counts["frames_skipped"] == 1
-    core = MirageCore({"observe.min_interval": 1.5})
+    core = MirageCore({"backend": "readout", "observe.min_interval": 1.5})
     core.configure()
     core.observe(feed(core, cams[0], frames[0], 10**9))
     assert core.observe(feed(core, cams[5], frames[5], 2 * 10**9)) is None
@@ -313,7 +313,7 @@ def test_updates_carry_on_after_a_far_future_stamp_or_a_clock_jump(scene):
     detected, logged once, and observation carries on."""
     cams, frames = scene
     logs = []
-    core = MirageCore({"observe.min_interval": 0.5}, log=lambda level, msg: logs.append((level, msg)))
+    core = MirageCore({"backend": "readout", "observe.min_interval": 0.5}, log=lambda level, msg: logs.append((level, msg)))
     core.configure()
     assert core.observe(feed(core, cams[0], frames[0], 100 * 10**9)) > 0
     assert core.observe(feed(core, cams[2], frames[2], 10**18)) is not None  # one stray far-future stamp
@@ -619,7 +619,7 @@ def test_odometry_with_a_camera_mount(scene):
 
     cams, frames = scene
     mount = [0.2, 0.0, 1.0, -0.5, 0.5, -0.5, 0.5]  # x y z qx qy qz qw: optical frame on a REP 103 base
-    core = MirageCore({"pose.source": "odometry", "pose.base_to_camera": mount})
+    core = MirageCore({"backend": "readout", "pose.source": "odometry", "pose.base_to_camera": mount})
     core.configure()
     base = np.eye(4)
     base[:3, 3] = [1.0, 2.0, 0.0]
@@ -652,8 +652,8 @@ def test_core_drives_the_generative_backend_and_a_depth_provider():
     chunks = list(core.imagine(req))
     assert sum(len(c.frame_indices) for c in chunks) == 9 and "denoise" in chunks[0].timings
     # an observation-time depth provider instead of a depth topic
-    core2 = MirageCore({"depth.provider": "memory"})
+    core2 = MirageCore({"backend": "readout", "depth.provider": "memory"})
     core2.configure()
     assert "depth" not in core2.sync.kinds and core2.depth_provider is not None
     with pytest.raises(ValueError, match="weights"):
-        MirageCore({"depth.provider": "da3"}).configure()  # no DA3 weights: a clear configure error
+        MirageCore({"backend": "readout", "depth.provider": "da3"}).configure()  # no DA3 weights: a clear configure error

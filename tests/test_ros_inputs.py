@@ -62,9 +62,9 @@ def sensor_msgs(cam, fr, stamp, frame=FRAME):
 
 def test_tf_only_robot_fills_the_memory_as_the_pose_topic_does(scene):
     cams, frames = scene
-    ref = MirageCore({"viz.cloud_max_points": 10**6})
+    ref = MirageCore({"backend": "readout", "viz.cloud_max_points": 10**6})
     ref.configure()
-    tfc = MirageCore({"pose.source": "tf", "viz.cloud_max_points": 10**6})
+    tfc = MirageCore({"backend": "readout", "pose.source": "tf", "viz.cloud_max_points": 10**6})
     tfc.configure()
     now = 0
     assert tfc.on_tf(tf_msg([("map", "odom", 0, MAP_FROM_ODOM, None)]), static=True, now_ns=now) is None
@@ -98,7 +98,7 @@ def test_tf_only_robot_fills_the_memory_as_the_pose_topic_does(scene):
 def test_camera_link_only_with_camera_is_link(scene):
     """Isaac Sim / Gazebo: only map -> camera_link; tf.camera_is_link adds link -> optical."""
     cams, frames = scene
-    core = MirageCore({"pose.source": "tf", "tf.camera_frame": "camera_link", "tf.camera_is_link": True})
+    core = MirageCore({"backend": "readout", "pose.source": "tf", "tf.camera_frame": "camera_link", "tf.camera_is_link": True})
     core.configure()
     C = cams[0].camera_to_world.numpy()
     map_from_link = C @ np.linalg.inv(LINK_FROM_OPTICAL)
@@ -113,7 +113,7 @@ def test_camera_link_only_with_camera_is_link(scene):
 
 def test_refused_tf_and_late_transforms_change_nothing(scene):
     cams, frames = scene
-    core = MirageCore({"pose.source": "tf", "tf.wait": 0.5})
+    core = MirageCore({"backend": "readout", "pose.source": "tf", "tf.wait": 0.5})
     core.configure()
     core.on_tf(tf_msg([("map", "odom", 0, MAP_FROM_ODOM, None)]), static=True, now_ns=0)
     core.on_tf(robot_static(), static=True, now_ns=0)
@@ -141,9 +141,9 @@ def _png(rgb):
 
 def test_compressed_inputs_give_what_raw_inputs_give(scene):
     cams, frames = scene
-    raw = MirageCore({"viz.cloud_max_points": 10**6})
+    raw = MirageCore({"backend": "readout", "viz.cloud_max_points": 10**6})
     raw.configure()
-    z = MirageCore({"input.image_transport": "compressed", "input.depth_transport": "compressedDepth",
+    z = MirageCore({"backend": "readout", "input.image_transport": "compressed", "input.depth_transport": "compressedDepth",
                     "viz.cloud_max_points": 10**6})
     z.configure()
     import struct

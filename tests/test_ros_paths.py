@@ -109,7 +109,7 @@ def test_default_folder_is_the_users_data_dir(tmp_path, monkeypatch):
 def test_core_save_and_load_are_confined(tmp_path, room_loop):
     cams, frames = room_loop(2, H, W)
     folder = tmp_path / "mem"
-    core = MirageCore({"memory.save_dir": str(folder)})
+    core = MirageCore({"backend": "readout", "memory.save_dir": str(folder)})
     core.configure()
     t = 10**9
     for kind, m in (("camera_info", cv.camera_info_msg(B, cams[0].K.numpy(), H, W, t, "c")),

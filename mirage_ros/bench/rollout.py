@@ -24,13 +24,16 @@ WALL_X = 6.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", choices=["tiny", "full"], default="tiny", help="model size (random weights unless --weights)")
+    p.add_argument("--config", choices=["tiny", "small", "full"], default="tiny", help="model size (random weights unless --weights)")
+    p.add_argument("--backend", choices=["random", "shipped"], default="random",
+                   help="shipped: the trained small model shipped in the package (its own resolution and sampler steps)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--json", default="mirage_out/bench_rollout.json", help="output JSON path (a PNG is written beside it)")
     p.add_argument("--resolution", type=parse_resolution, default=None,
                    help="image size HxW (default: 128x224 tiny, 704x1280 full)")
     p.add_argument("--chunks", type=int, default=3, help="chunks of 9 latents (33 frames, 1-latent overlap)")
-    p.add_argument("--steps", type=int, default=40, help="UniPC steps (paper 40, official code 20)")
+    p.add_argument("--steps", type=int, default=None, help="UniPC steps (default 40 as the paper; the official code 20; "
+                                                              "the shipped model: its own)")
     p.add_argument("--layout", choices=["paper", "official"], default="paper", help="side-branch layout")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="auto = bf16 on GPU, fp32 on CPU (bf16 for --config full on CPU)")
@@ -92,16 +95,23 @@ def run(args) -> int:
     if dev.type == "cuda" and not torch.cuda.is_available():
         print("mirage bench rollout: --device cuda but no CUDA device is available")
         return 2
-    H, W = args.resolution or ((704, 1280) if args.config == "full" else (128, 224))
+    H, W = args.resolution or ((704, 1280) if args.config == "full" and args.backend != "shipped" else (128, 224))
     if args.dtype == "auto":
         dtype = torch.bfloat16 if (dev.type == "cuda" or args.config == "full") else torch.float32
     else:
         dtype = getattr(torch, args.dtype)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    sampler = FlowUniPCSampler(steps=args.steps)
+    sampler = FlowUniPCSampler(steps=args.steps or 40)
     t0 = time.perf_counter()
-    if args.weights:
+    if args.backend == "shipped":
+        from ..world_model.backend import SHIPPED_MODEL
+
+        model = MirageWorldModel.from_pretrained(args.weights or SHIPPED_MODEL, device=dev, dtype=dtype)
+        if args.steps:
+            model.sampler.steps = int(args.steps)
+        args.config = "shipped"
+    elif args.weights:
         model = MirageWorldModel.from_pretrained(args.weights, side_branch=args.side_branch, lora=args.lora, layout=args.layout,
                                                  device=dev, dtype=dtype, offload=args.offload, vae_tiling=args.vae_tiling,
                                                  sampler=sampler, text_encoder=False)
@@ -113,7 +123,7 @@ def run(args) -> int:
     build_s = time.perf_counter() - t0
     print(model.description)
 
-    n = 1 + 32 * args.chunks
+    n = 1 + model.temporal_stride * 8 * args.chunks  # chunks of 9 latents overlapping by one
     cams, image, depth_of = scene(H, W, n)
     memory = LatentSpatialMemory(model.channels, model.stride, device=dev)
 
@@ -142,9 +152,10 @@ def run(args) -> int:
         "dtype": str(dtype).replace("torch.", ""),
         "resolution": [H, W],
         "latent_hw": [H // model.stride, W // model.stride],
-        "steps": args.steps,
+        "steps": model.sampler.steps,
+        "seconds_per_chunk": total / max(1, len(chunks)),
         "layout": args.layout,
-        "weights": args.weights or "random",
+        "weights": args.weights or ("shipped" if args.backend == "shipped" else "random"),
         "depth": args.depth,
         "build_seconds": build_s,
         "chunks": chunks,
@@ -158,7 +169,8 @@ def run(args) -> int:
         "memory_mib": memory.nbytes / 2**20,
         "model": model.summary(),
         "torch_threads": torch.get_num_threads(),
-        "note": "random weights: timings are real, the generated pictures are noise" if not args.weights else "",
+        "note": "random weights: timings are real, the generated pictures are noise"
+        if not args.weights and args.backend != "shipped" else "",
     }
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -181,7 +181,7 @@ class MirageCore:
         return p["backend"], {
             "config": p["mirage.config"], "weights": p["weights_dir"] or None,
             "side_branch": p["mirage.side_branch"] or None, "lora": p["mirage.lora"] or None,
-            "device": p["device"], "steps": p["steps"], "prompt": p["prompt"] or None,
+            "device": p["device"], "steps": p["steps"] or None, "prompt": p["prompt"] or None,
             "depth": {"name": "da3", "weights": p["depth.weights"], "align": self._align()}
             if p["depth.provider"] == "da3" else "memory",
             "masks": self._mask_cfg() if p["masks.provider"] == "sam3" else "none"}

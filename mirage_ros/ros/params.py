@@ -28,12 +28,12 @@ class Param:
 
 PARAMS: List[Param] = [
     # -- backend (what generates frames) --
-    Param("backend", "readout", "world-model backend: readout (no generative model: memory readouts decoded) | mirage (Wan2.2-TI2V-5B + Mirage side branch)", ("readout", "mirage")),
+    Param("backend", "shipped", "world-model backend: shipped (the small world model trained by this project, in the package; weights_dir overrides its folder) | readout (no generative model: memory readouts decoded) | mirage (Wan2.2-TI2V-5B + Mirage side branch from weights_dir, or random weights of mirage.config)", ("shipped", "readout", "mirage")),
     Param("codec", "thumbnail", "latent codec of the readout backend: thumbnail (analytic, no weights) | wan (Wan2.2 VAE from weights_dir)", ("thumbnail", "wan")),
     Param("weights_dir", "", "folder with model weights (empty: none; the readout backend needs none)"),
     Param("device", "cpu", "torch device for the backend and the memory (cpu, cuda, cuda:1 ...)"),
     Param("chunk_size", 9, "frames per imagined chunk (one feedback message per chunk)"),
-    Param("steps", 20, "denoising steps per chunk (mirage backend)"),
+    Param("steps", 0, "denoising steps per chunk (generative backends; 0: the model's own: 10 for shipped, 40 for Wan2.2)"),
     Param("prompt", "", "default text prompt when a goal gives none (mirage backend)"),
     Param("mirage.config", "tiny", "mirage backend without weights_dir: tiny | small (the shipped model's size) | full model with RANDOM weights (tests, benchmarks)", ("tiny", "small", "full")),
     Param("mirage.side_branch", "", "Mirage side-branch checkpoint file (mirage backend; empty: none)"),

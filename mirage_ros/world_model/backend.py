@@ -387,7 +387,9 @@ def _make_shipped(weights: Optional[str] = None, **kwargs) -> MirageBackend:
     if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(f"weights: the shipped model is not at {folder} (model_index.json missing); "
                                 "use --backend readout for the memory readout alone")
-    return _make_mirage(weights=str(folder), **kwargs)
+    backend = _make_mirage(weights=str(folder), **kwargs)
+    backend.name = "shipped"
+    return backend
 
 
 register_backend("mirage", _make_mirage)

@@ -11,4 +11,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_node(tmp, ns, params=None, module="mirage_ros.ros.node"):
-    return _start_node(tmp, ns, params, module, cwd=str(ROOT))
+    """The node-mechanics tests run the instant ``readout`` backend unless they say otherwise (the
+    default, the shipped world model, has its own tests: test_node_shipped.py)."""
+    return _start_node(tmp, ns, {"backend": "readout", **(params or {})}, module, cwd=str(ROOT))

@@ -96,7 +96,7 @@ def test_tf_only_robot_fills_the_memory_with_the_pose_topic_poses(setup, probe, 
     proc, pubs, _ = setup
     cams, frames = scene
     T = probe.types
-    ref = MirageCore({"world_frame": WORLD, "viz.cloud_max_points": 10**6})
+    ref = MirageCore({"backend": "readout", "world_frame": WORLD, "viz.cloud_max_points": 10**6})
     ref.configure()
     B = RosbagsTypes()
     stamps = []

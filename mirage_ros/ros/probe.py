@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-__all__ = ["wait_for", "Proc", "write_params", "start_node", "Probe", "ros_unavailable"]
+__all__ = ["wait_for", "get_result", "Proc", "write_params", "start_node", "Probe", "ros_unavailable"]
 
 
 def ros_unavailable() -> Optional[str]:
@@ -42,6 +42,23 @@ def wait_for(pred: Callable[[], object], timeout: float = 10.0, every: float = 0
             return v
         time.sleep(every)
     raise TimeoutError(f"timed out after {timeout:.1f} s waiting for {what}")
+
+
+def get_result(goal_handle, timeout: float = 60.0, every: float = 2.0):
+    """The done future of ``goal_handle``'s result, asking again every ``every`` s while unanswered.
+    rclpy (Jazzy) registers a result future only after it has sent the request, so a server that
+    answers at once (the goal has already finished) can have its response taken by another
+    executor thread first and dropped ("Ignoring unexpected result response"); a repeated request
+    is answered again (the server keeps results for its result_timeout)."""
+    t_end = time.monotonic() + timeout
+    while True:
+        rf = goal_handle.get_result_async()
+        try:
+            wait_for(rf.done, max(0.05, min(every, t_end - time.monotonic())), what="the result")
+            return rf
+        except TimeoutError:
+            if time.monotonic() >= t_end:
+                raise TimeoutError(f"timed out after {timeout:.1f} s waiting for the result") from None
 
 
 class Proc:
@@ -290,8 +307,7 @@ class Probe:
                          what=f"{expect_frames} frames and {n_chunks} feedback messages")
             except TimeoutError:
                 pass
-        rf = gh.get_result_async()
-        wait_for(rf.done, timeout, what="the result")
+        rf = get_result(gh, timeout)
         time.sleep(0.05)
         with self.lock:
             imgs = list(self.received.get(img_topic, []))

@@ -19,21 +19,25 @@ from ..geometry import Camera
 from ..memory import LatentSpatialMemory
 from ..world_model.codec import Codec, images_to_tensor
 from ..world_model.references import ReferenceSelector, visible_points
+from ..world_model.rollout import RolloutConfig
 
 __all__ = ["ClipSpec", "build_clip", "MEMORY_KINDS"]
 
 MEMORY_KINDS = ("latent", "rgb")
 
 
+_R = RolloutConfig()  # the samples mirror what the rollout reads: one set of defaults
+
+
 @dataclass(frozen=True)
 class ClipSpec:
-    """Frame roles of the samples (the rollout's defaults) and the memory they read."""
+    """Frame roles of the samples (the rollout's, ``RolloutConfig``) and the memory they read."""
 
-    chunk_latents: int = 9
-    preceding_latents: int = 2
-    max_references: int = 4
-    ref_iou_threshold: float = 0.04
-    ref_voxel_size: float = 0.1
+    chunk_latents: int = _R.chunk_latents
+    preceding_latents: int = _R.preceding_latents
+    max_references: int = _R.max_references
+    ref_iou_threshold: float = _R.ref_iou_threshold
+    ref_voxel_size: float = _R.ref_voxel_size
     memory: str = "latent"
     window_stride: int = 1
 

@@ -10,6 +10,11 @@ drive this class, so the bag replay runs exactly the node's logic.
 - Goals: ``prepare(path, num_frames, prompt, now_ns)`` validates a trajectory into a
   ``Request`` or raises ``GoalError(status, message)``; ``imagine(request, cancel)`` yields the
   backend's chunks, holding the memory lock only while a chunk is computed.
+- Candidates (planners): ``prepare_candidates(paths, ...)`` validates K trajectories with the
+  same rules (the size rule ``goals.candidates_reason`` first, from the list lengths alone), then
+  ``imagine_candidates(creq, cancel)`` takes ONE snapshot of the memory, scores every candidate on
+  it (``CandidateRun.scores``) and imagines them all from it (batched through a generative model);
+  nothing is written into the memory.
 - Memory: ``reset`` / ``save`` / ``load``; visualisation data: ``cloud()``, ``frustums()``;
   ``stats()``.
 
@@ -31,10 +36,11 @@ import numpy as np
 
 from . import convert as cv
 from . import paths
+from .goals import candidates_reason
 from .params import validate
 from .sync import SyncedSet, Synchronizer
 
-__all__ = ["MirageCore", "GoalError", "Request", "resample_trajectory",
+__all__ = ["MirageCore", "GoalError", "Request", "CandidateRequest", "CandidateRun", "resample_trajectory",
            "STATUS_SUCCEEDED", "STATUS_CANCELED", "STATUS_INVALID_GOAL", "STATUS_NOT_READY", "STATUS_FAILED"]
 
 # mirror action/Imagine.action
@@ -62,6 +68,59 @@ class Request:
     K: np.ndarray
     height: int
     width: int
+
+
+@dataclass
+class CandidateRequest:
+    """K validated candidate trajectories (one ``Request`` each: same intrinsics and size)."""
+
+    requests: List[Request]
+    prompt: Optional[str]
+
+    @property
+    def trajectories(self) -> list:
+        return [r.cameras for r in self.requests]
+
+    @property
+    def num_frames(self) -> int:
+        return sum(len(r.cameras) for r in self.requests)
+
+
+class CandidateRun:
+    """One ``imagine_candidates`` run: ``scores`` (per candidate: visibility per frame, known,
+    novelty) are ready at once; iterating yields (candidate index, ``ImaginedChunk``). Both come
+    from the same snapshot of the memory, taken when the run was made."""
+
+    def __init__(self, core: "MirageCore", creq: CandidateRequest, cancel: Optional[Callable[[], bool]]):
+        import copy
+
+        self.core, self.request, self.cancel = core, creq, cancel
+        t0 = time.perf_counter()
+        with core.lock:
+            if core.backend is None:
+                raise GoalError(STATUS_NOT_READY, "the node is not active")
+            # the snapshot: a shallow copy of the backend (model, codec, last observed frame shared)
+            # over a fork of the memory; observations that arrive meanwhile go to the live memory
+            view = copy.copy(core.backend)
+            view.memory = core.backend.memory.fork()
+            self.scores = view.candidate_scores(creq.trajectories)
+        self.scores_time = time.perf_counter() - t0
+        self.backend = view
+
+    def __iter__(self) -> Iterator[Tuple[int, object]]:
+        core, cancel = self.core, self.cancel
+        with core.lock:
+            it = iter(self.backend.imagine_candidates(self.request.trajectories, prompt=self.request.prompt,
+                                                      cancel=cancel))
+        while True:
+            if cancel is not None and cancel():
+                return
+            with core.lock:  # one model, shared with goals and observations: one chunk at a time
+                item = next(it, None)
+            if item is None:
+                return
+            core.counts["frames_imagined"] += len(item[1].frame_indices)
+            yield item
 
 
 def resample_trajectory(T: np.ndarray, stamps: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -503,7 +562,9 @@ class MirageCore:
             pass
 
     # -- goals --------------------------------------------------------------------------------
-    def prepare(self, path_msg, num_frames: int = 0, prompt: Optional[str] = None, now_ns: int = 0) -> Request:
+    def prepare(self, path_msg, num_frames: int = 0, prompt: Optional[str] = None, now_ns: int = 0,
+                camera: Optional[Tuple[np.ndarray, int, int]] = None) -> Request:
+        """``camera``: (K, H, W) of the imagined frames (default: the last observed camera_info)."""
         from ..geometry import Camera, GeometryError, invert_rigid
 
         maxf = self.p["imagined.max_frames"]
@@ -533,13 +594,43 @@ class MirageCore:
             stamps = np.where(zero, base + np.round(np.arange(n_poses) * period).astype(np.int64), stamps)
         if num_frames and num_frames != n_poses:
             T, stamps = resample_trajectory(T, stamps, num_frames)
-        K, H, W = self.last_camera
+        K, H, W = camera or self.last_camera
         try:
             E = invert_rigid(T)
             cams = [Camera(K, E[i], H, W) for i in range(T.shape[0])]
         except GeometryError as exc:
             raise GoalError(STATUS_INVALID_GOAL, f"path: {exc}") from None
         return Request(cams, T, stamps, world, prompt or self.p["prompt"] or None, K, H, W)
+
+    def prepare_candidates(self, paths_msgs, num_frames: int = 0, prompt: Optional[str] = None,
+                           now_ns: int = 0) -> CandidateRequest:
+        """K candidate Paths -> ``CandidateRequest``, or ``GoalError`` naming the candidate and the
+        reason. The size rule (``goals.candidates_reason``: count, per-path and total frames) is
+        checked on the list lengths before any per-pose work; then each path as ``prepare`` does
+        (frame, quaternions, positions), all with the same camera."""
+        p = self.p
+        if self.backend is None:
+            raise GoalError(STATUS_NOT_READY, "the node is not active (lifecycle state is not 'active')")
+        paths_msgs = list(paths_msgs)
+        reason = candidates_reason([len(m.poses) for m in paths_msgs], int(num_frames), p["imagined.max_frames"],
+                                   p["candidates.max_candidates"], p["candidates.max_total_frames"])
+        if reason is not None:
+            raise GoalError(STATUS_INVALID_GOAL, reason)
+        camera = self.last_camera
+        reqs = []
+        for i, m in enumerate(paths_msgs):
+            try:
+                reqs.append(self.prepare(m, num_frames, prompt, now_ns, camera=camera))
+            except GoalError as exc:
+                if exc.status == STATUS_NOT_READY:
+                    raise
+                raise GoalError(exc.status, f"candidates[{i}]: {exc.message}") from None
+        return CandidateRequest(reqs, reqs[0].prompt)
+
+    def imagine_candidates(self, creq: CandidateRequest, cancel: Optional[Callable[[], bool]] = None) -> CandidateRun:
+        """Snapshot the memory and score every candidate now; iterate the returned run for the
+        imagined chunks (see ``CandidateRun``). The memory itself is never written."""
+        return CandidateRun(self, creq, cancel)
 
     def imagine(self, req: Request, cancel: Optional[Callable[[], bool]] = None) -> Iterator:
         """Yield the backend's ``ImaginedChunk``s; the lock is held only while one is computed."""

@@ -14,14 +14,42 @@ the policy is decided here in O(1) and the work runs elsewhere:
   once); a running goal is cancelled by its own cancel check instead (False).
 - ``stop()`` asks the workers to finish (a running goal's cancel check sees ``stopping``) and
   joins them: shut down before the ROS context goes away.
+- ``candidates_reason(lengths, ...)``: the size rule of an ``imagine_candidates`` goal (K paths),
+  from the K list lengths alone; the node's goal callback and ``MirageCore.prepare_candidates``
+  both apply it, so a request is refused before any per-pose work. Such goals share the queue
+  and workers above with single ``imagine`` goals (one model, one queue).
 """
 from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Any, Callable, Deque, List, Optional
+from typing import Any, Callable, Deque, List, Optional, Sequence
 
-__all__ = ["GoalQueue", "Job"]
+__all__ = ["GoalQueue", "Job", "candidates_reason"]
+
+
+def candidates_reason(lengths: Sequence[int], num_frames: int, max_frames: int, max_candidates: int,
+                      max_total: int) -> Optional[str]:
+    """Why K candidate paths of ``lengths`` poses (each resampled to ``num_frames`` if > 0) are too
+    big for one request, or None: no candidates, more than ``max_candidates``, a path longer than
+    ``max_frames`` poses, ``num_frames`` out of 0 .. ``max_frames``, or more than ``max_total`` frames
+    in all (K x num_frames, or the sum of the lengths)."""
+    k = len(lengths)
+    if k == 0:
+        return "no candidates"
+    if k > max_candidates:
+        return f"{k} candidates, more than candidates.max_candidates = {max_candidates}"
+    if num_frames < 0 or num_frames > max_frames:
+        return f"num_frames is {num_frames}, expected 0 .. imagined.max_frames = {max_frames}"
+    for i, n in enumerate(lengths):
+        if n == 0:
+            return f"candidates[{i}]: path has no poses"
+        if n > max_frames:
+            return f"candidates[{i}]: path has {n} poses, more than imagined.max_frames = {max_frames}"
+    total = k * num_frames if num_frames else sum(int(n) for n in lengths)
+    if total > max_total:
+        return f"{total} frames in all ({k} candidates), more than candidates.max_total_frames = {max_total}"
+    return None
 
 
 class Job:

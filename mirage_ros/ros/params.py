@@ -88,6 +88,9 @@ PARAMS: List[Param] = [
     # -- goals --
     Param("goals.max_active", 1, "imagine goals run at once, each on one of this many fixed worker threads"),
     Param("goals.max_queued", 10, "imagine goals waiting for a worker; a goal beyond this is rejected at once (the node logs why)"),
+    # -- candidates (imagine_candidates: K trajectories per request, for planners) --
+    Param("candidates.max_candidates", 16, "imagine_candidates goals with more candidate paths are rejected (1 .. 64)"),
+    Param("candidates.max_total_frames", 256, "imagine_candidates goals with more frames in all (sum over candidates, after num_frames resampling) are rejected (1 .. 4096)"),
     # -- QoS --
     Param("qos.sensor_reliability", "best_effort", "sensor subscriptions: best_effort | reliable", ("best_effort", "reliable")),
     Param("qos.sensor_depth", 1, "sensor subscription history depth (1: keep only the newest message)"),
@@ -171,6 +174,10 @@ def validate(values: Dict[str, Any]) -> Dict[str, Any]:
         raise ParamError(f"goals.max_active: expected 1 .. 64, got {out['goals.max_active']}")
     if not 0 <= out["goals.max_queued"] <= 10000:
         raise ParamError(f"goals.max_queued: expected 0 .. 10000, got {out['goals.max_queued']}")
+    if not 1 <= out["candidates.max_candidates"] <= 64:
+        raise ParamError(f"candidates.max_candidates: expected 1 .. 64, got {out['candidates.max_candidates']}")
+    if not 1 <= out["candidates.max_total_frames"] <= 4096:
+        raise ParamError(f"candidates.max_total_frames: expected 1 .. 4096, got {out['candidates.max_total_frames']}")
     if out["imagined.frame_rate"] <= 0:
         raise ParamError(f"imagined.frame_rate: expected > 0, got {out['imagined.frame_rate']}")
     if not 1 <= out["imagined.jpeg_quality"] <= 100:

@@ -24,6 +24,7 @@ BENCHMARKS = {
     "node": ("mirage_ros.bench.node", "ROS node latency, sustained input rate, PointCloud2 build time"),
     "train": ("mirage_ros.bench.train", "training throughput of mirage train: steps/s, samples/s, peak memory"),
     "imagine": ("mirage_ros.bench.imagine", "closed-loop ablation on held-out scenes: latent vs RGB cache vs no memory"),
+    "multi": ("mirage_ros.bench.multi", "several robots in one mirage_multi_node sharing one model: RSS and latency per extra robot"),
     "network": ("mirage_ros.bench.network", "robot and GPU host in two network namespaces over a tc-tbf link: latency, fps, bytes on the wire"),
     "compression": ("mirage_ros.bench.compression", "CompressedImage (jpeg, png, compressedDepth): bytes per frame, encode/decode ms"),
 }

@@ -327,7 +327,7 @@ def probe_main(cfg_path: str) -> int:
 
     from .. import sim
     from ..ros import convert as cv
-    from ..ros.probe import Probe, wait_for
+    from ..ros.probe import Probe, get_result, wait_for
 
     cfg = json.loads(Path(cfg_path).read_text())
     ns, dev, H, W = cfg["ns"], cfg["dev"], cfg["height"], cfg["width"]
@@ -409,8 +409,7 @@ def probe_main(cfg_path: str) -> int:
             gh = fut.result()
             if not gh.accepted:
                 raise RuntimeError("goal rejected")
-            rf = gh.get_result_async()
-            wait_for(rf.done, cfg["timeout"], what="the goal result")
+            rf = get_result(gh, cfg["timeout"])
             res = rf.result().result
             try:  # the result may overtake the last frames on the wire
                 wait_for(lambda: len(pr.msgs(img_t)) >= res.num_frames, 30, what="all imagined frames")

@@ -168,3 +168,40 @@ def test_each_robot_imagines_from_its_own_memory_with_the_shared_model(robots, p
     assert a.core.backend.memory.num_points == n_a and a.core.counts["frames_imagined"] == 0
     assert b.core.backend.memory.num_points == n_b  # the rollout ran on a fork of B's memory
     assert b.core.counts["frames_imagined"] == 3
+
+
+# -- the executable, measured: mirage bench multi --------------------------------------------------------
+
+def test_bench_multi_writes_consistent_strict_json(tmp_path):
+    """mirage_multi_node as its own process with 1 and 2 robots (and 2 with a model each):
+    every goal succeeded with its frames, the process stopped cleanly, and the derived figures
+    are what the rows say. No wall-clock limits."""
+    import json
+    import statistics
+    import subprocess
+    import sys
+
+    from rosprobe import ROOT
+
+    path = tmp_path / "multi.json"
+    out = subprocess.run([sys.executable, "-m", "mirage_ros", "bench", "multi", "--json", str(path), "--robots", "1,2",
+                          "--unshared", "2", "--model", "readout", "--frames", "2", "--goals", "1", "--timeout", "200"],
+                         capture_output=True, text=True, timeout=900, cwd=str(ROOT))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+    def bad(name):
+        raise ValueError(name)
+    r = json.loads(path.read_text(), parse_constant=bad)
+    assert [(x["robots"], x["share_model"]) for x in r["rows"]] == [(1, True), (2, True), (2, False)]
+    for x in r["rows"]:
+        assert x["exit_code"] == 0, x["log_tail"]
+        assert x["sequential_all_succeeded"] and x["concurrent_all_succeeded"]
+        assert len(x["sequential"]) == len(x["concurrent"]) == x["robots"]
+        assert sorted(g["robot"] for g in x["concurrent"]) == list(range(x["robots"]))
+        assert x["concurrent_first_frame_ms_median"] == statistics.median(g["first_frame_ms"] for g in x["concurrent"])
+        assert 0 < x["rss_ready_mb"] and 0 < x["rss_observed_mb"] <= x["rss_peak_mb"]
+    one, two, two_u = r["rows"]
+    assert r["rss_per_extra_robot_mb_shared"] == two["rss_observed_mb"] - one["rss_observed_mb"]
+    assert r["rss_saved_by_sharing_mb_at_2"] == two_u["rss_observed_mb"] - two["rss_observed_mb"]
+    assert r["model"] == "readout" and r["model_param_bytes"] == 0
+    assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

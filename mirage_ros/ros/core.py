@@ -541,13 +541,13 @@ class MirageCore:
         except Exception as exc:  # noqa: BLE001 - the memory validates before changing anything
             return self.reject("observation", f"{type(exc).__name__}: {exc}")
         self.counts["frames_observed"] += 1
-        if not self._warm and not self.backend.generative:
-            self._warm_up(cam)
         self.last_observe_stamp = s.stamp_ns
-        self.last_camera = (K, H, W)
+        self.last_camera = (K, H, W)  # before the warm-up: a goal may come as soon as the stats show points
         self.observed_poses.append(T)
         if added:
             self.version += 1
+        if not self._warm and not self.backend.generative:
+            self._warm_up(cam)
         return added
 
     def _warm_up(self, cam) -> None:

@@ -92,8 +92,7 @@ def run_data(args) -> int:
             header = generate(args.out, args.scenes, args.frames, args.resolution, seed=args.seed, scene=args.scene,
                               codec_name=args.codec, codec_folder=args.codec_weights,
                               spec=ClipSpec(memory=args.memory, window_stride=args.window_stride),
-                              workers=args.workers, overwrite=args.overwrite, command=" ".join(sys.argv),
-                             window_stride=args.window_stride, clips=args.clips)
+                              workers=args.workers, overwrite=args.overwrite, command=" ".join(sys.argv))
         elif args.data_command == "rebuild":
             from .sim_data import rebuild
 

@@ -51,8 +51,13 @@ if [ ! -f "$PREFIX/share/tf2_msgs/package.xml" ]; then
   [ -f "$OUT/tf2_src/package.xml" ] || bash scripts/build_interfaces.sh >&2
 fi
 
-# Sync the sources into the workspace; print a digest of everything that goes into the build.
+# One build at a time per workspace (two test runs at once would otherwise race in build/).
 mkdir -p "$WS/src"
+if command -v flock >/dev/null; then
+  exec 9>"$WS/.lock"
+  flock 9
+fi
+# Sync the sources into the workspace; print a digest of everything that goes into the build.
 DIGEST=$("$PY" - "$WS/src" "$BUILD_TF2" "$OUT/tf2_src" "$COLCON" "$PREFIX" <<'PY'
 import hashlib, os, shutil, subprocess, sys
 
@@ -116,7 +121,7 @@ rm -f "$WS/stamp"
 echo "colcon_build: colcon build in $WS ..." >&2
 t0=$(date +%s)
 LIBS=$(ls -d "$PREFIX"/lib/python3*/site-packages/ros_*.libs 2>/dev/null | tr '\n' ':' || true)
-(
+colcon_build() (
   cd "$WS"
   # The underlay is the venv alone: not the interfaces of build_interfaces.sh (a second mirage_ros)
   # that scripts/ros_env.sh puts on these paths, and no PYTHONPATH into colcon's own venv.
@@ -130,7 +135,21 @@ LIBS=$(ls -d "$PREFIX"/lib/python3*/site-packages/ros_*.libs 2>/dev/null | tr '\
       "-DPython3_EXECUTABLE=$PY" "-DPYTHON_EXECUTABLE=$PY" -DPython3_FIND_VIRTUALENV=ONLY \
       "-DCMAKE_PROJECT_INCLUDE=$ROOT/scripts/cmake/wheel_fixup.cmake" \
       "-DMIRAGE_PYTHON_INCLUDE=$PYINC" "-DMIRAGE_NUMPY_INCLUDE=$NPINC"
-) >"$WS/build.log" 2>&1 || { tail -n 60 "$WS/build.log" >&2; echo "colcon_build: FAILED (log: $WS/build.log, $WS/log)" >&2; exit 1; }
+)
+# An incremental build that fails (e.g. a build folder left half-done by a killed run) is retried
+# once from scratch; a failure then is real.
+had_build=0; [ -d "$WS/build" ] && had_build=1
+if ! colcon_build >"$WS/build.log" 2>&1; then
+  if [ "$had_build" = 1 ]; then
+    echo "colcon_build: incremental build failed; retrying from a clean build/ and install/" >&2
+    mv "$WS/build.log" "$WS/build.incremental.log"
+    rm -rf "$WS/build" "$INSTALL"
+    colcon_build >"$WS/build.log" 2>&1 \
+      || { tail -n 60 "$WS/build.log" >&2; echo "colcon_build: FAILED (log: $WS/build.log, $WS/log)" >&2; exit 1; }
+  else
+    tail -n 60 "$WS/build.log" >&2; echo "colcon_build: FAILED (log: $WS/build.log, $WS/log)" >&2; exit 1
+  fi
+fi
 echo "$DIGEST" >"$WS/stamp"
 echo "colcon_build: built in $(( $(date +%s) - t0 )) s (log: $WS/build.log)" >&2
 echo "$INSTALL"

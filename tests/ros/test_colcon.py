@@ -88,7 +88,9 @@ def install():
 def test_install_space_holds_the_package(install):
     pkg = install / "mirage_ros"
     share = pkg / "share" / "mirage_ros"
-    for exe in ("mirage_node", "mirage_sim_node"):
+    exes = sorted(p.name for p in (ROOT / "nodes").iterdir() if p.is_file())
+    assert {"mirage_node", "mirage_sim_node"} <= set(exes)
+    for exe in exes:  # `ros2 run mirage_ros EXE` finds every node executable
         p = pkg / "lib" / "mirage_ros" / exe
         assert p.is_file() and os.access(p, os.X_OK), p
     assert (pkg / "share" / "ament_index" / "resource_index" / "packages" / "mirage_ros").is_file()

@@ -202,10 +202,11 @@ class MirageCore:
         self.last_rejection = f"{kind}: {reason}"
         self._throttled(kind, reason, f"rejected {kind}: {reason}; dropped, memory unchanged")
 
-    def reject_goal(self, reason: str) -> None:
-        """An imagine goal refused at the door (too long, queue full): counted and logged."""
+    def reject_goal(self, reason: str, kind: str = "goal") -> None:
+        """A request refused (an imagine goal at the door: too long, queue full; a streamed ``plan``
+        the node cannot serve yet): counted as a rejected goal, not a rejected sensor input."""
         self.counts["goals_rejected"] += 1
-        self._throttled("goal", reason, f"imagine goal rejected: {reason}")
+        self._throttled(kind, reason, f"imagine {kind} rejected: {reason}")
 
     def _throttled(self, kind: str, reason: str, text: str) -> None:
         now = time.monotonic()

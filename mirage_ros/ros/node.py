@@ -20,7 +20,9 @@ Interfaces (relative names)
               imagined/chunk (mirage_ros/ImaginedChunk, without the images), imagined/path,
               memory/points (PointCloud2 xyz+rgb), memory/stats (mirage_ros/MemoryStats),
               memory/frustums (visualization_msgs/MarkerArray)
-  action      imagine (mirage_ros/action/Imagine)
+  action      imagine (mirage_ros/action/Imagine), imagine_candidates (mirage_ros/action/ImagineCandidates:
+              K candidate trajectories from one memory snapshot, scored and imagined, none written
+              into the memory, nothing published on imagined/*)
   services    reset (std_srvs/Trigger), save_memory (mirage_ros/srv/SaveMemory),
               load_memory (mirage_ros/srv/LoadMemory)
 
@@ -50,7 +52,7 @@ from . import outputs as out
 from . import qos
 from .core import (STATUS_CANCELED, STATUS_FAILED, STATUS_NAMES, STATUS_NOT_READY, STATUS_SUCCEEDED, GoalError,
                    MirageCore)
-from .goals import GoalQueue
+from .goals import GoalQueue, candidates_reason
 from .params import PARAMS, ParamError, validate
 
 __all__ = ["MirageNode", "main"]
@@ -83,8 +85,8 @@ class MirageNode(LifecycleNode):
         self._plan_seq = 0
         self._threads = []
         self._goals: Optional[GoalQueue] = None
-        self._goal_node = self._goal_exec = self._goal_spin = self._action = None
-        self._jobs = {}  # goal uuid -> (GoalQueue job, the future its _execute awaits)
+        self._goal_node = self._goal_exec = self._goal_spin = self._action = self._cand_action = None
+        self._jobs = {}  # goal uuid -> (GoalQueue job, the future its _execute awaits, its short-result maker)
         self._published_version = -1
         self._tf = None
         if self.get_parameter("autostart").value:
@@ -208,7 +210,7 @@ class MirageNode(LifecycleNode):
 
     def _create_inputs(self, p: dict) -> None:
         from geometry_msgs.msg import PoseStamped
-        from mirage_ros.action import Imagine
+        from mirage_ros.action import Imagine, ImagineCandidates
         from mirage_ros.srv import LoadMemory, SaveMemory
         from nav_msgs.msg import Odometry, Path
         from sensor_msgs.msg import CameraInfo, Image
@@ -258,6 +260,13 @@ class MirageNode(LifecycleNode):
                          reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
         self._action = ActionServer(
             self._goal_node, Imagine, name, execute_callback=self._execute, goal_callback=self._on_goal,
+            cancel_callback=self._on_cancel, goal_service_qos_profile=svc, result_service_qos_profile=svc,
+            cancel_service_qos_profile=svc, result_timeout=60,
+        )
+        # planners: K candidate trajectories per goal; same helper node, same queue and workers
+        self._cand_action = ActionServer(
+            self._goal_node, ImagineCandidates, self.resolve_topic_name("imagine_candidates"),
+            execute_callback=self._execute_candidates, goal_callback=self._on_candidates_goal,
             cancel_callback=self._on_cancel, goal_service_qos_profile=svc, result_service_qos_profile=svc,
             cancel_service_qos_profile=svc, result_timeout=60,
         )
@@ -341,13 +350,13 @@ class MirageNode(LifecycleNode):
             self._goal_spin_stop.set()
             self._goal_spin.join(timeout=5)
             self._goal_spin = None
-        for what in (lambda: self._action.destroy(), lambda: self._goal_exec.shutdown(timeout_sec=1.0),
-                     lambda: self._goal_node.destroy_node()):
+        for what in (lambda: self._action.destroy(), lambda: self._cand_action.destroy(),
+                     lambda: self._goal_exec.shutdown(timeout_sec=1.0), lambda: self._goal_node.destroy_node()):
             try:
                 what()
             except Exception:  # noqa: BLE001 - best effort on the way out
                 pass
-        self._action = self._goal_exec = self._goal_node = None
+        self._action = self._cand_action = self._goal_exec = self._goal_node = None
 
     def on_activate(self, state) -> TransitionCallbackReturn:
         self.active = True
@@ -371,9 +380,9 @@ class MirageNode(LifecycleNode):
             left = self._goals.stop(timeout)
             if self._goals._workers:
                 self.get_logger().warning(f"a goal did not stop within {timeout:.0f} s")
-            for job, fut in list(self._jobs.values()):
+            for job, fut, short in list(self._jobs.values()):
                 if job in left and not fut.done():
-                    fut.set_result(self._short_result(STATUS_NOT_READY, "the node stopped before this goal started"))
+                    fut.set_result(short(STATUS_NOT_READY, "the node stopped before this goal started"))
         with self._obs_cv:
             self._obs_cv.notify_all()
         with self._plan_cv:
@@ -467,20 +476,37 @@ class MirageNode(LifecycleNode):
         self.core.reject_goal(reason)
         return GoalResponse.REJECT
 
+    def _on_candidates_goal(self, goal_request) -> GoalResponse:
+        """As ``_on_goal``, from the K paths' lengths alone (``goals.candidates_reason``: count,
+        per-path and total frames), then a place in the one goal queue."""
+        if self._goals is None or self.core is None:
+            return GoalResponse.ACCEPT  # answered NOT_READY by _execute_candidates
+        p = self.core.p
+        reason = candidates_reason([len(c.poses) for c in goal_request.candidates], int(goal_request.num_frames),
+                                   p["imagined.max_frames"], p["candidates.max_candidates"],
+                                   p["candidates.max_total_frames"])
+        if reason is None:
+            reason = self._goals.admit(0, 0)
+        if reason is None:
+            return GoalResponse.ACCEPT
+        self.core.reject_goal(f"imagine_candidates: {reason}")
+        return GoalResponse.REJECT
+
     def _on_cancel(self, goal_handle) -> CancelResponse:
         """A queued goal is cancelled at once; a running one stops after its current chunk."""
         entry = self._jobs.get(bytes(goal_handle.goal_id.uuid))
         if entry is not None and self._goals is not None:
-            job, fut = entry
+            job, fut, short = entry
             if self._goals.cancel(job) and not fut.done():
-                fut.set_result(self._short_result(STATUS_CANCELED, "canceled while queued, before it started"))
+                fut.set_result(short(STATUS_CANCELED, "canceled while queued, before it started"))
         return CancelResponse.ACCEPT
 
-    def _short_result(self, status: int, message: str):
-        """(status, Imagine.Result) for a goal that did no work."""
-        from mirage_ros.action import Imagine
+    def _short_result(self, status: int, message: str, action=None):
+        """(status, ``action``.Result) for a goal that did no work (default action: Imagine)."""
+        if action is None:
+            from mirage_ros.action import Imagine as action
 
-        result = Imagine.Result(status=status, message=message)
+        result = action.Result(status=status, message=message)
         core = self.core
         if core is not None:
             if core.backend is not None:
@@ -530,6 +556,17 @@ class MirageNode(LifecycleNode):
     async def _execute(self, goal_handle):
         """Queues the goal for the fixed goal workers and awaits it: the (single-threaded)
         executor keeps taking sensor messages, cancel requests and other goals meanwhile."""
+        return await self._execute_job(goal_handle, self._run_goal, self._short_result)
+
+    async def _execute_candidates(self, goal_handle):
+        from mirage_ros.action import ImagineCandidates
+
+        return await self._execute_job(goal_handle, self._run_candidates,
+                                       lambda st, msg: self._short_result(st, msg, ImagineCandidates))
+
+    async def _execute_job(self, goal_handle, run, short):
+        """``run(goal_handle)`` -> (status, result) on a goal worker; ``short(status, message)``
+        answers a goal that never ran (canceled while queued, node stopping)."""
         from rclpy.task import Future
 
         fut = Future(executor=self._goal_exec)
@@ -544,15 +581,15 @@ class MirageNode(LifecycleNode):
 
         goals = self._goals
         if goals is None:
-            status, result = self._short_result(STATUS_NOT_READY, "the node is not configured")
+            status, result = short(STATUS_NOT_READY, "the node is not configured")
         elif goal_handle.is_cancel_requested:
             goals.release()
-            status, result = self._short_result(STATUS_CANCELED, "canceled before it started")
+            status, result = short(STATUS_CANCELED, "canceled before it started")
         else:
             try:
-                self._jobs[key] = (goals.submit(lambda: self._run_goal(goal_handle), done), fut)
+                self._jobs[key] = (goals.submit(lambda: run(goal_handle), done), fut, short)
             except RuntimeError as exc:  # shutting down
-                fut.set_result(self._short_result(STATUS_NOT_READY, str(exc)))
+                fut.set_result(short(STATUS_NOT_READY, str(exc)))
             try:
                 status, result = await fut
             finally:
@@ -625,6 +662,85 @@ class MirageNode(LifecycleNode):
                       + ("" if core.backend.generative else " (no generative model: memory readouts)")
                       + f"; mean memory coverage {result.mean_coverage:.2f}")
 
+    def _run_candidates(self, goal_handle):
+        """An imagine_candidates goal on a worker thread: validate every candidate (the core), send
+        the scores as the first feedback, then one feedback per imagined chunk; returns (status,
+        result). Nothing is published on imagined/* and nothing enters the memory."""
+        from mirage_ros.action import ImagineCandidates as Action
+
+        t0 = time.perf_counter()
+        goal = goal_handle.request
+        result = Action.Result()
+        core = self.core
+        if core is not None and core.backend is not None:
+            result.backend, result.generative = core.backend.name, bool(core.backend.generative)
+
+        def finish(status: int, message: str):
+            result.status, result.message = status, message
+            result.total_time = time.perf_counter() - t0
+            if core is not None:
+                key = {STATUS_SUCCEEDED: "goals_succeeded", STATUS_CANCELED: "goals_canceled"}.get(status, "goals_aborted")
+                core.counts[key] += 1
+            if status not in (STATUS_SUCCEEDED, STATUS_CANCELED):
+                self.get_logger().warning(f"imagine_candidates goal {STATUS_NAMES[status]}: {message}")
+            return status, result
+
+        if not self.active or core is None:
+            return finish(STATUS_NOT_READY, "the node is not active (lifecycle state is not 'active')")
+        if goal_handle.is_cancel_requested:
+            return finish(STATUS_CANCELED, "canceled before it started")
+        cancel = lambda: (goal_handle.is_cancel_requested or not self.active or not goal_handle.is_active  # noqa: E731
+                          or self._stop.is_set())
+        try:
+            creq = core.prepare_candidates(goal.candidates, int(goal.num_frames), goal.prompt or None, self._now_ns())
+            run = core.imagine_candidates(creq, cancel)
+        except GoalError as exc:
+            return finish(exc.status, exc.message)
+        except Exception as exc:  # noqa: BLE001 - report backend failures as a result, keep serving
+            return finish(STATUS_FAILED, f"backend raised {type(exc).__name__}: {exc}")
+        T, p, reqs = self._types, core.p, creq.requests
+        result.scores_time = float(run.scores_time)
+        n_total = creq.num_frames
+        goal_handle.publish_feedback(Action.Feedback(
+            kind=Action.Feedback.KIND_SCORES, frames_total=n_total,
+            scores=[out.candidate_result_msg(T, k, run.scores[k], r.stamps_ns) for k, r in enumerate(reqs)]))
+        coverage = [[] for _ in reqs]
+        images = [[] for _ in reqs] if goal.return_frames else [None] * len(reqs)
+        done = chunks = 0
+        if not goal.scores_only:
+            fid, backend = p["imagined.frame_id"], core.backend
+            try:
+                for k, chunk in run:
+                    r = reqs[k]
+                    msg = out.chunk_msg(T, chunk, r.camera_to_world, r.stamps_ns, r.K, r.height, r.width,
+                                        p["world_frame"], fid, len(r.cameras), backend.name, backend.generative)
+                    coverage[k].extend(msg.coverage)
+                    if images[k] is not None:
+                        images[k].extend(out.frame_images(T, chunk, r.stamps_ns, fid))
+                    done += len(chunk.frame_indices)
+                    chunks += 1
+                    if chunks == 1:
+                        result.first_chunk_latency = time.perf_counter() - t0
+                    goal_handle.publish_feedback(Action.Feedback(kind=Action.Feedback.KIND_CHUNK, candidate=k, chunk=msg,
+                                                                 frames_done=done, frames_total=n_total))
+            except GoalError as exc:
+                return finish(exc.status, exc.message)
+            except Exception as exc:  # noqa: BLE001
+                return finish(STATUS_FAILED, f"backend raised {type(exc).__name__}: {exc}")
+        result.candidates = [out.candidate_result_msg(T, k, run.scores[k], r.stamps_ns, coverage[k], images[k])
+                             for k, r in enumerate(reqs)]
+        result.num_chunks = chunks
+        known = ", ".join(f"{s['known']:.2f}" for s in run.scores)
+        if goal.scores_only:
+            return finish(STATUS_SUCCEEDED, f"scored {len(reqs)} candidates ({n_total} frames), no model run; known: {known}")
+        if goal_handle.is_cancel_requested:
+            return finish(STATUS_CANCELED, f"canceled after {done} of {n_total} frames")
+        if done < n_total:
+            return finish(STATUS_NOT_READY if not self.active else STATUS_FAILED,
+                          f"stopped after {done} of {n_total} frames (node deactivated)")
+        return finish(STATUS_SUCCEEDED, f"imagined {len(reqs)} candidates ({n_total} frames, {chunks} chunks) with the "
+                      f"{core.backend.name} backend from one memory snapshot, none written into it; known: {known}")
+
     def _on_plan(self, msg) -> None:
         if not self.active or self.core is None:
             return
@@ -646,7 +762,7 @@ class MirageNode(LifecycleNode):
             try:
                 req = self.core.prepare(msg, 0, None, self._now_ns())
             except GoalError as exc:
-                self.core.reject("plan", exc.message)
+                self.core.reject_goal(exc.message, kind="plan")
                 continue
             cancel = lambda: self._plan_seq != seq or not self.active or self._stop.is_set()  # noqa: E731
             try:

@@ -192,7 +192,7 @@ def replay(input_bag, out_bag, params=None, namespace="/", topics=None, imagine=
                 try:
                     req = core.prepare(msg, 0, None, t)
                 except GoalError as exc:
-                    core.reject("plan", exc.message)
+                    core.reject_goal(exc.message, kind="plan")
                     continue
                 run_request(req, t)
                 core.counts["goals_succeeded"] += 1

@@ -444,7 +444,7 @@ def test_replay_writes_an_mcap_bag(tmp_path, scene, storage):
     from mirage_ros.ros.replay import replay
 
     src = _input_bag(tmp_path / "in", scene, storage, plan=True)
-    s = replay(src, tmp_path / "out", {"viz.cloud_period": 0.2}, log=lambda m: None)
+    s = replay(src, tmp_path / "out", {"backend": "readout", "viz.cloud_period": 0.2}, log=lambda m: None)
     assert s["mode"] == "plans" and s["frames"] == 6 and s["observed"] == 8 and s["rejected"] == 0
     assert (tmp_path / "out" / "out_0.mcap").is_file() or list((tmp_path / "out").glob("*.mcap"))
     seen = {}

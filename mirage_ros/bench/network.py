@@ -234,6 +234,19 @@ def _discovery_server() -> str:
     return exe
 
 
+def _wait_server(server: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Until the discovery server says it runs (its first log line); raises with its log if it exits
+    or stays silent."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if "Server is running" in _tail(server.log_path):
+            return
+        if server.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise RuntimeError(f"fast-discovery-server did not start (exit code {server.poll()}):\n{_tail(server.log_path)}")
+
+
 def _tail(path: Path, n: int = 3000) -> str:
     try:
         return Path(path).read_text(errors="replace")[-n:]
@@ -270,8 +283,10 @@ def run_scenario(hosts: TwoHosts, tmp: Path, transport: str = "raw", discovery: 
     q0 = {side: hosts.qdisc(side) for side in SIDES}
     try:
         if discovery == "server":
-            procs.append(hosts.spawn("gpu", [_discovery_server(), "-i", "0", "-l", hosts.ip["gpu"], "-p", str(DISCOVERY_PORT)],
-                                     tmp / "discovery_server.log", {}))
+            server = hosts.spawn("gpu", [_discovery_server(), "-i", "0", "-l", hosts.ip["gpu"], "-p", str(DISCOVERY_PORT)],
+                                 tmp / "discovery_server.log", {})
+            procs.append(server)
+            _wait_server(server)  # clients started before the server listens lose their first announcements
         node = hosts.spawn("gpu", [sys.executable, "-m", "mirage_ros.ros.node", "--ros-args", "-r", f"__ns:={ns}",
                                    "--params-file", str(pf)], tmp / f"node_{transport}.log", _env(hosts, "gpu", discovery, domain))
         sim = hosts.spawn("robot", [sys.executable, "-m", "mirage_ros.ros.sim_node", "--ros-args", "-r", f"__ns:={ns}",
@@ -285,7 +300,7 @@ def run_scenario(hosts: TwoHosts, tmp: Path, transport: str = "raw", discovery: 
                "warmup": warmup, "height": H, "width": W, "sensor_window": sensor_window, "cloud_window": cloud_window,
                "sim_rate": sim_rate, "sim_poses": sim_poses, "timeout": timeout, "out": str(tmp / f"probe_{transport}.json")}
         cfg_path = tmp / f"probe_{transport}_config.json"
-        cfg_path.write_text(json.dumps(cfg))
+        write_json(cfg_path, cfg)
         probe = hosts.spawn("robot", [sys.executable, "-m", "mirage_ros.bench.network", "--probe-config", str(cfg_path)],
                             tmp / f"probe_{transport}.log", _env(hosts, "robot", discovery, domain))
         procs.append(probe)
@@ -297,7 +312,9 @@ def run_scenario(hosts: TwoHosts, tmp: Path, transport: str = "raw", discovery: 
             raise RuntimeError(
                 f"the robot-side probe {'timed out' if rc is None else f'exited {rc}'}\n--- probe ---\n"
                 f"{_tail(tmp / f'probe_{transport}.log')}\n--- mirage_node (gpu-host) ---\n{_tail(node.log_path)}\n"
-                f"--- mirage_sim_node (robot) ---\n{_tail(sim.log_path, 1500)}")
+                f"--- mirage_sim_node (robot) ---\n{_tail(sim.log_path, 1500)}"
+                + (f"\n--- fast-discovery-server (gpu-host) ---\n{_tail(tmp / 'discovery_server.log', 1500)}"
+                   if discovery == "server" else ""))
         res = json.loads(Path(cfg["out"]).read_text())
     finally:
         for p in reversed(procs):

@@ -27,6 +27,7 @@ BENCHMARKS = {
     "multi": ("mirage_ros.bench.multi", "several robots in one mirage_multi_node sharing one model: RSS and latency per extra robot"),
     "network": ("mirage_ros.bench.network", "robot and GPU host in two network namespaces over a tc-tbf link: latency, fps, bytes on the wire"),
     "compression": ("mirage_ros.bench.compression", "CompressedImage (jpeg, png, compressedDepth): bytes per frame, encode/decode ms"),
+    "candidates": ("mirage_ros.bench.candidates", "K candidate trajectories per request with the shipped model: seconds for K = 1, 4, 8"),
 }
 
 

@@ -48,7 +48,7 @@ DEFAULT_TOPICS = {
     "imagined_chunk": "imagined/chunk", "imagined_path": "imagined/path",
     "memory_points": "memory/points", "memory_stats": "memory/stats", "memory_frustums": "memory/frustums",
 }
-_CUSTOM = ("ImaginedChunk", "MemoryStats")
+_CUSTOM = ("ImaginedChunk", "MemoryStats", "CandidateResult")
 
 
 # metadata.yaml custom_data entry that marks a bag as written by BagWriter: only such a folder

@@ -94,6 +94,7 @@ MSGTYPES: Dict[str, str] = {
     "TFMessage": "tf2_msgs/msg/TFMessage",
     "Marker": "visualization_msgs/msg/Marker", "MarkerArray": "visualization_msgs/msg/MarkerArray",
     "ImaginedChunk": "mirage_ros/msg/ImaginedChunk", "MemoryStats": "mirage_ros/msg/MemoryStats",
+    "CandidateResult": "mirage_ros/msg/CandidateResult",
 }
 
 

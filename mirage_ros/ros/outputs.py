@@ -19,7 +19,8 @@ import numpy as np
 from . import convert as cv
 
 __all__ = ["frame_images", "frame_compressed_images", "frame_camera_infos", "frame_transforms", "transform_stamped_msg", "tf_msg", "chunk_msg",
-           "stats_msg", "frustum_lines", "frustum_markers", "imagined_path_msg", "cloud_msg"]
+           "stats_msg", "frustum_lines", "frustum_markers", "imagined_path_msg", "cloud_msg",
+           "candidate_result_msg"]
 
 
 def frame_images(types, chunk, stamps_ns: Sequence[int], frame_id: str) -> List[object]:
@@ -102,6 +103,23 @@ def chunk_msg(types, chunk, camera_to_world: np.ndarray, stamps_ns: Sequence[int
         timing_names=names,
         timing_seconds=types.seq(np.asarray([float(chunk.timings[k]) for k in names], dtype=np.float64)),
         backend=str(backend), generative=bool(generative),
+    )
+
+
+def candidate_result_msg(types, index: int, score: Dict, stamps_ns: Sequence[int], coverage: Sequence[float] = (),
+                         images: Optional[List[object]] = None):
+    """``mirage_ros/CandidateResult`` of candidate ``index``: its scores (``score``: visibility per
+    frame, known, novelty, from ``MirageCore.imagine_candidates``), the per-frame stamps, the
+    coverage of each imagined frame's readout in its own fork, and the images if given."""
+    cov = np.asarray(list(coverage), dtype=np.float32)
+    return types.CandidateResult(
+        index=int(index), num_frames=len(stamps_ns),
+        known=float(score["known"]), novelty=float(score["novelty"]),
+        visibility=types.seq(np.asarray(score["visibility"], dtype=np.float32)),
+        frames_imagined=int(cov.size), rollout_coverage=types.seq(cov),
+        mean_rollout_coverage=float(cov.mean()) if cov.size else 0.0,
+        stamps=[cv.time_msg(types, int(t)) for t in stamps_ns],
+        frames=list(images) if images is not None else [],
     )
 
 

@@ -657,3 +657,23 @@ def test_core_drives_the_generative_backend_and_a_depth_provider():
     assert "depth" not in core2.sync.kinds and core2.depth_provider is not None
     with pytest.raises(ValueError, match="weights"):
         MirageCore({"backend": "readout", "depth.provider": "da3"}).configure()  # no DA3 weights: a clear configure error
+
+
+def test_threads_parameter_sets_torch_threads_at_configure():
+    import torch
+
+    from mirage_ros.ros.params import ParamError
+
+    with pytest.raises(ParamError, match="threads"):
+        MirageCore({"backend": "readout", "threads": -1})
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    try:
+        core = MirageCore({"backend": "readout", "threads": want})
+        assert torch.get_num_threads() == before  # read at configure, not at construction
+        core.configure()
+        assert torch.get_num_threads() == want
+        MirageCore({"backend": "readout"}).configure()  # 0: leaves torch's setting alone
+        assert torch.get_num_threads() == want
+    finally:
+        torch.set_num_threads(before)

@@ -249,6 +249,10 @@ class MirageCore:
     def configure(self, backend=None) -> None:
         """Build the backend (loads models) unless one is given (e.g. one sharing another node's
         model, ``fleet.share_model``), the optional providers, and load memory.load_path."""
+        if self.p["threads"]:
+            import torch
+
+            torch.set_num_threads(int(self.p["threads"]))
         if backend is None:
             from ..world_model.backend import make_backend
 

@@ -32,6 +32,7 @@ PARAMS: List[Param] = [
     Param("codec", "thumbnail", "latent codec of the readout backend: thumbnail (analytic, no weights) | wan (Wan2.2 VAE from weights_dir)", ("thumbnail", "wan")),
     Param("weights_dir", "", "folder with model weights (empty: none; the readout backend needs none)"),
     Param("device", "cpu", "torch device for the backend and the memory (cpu, cuda, cuda:1 ...)"),
+    Param("threads", 0, "torch CPU threads (0: torch's default, one per core). On a CPU that other busy processes share, use fewer than the cores: OpenMP threads spin-wait for a busy core (measured here: a chunk of the shipped model 16x slower with 2 threads while another process held one of 2 cores). Process-wide"),
     Param("chunk_size", 9, "frames per imagined chunk (one feedback message per chunk)"),
     Param("steps", 0, "denoising steps per chunk (generative backends; 0: the model's own: 10 for shipped, 40 for Wan2.2)"),
     Param("prompt", "", "default text prompt when a goal gives none (mirage backend)"),
@@ -166,6 +167,8 @@ def validate(values: Dict[str, Any]) -> Dict[str, Any]:
         if p.choices and v not in p.choices:
             raise ParamError(f"{name}: {v!r} is not one of {', '.join(map(str, p.choices))}")
         out[name] = v
+    if not 0 <= out["threads"] <= 1024:
+        raise ParamError(f"threads: expected 0 (torch's default) .. 1024, got {out['threads']}")
     if out["chunk_size"] < 1:
         raise ParamError(f"chunk_size: expected >= 1, got {out['chunk_size']}")
     if out["imagined.max_frames"] < 1:

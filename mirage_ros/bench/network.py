@@ -360,8 +360,17 @@ def probe_main(cfg_path: str) -> int:
         img_t = f"{ns}/imagined/image" + ("/compressed" if cfg["transport"] == "compressed" else "")
         pr.listen(img_t, CompressedImage if cfg["transport"] == "compressed" else Image, keep=100000)
         t0 = time.perf_counter()
-        first = pr.wait_stats(ns, lambda s: s.num_points > 0, timeout=cfg["timeout"],
-                              what="the GPU node's first observation (memory/stats with points)")
+        try:
+            first = pr.wait_stats(ns, lambda s: s.num_points > 0, timeout=cfg["timeout"],
+                                  what="the GPU node's first observation (memory/stats with points)")
+        except TimeoutError as exc:  # say how far it got: no stats at all is discovery, no sets is the sensors
+            with pr.lock:
+                seen = pr.received.get(stats_t, [])
+            last = seen[-1][1] if seen else None
+            raise TimeoutError(f"{exc}; " + ("no memory/stats reached the robot (discovery across the link)" if last is None else
+                               f"the node's last stats: messages_received {last.messages_received}, sets_completed "
+                               f"{last.sets_completed}, frames_observed {last.frames_observed}, inputs_rejected "
+                               f"{last.inputs_rejected} ({last.last_rejection!r})")) from None
         out["discovery_to_first_observation_s"] = time.perf_counter() - t0
         out["backend"] = first.backend
 

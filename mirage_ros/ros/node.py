@@ -602,31 +602,41 @@ class MirageNode(LifecycleNode):
             goal_handle.abort()
         return result
 
-    def _run_goal(self, goal_handle):
-        """The goal's work (a worker thread); returns (status, result)."""
-        from mirage_ros.action import Imagine
-
-        t_accept = time.perf_counter()
-        goal = goal_handle.request
-        result = Imagine.Result()
+    def _goal_start(self, goal_handle, result, what: str, t0: float):
+        """What both actions do first: ``finish(status, message)`` (fills the result, counts the
+        outcome, logs a failure; returns (status, result)) and the early answer (not active,
+        canceled before it started) or None."""
         core = self.core
         if core is not None and core.backend is not None:
             result.backend, result.generative = core.backend.name, bool(core.backend.generative)
 
         def finish(status: int, message: str):
             result.status, result.message = status, message
-            result.total_time = time.perf_counter() - t_accept
+            result.total_time = time.perf_counter() - t0
             if core is not None:
                 key = {STATUS_SUCCEEDED: "goals_succeeded", STATUS_CANCELED: "goals_canceled"}.get(status, "goals_aborted")
                 core.counts[key] += 1
             if status not in (STATUS_SUCCEEDED, STATUS_CANCELED):
-                self.get_logger().warning(f"imagine goal {STATUS_NAMES[status]}: {message}")
+                self.get_logger().warning(f"{what} goal {STATUS_NAMES[status]}: {message}")
             return status, result
 
         if not self.active or core is None:
-            return finish(STATUS_NOT_READY, "the node is not active (lifecycle state is not 'active')")
+            return finish, finish(STATUS_NOT_READY, "the node is not active (lifecycle state is not 'active')")
         if goal_handle.is_cancel_requested:
-            return finish(STATUS_CANCELED, "canceled before it started")
+            return finish, finish(STATUS_CANCELED, "canceled before it started")
+        return finish, None
+
+    def _run_goal(self, goal_handle):
+        """The goal's work (a worker thread); returns (status, result)."""
+        from mirage_ros.action import Imagine
+
+        t_accept = time.perf_counter()
+        goal = goal_handle.request
+        core = self.core
+        result = Imagine.Result()
+        finish, early = self._goal_start(goal_handle, result, "imagine", t_accept)
+        if early:
+            return early
         try:
             req = core.prepare(goal.path, int(goal.num_frames), goal.prompt or None, self._now_ns())
         except GoalError as exc:
@@ -670,25 +680,11 @@ class MirageNode(LifecycleNode):
 
         t0 = time.perf_counter()
         goal = goal_handle.request
-        result = Action.Result()
         core = self.core
-        if core is not None and core.backend is not None:
-            result.backend, result.generative = core.backend.name, bool(core.backend.generative)
-
-        def finish(status: int, message: str):
-            result.status, result.message = status, message
-            result.total_time = time.perf_counter() - t0
-            if core is not None:
-                key = {STATUS_SUCCEEDED: "goals_succeeded", STATUS_CANCELED: "goals_canceled"}.get(status, "goals_aborted")
-                core.counts[key] += 1
-            if status not in (STATUS_SUCCEEDED, STATUS_CANCELED):
-                self.get_logger().warning(f"imagine_candidates goal {STATUS_NAMES[status]}: {message}")
-            return status, result
-
-        if not self.active or core is None:
-            return finish(STATUS_NOT_READY, "the node is not active (lifecycle state is not 'active')")
-        if goal_handle.is_cancel_requested:
-            return finish(STATUS_CANCELED, "canceled before it started")
+        result = Action.Result()
+        finish, early = self._goal_start(goal_handle, result, "imagine_candidates", t0)
+        if early:
+            return early
         cancel = lambda: (goal_handle.is_cancel_requested or not self.active or not goal_handle.is_active  # noqa: E731
                           or self._stop.is_set())
         try:

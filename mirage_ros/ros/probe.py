@@ -61,6 +61,48 @@ def get_result(goal_handle, timeout: float = 60.0, every: float = 2.0):
                 raise TimeoutError(f"timed out after {timeout:.1f} s waiting for the result") from None
 
 
+def action_client(node, action_type, name: str, **kw):
+    """An rclpy ``ActionClient`` that keeps goal responses arriving before their request is
+    registered. rclpy (Jazzy) sends the goal request and only then records its sequence number, so
+    on a multi-threaded executor a fast answer (an accepted goal, or a rejection at the door) can be
+    taken by another thread first and dropped ("Ignoring unexpected goal response"): the goal
+    future then never completes. Seen here on a loaded CPU. Such a response is kept and delivered
+    once ``send_goal_async`` has registered the request. A goal cannot simply be re-sent (the
+    server may already run it)."""
+    from rclpy.action import ActionClient
+
+    class _Client(ActionClient):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self._early_lock = threading.Lock()
+            self._early: Dict[int, object] = {}
+
+        async def execute(self, taken_data):
+            if "goal" in taken_data:
+                seq, response = taken_data["goal"]
+                with self._early_lock:
+                    if seq not in self._goal_sequence_number_to_goal_id:
+                        self._early[seq] = response
+                        taken_data = {k: v for k, v in taken_data.items() if k != "goal"}
+            await super().execute(taken_data)
+
+        def send_goal_async(self, goal, feedback_callback=None, goal_uuid=None):
+            future = super().send_goal_async(goal, feedback_callback, goal_uuid)
+            with self._early_lock:
+                early = [(seq, r) for seq, r in self._early.items() if self._pending_goal_requests.get(seq) is future]
+                for seq, _ in early:
+                    del self._early[seq]
+            for seq, response in early:  # the goal branch of execute() awaits nothing: run it here
+                coro = ActionClient.execute(self, {"goal": (seq, response)})
+                try:
+                    coro.send(None)
+                except StopIteration:
+                    pass
+            return future
+
+    return _Client(node, action_type, name, **kw)
+
+
 class Proc:
     """A mirage_ros process (node or sim node) with its log in a file."""
 
@@ -261,13 +303,11 @@ class Probe:
 
     def action_client(self, ns: str, wait: bool = True):
         """The ``ns/imagine`` action client (waits for the server unless ``wait`` is false)."""
-        from rclpy.action import ActionClient
-
         from mirage_ros.action import Imagine
 
         key = ("action", ns)
         if key not in self._clients:
-            self._clients[key] = ActionClient(self.node, Imagine, f"{ns}/imagine")
+            self._clients[key] = action_client(self.node, Imagine, f"{ns}/imagine")
         ac = self._clients[key]
         if wait:
             wait_for(lambda: ac.server_is_ready(), 30, what=f"the {ns}/imagine action server")

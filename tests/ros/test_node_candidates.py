@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from mirage_ros.ros.probe import get_result
+from mirage_ros.ros.probe import action_client, get_result
 from mirage_ros.ros.probe import start_node as raw_start_node
 from rosprobe import ROOT, start_node, wait_for
 
@@ -22,13 +22,11 @@ def send(probe, ns, candidates, num_frames=0, return_frames=False, scores_only=F
          timeout=120.0):
     """One ImagineCandidates goal; returns dict(accepted, result, status, feedback)."""
     from action_msgs.msg import GoalStatus
-    from rclpy.action import ActionClient
-
     from mirage_ros.action import ImagineCandidates
 
     key = ("candidates", ns)
     if key not in probe._clients:
-        probe._clients[key] = ActionClient(probe.node, ImagineCandidates, f"{ns}/imagine_candidates")
+        probe._clients[key] = action_client(probe.node, ImagineCandidates, f"{ns}/imagine_candidates")
     ac = probe._clients[key]
     wait_for(ac.server_is_ready, 30, what=f"the {ns}/imagine_candidates action server")
     fbs, lock = [], threading.Lock()

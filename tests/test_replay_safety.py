@@ -37,9 +37,10 @@ def _input_bag(path, scene, n=4, image_topic="/image", with_image=True):
 
 
 def _replay(*args):
-    """The CLI as a user runs it: a separate process, exit code and stderr."""
+    """The CLI as a user runs it: a separate process, exit code and stderr. The readout backend:
+    these tests are about the files, not the model (the shipped model would add seconds a run)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "mirage_ros", "replay", *map(str, args), "--quiet"],
+    return subprocess.run([sys.executable, "-m", "mirage_ros", "replay", *map(str, args), "--quiet", "-p", "backend=readout"],
                           capture_output=True, text=True, timeout=300, cwd=str(ROOT), env=env)
 
 

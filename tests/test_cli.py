@@ -121,3 +121,15 @@ def test_benchmarks_write_strict_json(tmp_path):
         for node in ast.walk(ast.parse(f.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "write_text":
                 assert "json" not in ast.unparse(node), f"{f.name}: {ast.unparse(node)} (use mirage_ros.util.write_json)"
+
+
+def test_openmp_spin_default_is_set_before_torch_and_user_choices_win():
+    import os
+
+    code = "import os, mirage_ros, torch; print(os.environ.get('GOMP_SPINCOUNT'))"
+    base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    run = lambda env: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,  # noqa: E731
+                                     env=env, timeout=120).stdout.strip()
+    assert run(base) == "10000"
+    assert run(dict(base, GOMP_SPINCOUNT="5")) == "5"
+    assert run(dict(base, OMP_WAIT_POLICY="ACTIVE")) == "None"

@@ -626,6 +626,10 @@ class MirageNode(LifecycleNode):
             return finish, finish(STATUS_CANCELED, "canceled before it started")
         return finish, None
 
+    def _goal_cancelled(self, goal_handle) -> bool:
+        """A running goal stops (after its current chunk) on a cancel, deactivation or shutdown."""
+        return goal_handle.is_cancel_requested or not self.active or not goal_handle.is_active or self._stop.is_set()
+
     def _run_goal(self, goal_handle):
         """The goal's work (a worker thread); returns (status, result)."""
         from mirage_ros.action import Imagine
@@ -642,8 +646,7 @@ class MirageNode(LifecycleNode):
         except GoalError as exc:
             return finish(exc.status, exc.message)
         n = len(req.cameras)
-        cancel = lambda: (goal_handle.is_cancel_requested or not self.active or not goal_handle.is_active  # noqa: E731
-                          or self._stop.is_set())
+        cancel = lambda: self._goal_cancelled(goal_handle)  # noqa: E731
 
         def feedback(chunk, msg, summary, images):
             fb = Imagine.Feedback()
@@ -685,8 +688,7 @@ class MirageNode(LifecycleNode):
         finish, early = self._goal_start(goal_handle, result, "imagine_candidates", t0)
         if early:
             return early
-        cancel = lambda: (goal_handle.is_cancel_requested or not self.active or not goal_handle.is_active  # noqa: E731
-                          or self._stop.is_set())
+        cancel = lambda: self._goal_cancelled(goal_handle)  # noqa: E731
         try:
             creq = core.prepare_candidates(goal.candidates, int(goal.num_frames), goal.prompt or None, self._now_ns())
             run = core.imagine_candidates(creq, cancel)

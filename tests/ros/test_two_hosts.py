@@ -183,8 +183,19 @@ def test_discovery_server_across_the_link(hosts, tmp_path):
         net._discovery_server()
     except RuntimeError as exc:
         pytest.skip(str(exc))
-    r = net.run_scenario(hosts, tmp_path, "raw", discovery="server", goals=1, frames=9, warmup=0, sim_rate=2.0,
-                         sim_poses=2, sensor_window=1.0, cloud_window=0, timeout=240)
+    # Known here (Fast DDS 2.14 discovery server, loaded host, twice in ~6 full runs): the node's
+    # stats reach the robot but the simulator's publishers never match the node's subscriptions
+    # ("messages_received 0"). A deployment would restart the late side; the test does the same once
+    # and says so (docs/deploy.md). Any other failure fails at once.
+    try:
+        r = net.run_scenario(hosts, tmp_path / "first", "raw", discovery="server", goals=1, frames=9, warmup=0,
+                             sim_rate=2.0, sim_poses=2, sensor_window=1.0, cloud_window=0, timeout=120)
+    except RuntimeError as exc:
+        if "messages_received 0," not in str(exc):
+            raise
+        print(f"discovery server: the simulator never matched the node; restarting once:\n{exc}")
+        r = net.run_scenario(hosts, tmp_path / "second", "raw", discovery="server", goals=1, frames=9, warmup=0,
+                             sim_rate=2.0, sim_poses=2, sensor_window=1.0, cloud_window=0, timeout=240)
     (g,) = r["goals"]
     assert r["discovery"] == "server"
     assert g["status"] == 0 and g["frames_received"] == 9 and g["gpu_to_robot_bytes"] >= 9 * RAW_FRAME

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -78,7 +77,7 @@ def _params(model: str, steps: int, frames: int) -> dict:
 
 def measure(probe, n: int, share: bool, params: dict, args, tmp: Path, log) -> dict:
     from .. import sim
-    from ..ros.probe import write_params
+    from ..ros.probe import interrupt, write_params
 
     tag = f"{os.getpid()}_{n}{'s' if share else 'u'}"
     robots = [f"/bench_multi_{tag}_r{i}" for i in range(n)]
@@ -162,12 +161,7 @@ def measure(probe, n: int, share: bool, params: dict, args, tmp: Path, log) -> d
             f"observed {row['rss_observed_mb']:.0f} MiB; first frame sequential {row['sequential_first_frame_ms_median']:.0f} ms, "
             f"concurrent median {row['concurrent_first_frame_ms_median']:.0f} / max {row['concurrent_first_frame_ms_max']:.0f} ms")
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        interrupt(proc, 30)
         logf.close()
         row["exit_code"] = proc.returncode
         row["log_tail"] = (tmp / f"multi_{tag}.log").read_text(errors="replace")[-600:]

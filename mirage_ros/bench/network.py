@@ -32,7 +32,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -144,14 +143,9 @@ class TwoHosts:
 
     @staticmethod
     def stop(p: subprocess.Popen, timeout: float = 15.0) -> Optional[int]:
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-        return p.returncode
+        from ..ros.probe import interrupt
+
+        return interrupt(p, timeout)
 
     def down(self) -> List[str]:
         """Stop our processes, delete our namespaces; returns what could not be removed."""

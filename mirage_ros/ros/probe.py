@@ -122,15 +122,22 @@ class Proc:
         return self.popen.poll() is None
 
     def stop(self, timeout: float = 10.0) -> int:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
+        interrupt(self.popen, timeout)
         self._log.close()
         return self.popen.returncode
+
+
+def interrupt(popen: subprocess.Popen, timeout: float = 10.0) -> Optional[int]:
+    """Stop a ROS process as Ctrl-C does (SIGINT, so it shuts down cleanly), killing it after
+    ``timeout`` s; returns its exit code."""
+    if popen.poll() is None:
+        popen.send_signal(signal.SIGINT)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait(5)
+    return popen.returncode
 
 
 def write_params(path: Path, params: Dict[str, object], node: str = "/**") -> Path:

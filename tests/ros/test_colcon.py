@@ -13,13 +13,13 @@ import ast
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from mirage_ros.ros.probe import interrupt
 from rosprobe import wait_for, write_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -210,13 +210,7 @@ def test_node_from_the_install_space_answers_a_real_peer(install, probe, room_lo
                                 if t.child_frame_id == FRAME} >= set(stamps) or None, 30, what="/tf per imagined frame")
         assert tfs
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        interrupt(proc, 30)
         print(log_path.read_text(errors="replace")[-3000:])
     assert proc.returncode == 0, f"mirage_node exited with {proc.returncode}"
     assert f"ros2 run: {install / 'mirage_ros' / 'lib' / 'mirage_ros' / 'mirage_node'}" in log_path.read_text()

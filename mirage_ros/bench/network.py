@@ -118,10 +118,36 @@ class TwoHosts:
                 _sh(["ip", "-n", ns, "link", "set", dev, "up"])
                 _sh(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf",
                      "rate", f"{self.rate_mbit:g}mbit", "burst", f"{self.burst_kb}kb", "latency", f"{self.latency_ms}ms"])
+            self.wait_running()
         except BaseException:
             self.down()
             raise
         return self
+
+    def operstate(self, side: str) -> str:
+        """``side``'s veth end as its own namespace sees it (/sys/class/net/<dev>/operstate)."""
+        return _sh(self.exec_prefix(side) + ["cat", f"/sys/class/net/{self.dev[side]}/operstate"]).stdout.strip()
+
+    def wait_running(self, timeout: float = 30.0) -> None:
+        """Wait until both veth ends are operationally up inside their namespaces.
+
+        ``ip link set up`` returns at once, but the kernel publishes the carrier through its
+        link watcher, rate-limited to one run a second: for up to ~1 s an end is UP yet not
+        RUNNING. A Fast DDS participant created in that window finds no running interface (its
+        GUID shows the fallback host id 7f01, eProsima/Fast-DDS#6524) and the other host never
+        matches it, for the process's whole life, even once the link runs. Seen in CI as "no
+        memory/stats reached the robot"; reproduced here by starting the node at once (and by
+        bringing the GPU end up 20 s after the node started).
+        """
+        t_end = time.monotonic() + timeout
+        while True:
+            states = {side: self.operstate(side) for side in SIDES}
+            if all(v == "up" for v in states.values()):
+                return
+            if time.monotonic() > t_end:
+                raise RuntimeError(f"veth ends not running after {timeout:g} s: "
+                                   + ", ".join(f"{self.dev[s]} in {self.ns[s]}: operstate {v}" for s, v in states.items()))
+            time.sleep(0.02)
 
     def exec_prefix(self, side: str) -> List[str]:
         return ["ip", "netns", "exec", self.ns[side]]

@@ -52,6 +52,7 @@ from . import outputs as out
 from . import qos
 from .core import (STATUS_CANCELED, STATUS_FAILED, STATUS_NAMES, STATUS_NOT_READY, STATUS_SUCCEEDED, GoalError,
                    MirageCore)
+from .dds import network_warning
 from .goals import GoalQueue, candidates_reason
 from .params import PARAMS, ParamError, validate
 
@@ -861,6 +862,7 @@ def main(argv=None) -> int:
     then shut the context down (rclpy's own signal handler shut the context down while a goal
     thread was still inside rclpy, and the process aborted)."""
     argv = sys.argv if argv is None else argv
+    net_warning = network_warning()  # the network as DDS will see it when the participant is made
     rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
 
@@ -874,6 +876,8 @@ def main(argv=None) -> int:
     code = 0
     try:
         node = MirageNode()
+        if net_warning:
+            node.get_logger().warning(net_warning)
         # Single-threaded: rclpy's MultiThreadedExecutor takes a fraction of the messages per
         # second; goals, observation and outputs run in their own threads instead.
         executor = SingleThreadedExecutor()

@@ -200,7 +200,12 @@ class Probe:
             pass
 
     def close(self):
+        """Stop spinning, then destroy. The spin thread is joined before the node goes: rclpy's
+        (Jazzy) ``Executor.shutdown`` returns without waiting for the spin in progress, and a node
+        destroyed under a running wait, or a process exiting with DDS threads mid-callback, can
+        abort ("terminate called without an active exception", seen once in a network probe)."""
         self.executor.shutdown(timeout_sec=2)
+        self._thread.join(timeout=10)
         self.node.destroy_node()
         self.rclpy.try_shutdown(context=self.ctx)
 

@@ -24,6 +24,7 @@ from rclpy.node import Node
 
 from . import convert as cv
 from . import qos
+from .dds import network_warning
 
 __all__ = ["SimNode", "main", "SIM_PARAMS"]
 
@@ -146,10 +147,13 @@ class SimNode(Node):
 
 def main(argv=None) -> int:
     argv = sys.argv if argv is None else argv
+    net_warning = network_warning()  # the network as DDS will see it when the participant is made
     rclpy.init(args=argv)
     node = None
     try:
         node = SimNode()
+        if net_warning:
+            node.get_logger().warning(net_warning)
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

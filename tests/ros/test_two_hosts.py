@@ -109,6 +109,65 @@ def test_the_link(hosts):
     assert after["tx_bytes"] - before["tx_bytes"] >= 1000 + 28  # payload + UDP/IP headers
 
 
+GID_SCRIPT = """
+import rclpy
+from std_msgs.msg import String
+rclpy.init()
+n = rclpy.create_node("host_id_check")
+n.create_publisher(String, "host_id_check", 1)
+(info,) = n.get_publishers_info_by_topic("host_id_check")
+print(bytes(info.endpoint_gid).hex())
+"""
+
+
+@needs_netns
+def test_participants_started_at_once_see_two_hosts(hosts):
+    """A DDS participant started the moment ``up()`` returns, one in each namespace, gets a
+    host id (GUID prefix bytes 2-3, hashed from the running interfaces' addresses) of its own,
+    not Fast DDS's fallback 7f01 for "no interface running": such a participant is never
+    matched from the other host (CI: "no memory/stats reached the robot"). Read from rclpy's
+    own endpoint gid: fails (3 of 3 here) if up() returns before both ends run."""
+    import os
+
+    env = dict(os.environ, **net._env(hosts, "robot", "static_peers", 7))
+    procs = {side: subprocess.Popen(hosts.exec_prefix(side) + [sys.executable, "-c", GID_SCRIPT], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for side in ("robot", "gpu")}
+    gids = {}
+    for side, p in procs.items():
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+        gids[side] = bytes.fromhex(out.strip().splitlines()[-1])
+    host_ids = {side: g[2:4].hex() for side, g in gids.items()}
+    assert all(g[:2] == bytes([0x01, 0x0F]) for g in gids.values()), gids  # eProsima's vendor id: Fast DDS made them
+    assert "7f01" not in host_ids.values(), host_ids
+    assert host_ids["robot"] != host_ids["gpu"], host_ids
+
+
+@needs_netns
+def test_the_node_would_warn_before_the_link_runs(hosts):
+    """mirage_ros.ros.dds.network_warning, run inside the GPU namespace: a warning naming the
+    veth while its end is down, none once it runs (the kernel's own operstate, not a fake tree)."""
+    import os
+
+    code = "from mirage_ros.ros.dds import network_warning; print(network_warning() or 'OK')"
+    env = dict(os.environ, **net._env(hosts, "gpu", "static_peers", 7))
+
+    def ask():
+        return subprocess.run(hosts.exec_prefix("gpu") + [sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, check=True, cwd=str(ROOT)).stdout.strip()
+
+    assert ask() == "OK"
+    subprocess.run(["ip", "-n", hosts.ns["gpu"], "link", "set", hosts.dev["gpu"], "down"], check=True)
+    try:
+        msg = ask()
+        assert msg.startswith("no network interface is running") and f"{hosts.dev['gpu']} down" in msg, msg
+    finally:
+        subprocess.run(["ip", "-n", hosts.ns["gpu"], "link", "set", hosts.dev["gpu"], "up"], check=True)
+    hosts.wait_running()
+    assert ask() == "OK"
+
+
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     """`mirage bench network` on small settings, raw then compressed over the same two hosts: the

@@ -25,6 +25,7 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
+from .dds import network_warning
 from .fleet import parse_robots
 from .node import MirageNode
 
@@ -69,6 +70,7 @@ def shutdown_robots(nodes, executor=None) -> None:
 
 def main(argv=None) -> int:
     argv = sys.argv if argv is None else argv
+    net_warning = network_warning()  # the network as DDS will see it when the participant is made
     rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -82,6 +84,8 @@ def main(argv=None) -> int:
         from rclpy.parameter import Parameter
 
         host = rclpy.create_node("mirage_multi")
+        if net_warning:
+            host.get_logger().warning(net_warning)
         host.declare_parameter("robots", Parameter.Type.STRING_ARRAY,
                                ParameterDescriptor(description="robot namespaces served by this process, e.g. [robot1, robot2]"))
         host.declare_parameter("share_model", True, ParameterDescriptor(

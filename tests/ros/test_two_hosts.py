@@ -12,6 +12,7 @@ Skipped, with the reason, where namespaces cannot be made (not root, no iproute2
 """
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -129,8 +130,6 @@ def test_participants_started_at_once_see_two_hosts(hosts):
     not Fast DDS's fallback 7f01 for "no interface running": such a participant is never
     matched from the other host (CI: "no memory/stats reached the robot"). Read from rclpy's
     own endpoint gid: fails (3 of 3 here) if up() returns before both ends run."""
-    import os
-
     env = dict(os.environ, **net._env(hosts, "robot", "static_peers", 7))
     procs = {side: subprocess.Popen(hosts.exec_prefix(side) + [sys.executable, "-c", GID_SCRIPT, side], env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -150,8 +149,6 @@ def test_participants_started_at_once_see_two_hosts(hosts):
 def test_the_node_would_warn_before_the_link_runs(hosts):
     """mirage_ros.ros.dds.network_warning, run inside the GPU namespace: a warning naming the
     veth while its end is down, none once it runs (the kernel's own operstate, not a fake tree)."""
-    import os
-
     code = "from mirage_ros.ros.dds import network_warning; print(network_warning() or 'OK')"
     env = dict(os.environ, **net._env(hosts, "gpu", "static_peers", 7))
 

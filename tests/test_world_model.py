@@ -195,6 +195,80 @@ def test_sampler_steps_cfg_and_clean_frames():
         FlowUniPCSampler(steps=0)
 
 
+def test_sampler_config_round_trip_and_overrides_replace_one_field_each():
+    s = FlowUniPCSampler(steps=10, shift=3.0, pin_until=0.9)
+    cfg = s.config()
+    assert cfg["_class_name"] == "FlowUniPCSampler"
+    assert FlowUniPCSampler.from_config(cfg).config() == cfg
+    t = FlowUniPCSampler.from_config(cfg, steps=4, pin_paste=None)
+    assert (t.steps, t.shift, t.pin_until, t.pin_paste) == (4, 3.0, 0.9, False)  # steps never moves shift
+    assert FlowUniPCSampler.from_config({"steps": 7}).shift == 5.0  # an old folder: the rest are defaults
+    with pytest.raises(ValueError, match="stepz"):
+        FlowUniPCSampler.from_config(cfg, stepz=3)
+    with pytest.raises(ValueError, match="flux"):
+        FlowUniPCSampler.from_config({"flux": 1})
+    with pytest.raises(ValueError, match="_class_name"):
+        FlowUniPCSampler.from_config({"_class_name": "DDIM"})
+    for bad in ({"pin_until": 1.5}, {"shift": float("nan")}, {"steps": 10**9}, {"pin_paste": "yes"}):
+        with pytest.raises(ValueError, match="sampler\\."):
+            FlowUniPCSampler.from_config(bad)
+
+
+def test_memory_pinning_by_hand():
+    """A per-cell model that always flows toward 0 (x0 = 0, so flow = x / sigma), one visible cell
+    whose readout is 1: before each pinned step the visible cell is exactly (1 - sigma_i) * 1 +
+    sigma_i * eps; invisible cells are untouched by pinning; paste gives the readout exactly; the
+    clean frame is never pinned; pin_until = 0 is the plain sampler."""
+    seen = []
+
+    def predict(x, t, conditional):
+        seen.append(x.clone())
+        return x / (t / 1000.0)
+
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(1, 2, 3, 2, 2, generator=g)
+    clean = torch.full((1, 2, 1, 2, 2), 0.25)
+    known = torch.ones(1, 2, 3, 2, 2)
+    mask = torch.zeros(1, 1, 3, 2, 2, dtype=torch.bool)
+    mask[0, 0, 1, 0, 1] = True
+    mask[0, 0, 0] = True  # the clean frame's cells: must stay clean
+    plain = FlowUniPCSampler(steps=6, shift=3.0).sample(predict, noise, clean)
+    seen.clear()
+    s = FlowUniPCSampler(steps=6, shift=3.0, pin_until=0.5)
+    out = s.sample(predict, noise, clean, known=known, known_mask=mask)
+    sig = s.sigmas()
+    assert s.num_pinned_steps == 3 and len(seen) == 6
+    for i in range(3):
+        expect = (1 - sig[i]) * 1.0 + sig[i] * noise[0, :, 1, 0, 1]
+        assert torch.allclose(seen[i][0, :, 1, 0, 1], expect, atol=1e-6), i
+    vis = mask.expand(1, 2, 3, 2, 2).clone()
+    vis[:, :, 0] = False
+    assert torch.equal(out[~vis], plain[~vis])  # per-cell model: the rest does not move
+    assert torch.equal(out[:, :, :1], clean)
+    assert not torch.allclose(out[vis], plain[vis])
+    pasted = FlowUniPCSampler(steps=6, shift=3.0, pin_until=1.0, pin_paste=True).sample(
+        predict, noise, clean, known=known, known_mask=mask)
+    assert torch.equal(pasted[vis], known[vis]) and torch.equal(pasted[:, :, :1], clean)
+    off = FlowUniPCSampler(steps=6, shift=3.0, pin_until=0.0).sample(predict, noise, clean, known=known, known_mask=mask)
+    assert torch.equal(off, plain)
+
+
+def test_steps_override_keeps_the_model_folders_shift(tmp_path):
+    """The node's ``steps`` parameter (and ``mirage demo --steps``) used to switch the shipped
+    model's shift from its own 3.0 to 5.0: now each override changes only its own setting."""
+    from mirage_ros.world_model.backend import SHIPPED_MODEL, make_backend
+
+    own = json.loads((SHIPPED_MODEL / "model_index.json").read_text())["sampler"]
+    b = make_backend("shipped", steps=3)
+    assert b.model.sampler.steps == 3 and b.model.sampler.shift == own["shift"]
+    b = make_backend("shipped", shift=2.0)
+    assert b.model.sampler.shift == 2.0 and b.model.sampler.steps == own["steps"]
+    with pytest.raises(ValueError, match="stepz"):
+        make_backend("shipped", stepz=3)
+    with pytest.raises(ValueError, match="chunk"):
+        make_backend("readout", chunk=3)
+
+
 def test_prompt_encoder_without_a_model(tmp_path):
     enc = PromptEncoder(text_dim=32)
     e = enc.encode(None)

@@ -34,6 +34,7 @@ __all__ = ["ImaginedChunk", "Backend", "ReadoutBackend", "MirageBackend", "make_
 MAX_FRAMES_PER_REQUEST = 4096
 MAX_CANDIDATES = 64
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "mirage_small"
+PAPER_SAMPLER = {"steps": 40, "shift": 5.0, "guidance_scale": 1.0}  # Wan2.2 / the paper: 40 UniPC steps, shift 5, CFG off
 
 
 @dataclass
@@ -216,7 +217,7 @@ def register_backend(name: str, factory: Callable[..., Backend]) -> None:
 
 
 def _make_readout(codec: str = "thumbnail", weights: Optional[str] = None, device: str = "cpu",
-                  chunk_size: int = 9, memory: Optional[dict] = None, **_ignored) -> ReadoutBackend:
+                  chunk_size: int = 9, memory: Optional[dict] = None) -> ReadoutBackend:
     cod = make_codec(codec, weights=weights, device=device)
     mem = LatentSpatialMemory(channels=cod.channels, stride=cod.stride, device=device, **(memory or {}))
     return ReadoutBackend(mem, cod, chunk_size=chunk_size)
@@ -346,33 +347,36 @@ def _resize_observation(image, depth, exclude, camera: Camera, res: Tuple[int, i
 
 def _make_mirage(config: str = "tiny", weights: Optional[str] = None, side_branch: Optional[str] = None,
                  lora: Optional[str] = None, layout: str = "paper", device: str = "cpu", dtype=None,
-                 steps: Optional[int] = None, shift: Optional[float] = None, guidance_scale: float = 1.0, seed: int = 0,
+                 steps: Optional[int] = None, shift: Optional[float] = None, guidance_scale: Optional[float] = None,
+                 pin_until: Optional[float] = None, pin_paste: Optional[bool] = None, seed: int = 0,
                  side_branch_init: str = "zero", offload: bool = False, vae_tiling: bool = False,
                  memory: Optional[dict] = None, depth=None, masks=None, prompt: Optional[str] = None,
-                 keep_imagined: bool = False, rollout: Optional[dict] = None, **_ignored) -> MirageBackend:
+                 keep_imagined: bool = False, rollout: Optional[dict] = None) -> MirageBackend:
     """Factory for ``make_backend("mirage", ...)``: ``weights`` = a model folder written by
     ``save_pretrained`` (e.g. the shipped model) or a Wan2.2-TI2V-5B folder (else random weights of
-    ``config`` tiny | small | full), ``side_branch`` / ``lora`` checkpoint files. ``steps`` / ``shift``
-    default to the model folder's own sampler settings (40 / 5.0 for Wan2.2, as the paper)."""
+    ``config`` tiny | small | full), ``side_branch`` / ``lora`` checkpoint files.
+
+    Sampler: a model folder's own settings (``model_index.json``), else the paper's (40 UniPC steps,
+    shift 5, no CFG, no pinning); each of ``steps``, ``shift``, ``guidance_scale``, ``pin_until``,
+    ``pin_paste`` that is not None replaces that one setting and nothing else."""
     from .model import MirageWorldModel, is_mirage_folder
     from .sampler import FlowUniPCSampler
 
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    sampler = None
-    if not (weights and is_mirage_folder(weights)) or steps is not None or shift is not None:
-        sampler = FlowUniPCSampler(steps=steps or 40, shift=5.0 if shift is None else shift, guidance_scale=guidance_scale)
+    overrides = dict(steps=steps, shift=shift, guidance_scale=guidance_scale, pin_until=pin_until, pin_paste=pin_paste)
     if weights and is_mirage_folder(weights):
-        model = MirageWorldModel.from_pretrained(weights, side_branch=side_branch, lora=lora, device=device, dtype=dtype,
-                                                 sampler=sampler)
-        if sampler is None:
-            model.sampler.guidance_scale = float(guidance_scale)
-    elif weights:
-        model = MirageWorldModel.from_pretrained(weights, side_branch=side_branch, lora=lora, layout=layout, device=device,
-                                                 dtype=dtype, offload=offload, vae_tiling=vae_tiling, sampler=sampler)
+        model = MirageWorldModel.from_pretrained(weights, side_branch=side_branch, lora=lora, device=device, dtype=dtype)
+        model.sampler = FlowUniPCSampler.from_config(model.sampler.config(), **overrides)
     else:
-        model = MirageWorldModel.build(config, layout=layout, device=device, dtype=dtype, seed=seed,
-                                       side_branch_init=side_branch_init, sampler=sampler, offload=offload)
+        sampler = FlowUniPCSampler.from_config(PAPER_SAMPLER, **overrides)
+        if weights:
+            model = MirageWorldModel.from_pretrained(weights, side_branch=side_branch, lora=lora, layout=layout,
+                                                     device=device, dtype=dtype, offload=offload, vae_tiling=vae_tiling,
+                                                     sampler=sampler)
+        else:
+            model = MirageWorldModel.build(config, layout=layout, device=device, dtype=dtype, seed=seed,
+                                           side_branch_init=side_branch_init, sampler=sampler, offload=offload)
     mem = LatentSpatialMemory(channels=model.channels, stride=model.stride, device=device, **(memory or {}))
     cfg = RolloutConfig(**{"progress": False, "seed": seed, **(rollout or {})})
     return MirageBackend(mem, model, cfg, depth_provider=make_provider("depth", depth, device),
@@ -392,6 +396,9 @@ def _make_shipped(weights: Optional[str] = None, **kwargs) -> MirageBackend:
     return backend
 
 
+_make_shipped.options_of = _make_mirage  # its options are the mirage backend's
+
+
 register_backend("mirage", _make_mirage)
 register_backend("shipped", _make_shipped)
 
@@ -400,4 +407,18 @@ def make_backend(name: str = "readout", **config) -> Backend:
     """Build a backend by name with its config (codec, weights, device, chunk_size, memory={...})."""
     if name not in BACKENDS:
         raise ValueError(f"backend: unknown name {name!r} (available: {', '.join(sorted(BACKENDS))})")
-    return BACKENDS[name](**config)
+    factory = BACKENDS[name]
+    _check_options(name, getattr(factory, "options_of", factory), config)
+    return factory(**config)
+
+
+def _check_options(name: str, fn: Callable, config: dict) -> None:
+    """An option ``fn`` does not take is an error naming it (never silently ignored)."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(config) - set(params))
+    if unknown:
+        raise ValueError(f"backend {name!r}: unknown option(s) {', '.join(unknown)} (known: {', '.join(params)})")

@@ -301,7 +301,10 @@ class MirageWorldModel:
             noise = torch.cat([torch.randn((1, C, T, h, w), generator=r.get("generator"), dtype=torch.float32)
                                for r in requests]).to(dev)
             clean = torch.stack([r["clean_targets"] for r in requests]).permute(0, 2, 1, 3, 4).to(dev, torch.float32)
-            x = self.sampler.sample(predict, noise, clean, progress=progress)
+            # The targets' readouts and visibility, for memory pinning (``sampler``).
+            known = torch.stack([r["readouts"][:T] for r in requests]).permute(0, 2, 1, 3, 4).to(dev, torch.float32)
+            known_mask = torch.stack([r["masks"][:T] for r in requests])[:, None].to(dev, torch.bool)
+            x = self.sampler.sample(predict, noise, clean, progress=progress, known=known, known_mask=known_mask)
         return [x[i].permute(1, 0, 2, 3).float().cpu() for i in range(B)]
 
     # -- our folders -----------------------------------------------------------------------------
@@ -317,7 +320,7 @@ class MirageWorldModel:
             "_class_name": type(self).__name__, "format": MODEL_FORMAT, "version": MODEL_VERSION,
             "transformer": "transformer", "codec": "codec",
             "text": {"text_dim": self.text.text_dim, "max_length": self.text.max_length, "encoder": None},
-            "sampler": {"steps": self.sampler.steps, "shift": self.sampler.shift, "guidance_scale": self.sampler.guidance_scale},
+            "sampler": self.sampler.config(),
             **(extra or {}),
         }
         (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
@@ -355,7 +358,10 @@ class MirageWorldModel:
         text = PromptEncoder(text_dim=int(t.get("text_dim", transformer.backbone.config.text_dim)),
                              max_length=int(t.get("max_length", 512)), device=device, dtype=dtype)
         if sampler is None:
-            sampler = FlowUniPCSampler(**index.get("sampler", {}))
+            try:
+                sampler = FlowUniPCSampler.from_config(index.get("sampler", {}))
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(index_path, what="Mirage world model", note=str(exc)) from None
         desc = f"Mirage world model from {folder} ({index.get('name', 'trained with mirage train')})"
         model = cls(transformer, codec, text, sampler, device=device, description=desc)
         if index.get("resolution"):
@@ -370,7 +376,7 @@ class MirageWorldModel:
             "side_branch_layers": list(self.transformer.side_branch.config.layers) if self.transformer.side_branch is not None else [],
             "parameters": {**n, "codec": _codec_parameters(self.codec)},
             "codec": self.codec.config(),
-            "sampler": {"steps": self.sampler.steps, "shift": self.sampler.shift, "guidance_scale": self.sampler.guidance_scale},
+            "sampler": self.sampler.config(),
             "dtype": str(self.transformer.dtype).replace("torch.", ""),
             "device": str(self.device),
         }

@@ -98,6 +98,12 @@ class Readout:
         return float(self.mask.float().mean())
 
 
+def _check_tolerance(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
+        raise MemoryError_(f"{name}: expected a relative tolerance in [0, 1], got {value!r}")
+    return float(value)
+
+
 class LatentSpatialMemory:
     """3D cache of latent features (paper Sec. 3). See the module docstring for the policies.
 
@@ -115,6 +121,7 @@ class LatentSpatialMemory:
         max_points: optional hard cap; an insert that would exceed it raises and changes nothing.
         occlusion_culling: skip index blocks hidden behind already-read points (exact).
         first_round_points: points read in the first near-to-far round of the readout.
+        earliest_within: default of ``read``'s observed-first rule (0 = plain frontmost-wins).
     """
 
     def __init__(
@@ -131,12 +138,14 @@ class LatentSpatialMemory:
         max_points: Optional[int] = None,
         occlusion_culling: bool = True,
         first_round_points: int = 32768,
+        earliest_within: float = 0.0,
     ):
         for name, v in (("channels", channels), ("stride", stride), ("first_round_points", first_round_points)):
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
                 raise MemoryError_(f"{name}: expected a positive integer, got {v!r}")
         if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, numbers.Integral) or max_points < 0):
             raise MemoryError_(f"max_points: expected None or a non-negative integer, got {max_points!r}")
+        self.earliest_within = _check_tolerance("earliest_within", earliest_within)
         if depth_downsample not in DEPTH_DOWNSAMPLE_METHODS:
             raise MemoryError_(f"depth_downsample: unknown method {depth_downsample!r} (expected one of {DEPTH_DOWNSAMPLE_METHODS})")
         if on_revisit not in ("keep", "refresh"):
@@ -334,10 +343,19 @@ class LatentSpatialMemory:
         P = camera.latent_K(self.stride) @ camera.world_to_camera[:3]
         return P.to(self.device, torch.float32)
 
-    def read(self, camera: Camera, dtype: Optional[torch.dtype] = torch.float32) -> Readout:
+    def read(self, camera: Camera, dtype: Optional[torch.dtype] = torch.float32,
+             earliest_within: Optional[float] = None) -> Readout:
         """Eq. 5: per cell the feature of the frontmost point projecting into it, and the mask.
 
         ``dtype`` of the returned latent (None keeps the storage dtype).
+
+        ``earliest_within`` (relative, e.g. 0.05; None = the memory's ``earliest_within``): the
+        observed-first rule. Among the points of a cell whose depth is within that fraction of the
+        cell's frontmost depth z_min (z <= z_min (1 + tol), both float32), the earliest inserted one
+        wins. The first observation of a surface then keeps its cell when a later (e.g. generated)
+        copy of the same surface lands a hair nearer (slanted surfaces reprojected from another
+        pose), while a genuinely nearer surface (beyond the tolerance) still occludes it. 0 is
+        plain frontmost-wins. ``Readout.depth`` is the winner's own depth.
 
         What "exact, deterministic" promises. Each point's (p_u, p_v, z) = P p is computed in
         float32 (P = K_l [R | t] rounded to float32) and the cell is floor(p_u / z), floor(p_v / z).
@@ -353,12 +371,15 @@ class LatentSpatialMemory:
           whose depths agree within that budget, or a point within its budget of a cell border;
           there either may win, and its reported depth is its true depth within the budget.
         The block index and culling keep this promise: they skip only points that cannot win, or
-        (their corner tests being float32 too) near-ties and near-border points as above.
+        (their corner tests being float32 too) near-ties and near-border points as above. With
+        ``earliest_within`` the same holds with "near-tie" extended to a point whose depth is
+        within its budget of the tolerance limit z_min (1 + tol).
         """
         if not isinstance(camera, Camera):
             raise MemoryError_(f"camera: expected a mirage_ros.geometry.Camera, got {type(camera).__name__}")
+        tol = self.earliest_within if earliest_within is None else _check_tolerance("earliest_within", earliest_within)
         h, w = camera.latent_size(self.stride)
-        winner, zbest = self._frontmost(self.projection(camera), h, w)
+        winner, zbest = self._frontmost(self.projection(camera), h, w, tol)
         filled = winner >= 0
         out_dtype = self.feature_dtype if dtype is None else dtype
         latent = torch.zeros((self.channels, h * w), dtype=out_dtype, device=self.device)
@@ -366,36 +387,42 @@ class LatentSpatialMemory:
             latent[:, filled] = self._feat[winner[filled]].T.to(out_dtype)
         return Readout(latent.view(self.channels, h, w), filled.view(h, w), zbest.view(h, w), winner.view(h, w))
 
-    def _frontmost(self, P: torch.Tensor, h: int, w: int):
+    def _frontmost(self, P: torch.Tensor, h: int, w: int, tol: float = 0.0):
         """Winner storage index (h*w,) int64 (-1 empty) and its z (h*w,) float32 (inf empty).
 
         Visits the unindexed tail, then frustum-visible blocks near to far in rounds of doubling
         size; before each round, blocks whose whole footprint already holds points strictly
-        nearer than the block's nearest corner are dropped (they cannot win any cell).
+        nearer than the block's nearest corner are dropped (they cannot win any cell). With
+        ``tol`` > 0 a second pass over the same candidates (culled against z_min (1 + tol)) picks
+        the earliest point within the tolerance (``read``).
         """
         n, hw = self._n, h * w
         best = torch.full((hw + 1,), _INT64_MAX, dtype=torch.int64, device=self.device)
         ix = self.index
+        passes = []  # the id sets folded into ``best`` (None = every point)
+        culled = None  # (depth-sorted visible blocks, footprints, nearest corners) on the culling path
         if n == 0:
             pass
         elif ix.num_blocks == 0 or n <= 2 * self.first_round_points:
-            self._scatter(best, P, h, w, None)  # small memories: one pass beats any culling
+            passes.append(None)  # small memories: one pass beats any culling
         else:
             vis, zmin, (u0, u1, v0, v1) = ix.frustum(P, h, w)
             blocks = vis.nonzero().squeeze(1)
             n_tail = n - ix.n_indexed
             n_vis = int(ix.counts[blocks].sum())
+            tail = torch.arange(ix.n_indexed, n, device=self.device) if n_tail else None
             if not self.occlusion_culling or n_vis + n_tail <= 2 * self.first_round_points:
                 if n_vis + n_tail >= 0.6 * n:
-                    self._scatter(best, P, h, w, None)
+                    passes.append(None)
                 else:
-                    self._scatter(best, P, h, w, ix.gather(blocks))
+                    passes.append(ix.gather(blocks))
                     if n_tail:
-                        self._scatter(best, P, h, w, torch.arange(ix.n_indexed, n, device=self.device))
+                        passes.append(tail)
             else:
                 if n_tail:
-                    self._scatter(best, P, h, w, torch.arange(ix.n_indexed, n, device=self.device))
+                    self._scatter(best, P, h, w, tail)
                 blocks = blocks[torch.argsort(zmin[blocks], stable=True)]  # blocks, not points
+                culled = (blocks, zmin, (u0, u1, v0, v1), tail)
                 budget = max(self.first_round_points, n_vis // 16)
                 while blocks.numel():
                     cum = torch.cumsum(ix.counts[blocks], 0)
@@ -407,18 +434,36 @@ class LatentSpatialMemory:
                         reach = rect_max(cell_z, u0[blocks], u1[blocks], v0[blocks], v1[blocks])
                         blocks = blocks[reach >= zmin[blocks]]
                     budget *= 2
+        for ids in passes:
+            self._scatter(best, P, h, w, ids)
         best = best[:hw]
         filled = best != _INT64_MAX
+        zbest = self._best_z(best)
+        if tol > 0 and bool(filled.any()):
+            limit = torch.cat([zbest * (1 + tol), zbest.new_full((1,), -1.0)])  # (hw + 1,): off-grid slot never passes
+            if culled is not None:  # the same candidates, culled against the tolerance limit
+                blocks, zmin, (u0, u1, v0, v1), tail = culled
+                reach = rect_max(limit[:hw].view(h, w), u0[blocks], u1[blocks], v0[blocks], v1[blocks])
+                passes = [ix.gather(blocks[reach >= zmin[blocks]])] + ([tail] if tail is not None else [])
+            early = torch.full((hw + 1,), _INT64_MAX, dtype=torch.int64, device=self.device)
+            for ids in passes:
+                self._scatter(early, P, h, w, ids, limit)
+            early = early[:hw]
+            winner = torch.where(filled, early >> 32, torch.full_like(early, -1))
+            zbits = torch.where(filled, early & _LOW32, torch.full_like(early, 0x7F800000))
+            return winner, zbits.to(torch.int32).view(torch.float32)
         winner = torch.where(filled, best & _LOW32, torch.full_like(best, -1))
-        return winner, self._best_z(best)
+        return winner, zbest
 
     @staticmethod
     def _best_z(best: torch.Tensor) -> torch.Tensor:
         zbits = torch.where(best != _INT64_MAX, best >> 32, torch.full_like(best, 0x7F800000))
         return zbits.to(torch.int32).view(torch.float32)
 
-    def _scatter(self, best: torch.Tensor, P: torch.Tensor, h: int, w: int, ids: Optional[torch.Tensor]) -> None:
-        """Fold points (all if ``ids`` is None) into ``best`` (h*w+1,) by min (z bits, index) key."""
+    def _scatter(self, best: torch.Tensor, P: torch.Tensor, h: int, w: int, ids: Optional[torch.Tensor],
+                 limit: Optional[torch.Tensor] = None) -> None:
+        """Fold points (all if ``ids`` is None) into ``best`` (h*w+1,) by min (z bits, index) key; with
+        ``limit`` (h*w+1,) only points with z <= limit[cell], by min (index, z bits) key."""
         n = self._n
         if ids is None:
             xyz = self._xyz[:n]
@@ -436,7 +481,12 @@ class LatentSpatialMemory:
         v = torch.floor(pix[:, 1] / z)
         ok = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
         cell = torch.where(ok, v * w + u, torch.full_like(u, hw)).to(torch.int64)
-        key = (z.contiguous().view(torch.int32).to(torch.int64) << 32) | ids
+        zbits = z.contiguous().view(torch.int32).to(torch.int64)
+        if limit is None:
+            key = (zbits << 32) | ids
+        else:
+            cell = torch.where(z <= limit[cell], cell, torch.full_like(cell, hw))
+            key = (ids << 32) | (zbits & _LOW32)
         best.scatter_reduce_(0, cell, key, "amin")
 
     # -- persistence ----------------------------------------------------------------------------

@@ -48,6 +48,11 @@ class RolloutConfig:
     preceding_latents: clean preceding latents before the overlap frame (2 = the official 8 RGB frames).
     max_references / ref_iou_threshold / ref_voxel_size: reference selection by voxel IoU.
     update_source: ``reencode`` (paper: E(D(z))) | ``denoised`` (official: z itself).
+    earliest_within: the observed-first readout rule for the conditioning reads
+        (``LatentSpatialMemory.read``): among points within this fraction of a cell's nearest
+        depth the earliest inserted wins, so a revisited view reads what was observed rather than
+        a generated copy a hair nearer; 0 = plain frontmost-wins; None = the memory's own setting.
+        (The RGB point-cloud cache has no such rule and ignores it.)
     """
 
     chunk_latents: int = 9
@@ -56,6 +61,7 @@ class RolloutConfig:
     ref_iou_threshold: float = 0.04
     ref_voxel_size: float = 0.1
     update_source: str = "reencode"
+    earliest_within: Optional[float] = 0.05
     seed: int = 0
     progress: bool = True
     negative_prompt: Optional[str] = None
@@ -63,6 +69,8 @@ class RolloutConfig:
     def __post_init__(self):
         if self.chunk_latents < 2:
             raise ValueError(f"chunk_latents: expected >= 2 (one overlap + one new), got {self.chunk_latents}")
+        if self.earliest_within is not None and not 0.0 <= float(self.earliest_within) <= 1.0:
+            raise ValueError(f"earliest_within: expected None or a relative tolerance in [0, 1], got {self.earliest_within}")
         if self.update_source not in ("reencode", "denoised"):
             raise ValueError(f"update_source: expected 'reencode' or 'denoised', got {self.update_source!r}")
 
@@ -138,6 +146,12 @@ class _Track:
         self.selector.remember(0, visible_points(memory, [memory.read(cams[0])]))
         self.schedule = latent_chunks(N, cfg.chunk_latents, self.ts)
 
+    def _read(self, camera: Camera):
+        """Eq. 5 at ``camera`` with the rollout's readout rule (``RolloutConfig.earliest_within``)."""
+        if isinstance(self.memory, LatentSpatialMemory):
+            return self.memory.read(camera, earliest_within=self.cfg.earliest_within)
+        return self.memory.read(camera)
+
     def cam_of(self, j: int) -> Camera:
         """Camera of latent j (the last camera past the end)."""
         return self.cams[min(self.ts * j, self.N - 1)]
@@ -150,7 +164,7 @@ class _Track:
         T = b - a + 1
         prec = list(range(max(0, a - self.cfg.preceding_latents), a))
         cond_ids = list(range(a, b + 1)) + prec
-        reads = [self.memory.read(self.cam_of(j)) for j in cond_ids]
+        reads = [self._read(self.cam_of(j)) for j in cond_ids]
         cond_read = [r.latent.float().cpu() for r in reads]
         cond_mask = [r.mask.cpu() for r in reads]
         for j, lat, m in zip(cond_ids, cond_read, cond_mask):

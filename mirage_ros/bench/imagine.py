@@ -17,9 +17,19 @@ generated chunk written back into its memory. Arms, all with the same sampler st
 Depth of generated frames: the simulator's (oracle; ``arms``) and, as a second row, the memory's own
 depth (``arms_memory_depth``: the path a robot without Depth Anything 3 weights has).
 
-Metrics per seed, then mean over seeds with paired bootstrap 95 % intervals against ``latent``:
-PSNR and SSIM of the final frame (the first frame's pose), PSNR over the revisited region (cells the
-first observation covers, read at every generated frame's pose) and the never-seen region (the rest).
+Metrics per seed (``bench.evaluation``), then mean over seeds with paired bootstrap 95 % intervals
+against ``latent``: PSNR and SSIM of the final frame (the first frame's pose), PSNR over the
+revisited region (cells the first observation covers, read at every generated frame's pose) and the
+never-seen region (the rest), blockiness per region relative to the ground truth (1.0 = as smooth
+across 16 / 32-px borders as reality), and over all seeds the cross-loop correlation of never-seen
+content (different scenes at the same frame index; ~0 for real frames, high when the sampler's
+noise rather than the scene decides what is drawn). Seconds per chunk per arm.
+
+Sampler and readout settings are the model folder's and the rollout's defaults unless overridden
+(``--pin-until``, ``--pin-paste``, ``--earliest-within``, ``--steps``). Seeds: ``--seeds 20`` (the
+first 20 held-out), ``--seeds 900700-900719`` or a comma list; choose checkpoints on the validation
+block (``training.seeds.VALIDATION_BASE``), never on the held-out seeds reported here. An arm whose
+model folder is missing is skipped with one line.
 Every frame is written as 8-bit PNG (``DIR/gt/<seed>/<frame>.png``, ``DIR/<arm>/<seed>/<frame>.png``;
 the memory-depth row under ``DIR/memory_depth/``), and the final-frame PSNR is computed from those
 PNGs, so anyone can recompute it.
@@ -27,6 +37,7 @@ PNGs, so anyone can recompute it.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import time
 from pathlib import Path
@@ -35,6 +46,7 @@ from typing import Dict, List
 import numpy as np
 
 from ..util import psnr, ssim, write_json
+from .evaluation import bootstrap_ci, cross_loop_correlation, parse_seeds, region_metrics, region_pixels
 
 ARMS = ("latent", "rgb", "none", "readout", "latent_nomask")
 DEPTHS = ("oracle", "memory")
@@ -43,7 +55,8 @@ DEPTHS = ("oracle", "memory")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default="mirage_out/bench_imagine.json", help="output JSON (PNG table/plot beside it)")
     p.add_argument("--out", default="mirage_out/bench_imagine", help="folder for every frame (PNG)")
-    p.add_argument("--seeds", type=int, default=20, help="held-out seeds (default 20)")
+    p.add_argument("--seeds", default="20", help="a count of held-out seeds from 900000 (default 20), a range "
+                   "900700-900719 or a comma list")
     p.add_argument("--frames", type=int, default=41, help="RGB frames per loop (default 41: 5 chunks)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
@@ -51,6 +64,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
     p.add_argument("--depths", default=",".join(DEPTHS), help="oracle,memory (depth of generated frames)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's own)")
+    p.add_argument("--pin-until", type=float, default=None,
+                   help="memory pinning: fraction of sampler steps with visible cells pinned (default: the model's own; 0 = off)")
+    p.add_argument("--pin-paste", default=None, choices=["on", "off"], help="paste the readout into visible cells after sampling")
+    p.add_argument("--earliest-within", type=float, default=None,
+                   help="observed-first readout tolerance (default: the rollout's, 0.05; 0 = plain frontmost-wins)")
+    p.add_argument("--tag", default="", help="a label stored in the JSON (e.g. the sweep point)")
     p.add_argument("--bootstrap", type=int, default=10000)
     p.add_argument("--threads", type=int, default=None)
 
@@ -84,8 +103,10 @@ def _oracle(cams, depth, labels, exclude_dynamic: bool):
     return depth_fn, mask_fn
 
 
-def _rollout(model, arm: str, depth_mode: str, rgb0, cams, depth, labels, steps):
-    """One arm's frames (N, H, W, 3) uint8 (frame 0 = the observed frame)."""
+def _rollout(model, arm: str, depth_mode: str, rgb0, cams, depth, labels, steps, earliest_within=None,
+             with_timings: bool = False):
+    """One arm's frames (N, H, W, 3) uint8 (frame 0 = the observed frame); with ``with_timings`` also
+    the mean seconds per chunk."""
     import torch
 
     from ..baselines.rgb_memory import RGBPointCloudMemory
@@ -100,9 +121,14 @@ def _rollout(model, arm: str, depth_mode: str, rgb0, cams, depth, labels, steps)
         memory = RGBPointCloudMemory(model.codec, splat="footprint")
     else:
         memory = LatentSpatialMemory(channels=model.channels, stride=model.stride)
+    rcfg = RolloutConfig(progress=False, seed=0)
+    if earliest_within is not None:
+        rcfg.earliest_within = float(earliest_within)
     res = rollout(model, rgb0, cams, memory, first_depth=torch.from_numpy(depth[0]), first_exclude=first_ex,
                   depth_provider=depth_fn if depth_mode == "oracle" else None, mask_provider=mask_fn,
-                  readout_scale=0.0 if arm == "none" else 1.0, config=RolloutConfig(progress=False, seed=0))
+                  readout_scale=0.0 if arm == "none" else 1.0, config=rcfg)
+    if with_timings:
+        return res.frames, float(np.mean([t["total"] for t in res.timings]))
     return res.frames
 
 
@@ -141,59 +167,69 @@ def _load_png(path: Path) -> np.ndarray:
     return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
-def _metrics_arrays(gt: np.ndarray, out: np.ndarray, vis: np.ndarray, stride: int) -> Dict:
-    """PSNR over the revisited region (cells the first observation covers, at every generated
-    frame's pose), the never-seen region and all generated frames; final frame PSNR / SSIM."""
-    pix = vis.repeat(stride, 1).repeat(stride, 2)[1:]  # (N-1, H, W): revisited pixels of generated frames
-    g, o = gt[1:], out[1:]
-    m = pix[..., None].repeat(3, -1)
-    return {
-        "final_frame_psnr": psnr(gt[-1], out[-1]), "final_frame_ssim": ssim(gt[-1], out[-1]),
-        "revisited_psnr": psnr(g, o, m), "never_seen_psnr": psnr(g, o, ~m),
-        "all_frames_psnr": psnr(g, o), "revisited_fraction": float(pix.mean()),
-    }
-
-
 def _metrics(gt: np.ndarray, out: np.ndarray, vis: np.ndarray, stride: int, final_png: Path, final_gt_png: Path) -> Dict:
-    """Per-seed metrics; the final-frame PSNR/SSIM are recomputed from the written PNGs."""
-    m = _metrics_arrays(gt, out, vis, stride)
+    """Per-seed metrics (``evaluation.region_metrics``); the final-frame PSNR/SSIM are recomputed
+    from the written PNGs."""
+    m = region_metrics(gt, out, vis, stride)
     gfin, ofin = _load_png(final_gt_png), _load_png(final_png)
     m.update(final_frame_psnr=psnr(gfin, ofin), final_frame_ssim=ssim(gfin, ofin))
     return m
 
 
-def _bootstrap(diffs: np.ndarray, n: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(diffs), size=(n, len(diffs)))
-    means = diffs[idx].mean(1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+SUMMARY_KEYS = ("final_frame_psnr", "final_frame_ssim", "revisited_psnr", "never_seen_psnr", "all_frames_psnr",
+                "ssim_all_frames", "blockiness16_all", "blockiness32_all", "blockiness16_revisited",
+                "blockiness32_revisited", "blockiness16_never_seen", "blockiness32_never_seen")
 
 
 def summarise(per_seed: Dict[str, List[Dict]], n_boot: int) -> Dict:
-    """Mean per arm and metric, with the paired bootstrap 95 % interval of (arm - latent)."""
+    """Mean per arm and metric (NaNs, e.g. an empty region, left out), with the paired bootstrap 95 %
+    interval of (arm - latent)."""
     out = {}
-    keys = ("final_frame_psnr", "final_frame_ssim", "revisited_psnr", "never_seen_psnr", "all_frames_psnr")
     base = per_seed.get("latent")
     for arm, rows in per_seed.items():
         d = {}
-        for k in keys:
-            v = np.array([r[k] for r in rows], dtype=np.float64)
-            d[k] = float(np.mean(v))
-            if base is not None and arm != "latent":
-                b = np.array([r[k] for r in base], dtype=np.float64)
+        for k in SUMMARY_KEYS:
+            v = np.array([r.get(k, np.nan) for r in rows], dtype=np.float64)
+            d[k] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+            if base is not None and arm != "latent" and len(base) == len(rows):
+                b = np.array([r.get(k, np.nan) for r in base], dtype=np.float64)
                 diff = v - b
-                d[f"{k}_minus_latent"] = float(diff.mean())
-                d[f"{k}_minus_latent_ci95"] = _bootstrap(diff, n_boot)
+                d[f"{k}_minus_latent"] = float(np.nanmean(diff)) if np.isfinite(diff).any() else float("nan")
+                d[f"{k}_minus_latent_ci95"] = bootstrap_ci(diff, n_boot)
         out[arm] = d
     return out
+
+
+def _load_arm_models(arms, model_dir: Path, rgb_dir: Path, device: str, overrides: Dict):
+    """{arm: model} for the arms whose folders exist; a missing folder skips its arm with one line."""
+    from ..world_model.model import MirageWorldModel
+    from ..world_model.sampler import FlowUniPCSampler
+
+    folders = {"latent": model_dir, "none": model_dir, "latent_nomask": model_dir, "rgb": rgb_dir}
+    loaded, models = {}, {}
+    for arm in arms:
+        if arm == "readout":
+            continue
+        folder = folders[arm]
+        if not (folder / "model_index.json").is_file():
+            print(f"bench imagine: arm {arm!r} skipped: no model at {folder}")
+            continue
+        key = str(folder)
+        if key not in loaded:
+            m = MirageWorldModel.from_pretrained(folder, device=device)
+            m.transformer.eval()
+            m.sampler = FlowUniPCSampler.from_config(m.sampler.config(), **overrides)
+            loaded[key] = m
+        models[arm] = loaded[key]
+    return models
 
 
 def run(args) -> int:
     import torch
 
-    from ..training.seeds import held_out_seeds
+    from ..training.seeds import HELD_OUT_BASE
     from ..world_model.backend import SHIPPED_MODEL
-    from ..world_model.model import MirageWorldModel
+    from ..world_model.codec import load_codec
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -202,65 +238,87 @@ def run(args) -> int:
     bad = [a for a in arms if a not in ARMS] + [d for d in depths if d not in DEPTHS]
     if bad:
         raise SystemExit(f"bench imagine: unknown arms/depths {bad}")
+    try:
+        seeds = parse_seeds(args.seeds, HELD_OUT_BASE)
+    except ValueError as exc:
+        raise SystemExit(f"bench imagine: {exc}") from None
     model_dir = Path(args.model) if args.model else SHIPPED_MODEL
     rgb_dir = Path(args.rgb_model) if args.rgb_model else model_dir.parent / (model_dir.name + "_rgb")
-    model = MirageWorldModel.from_pretrained(model_dir, device=args.device)
-    models = {"latent": model, "none": model, "latent_nomask": model}
-    if "rgb" in arms:
-        models["rgb"] = MirageWorldModel.from_pretrained(rgb_dir, device=args.device)
-    for m in set(map(id, models.values())):
-        mm = next(x for x in models.values() if id(x) == m)
-        mm.transformer.eval()
-        if args.steps:
-            mm.sampler.steps = int(args.steps)
-    H, W = (model.codec.stride * 8, model.codec.stride * 14)
-    idx = model_dir / "model_index.json"
-    if idx.is_file():
-        import json
-
-        res = json.loads(idx.read_text()).get("resolution")
-        if res:
-            H, W = int(res[0]), int(res[1])
+    if not (model_dir / "model_index.json").is_file():
+        raise SystemExit(f"bench imagine: no model at {model_dir} (model_index.json missing)")
+    overrides = {"steps": args.steps, "pin_until": args.pin_until,
+                 "pin_paste": None if args.pin_paste is None else args.pin_paste == "on"}
+    models = _load_arm_models(arms, model_dir, rgb_dir, args.device, overrides)
+    arms = [a for a in arms if a == "readout" or a in models]
+    index = json.loads((model_dir / "model_index.json").read_text())
+    codec = models["latent"].codec if "latent" in models else load_codec(model_dir / index.get("codec", "codec"))
+    H, W = (int(x) for x in index.get("resolution") or (codec.stride * 8, codec.stride * 14))
     out = Path(args.out)
-    seeds = held_out_seeds(args.seeds)
     per_seed = {d: {a: [] for a in arms} for d in depths}
-    seconds = {d: {a: 0.0 for a in arms} for d in depths}
+    seconds = {d: {a: [] for a in arms} for d in depths}
+    frames_of = {d: {a: [] for a in arms} for d in depths}  # for the cross-loop correlation
+    gts, unseen = [], []
     for k, seed in enumerate(seeds):
         src, gt, depth, labels, cams = _scene_loop(seed, args.frames, H, W)
         _write_frames(out / "gt" / str(seed), gt)
-        ro_frames, vis = _readout_frames(model.codec, gt[0], cams, depth, labels)
+        ro_frames, vis = _readout_frames(codec, gt[0], cams, depth, labels)
+        gts.append(gt)
+        unseen.append(~region_pixels(vis, codec.stride))
         for d in depths:
             for arm in arms:
-                t0 = time.perf_counter()
                 if arm == "readout":
-                    frames = ro_frames
+                    frames, sec = ro_frames, float("nan")
                 else:
-                    frames = _rollout(models[arm], arm, d, gt[0], cams, depth, labels, args.steps)
-                seconds[d][arm] += time.perf_counter() - t0
+                    frames, sec = _rollout(models[arm], arm, d, gt[0], cams, depth, labels, args.steps,
+                                           earliest_within=args.earliest_within, with_timings=True)
+                seconds[d][arm].append(sec)
+                frames_of[d][arm].append(frames)
                 folder = out / (arm if d == "oracle" else f"memory_depth/{arm}") / str(seed)
                 _write_frames(folder, frames)
                 n = len(frames) - 1
-                row = _metrics(gt, frames, vis, model.codec.stride, folder / f"{n:04d}.png", out / "gt" / str(seed) / f"{n:04d}.png")
-                row.update(seed=seed, scene=src["scene"])
+                row = _metrics(gt, frames, vis, codec.stride, folder / f"{n:04d}.png", out / "gt" / str(seed) / f"{n:04d}.png")
+                row.update(seed=seed, scene=src["scene"], seconds_per_chunk=sec)
                 per_seed[d][arm].append(row)
         print(f"bench imagine: seed {seed} ({src['scene']}) done [{k + 1}/{len(seeds)}]: " + ", ".join(
             f"{a} {per_seed[depths[0]][a][-1]['final_frame_psnr']:.1f}" for a in arms))
+
+    def summary(d):
+        res = summarise(per_seed[d], args.bootstrap)
+        for arm in arms:
+            res[arm]["cross_loop_correlation_never_seen"] = cross_loop_correlation(frames_of[d][arm], unseen)
+            sec = [x for x in seconds[d][arm] if np.isfinite(x)]
+            res[arm]["seconds_per_chunk"] = float(np.mean(sec)) if sec else None
+        return res
+
+    some = next(iter(models.values()), None)
     result = {
-        "model": str(model_dir), "rgb_model": str(rgb_dir) if "rgb" in arms else None,
-        "model_description": model.description, "sampler": {"steps": model.sampler.steps, "shift": model.sampler.shift},
+        "model": str(model_dir), "rgb_model": str(rgb_dir) if "rgb" in models else None, "tag": args.tag,
+        "model_description": some.description if some is not None else None,
+        "sampler": some.sampler.config() if some is not None else None,
+        "earliest_within": args.earliest_within if args.earliest_within is not None else _default_earliest(),
         "resolution": [H, W], "frames_per_loop": args.frames, "seeds": seeds, "device": args.device,
-        "none_arm": "shortcut: the shipped model with the readout zeroed (trained with 15 % readout dropout), "
+        "none_arm": "shortcut: the latent arm's model with the readout zeroed (trained with readout dropout), "
                     "not a separately trained model",
         "revisited_region": "cells of the first frame's memory visible at each generated frame's pose",
-        "arms": summarise(per_seed["oracle"], args.bootstrap) if "oracle" in depths else {},
-        "arms_memory_depth": summarise(per_seed["memory"], args.bootstrap) if "memory" in depths else {},
-        "per_seed": per_seed, "seconds_per_rollout": {d: {a: s / len(seeds) for a, s in v.items()} for d, v in seconds.items()},
-        "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
+        "blockiness": "gradient energy across 16/32-px borders relative to inside, divided by the ground truth's "
+                      "over the same pixels (1.0 = as smooth as reality)",
+        "ground_truth": {"cross_loop_correlation_never_seen": cross_loop_correlation(gts, unseen)},
+        "arms": summary("oracle") if "oracle" in depths else {},
+        "arms_memory_depth": summary("memory") if "memory" in depths else {},
+        "per_seed": per_seed,
+        "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads()},
     }
     path = write_json(args.json, result)
     _plot(path.with_suffix(".png"), result, out, seeds[0], args.frames - 1, arms)
     print(f"bench imagine: -> {path}")
     return 0
+
+
+def _default_earliest() -> float:
+    from ..world_model.rollout import RolloutConfig
+
+    return RolloutConfig().earliest_within
 
 
 def _plot(png: Path, result: Dict, out: Path, seed: int, last: int, arms) -> None:

@@ -48,7 +48,8 @@ def test_the_memory_pays_off_on_a_held_out_closed_loop():
     """One held-out seed, a 25-frame closed loop from the first frame only: on the cells the first
     observation covers, the model with its latent memory is closer to the truth than the same model
     with the readout zeroed, by a margin far above run-to-run float noise."""
-    from mirage_ros.bench.imagine import _metrics_arrays, _readout_frames, _rollout, _scene_loop
+    from mirage_ros.bench.evaluation import region_metrics
+    from mirage_ros.bench.imagine import _readout_frames, _rollout, _scene_loop
     from mirage_ros.training.seeds import held_out_seeds
 
     model = MirageWorldModel.from_pretrained(SHIPPED_MODEL, device="cpu")
@@ -58,8 +59,8 @@ def test_the_memory_pays_off_on_a_held_out_closed_loop():
     _, vis = _readout_frames(model.codec, gt[0], cams, depth, labels)
     latent = _rollout(model, "latent", "oracle", gt[0], cams, depth, labels, None)
     none = _rollout(model, "none", "oracle", gt[0], cams, depth, labels, None)
-    a = _metrics_arrays(gt, latent, vis, model.codec.stride)
-    b = _metrics_arrays(gt, none, vis, model.codec.stride)
+    a = region_metrics(gt, latent, vis, model.codec.stride)
+    b = region_metrics(gt, none, vis, model.codec.stride)
     assert a["revisited_psnr"] > b["revisited_psnr"] + 1.0, (a, b)
     assert np.isfinite(a["never_seen_psnr"]) and a["never_seen_psnr"] > 10.0
 

@@ -71,8 +71,9 @@ class MirageNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         self._types = cv.RclpyTypes()
         for p in PARAMS:
-            desc = p.description + (f" ({' | '.join(map(str, p.choices))})" if p.choices else "")
-            self.declare_parameter(p.name, p.default, ParameterDescriptor(description=desc))
+            desc = p.description + f" [{p.bounds().replace(chr(92), '')}; settable {p.mode.replace('launch', 'at launch only')}]"
+            self.declare_parameter(p.name, p.default, ParameterDescriptor(description=desc, read_only=p.mode == "launch"))
+        self._launch_values = {p.name: _plain(self.get_parameter(p.name).value) for p in PARAMS if p.mode == "launch"}
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.core: Optional[MirageCore] = None
         self.active = False
@@ -99,23 +100,32 @@ class MirageNode(LifecycleNode):
         return {p.name: _plain(self.get_parameter(p.name).value) for p in PARAMS}
 
     def _on_set_parameters(self, params) -> SetParametersResult:
+        """Any DDS peer may call set_parameters (and the lifecycle services), so: a ``launch``
+        parameter (the folders and files the node reads and writes, the model) keeps its launch
+        value in every lifecycle state; a ``configure`` one changes only while unconfigured; every
+        value is range-checked (``params.validate``). A refused request changes nothing."""
+        by = {p.name: p for p in PARAMS}
+        new = {p.name: _plain(p.value) for p in params if p.name in by}
+        for name, v in new.items():
+            if by[name].mode == "launch" and v != self._launch_values.get(name):
+                return SetParametersResult(successful=False, reason=(
+                    f"{name}: fixed at launch (set it in the parameter file or on the command line and restart the "
+                    "node); no peer may change it"))
         if self.core is None:
             try:
-                validate({**self._params(), **{p.name: _plain(p.value) for p in params if p.name != "use_sim_time"}})
+                validate({**self._params(), **new})
             except ParamError as exc:
                 return SetParametersResult(successful=False, reason=str(exc))
             return SetParametersResult(successful=True)
-        by = {p.name: p for p in PARAMS}
-        for prm in params:
-            spec = by.get(prm.name)
-            if spec is not None and spec.read_only and _plain(prm.value) != self.core.p.get(prm.name):
+        for name, v in new.items():
+            if by[name].mode == "configure" and v != self.core.p.get(name):
                 return SetParametersResult(successful=False, reason=(
-                    f"{prm.name}: takes effect at configure (deactivate, cleanup, set it, configure, activate)"))
+                    f"{name}: takes effect at configure (deactivate, cleanup, set it, configure, activate)"))
         try:
-            new = validate({**self.core.p, **{p.name: _plain(p.value) for p in params if p.name in by}})
+            checked = validate({**self.core.p, **new})
         except ParamError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
-        self.core.p.update(new)
+        self.core.p.update(checked)
         return SetParametersResult(successful=True)
 
     def _log(self, level: str, msg: str) -> None:

@@ -430,6 +430,8 @@ def test_runtime_parameters(e2e, probe):
     r = setp("imagined.feedback_frames", False)
     assert r.successful, r.reason
     r = setp("backend", "mirage")
+    assert not r.successful and "read-only" in r.reason  # fixed at launch (issue 15, item 3)
+    r = setp("masks.provider", "labels")
     assert not r.successful and "takes effect at configure" in r.reason
     r = setp("masks.provider", "nope")
     assert not r.successful

@@ -1,0 +1,119 @@
+"""mirage_node under hostile input, round 3 (issue 15), as its own process, driven by real rclpy peers.
+
+Each test names the item it guards. No wall-clock limits are asserted.
+"""
+import math
+import time
+
+import numpy as np
+import pytest
+
+from rosprobe import start_node, wait_for
+
+H, W = 64, 112
+
+
+@pytest.fixture(scope="module")
+def scene(room_loop):
+    return room_loop(6, H, W)
+
+
+def _observe(probe, ns, cam, frame, stamp, pred, timeout=60.0):
+    t0 = time.monotonic()
+    while True:
+        probe.publish_set(ns, cam, frame, stamp)
+        try:
+            return probe.wait_stats(ns, pred, timeout=0.5)
+        except TimeoutError:
+            if time.monotonic() - t0 > timeout:
+                raise
+
+
+def _value(v):
+    from rcl_interfaces.msg import ParameterType, ParameterValue
+
+    if isinstance(v, bool):
+        return ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=v)
+    if isinstance(v, int):
+        return ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=v)
+    if isinstance(v, float):
+        return ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=v)
+    return ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=v)
+
+
+def _setp(probe, node, name, value):
+    from rcl_interfaces.msg import Parameter
+    from rcl_interfaces.srv import SetParameters
+
+    return probe.call(f"{node}/set_parameters", SetParameters,
+                      SetParameters.Request(parameters=[Parameter(name=name, value=_value(value))])).results[0]
+
+
+def _transition(probe, node, tid):
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    return probe.call(f"{node}/change_state", ChangeState, ChangeState.Request(transition=Transition(id=tid))).success
+
+
+def test_item3_a_peer_cannot_move_the_save_folder_through_the_lifecycle(tmp_path, probe, scene):
+    """Item 3: deactivate + cleanup, set memory.save_dir elsewhere, configure + activate, then
+    save_memory overwrite=true replaced a file outside the folder. Folders and files are fixed at
+    launch in every lifecycle state; runtime parameters refuse NaN / inf / 1e308 / negatives."""
+    from lifecycle_msgs.msg import Transition
+    from mirage_ros.srv import SaveMemory
+
+    ns, node = "/round3_lc", "/round3_lc/mirage"
+    mem, outside = tmp_path / "mem", tmp_path / "outside"
+    mem.mkdir()
+    outside.mkdir()
+    victim = outside / "victim.safetensors"
+    victim.write_bytes(b"precious")
+    proc = start_node(tmp_path, ns, {"viz.stats_period": 0.1, "memory.save_dir": str(mem)})
+    probe.watch(ns)
+    try:
+        probe.stats(ns, timeout=90)
+        cams, frames = scene
+        _observe(probe, ns, cams[0], frames[0], 10**9, lambda s: s.num_points > 0)
+        assert _transition(probe, node, Transition.TRANSITION_DEACTIVATE)
+        assert _transition(probe, node, Transition.TRANSITION_CLEANUP)
+        for name, value in [("memory.save_dir", str(outside)), ("memory.load_path", str(victim)),
+                            ("weights_dir", str(outside)), ("depth.weights", str(outside)),
+                            ("masks.sam3_dir", str(outside)), ("masks.qwen_dir", str(outside)),
+                            ("mirage.side_branch", str(victim)), ("mirage.lora", str(victim)),
+                            ("backend", "mirage"), ("mirage.config", "full"), ("device", "cuda")]:
+            r = _setp(probe, node, name, value)
+            assert not r.successful, f"{name} was accepted while unconfigured"
+            assert "read-only" in r.reason or "fixed at launch" in r.reason, r.reason
+        assert _transition(probe, node, Transition.TRANSITION_CONFIGURE)
+        assert _transition(probe, node, Transition.TRANSITION_ACTIVATE)
+        probe.stats(ns, fresh_after=time.perf_counter(), timeout=30)
+        r = probe.call(f"{ns}/save_memory", SaveMemory, SaveMemory.Request(path=str(victim), overwrite=True))
+        assert not r.success and "outside memory.save_dir" in r.message, r.message
+        assert victim.read_bytes() == b"precious"
+        r = probe.call(f"{ns}/save_memory", SaveMemory, SaveMemory.Request(path="", overwrite=False))
+        assert r.success and r.path.startswith(str(mem.resolve()) + "/"), r.message
+
+        # every runtime-settable parameter refuses absurd values and keeps its value
+        from mirage_ros.ros.params import PARAMS
+
+        for p in [p for p in PARAMS if p.mode == "runtime"]:
+            if isinstance(p.default, bool):
+                continue
+            bad = ([math.nan, math.inf, -math.inf, 1e308, -1.0] if isinstance(p.default, float)
+                   else [2**62, -(2**62), -1])
+            for v in bad:
+                if p.lo is not None and p.lo <= v <= p.hi:
+                    continue
+                r = _setp(probe, node, p.name, v)
+                assert not r.successful and p.name in r.reason, (p.name, v, r.reason)
+        # memory/stats and updates keep going at the launch values
+        t = time.perf_counter()
+        probe.stats(ns, fresh_after=t, timeout=10)
+        _observe(probe, ns, cams[2], frames[2], 2 * 10**9, lambda s: s.frames_observed >= 1)  # a new core since cleanup
+        assert _setp(probe, node, "viz.stats_period", 0.2).successful
+        assert _setp(probe, node, "observe.min_interval", 0.0).successful
+        assert proc.alive()
+    finally:
+        rc = proc.stop()
+    assert rc == 0, proc.log()[-3000:]

@@ -25,7 +25,7 @@ PY_KEYS = {
 # Python module -> PyPI distribution, for packages rosdep has no key for
 NO_KEY = {
     "safetensors": "safetensors", "diffusers": "diffusers", "peft": "peft", "accelerate": "accelerate",
-    "tokenizers": "tokenizers", "ftfy": "ftfy", "lmdb": "lmdb", "av": "av", "depth_anything_3": "depth-anything-3",
+    "tokenizers": "tokenizers", "ftfy": "ftfy", "lmdb": "lmdb", "av": "av", "simplejpeg": "simplejpeg", "depth_anything_3": "depth-anything-3",
     "mcap": "mcap",
 }
 # ROS packages imported from Python that are not *_msgs / *_srvs / *_interfaces

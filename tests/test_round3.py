@@ -6,14 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mirage_ros.ros.params import PARAMS, ParamError, markdown_table, validate
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- item 3: parameters --------------------------------------------------------------------------------
 
 def test_item3_files_folders_and_the_model_are_fixed_at_launch():
+    from mirage_ros.ros.params import PARAMS
+
     launch = {p.name for p in PARAMS if p.mode == "launch"}
     for name in ("memory.save_dir", "memory.load_path", "weights_dir", "mirage.side_branch", "mirage.lora",
                  "depth.weights", "masks.sam3_dir", "masks.qwen_dir", "backend", "mirage.config", "device"):
@@ -22,6 +22,8 @@ def test_item3_files_folders_and_the_model_are_fixed_at_launch():
 
 
 def test_item3_every_number_is_bounded_and_nan_inf_are_refused():
+    from mirage_ros.ros.params import PARAMS, ParamError, validate
+
     for p in PARAMS:
         d = p.default
         if isinstance(d, bool) or p.choices or isinstance(d, str):
@@ -48,7 +50,195 @@ def test_item3_every_number_is_bounded_and_nan_inf_are_refused():
 
 
 def test_item3_readme_parameter_table_is_generated_from_params():
+    from mirage_ros.ros.params import PARAMS, markdown_table
+
     readme = (ROOT / "README.md").read_text()
     assert markdown_table() in readme, "README's parameter table differs from params.markdown_table()"
     for p in PARAMS:
         assert f"| `{p.name}` |" in readme
+
+
+# -- items 1, 2, 11, 12: decompression bombs, huge observations, depth, incomplete JPEGs --------------
+
+H, W = 64, 112
+S = 1_000_000_000
+
+
+@pytest.fixture(scope="module")
+def scene(room_loop):
+    return room_loop(4, H, W)
+
+
+def _types():
+    from mirage_ros.ros.bag import RosbagsTypes
+
+    return RosbagsTypes()
+
+
+def _core(**params):
+    from mirage_ros.ros.core import MirageCore
+
+    c = MirageCore({"backend": "readout", **params})
+    c.configure()
+    return c
+
+
+def _jpeg_bomb(h, w):
+    """A baseline JPEG whose frame header says h x w, with quantisation and Huffman tables, a scan
+    header and the end marker, but (almost) no image data: a few hundred bytes."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", np.zeros((16, 16), np.uint8))
+    b = bytearray(buf.tobytes())
+    i = b.find(b"\xff\xc0")
+    b[i + 5:i + 9] = bytes([h >> 8, h & 255, w >> 8, w & 255])
+    sos = b.find(b"\xff\xda")
+    seg = (b[sos + 2] << 8) | b[sos + 3]
+    return bytes(b[:sos + 2 + seg]) + b"\x00" * 8 + b"\xff\xd9"
+
+
+def _png_header(h, w, depth16=False):
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16 if depth16 else 8, 0, 0, 0, 0)
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)  # noqa: E731
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _compressed(data, fmt, stamp=S, frame="cam"):
+    from mirage_ros.ros import convert as cv
+
+    B = _types()
+    return B.CompressedImage(header=cv.header_msg(B, stamp, frame), format=fmt, data=np.frombuffer(data, np.uint8))
+
+
+def _rss():
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def test_item1_decompression_bombs_are_refused_before_decoding(scene):
+    """Item 1: a 335-byte JPEG saying 16384 x 16384 added 768 MiB per message, a grey PNG the
+    same, a 16-bit compressedDepth PNG 1 GiB. Refused from the file header, before decoding."""
+    import struct
+
+    core = _core(**{"input.image_transport": "compressed", "input.depth_transport": "compressedDepth"})
+    bomb = _jpeg_bomb(16384, 16384)
+    assert len(bomb) < 1000
+    r0 = _rss()
+    for k in range(3):
+        assert core.on_compressed_image(_compressed(bomb, "rgb8; jpeg compressed bgr8", S + k)) is None
+        assert "refused before decoding" in core.last_rejection and "input.max_pixels" in core.last_rejection
+        assert core.on_compressed_image(_compressed(_png_header(16384, 16384), "mono8; png compressed ", S + k)) is None
+        assert "refused before decoding" in core.last_rejection
+        depth = struct.pack("<iff", 0, 0.0, 0.0) + _png_header(16384, 16384, depth16=True)
+        assert core.on_compressed_depth(_compressed(depth, "16UC1; compressedDepth png", S + k)) is None
+        assert "refused before decoding" in core.last_rejection, core.last_rejection
+    assert _rss() - r0 < 200 * 2**20  # one decoded bomb alone is 768 MiB
+    # once camera_info is known, a file of another size is refused before decoding too
+    from mirage_ros.ros import convert as cv
+
+    cam = scene[0][0]
+    core.on_camera_info(cv.camera_info_msg(_types(), cam.K.numpy(), H, W, S, "cam"))
+    assert core.on_compressed_image(_compressed(_jpeg_bomb(1024, 1024), "rgb8; jpeg compressed bgr8")) is None
+    assert "camera_info says 64 x 112" in core.last_rejection and "refused before decoding" in core.last_rejection
+    assert core.backend.memory.num_points == 0
+
+
+def test_item1_the_pairing_queues_are_bounded_in_bytes():
+    from mirage_ros.ros.sync import Synchronizer
+
+    s = Synchronizer(("image", "camera_info", "pose"), queue_size=30, max_bytes=10 * 2**20)
+    for k in range(30):  # 30 images of 3 MiB, no partner ever comes
+        s.add("image", k, np.zeros((1024, 1024, 3), np.uint8))
+    assert s.nbytes <= 10 * 2**20 and len(s.queues["image"]) == 3 and s.counts["overflow_bytes"] == 27
+    assert [t for t, _ in s.queues["image"]] == [27, 28, 29]  # the oldest went first
+    assert s.add("camera_info", 29, (np.eye(3), 1024, 1024)) is None
+    got = s.add("pose", 29, np.eye(4))
+    assert got is not None and got.stamp_ns == 29 and s.nbytes == sum(
+        e[1].nbytes if isinstance(e[1], np.ndarray) else 0 for q in s.queues.values() for e in q)
+    from mirage_ros.ros.core import MirageCore
+
+    assert MirageCore({"backend": "readout"}).sync.max_bytes == 512 * 2**20  # the default, documented
+
+
+def test_item2_a_huge_camera_is_refused_and_goals_are_bounded(scene):
+    """Item 2: a 629-byte JPEG + a small depth image at 8192 x 8192 became the camera, and the next
+    2-pose goal peaked +4.8 GiB. camera_info, image, depth and labels are bounded by
+    input.max_pixels; a goal's frames by imagined.max_pixels."""
+    from mirage_ros import sim
+    from mirage_ros.ros import convert as cv
+    from mirage_ros.ros.core import GoalError
+
+    B = _types()
+    core = _core()
+    big = sim.default_camera(8192, 8192)
+    assert core.on_camera_info(cv.camera_info_msg(B, big.K.numpy(), 8192, 8192, S, "cam")) is None
+    assert "input.max_pixels" in core.last_rejection and core.camera_size is None
+    d = B.Image(header=cv.header_msg(B, S, "cam"), height=8192, width=8192, encoding="32FC1", is_bigendian=0,
+                step=8192 * 4, data=np.zeros(16, np.uint8))
+    assert core.on_depth(d) is None and "input.max_pixels" in core.last_rejection
+    # a camera inside input.max_pixels but beyond imagined.max_pixels: observed, goals refused
+    cams, frames = scene
+    core = _core(**{"imagined.max_pixels": H * W - 1})
+    msgs = {"camera_info": cv.camera_info_msg(B, cams[0].K.numpy(), H, W, S, "cam"),
+            "pose": cv.pose_stamped_msg(B, cams[0].camera_to_world.numpy(), S, "map"),
+            "depth": cv.image_msg(B, frames[0].depth, S, "cam", "32FC1"), "image": cv.image_msg(B, frames[0].rgb, S, "cam")}
+    s = None
+    for k in ("camera_info", "pose", "depth", "image"):
+        s = getattr(core, f"on_{k}")(msgs[k]) or s
+    assert core.observe(s) > 0
+    path = cv.path_msg(B, np.stack([c.camera_to_world.numpy() for c in cams[:2]]), [S, 2 * S], "map")
+    with pytest.raises(GoalError, match="imagined.max_pixels"):
+        core.prepare(path)
+
+
+def test_item11_depth_beyond_depth_max_is_no_return(scene):
+    """Item 11: 1e30 .. 3.4e37 m depth (raw, or 3e38 m through compressedDepth quantisation)
+    entered the memory though poses are bounded at 1e5 m."""
+    import struct
+
+    from mirage_ros.ros import convert as cv
+    from mirage_ros.ros.compressed import compressed_depth_to_array, encode_depth
+
+    B = _types()
+    core = _core()
+    core.on_depth(cv.image_msg(B, np.full((H, W), 3.4e37, np.float32), S, "cam", "32FC1"))
+    assert core.sync.queues["depth"] and np.isnan(core.sync.queues["depth"][-1][1]).all()
+    assert core.p["depth.max"] == 1000.0
+    d = np.full((H, W), 1e30, np.float32)
+    d[0, 0] = 2.0
+    out = cv.image_to_depth(cv.image_msg(B, d, S, "cam", "32FC1"), "depth", max_depth=1000.0)
+    assert np.isnan(out).sum() == H * W - 1 and out[0, 0] == 2.0
+    # compressedDepth 32FC1: depth = A / (v - B) with a hostile A reaches 3e38 m
+    data, fmt = encode_depth(np.full((H, W), 5.0, np.float32), "32FC1")
+    data = data.copy()
+    data[4:8] = np.frombuffer(struct.pack("<f", 3e38), np.uint8)
+    msg = B.CompressedImage(header=cv.header_msg(B, S, "cam"), format=fmt, data=data)
+    assert np.isfinite(compressed_depth_to_array(msg, "depth")).any()  # what the old path let through
+    assert np.isnan(compressed_depth_to_array(msg, "depth", max_depth=1000.0)).all()
+
+
+def test_item12_incomplete_jpegs_are_refused():
+    """Item 12: a truncated JPEG with an end marker appended, or headers only + end marker, was
+    accepted (grey pixels entered the memory). Complete now means decodable without error."""
+    import cv2
+
+    from mirage_ros.ros.compressed import compressed_to_rgb
+    from mirage_ros.ros.convert import ConversionError
+
+    rng = np.random.default_rng(0)
+    img = (rng.random((H, W, 3)) * 255).astype(np.uint8)
+    full = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    sos = full.find(b"\xff\xda")
+    ok = compressed_to_rgb(_compressed(full, "bgr8; jpeg compressed bgr8"))
+    assert np.array_equal(ok, cv2.imdecode(np.frombuffer(full, np.uint8), cv2.IMREAD_COLOR)[..., ::-1])
+    truncated = [full[:len(full) // 2] + b"\xff\xd9", full[:-40] + b"\xff\xd9", full[:sos + 14] + b"\xff\xd9"]
+    for bad in truncated:  # OpenCV alone returns these, with a grey tail
+        assert cv2.imdecode(np.frombuffer(bad, np.uint8), cv2.IMREAD_COLOR) is not None
+    for bad in truncated + [_jpeg_bomb(H, W)]:
+        with pytest.raises(ConversionError, match="does not decode"):
+            compressed_to_rgb(_compressed(bad, "bgr8; jpeg compressed bgr8"))

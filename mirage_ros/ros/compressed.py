@@ -27,7 +27,7 @@ import numpy as np
 
 from .convert import MAX_IMAGE_SIDE, ConversionError, _buffer, header_msg
 
-__all__ = ["parse_format", "file_info", "compressed_to_rgb", "compressed_depth_to_array", "encode_rgb",
+__all__ = ["parse_format", "file_info", "check_area", "compressed_to_rgb", "compressed_depth_to_array", "encode_rgb",
            "compressed_image_msg", "encode_depth", "compressed_depth_msg", "CODECS", "DEPTH_HEADER_BYTES"]
 
 CODECS = ("jpeg", "png")
@@ -106,7 +106,21 @@ def file_info(data: np.ndarray, field: str) -> Tuple[str, int, int]:
     raise ConversionError(f"{field}.data: neither a JPEG nor a PNG file (starts with {b[:8].hex()})")
 
 
-def _decode(buf: np.ndarray, field: str, expect_codec: Optional[str]) -> np.ndarray:
+def check_area(H: int, W: int, field: str, max_pixels: Optional[int] = None,
+               expect_size: Optional[Tuple[int, int]] = None, what: str = "image") -> None:
+    """Refuse an image size before any pixel is decoded or copied: more than ``max_pixels``
+    (height x width; the node's ``input.max_pixels``) or, when ``expect_size`` (the newest
+    camera_info's height, width) is known, a different size."""
+    if max_pixels is not None and H * W > int(max_pixels):
+        raise ConversionError(f"{field}: the {what} is {H} x {W} = {H * W:,} pixels, more than input.max_pixels = "
+                              f"{int(max_pixels):,}; refused before decoding")
+    if expect_size is not None and (H, W) != tuple(expect_size):
+        raise ConversionError(f"{field}: the {what} is {H} x {W} but camera_info says {expect_size[0]} x "
+                              f"{expect_size[1]}; refused before decoding")
+
+
+def _decode(buf: np.ndarray, field: str, expect_codec: Optional[str], max_pixels: Optional[int] = None,
+            expect_size: Optional[Tuple[int, int]] = None) -> np.ndarray:
     if buf.size == 0:
         raise ConversionError(f"{field}.data: empty")
     codec, H, W = file_info(buf, field)
@@ -115,25 +129,48 @@ def _decode(buf: np.ndarray, field: str, expect_codec: Optional[str]) -> np.ndar
     if not (0 < H <= MAX_IMAGE_SIDE and 0 < W <= MAX_IMAGE_SIDE):
         raise ConversionError(f"{field}: the {codec} header says {H} x {W}, not a valid image size "
                               f"(at most {MAX_IMAGE_SIDE} a side)")
-    cv2 = _cv2()
-    try:
-        img = cv2.imdecode(np.ascontiguousarray(buf), cv2.IMREAD_UNCHANGED)
-    except cv2.error as exc:
-        raise ConversionError(f"{field}.data: the {codec} does not decode ({' '.join(str(exc).split())[:200]})") from None
-    if img is None:
-        raise ConversionError(f"{field}.data: the {codec} does not decode")
+    check_area(H, W, field, max_pixels, expect_size, f"{codec} header's size")
+    if codec == "jpeg":
+        img = _decode_jpeg(buf, field)
+    else:
+        cv2 = _cv2()
+        try:
+            img = cv2.imdecode(np.ascontiguousarray(buf), cv2.IMREAD_UNCHANGED)
+        except cv2.error as exc:
+            raise ConversionError(f"{field}.data: the {codec} does not decode ({' '.join(str(exc).split())[:200]})") from None
+        if img is None:
+            raise ConversionError(f"{field}.data: the {codec} does not decode (libpng refused it: truncated or corrupt)")
     if img.shape[:2] != (H, W):
         raise ConversionError(f"{field}.data: decoded {img.shape[0]} x {img.shape[1]}, the header says {H} x {W}")
     return img
 
 
-def compressed_to_rgb(msg, field: str = "image") -> np.ndarray:
-    """A colour CompressedImage (jpeg / png, image_transport's ``compressed``) -> (H, W, 3) uint8 RGB."""
+def _decode_jpeg(buf: np.ndarray, field: str) -> np.ndarray:
+    """A JPEG decoded by libjpeg-turbo (simplejpeg) with ``strict``: any corrupt-data warning
+    (a truncated scan with an end marker appended, headers without image data) is an error, where
+    OpenCV returns the image with a grey tail. Grey files give (H, W), colour ones BGR (H, W, 3),
+    as ``cv2.imdecode`` does (the same pixels: both are libjpeg-turbo, same IDCT and upsampling)."""
+    import simplejpeg
+
+    data = np.ascontiguousarray(buf).tobytes()
+    try:
+        _h, _w, space, _sub = simplejpeg.decode_jpeg_header(data)
+        gray = str(space).lower() == "gray"
+        img = simplejpeg.decode_jpeg(data, colorspace="GRAY" if gray else "BGR", strict=True)
+    except ValueError as exc:
+        raise ConversionError(f"{field}.data: the jpeg does not decode without error ({' '.join(str(exc).split())[:200]})") from None
+    return img[..., 0] if gray else img
+
+
+def compressed_to_rgb(msg, field: str = "image", max_pixels: Optional[int] = None,
+                      expect_size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """A colour CompressedImage (jpeg / png, image_transport's ``compressed``) -> (H, W, 3) uint8 RGB.
+    ``max_pixels`` / ``expect_size``: see ``check_area`` (checked on the file header, before decoding)."""
     enc, codec, target = parse_format(getattr(msg, "format", ""))
     if codec not in CODECS and codec != "":
         raise ConversionError(f"{field}.format: {msg.format!r} is not a jpeg or png image (supported: image_transport's "
                               "'compressed' jpeg and png)")
-    img = _decode(_buffer(msg.data, f"{field}.data"), field, codec or None)
+    img = _decode(_buffer(msg.data, f"{field}.data"), field, codec or None, max_pixels, expect_size)
     if img.dtype != np.uint8:
         raise ConversionError(f"{field}: a {img.dtype} {codec or 'image'}; colour input must be 8-bit")
     if img.ndim == 2:
@@ -146,9 +183,11 @@ def compressed_to_rgb(msg, field: str = "image") -> np.ndarray:
     raise ConversionError(f"{field}: {img.shape[2]} channels")
 
 
-def compressed_depth_to_array(msg, field: str = "depth", mm_scale: float = 0.001) -> np.ndarray:
+def compressed_depth_to_array(msg, field: str = "depth", mm_scale: float = 0.001, max_pixels: Optional[int] = None,
+                              expect_size: Optional[Tuple[int, int]] = None, max_depth: Optional[float] = None) -> np.ndarray:
     """A ``compressedDepth`` CompressedImage -> (H, W) float32 metres; no return -> NaN (as
-    ``convert.image_to_depth``)."""
+    ``convert.image_to_depth``; so is depth beyond ``max_depth``). ``max_pixels`` / ``expect_size``:
+    see ``check_area`` (checked on the PNG header, before decoding)."""
     enc, codec, _ = parse_format(getattr(msg, "format", ""))
     if ";" not in str(msg.format):
         enc, codec = None, "compressedDepth png"  # the oldest plugin: png, encoding unknown
@@ -163,7 +202,7 @@ def compressed_depth_to_array(msg, field: str = "depth", mm_scale: float = 0.001
     kind, qa, qb = struct.unpack("<iff", bytes(buf[:DEPTH_HEADER_BYTES]))
     if kind != 0:
         raise ConversionError(f"{field}.data: compressedDepth header format {kind} (expected 0, inverse depth)")
-    img = _decode(buf[DEPTH_HEADER_BYTES:], field, "png")
+    img = _decode(buf[DEPTH_HEADER_BYTES:], field, "png", max_pixels, expect_size)
     if img.dtype != np.uint16 or img.ndim != 2:
         raise ConversionError(f"{field}: the compressedDepth PNG is {img.dtype} with shape {img.shape}, expected 16-bit mono")
     if enc == "32FC1":
@@ -175,7 +214,8 @@ def compressed_depth_to_array(msg, field: str = "depth", mm_scale: float = 0.001
         d[img == 0] = np.nan
     else:
         d = img.astype(np.float32) * np.float32(mm_scale)
-    d[~(np.isfinite(d) & (d > 0))] = np.nan
+    with np.errstate(invalid="ignore"):
+        d[~(np.isfinite(d) & (d > 0) & (d <= (np.inf if max_depth is None else max_depth)))] = np.nan
     return d
 
 

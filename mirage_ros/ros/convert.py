@@ -155,10 +155,13 @@ DEPTH_ENCODINGS = ("32FC1", "16UC1", "mono16")
 MAX_IMAGE_SIDE = 16384
 
 
-def image_to_array(msg, field: str = "image") -> np.ndarray:
+def image_to_array(msg, field: str = "image", max_pixels: Optional[int] = None,
+                   expect_size: Optional[Tuple[int, int]] = None) -> np.ndarray:
     """sensor_msgs/Image -> (H, W, C) or (H, W) array in native byte order (a view when possible).
 
-    Validates encoding, size, ``step`` and the exact data length; removes row padding.
+    Validates encoding, size, ``step`` and the exact data length; removes row padding. An image of
+    more than ``max_pixels`` (height x width), or of another size than ``expect_size``, is refused
+    before anything is copied (``compressed.check_area``).
     """
     enc = str(msg.encoding)
     if enc not in IMAGE_ENCODINGS:
@@ -167,6 +170,10 @@ def image_to_array(msg, field: str = "image") -> np.ndarray:
     H, W, step = int(msg.height), int(msg.width), int(msg.step)
     if H <= 0 or W <= 0 or H > MAX_IMAGE_SIDE or W > MAX_IMAGE_SIDE:
         raise ConversionError(f"{field}: height x width = {H} x {W} is not a valid image size")
+    if max_pixels is not None or expect_size is not None:
+        from .compressed import check_area
+
+        check_area(H, W, field, max_pixels, expect_size)
     row = W * ch * dtype.itemsize
     if step < row:
         raise ConversionError(f"{field}.step: {step} bytes is less than width * bytes per pixel = {W} * {ch * dtype.itemsize} = {row}")
@@ -189,7 +196,8 @@ def image_to_array(msg, field: str = "image") -> np.ndarray:
     return arr
 
 
-def image_to_rgb(msg, field: str = "image") -> np.ndarray:
+def image_to_rgb(msg, field: str = "image", max_pixels: Optional[int] = None,
+                 expect_size: Optional[Tuple[int, int]] = None) -> np.ndarray:
     """A colour sensor_msgs/Image -> (H, W, 3) uint8 RGB (contiguous; copies unless rgb8 unpadded)."""
     enc = str(msg.encoding)
     if enc not in IMAGE_ENCODINGS:
@@ -198,7 +206,7 @@ def image_to_rgb(msg, field: str = "image") -> np.ndarray:
         raise ConversionError(
             f"{field}.encoding: {enc!r} is not a colour encoding (supported: {', '.join(COLOR_ENCODINGS)})"
         )
-    a = image_to_array(msg, field)
+    a = image_to_array(msg, field, max_pixels, expect_size)
     if enc == "rgb8":
         a = np.ascontiguousarray(a)
         return a if a.flags.writeable else a.copy()  # rosbags buffers are read-only
@@ -211,8 +219,10 @@ def image_to_rgb(msg, field: str = "image") -> np.ndarray:
     return np.repeat(a[..., None], 3, axis=2)  # mono8
 
 
-def image_to_depth(msg, field: str = "depth", mm_scale: float = 0.001) -> np.ndarray:
-    """A depth sensor_msgs/Image -> (H, W) float32 metres; invalid (0, NaN, inf, < 0) -> NaN.
+def image_to_depth(msg, field: str = "depth", mm_scale: float = 0.001, max_pixels: Optional[int] = None,
+                   expect_size: Optional[Tuple[int, int]] = None, max_depth: Optional[float] = None) -> np.ndarray:
+    """A depth sensor_msgs/Image -> (H, W) float32 metres; invalid (0, NaN, inf, < 0, and beyond
+    ``max_depth`` m: the node's ``depth.max``) -> NaN.
 
     32FC1 is metres (REP 118); 16UC1 / mono16 is millimetres (times ``mm_scale``), 0 = no return.
     """
@@ -221,21 +231,23 @@ def image_to_depth(msg, field: str = "depth", mm_scale: float = 0.001) -> np.nda
         image_to_array(msg, field)  # raises "unsupported encoding"
     if enc not in DEPTH_ENCODINGS:
         raise ConversionError(f"{field}.encoding: {enc!r} is not a depth encoding (supported: {', '.join(DEPTH_ENCODINGS)})")
-    a = image_to_array(msg, field)
+    a = image_to_array(msg, field, max_pixels, expect_size)
     if enc == "32FC1":
         d = a.astype(np.float32, copy=True)
     else:
         d = a.astype(np.float32) * np.float32(mm_scale)
-    d[~(np.isfinite(d) & (d > 0))] = np.nan
+    with np.errstate(invalid="ignore"):
+        d[~(np.isfinite(d) & (d > 0) & (d <= (np.inf if max_depth is None else max_depth)))] = np.nan
     return d
 
 
-def image_to_labels(msg, field: str = "labels") -> np.ndarray:
+def image_to_labels(msg, field: str = "labels", max_pixels: Optional[int] = None,
+                    expect_size: Optional[Tuple[int, int]] = None) -> np.ndarray:
     """A mono8 / 8UC1 label image -> (H, W) uint8 (0 static, 1 sky, 2 dynamic, as mirage_ros.sim)."""
     enc = str(msg.encoding)
     if enc not in ("mono8", "8UC1"):
         raise ConversionError(f"{field}.encoding: expected mono8 or 8UC1 labels, got {enc!r}")
-    return np.ascontiguousarray(image_to_array(msg, field))
+    return np.ascontiguousarray(image_to_array(msg, field, max_pixels, expect_size))
 
 
 def array_to_image(arr: np.ndarray, encoding: Optional[str] = None) -> Dict[str, object]:
@@ -280,11 +292,12 @@ def image_msg(types, arr: np.ndarray, stamp_ns: int, frame_id: str, encoding: Op
 
 # -- camera info --------------------------------------------------------------------------------
 
-def camera_info_to_K(msg, field: str = "camera_info") -> Tuple[np.ndarray, int, int]:
+def camera_info_to_K(msg, field: str = "camera_info", max_pixels: Optional[int] = None) -> Tuple[np.ndarray, int, int]:
     """sensor_msgs/CameraInfo -> (K (3, 3) float64 for the image as published, height, width).
 
     Applies binning and region of interest as the CameraInfo documentation defines them.
-    Rejects zero / negative / non-finite focal lengths and an empty size, naming the field.
+    Rejects zero / negative / non-finite focal lengths, an empty size and (``max_pixels``) an
+    image area beyond the node's ``input.max_pixels``, naming the field.
     """
     k = np.asarray(list(msg.k), dtype=np.float64)
     if k.shape != (9,):
@@ -313,6 +326,10 @@ def camera_info_to_K(msg, field: str = "camera_info") -> Tuple[np.ndarray, int, 
         H, W = H // by, W // bx
     if H <= 0 or W <= 0:
         raise ConversionError(f"{field}: binning / roi leave a {H} x {W} image")
+    if H > MAX_IMAGE_SIDE or W > MAX_IMAGE_SIDE or (max_pixels is not None and H * W > int(max_pixels)):
+        raise ConversionError(f"{field}: height x width = {H} x {W} = {H * W:,} pixels, more than "
+                              + (f"input.max_pixels = {int(max_pixels):,}" if max_pixels is not None
+                                 else f"{MAX_IMAGE_SIDE} a side"))
     for (i, j), name, size in (((0, 0), "k[0] (fx)", W), ((1, 1), "k[4] (fy)", H)):
         lo = size / (2 * np.tan(np.radians(MAX_FOV_DEG) / 2))
         hi = size / (2 * np.tan(np.radians(MIN_FOV_DEG) / 2))

@@ -157,8 +157,11 @@ class MirageCore:
             kinds.append("labels")
         self.sync = Synchronizer(
             kinds, tolerance_ns=int(round(self.p["sync.tolerance"] * 1e9)), queue_size=self.p["sync.queue_size"],
-            latch=("camera_info",) if self.p["sync.latch_camera_info"] else (),
+            latch=("camera_info",) if self.p["sync.latch_camera_info"] else (), max_bytes=self.p["sync.max_bytes"],
         )
+        # (H, W) of the newest valid camera_info: images of another size are refused before any
+        # pixel is decoded or copied (decompression bombs, issue 15 item 1)
+        self.camera_size: Optional[Tuple[int, int]] = None
         b2c = self.p["pose.base_to_camera"]
         self.base_to_camera = cv.pose_to_matrix(_PoseLike(b2c), "pose.base_to_camera")
         # pose.source tf: our own transform buffer (fed by on_tf), or a foreign lookup (tf2_ros:
@@ -327,7 +330,7 @@ class MirageCore:
     def on_image(self, msg, now_ns: Optional[int] = None) -> Optional[SyncedSet]:
         self.counts["messages_received"] += 1
         try:
-            rgb = cv.image_to_rgb(msg, "image")
+            rgb = cv.image_to_rgb(msg, "image", self.p["input.max_pixels"], self.camera_size)
         except cv.ConversionError as exc:
             return self.reject("image", str(exc))
         return self._image_in(msg.header, rgb, now_ns)
@@ -338,7 +341,7 @@ class MirageCore:
 
         self.counts["messages_received"] += 1
         try:
-            rgb = compressed_to_rgb(msg, "image/compressed")
+            rgb = compressed_to_rgb(msg, "image/compressed", self.p["input.max_pixels"], self.camera_size)
         except cv.ConversionError as exc:
             return self.reject("image", str(exc))
         return self._image_in(msg.header, rgb, now_ns)
@@ -404,9 +407,10 @@ class MirageCore:
     def on_camera_info(self, msg) -> Optional[SyncedSet]:
         self.counts["messages_received"] += 1
         try:
-            K, H, W = cv.camera_info_to_K(msg, "camera_info")
+            K, H, W = cv.camera_info_to_K(msg, "camera_info", self.p["input.max_pixels"])
         except cv.ConversionError as exc:
             return self.reject("camera_info", str(exc))
+        self.camera_size = (H, W)
         if cv.camera_info_is_distorted(msg) and not self.distorted_warned:
             self.distorted_warned = True
             self.log("warn", "camera_info has non-zero distortion: mirage_ros treats images as pinhole; publish rectified images (image_rect) for exact geometry")
@@ -448,10 +452,15 @@ class MirageCore:
     def on_depth(self, msg) -> Optional[SyncedSet]:
         self.counts["messages_received"] += 1
         try:
-            d = cv.image_to_depth(msg, "depth", self.p["depth.mm_scale"])
+            d = cv.image_to_depth(msg, "depth", self.p["depth.mm_scale"], self._depth_pixels(), None, self.p["depth.max"])
         except cv.ConversionError as exc:
             return self.reject("depth", str(exc))
         return self._add("depth", cv.stamp_to_ns(msg.header.stamp), d)
+
+    def _depth_pixels(self) -> int:
+        """Depth may come at the image's size or at the latent grid's: at most the camera's area."""
+        mp = int(self.p["input.max_pixels"])
+        return mp if self.camera_size is None else min(mp, self.camera_size[0] * self.camera_size[1])
 
     def on_compressed_depth(self, msg) -> Optional[SyncedSet]:
         """CompressedImage on ``depth/compressedDepth`` (image_transport's compressedDepth png)."""
@@ -459,7 +468,8 @@ class MirageCore:
 
         self.counts["messages_received"] += 1
         try:
-            d = compressed_depth_to_array(msg, "depth/compressedDepth", self.p["depth.mm_scale"])
+            d = compressed_depth_to_array(msg, "depth/compressedDepth", self.p["depth.mm_scale"], self._depth_pixels(),
+                                          None, self.p["depth.max"])
         except cv.ConversionError as exc:
             return self.reject("depth", str(exc))
         return self._add("depth", cv.stamp_to_ns(msg.header.stamp), d)
@@ -467,7 +477,7 @@ class MirageCore:
     def on_labels(self, msg) -> Optional[SyncedSet]:
         self.counts["messages_received"] += 1
         try:
-            lab = cv.image_to_labels(msg, "labels")
+            lab = cv.image_to_labels(msg, "labels", self.p["input.max_pixels"], self.camera_size)
         except cv.ConversionError as exc:
             return self.reject("labels", str(exc))
         return self._add("labels", cv.stamp_to_ns(msg.header.stamp), lab)
@@ -600,6 +610,9 @@ class MirageCore:
         if num_frames and num_frames != n_poses:
             T, stamps = resample_trajectory(T, stamps, num_frames)
         K, H, W = camera or self.last_camera
+        if H * W > self.p["imagined.max_pixels"]:
+            raise GoalError(STATUS_INVALID_GOAL, f"the imagined frames would be {H} x {W} = {H * W:,} pixels (the last "
+                            f"camera_info), more than imagined.max_pixels = {self.p['imagined.max_pixels']:,}")
         try:
             E = invert_rigid(T)
             cams = [Camera(K, E[i], H, W) for i in range(T.shape[0])]

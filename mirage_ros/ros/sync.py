@@ -19,10 +19,15 @@ this is the small exact/tolerant pairing mirage_node uses:
   bounded by ``queue_size`` per kind no matter how messages arrive.
 - A stamp more than ``jump_ns`` older than the newest one seen (a bag looped, a simulator
   restarted, or one stray far-future stamp) clears the queues and starts over (``resets``).
+- The queues hold at most ``max_bytes`` of payload (numpy arrays: decoded images, depth,
+  labels) in all: beyond it the oldest entries of any kind are dropped first (``overflow_bytes``),
+  so a flood of big frames costs at most that much memory, whatever ``queue_size`` says.
 """
 from __future__ import annotations
 
 from collections import deque
+
+import numpy as np
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, Iterable, Optional, Tuple
 
@@ -46,7 +51,8 @@ class SyncedSet:
 
 class Synchronizer:
     def __init__(self, kinds: Iterable[str] = ("image", "camera_info", "pose"), tolerance_ns: int = 0,
-                 queue_size: int = 30, latch: Iterable[str] = (), jump_ns: int = 1_000_000_000):
+                 queue_size: int = 30, latch: Iterable[str] = (), jump_ns: int = 1_000_000_000,
+                 max_bytes: Optional[int] = None):
         kinds = tuple(kinds)
         if "image" not in kinds:
             raise ValueError("kinds: 'image' is the pivot and must be included")
@@ -64,12 +70,16 @@ class Synchronizer:
         # recent image stamps (emitted, pending, late or superseded): partners nearer to one of
         # them than to the image being paired belong to that image
         self.images_seen: Deque[int] = deque(maxlen=4 * self.queue_size)
-        self.counts = {"added": 0, "emitted": 0, "superseded": 0, "overflow": 0, "late": 0, "resets": 0}
+        self.max_bytes = None if max_bytes is None else int(max_bytes)
+        self.nbytes = 0  # payload bytes held in the queues and the latch
+        self.counts = {"added": 0, "emitted": 0, "superseded": 0, "overflow": 0, "late": 0, "resets": 0,
+                       "overflow_bytes": 0}
 
     def reset(self) -> None:
         for q in self.queues.values():
             q.clear()
         self.latched.clear()
+        self.nbytes = 0
         self.last_emitted = None
         self.newest = None
         self.images_seen.clear()
@@ -84,6 +94,8 @@ class Synchronizer:
         stamp_ns = int(stamp_ns)
         self.counts["added"] += 1
         if kind in self.latch:
+            old = self.latched.get(kind)
+            self.nbytes += _nbytes(payload) - (_nbytes(old[1]) if old else 0)
             self.latched[kind] = (stamp_ns, payload)
             return self._try()
         last = self.last_emitted
@@ -100,8 +112,24 @@ class Synchronizer:
         q = self.queues[kind]
         if len(q) == q.maxlen:
             self.counts["overflow"] += 1
+            self.nbytes -= _nbytes(q[0][1])
         q.append((stamp_ns, payload))
+        self.nbytes += _nbytes(payload)
+        self._fit_bytes()
         return self._try()
+
+    def _fit_bytes(self) -> None:
+        """Drop the oldest queued entries (any kind) until the payload fits ``max_bytes``."""
+        if self.max_bytes is None:
+            return
+        while self.nbytes > self.max_bytes:
+            live = [k for k, q in self.queues.items() if q]
+            if not live:
+                return
+            k = min(live, key=lambda k: self.queues[k][0][0])
+            _, payload = self.queues[k].popleft()
+            self.nbytes -= _nbytes(payload)
+            self.counts["overflow_bytes"] += 1
 
     def _partner(self, kind: str, t: int) -> Optional[Tuple[int, Any]]:
         """The entry of ``kind`` that belongs to the image at ``t``, or None (none, not settled
@@ -160,6 +188,16 @@ class Synchronizer:
             # a partner serves one image; other entries within tolerance may serve the next one
             used = found.parts.get(k)
             keep = [e for e in q if (e[0] > t if k == "image" else e[0] >= t - self.tolerance_ns and e is not used)]
+            self.nbytes -= sum(_nbytes(e[1]) for e in q) - sum(_nbytes(e[1]) for e in keep)
             q.clear()
             q.extend(keep)
         return found
+
+
+def _nbytes(payload) -> int:
+    """Bytes of the arrays in a payload (an array, or a tuple such as camera_info's (K, H, W))."""
+    if isinstance(payload, np.ndarray):
+        return int(payload.nbytes)
+    if isinstance(payload, (tuple, list)):
+        return sum(_nbytes(x) for x in payload)
+    return int(getattr(payload, "nbytes", 0) or 0)

@@ -242,3 +242,40 @@ def test_item12_incomplete_jpegs_are_refused():
     for bad in truncated + [_jpeg_bomb(H, W)]:
         with pytest.raises(ConversionError, match="does not decode"):
             compressed_to_rgb(_compressed(bad, "bgr8; jpeg compressed bgr8"))
+
+
+# -- item 4: point colours of a large memory -----------------------------------------------------------
+
+def test_item4_mean_rgb_never_materialises_n_x_768(monkeypatch):
+    """Item 4: LinearBlockCodec.mean_rgb built an N x 768 float32 array (a 1M-point memory: +6.2 GiB
+    peak, the memory lock held 20 s). The block mean of a linear decode is linear in the latent."""
+    import torch
+
+    from mirage_ros.world_model import codec as C
+    from mirage_ros.world_model.backend import pca_colors
+
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(768, 48, generator=g, dtype=torch.float64))
+    codec = C.LinearBlockCodec(q.T.float(), torch.rand(768, generator=g), 0.3)
+    feats = torch.randn(5000, 48, generator=g).to(torch.bfloat16)
+    # the reference: decode each cell and average its pixels (float64, unclamped, then clamped)
+    blocks = feats.double() @ codec.basis.double() * codec.scale + codec.mean.double()
+    ref = blocks.view(-1, 3, 256).mean(-1).clamp(0, 1)
+    monkeypatch.setattr(C, "MEAN_RGB_ROWS", 1024)
+    seen = []
+    real_mm = torch.Tensor.__matmul__
+
+    def watch(a, b):  # no N x 768 product any more
+        seen.append((a.shape[0], b.shape[-1]))
+        return real_mm(a, b)
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", watch)
+    got = codec.mean_rgb(feats)
+    monkeypatch.undo()
+    assert got.shape == (5000, 3) and float((got.double() - ref).abs().max()) < 1e-5
+    assert all(cols != 768 for _, cols in seen)
+    thumb = C.ThumbnailCodec()
+    t = torch.rand(3000, 48, generator=g) * 2 - 1
+    assert torch.allclose(thumb.mean_rgb(t), ((t + 1) / 2).view(-1, 3, 16).mean(-1).clamp(0, 1), atol=1e-6)
+    p = pca_colors(t)
+    assert p.shape == (3000, 3) and float(p.min()) >= 0 and float(p.max()) <= 1

@@ -149,18 +149,22 @@ def pca_colors(features: torch.Tensor, max_fit: int = 20000) -> torch.Tensor:
 
     Fitted on a deterministic subsample; each component is mapped through its 2-98 % range.
     """
-    f = features.float()
-    step = max(1, f.shape[0] // max_fit)
-    sample = f[::step]
+    from .codec import MEAN_RGB_ROWS
+
+    step = max(1, features.shape[0] // max_fit)
+    sample = features[::step].float()
     mean = sample.mean(0, keepdim=True)
     _, _, V = torch.linalg.svd(sample - mean, full_matrices=False)
     comps = V[:3].T
     signs = torch.sign(comps.sum(0, keepdim=True)).clamp(min=0) * 2 - 1  # deterministic sign
-    proj = (f - mean) @ (comps * signs)
     ps = (sample - mean) @ (comps * signs)
     lo = torch.quantile(ps, 0.02, dim=0)
     hi = torch.quantile(ps, 0.98, dim=0)
-    return ((proj - lo) / (hi - lo).clamp(min=1e-6)).clamp(0, 1)
+    out = torch.empty((features.shape[0], 3), dtype=torch.float32, device=features.device)
+    for a in range(0, features.shape[0], MEAN_RGB_ROWS):  # no N x C float32 copy of the memory
+        proj = (features[a:a + MEAN_RGB_ROWS].float() - mean) @ (comps * signs)
+        out[a:a + proj.shape[0]] = ((proj - lo) / (hi - lo).clamp(min=1e-6)).clamp(0, 1)
+    return out
 
 
 class ReadoutBackend(Backend):

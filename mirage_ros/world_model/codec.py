@@ -40,6 +40,9 @@ __all__ = ["Codec", "ThumbnailCodec", "LinearBlockCodec", "WanVAECodec", "WAN22_
 CODEC_CONFIG = "config.json"
 
 
+MEAN_RGB_ROWS = 65536  # feature rows converted to float32 at a time by ``mean_rgb``
+
+
 class CodecError(ValueError):
     """A codec folder or file is missing, corrupt or does not fit: names the file."""
 
@@ -96,10 +99,13 @@ class Codec:
         return 1 + self.temporal_stride * (num_latents - 1)
 
     def mean_rgb(self, features: torch.Tensor) -> torch.Tensor:
-        """(N, C) latent feature vectors -> (N, 3) mean colour in [0, 1] of the cells they decode to."""
-        n = features.shape[0]
-        out = self.decode(features.float().view(n, self.channels, 1, 1))
-        return out.mean(dim=(2, 3))
+        """(N, C) latent feature vectors -> (N, 3) mean colour in [0, 1] of the cells they decode to
+        (decoded ``MEAN_RGB_ROWS`` at a time: a 3M-point memory never becomes one N x 3 x s x s array)."""
+        out = torch.empty((features.shape[0], 3), dtype=torch.float32, device=features.device)
+        for a in range(0, features.shape[0], MEAN_RGB_ROWS):
+            f = features[a:a + MEAN_RGB_ROWS].float()
+            out[a:a + f.shape[0]] = self.decode(f.view(f.shape[0], self.channels, 1, 1)).mean(dim=(2, 3))
+        return out
 
     def config(self) -> dict:
         """What ``make_codec`` / ``load_codec`` need to rebuild this codec (JSON-serialisable)."""
@@ -160,9 +166,13 @@ class ThumbnailCodec(Codec):
         return out.clamp_(0, 1)
 
     def mean_rgb(self, features: torch.Tensor) -> torch.Tensor:
-        """Mean colour (N, 3) in [0, 1] of latent feature vectors (N, 48) (for point clouds)."""
-        f = features.float().add(1.0).mul_(0.5).view(-1, 3, self.thumb * self.thumb)
-        return f.mean(-1).clamp_(0, 1)
+        """Mean colour (N, 3) in [0, 1] of latent feature vectors (N, 48) (for point clouds), in row
+        blocks (no N x 48 float32 copy of a bfloat16 memory)."""
+        out = torch.empty((features.shape[0], 3), dtype=torch.float32, device=features.device)
+        for a in range(0, features.shape[0], MEAN_RGB_ROWS):
+            f = features[a:a + MEAN_RGB_ROWS].float().view(-1, 3, self.thumb * self.thumb)
+            out[a:a + f.shape[0]] = f.mean(-1).add_(1.0).mul_(0.5)
+        return out.clamp_(0, 1)
 
     def config(self) -> dict:
         return {"codec": self.name, "stride": self.stride, "thumb": self.thumb, "upsample": self.upsample}
@@ -235,10 +245,19 @@ class LinearBlockCodec(Codec):
         return F.pixel_shuffle(blocks, self.stride).clamp_(0, 1)
 
     def mean_rgb(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, C) -> (N, 3): the block mean of the (unclamped) decode, then clamped. The decode is
+        linear in the latent, so its mean per colour is too: f @ (basis's per-block mean per
+        channel) * scale + the mean block's mean, (C, 3) once. Never N x 3 s^2 (a 1M-point memory
+        made a 6.2 GiB N x 768 array of it and held the memory lock 20 s)."""
         s2 = self.stride * self.stride
-        f = features.float()
-        blocks = f @ self.basis.to(f.device) * self.scale + self.mean.to(f.device)
-        return blocks.view(-1, 3, s2).mean(-1).clamp_(0, 1)
+        dev = features.device
+        basis_mean = self.basis.view(self.channels, 3, s2).mean(-1).to(dev)  # (C, 3)
+        offset = self.mean.view(3, s2).mean(-1).to(dev)  # (3,)
+        out = torch.empty((features.shape[0], 3), dtype=torch.float32, device=dev)
+        for a in range(0, features.shape[0], MEAN_RGB_ROWS):
+            f = features[a:a + MEAN_RGB_ROWS].float()
+            out[a:a + f.shape[0]] = torch.addmm(offset, f, basis_mean, alpha=self.scale)
+        return out.clamp_(0, 1)
 
     def config(self) -> dict:
         return {"codec": self.name, "stride": self.stride, "channels": self.channels, "scale": self.scale}

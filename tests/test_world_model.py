@@ -372,3 +372,19 @@ def test_video_vae_time_stride_and_latent_normalisation():
     assert m.decode_video(z).shape == (33, 3, 32, 48)
     # image mode for the memory: frame 0 alone is the same latent as the video's first latent
     assert torch.allclose(m.encode_images(frames[:1]), z[:1], atol=1e-4)
+
+
+def test_context_noise_spares_observed_frames_and_sets_their_timestep():
+    """sampler.context_sigma: generated context frames become (1 - s) x + s eps with timestep
+    1000 s; frames flagged observed (latent 0, the real I_0) stay exactly clean at t = 0."""
+    from mirage_ros.world_model.model import MirageWorldModel
+
+    m = MirageWorldModel.build("tiny", sampler=FlowUniPCSampler(steps=1, context_sigma=0.3))
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randn(1, 48, 1, 2, 3, generator=g)
+    prec = torch.randn(1, 48, 2, 2, 3, generator=g)
+    req = {"context_observed": [True, False, False], "generator": torch.Generator().manual_seed(5)}
+    c2, ctx2, t = m._noise_context([req], clean, [prec], 1, "cpu")
+    assert torch.equal(c2, clean) and t.tolist() == [[0.0, pytest.approx(300.0), pytest.approx(300.0)]]
+    eps = torch.randn((48, 3, 2, 3), generator=torch.Generator().manual_seed(5))[None]
+    assert torch.allclose(ctx2[0], 0.7 * prec + 0.3 * eps[:, :, 1:], atol=1e-6)

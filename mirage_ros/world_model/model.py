@@ -292,20 +292,52 @@ class MirageWorldModel:
             cond = prompt_embeds.to(dev, dt).expand(B, -1, -1)
             uncond = (negative_embeds if negative_embeds is not None else torch.zeros_like(prompt_embeds)).to(dev, dt).expand(B, -1, -1)
 
-            def predict(x, t, conditional: bool):
-                seq = torch.cat([x] + ctx, dim=2)
-                ft = roles.frame_timesteps(t, device=dev)
-                out = tr(seq, ft, cond if conditional else uncond, roles, control, cmask)
-                return out[:, :, :T]
-
             noise = torch.cat([torch.randn((1, C, T, h, w), generator=r.get("generator"), dtype=torch.float32)
                                for r in requests]).to(dev)
             clean = torch.stack([r["clean_targets"] for r in requests]).permute(0, 2, 1, 3, 4).to(dev, torch.float32)
+            ctx_t = None  # (B, k + P + R) timesteps of the clean frames: 0, or context_sigma for generated ones
+            if self.sampler.context_sigma > 0:
+                clean, ctx, ctx_t = self._noise_context(requests, clean, ctx, k, dev)
+            clean_ids = roles.clean().nonzero().squeeze(1).to(dev)
+
+            def predict(x, t, conditional: bool):
+                seq = torch.cat([x] + ctx, dim=2)
+                ft = roles.frame_timesteps(t, device=dev)
+                if ctx_t is not None:
+                    ft = ft.expand(B, -1).clone()
+                    ft[:, clean_ids] = ctx_t
+                out = tr(seq, ft, cond if conditional else uncond, roles, control, cmask)
+                return out[:, :, :T]
+
             # The targets' readouts and visibility, for memory pinning (``sampler``).
             known = torch.stack([r["readouts"][:T] for r in requests]).permute(0, 2, 1, 3, 4).to(dev, torch.float32)
             known_mask = torch.stack([r["masks"][:T] for r in requests])[:, None].to(dev, torch.bool)
             x = self.sampler.sample(predict, noise, clean, progress=progress, known=known, known_mask=known_mask)
         return [x[i].permute(1, 0, 2, 3).float().cpu() for i in range(B)]
+
+    def _noise_context(self, requests, clean, ctx, k: int, dev):
+        """Noise the generated context frames to ``sampler.context_sigma`` (see ``sampler``): the
+        clean targets (B, C, k, ...) and the context blocks (preceding, references); a request's
+        ``context_observed`` (one bool per clean target, preceding and reference frame, in that
+        order; default: all generated) keeps observed frames clean. Returns them and the (B, n)
+        timesteps of the clean frames. Noise comes from each request's generator, after its targets'."""
+        sig = self.sampler.context_sigma
+        frames = torch.cat([clean] + ctx, dim=2)  # (B, C, k + P + R, h, w)
+        n = frames.shape[2]
+        gen = torch.zeros(len(requests), n, dtype=torch.bool)
+        eps = []
+        for i, r in enumerate(requests):
+            obs = r.get("context_observed")
+            gen[i] = True if obs is None else ~torch.as_tensor(list(obs), dtype=torch.bool)
+            eps.append(torch.randn(frames.shape[1:], generator=r.get("generator"), dtype=torch.float32))
+        gen = gen.to(dev)
+        eps = torch.stack(eps).to(dev)
+        m = gen[:, None, :, None, None]
+        frames = torch.where(m, (1 - sig) * frames + sig * eps, frames)
+        ctx_t = torch.where(gen, torch.tensor(sig * 1000.0, device=dev), torch.tensor(0.0, device=dev))
+        sizes = [k] + [c.shape[2] for c in ctx]
+        parts = list(torch.split(frames, sizes, dim=2))
+        return parts[0], parts[1:], ctx_t
 
     # -- our folders -----------------------------------------------------------------------------
     def save_pretrained(self, folder: Union[str, Path], save_backbone: bool = True, extra: Optional[Dict] = None) -> Path:

@@ -179,6 +179,7 @@ class _Track:
             masks=torch.stack(cond_mask) & (self.readout_scale != 0),
             preceding=torch.stack([lat[j] for j in prec]) if prec else None,
             references=torch.stack([lat[j] for j in refs]) if refs else None,
+            context_observed=[j == 0 for j in [a] + prec + refs],  # latent 0 = E(I_0); the rest were generated
             generator=self.gen,
         )
 

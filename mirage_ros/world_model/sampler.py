@@ -18,6 +18,12 @@ memory does not know; the remaining steps let it refine the pinned cells (seams,
 reprojections). ``pin_paste`` additionally copies the readout into the visible cells of the result.
 It trusts the memory: a stale or wrong memory (an object that moved in front of a remembered wall)
 is reproduced where it is visible; ``pin_until = 0`` turns pinning off.
+
+**Context noise** (``context_sigma``, noise augmentation as in cascaded diffusion and GameNGen): the
+model's own earlier output, used as clean context (the overlap frame, preceding and reference
+frames), is noised to ``context_sigma`` and given that timestep, so the model treats it as the
+approximate thing it is (a model trained with ``mirage train --context-sigma-max``); observed
+frames stay clean at t = 0. Applied by ``MirageWorldModel.denoise_batch``.
 """
 from __future__ import annotations
 
@@ -36,15 +42,16 @@ def sigma_shift(u, shift: float):
 
 class FlowUniPCSampler:
     """``steps`` UniPC steps on flow sigmas with ``shift``; CFG when ``guidance_scale`` > 1; memory
-    pinning for the first ``pin_until`` fraction of steps (0 = off), ``pin_paste`` at the end."""
+    pinning for the first ``pin_until`` fraction of steps (0 = off), ``pin_paste`` at the end;
+    ``context_sigma``: the noise level of generated context frames (0 = clean)."""
 
     def __init__(self, steps: int = 40, shift: float = 5.0, guidance_scale: float = 1.0, num_train_timesteps: int = 1000,
-                 pin_until: float = 0.0, pin_paste: bool = False):
+                 pin_until: float = 0.0, pin_paste: bool = False, context_sigma: float = 0.0):
         for name, v, lo, hi in (("steps", steps, 1, 1000), ("num_train_timesteps", num_train_timesteps, 1, 100000)):
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise ValueError(f"sampler.{name}: expected an integer in [{lo}, {hi}], got {v!r}")
         for name, v, lo, hi in (("shift", shift, 1e-3, 1e3), ("guidance_scale", guidance_scale, 1.0, 100.0),
-                                ("pin_until", pin_until, 0.0, 1.0)):
+                                ("pin_until", pin_until, 0.0, 1.0), ("context_sigma", context_sigma, 0.0, 1.0)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= float(v) <= hi:
                 raise ValueError(f"sampler.{name}: expected a number in [{lo}, {hi}], got {v!r}")
         if not isinstance(pin_paste, bool):
@@ -52,13 +59,14 @@ class FlowUniPCSampler:
         self.steps, self.shift, self.guidance_scale = int(steps), float(shift), float(guidance_scale)
         self.num_train_timesteps = int(num_train_timesteps)
         self.pin_until, self.pin_paste = float(pin_until), bool(pin_paste)
+        self.context_sigma = float(context_sigma)
 
     # -- configuration ------------------------------------------------------------------------------
     def config(self) -> Dict:
         """Everything that rebuilds this sampler (``from_config``), with its class name."""
         return {"_class_name": type(self).__name__, "steps": self.steps, "shift": self.shift,
                 "guidance_scale": self.guidance_scale, "num_train_timesteps": self.num_train_timesteps,
-                "pin_until": self.pin_until, "pin_paste": self.pin_paste}
+                "pin_until": self.pin_until, "pin_paste": self.pin_paste, "context_sigma": self.context_sigma}
 
     @classmethod
     def from_config(cls, config: Optional[Dict] = None, **overrides) -> "FlowUniPCSampler":
@@ -69,7 +77,7 @@ class FlowUniPCSampler:
         name = cfg.pop("_class_name", cls.__name__)
         if name not in SAMPLERS:
             raise ValueError(f"sampler._class_name: unknown sampler {name!r} (known: {', '.join(SAMPLERS)})")
-        fields = ("steps", "shift", "guidance_scale", "num_train_timesteps", "pin_until", "pin_paste")
+        fields = ("steps", "shift", "guidance_scale", "num_train_timesteps", "pin_until", "pin_paste", "context_sigma")
         for source in (cfg, overrides):
             unknown = sorted(set(source) - set(fields))
             if unknown:

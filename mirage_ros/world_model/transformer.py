@@ -7,8 +7,11 @@ what Mirage needs: segment-aware rotary positions for targets / preceding / refe
 timestep per token, and the side branch's hints added after the chosen layers to the conditioned
 tokens (targets + preceding; references get none, as in the official code).
 
-With no preceding or reference frames, no side branch and the ``official`` rope layout, the output
-equals ``WanTransformer3DModel.forward`` with per-token timesteps (tested).
+An optional ``LatentRefiner`` (``refiner``) adds a residual convolution over the latent grid to the
+output (small models: it smooths the seams between tokens; zero-initialised).
+
+With no preceding or reference frames, no side branch, no refiner and the ``official`` rope layout,
+the output equals ``WanTransformer3DModel.forward`` with per-token timesteps (tested).
 """
 from __future__ import annotations
 
@@ -27,14 +30,18 @@ __all__ = ["MirageTransformer"]
 class MirageTransformer(nn.Module):
     """``backbone`` (WanTransformer3DModel) + ``side_branch`` (MirageSideBranch or None).
 
-    ``rope_layout``: ``official`` | ``chronological`` (see ``frame_roles``).
+    ``rope_layout``: ``official`` | ``chronological`` (see ``frame_roles``); ``refiner``: a
+    ``LatentRefiner`` or None.
     """
 
-    def __init__(self, backbone, side_branch=None, rope_layout: str = "official"):
+    def __init__(self, backbone, side_branch=None, rope_layout: str = "official", refiner=None):
         super().__init__()
         self.backbone = backbone
         self.side_branch = side_branch
         self.rope_layout = rope_layout
+        self.refiner = refiner
+        if refiner is not None and refiner.config["channels"] != backbone.config.out_channels:
+            raise ValueError(f"refiner: {refiner.config['channels']} channels, the backbone outputs {backbone.config.out_channels}")
         if side_branch is not None:
             n = backbone.config.num_layers
             if side_branch.config.num_backbone_layers != n:
@@ -112,7 +119,10 @@ class MirageTransformer(nn.Module):
         x = (bb.norm_out(x.float()) * (1 + scale.squeeze(2)) + shift.squeeze(2)).type_as(x)
         x = bb.proj_out(x)
         x = x.reshape(B, F // p_t, gh, gw, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        out = x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        if self.refiner is not None:
+            out = self.refiner(out, latents)
+        return out
 
     # -- weights ---------------------------------------------------------------------------------
     def save_pretrained(self, folder, save_backbone: bool = True) -> Path:
@@ -131,10 +141,12 @@ class MirageTransformer(nn.Module):
             self.backbone.save_pretrained(str(folder / "backbone"), safe_serialization=True)
         if self.side_branch is not None:
             self.side_branch.save_pretrained(folder / "side_branch")
+        if self.refiner is not None:
+            self.refiner.save_pretrained(folder / "refiner")
         if lora:
             save_lora(self.backbone, folder / "lora.safetensors")
         info = {"_class_name": type(self).__name__, "rope_layout": self.rope_layout, "backbone": save_backbone,
-                "side_branch": self.side_branch is not None, "lora": lora}
+                "side_branch": self.side_branch is not None, "lora": lora, "refiner": self.refiner is not None}
         (folder / "mirage_transformer.json").write_text(json.dumps(info, indent=2) + "\n")
         return folder
 
@@ -182,10 +194,16 @@ class MirageTransformer(nn.Module):
             side = MirageSideBranch.from_pretrained(folder / "side_branch", backbone=backbone, device=device, dtype=dtype)
         if info.get("lora"):
             load_lora(backbone, folder / "lora.safetensors")
-        return cls(backbone, side, info.get("rope_layout", "official"))
+        refiner = None
+        if info.get("refiner"):
+            from .refiner import LatentRefiner
+
+            refiner = LatentRefiner.from_pretrained(folder / "refiner", device=device, dtype=dtype)
+        return cls(backbone, side, info.get("rope_layout", "official"), refiner=refiner)
 
     def num_parameters(self) -> dict:
         n_bb = sum(p.numel() for p in self.backbone.parameters())
         n_sb = sum(p.numel() for p in self.side_branch.parameters()) if self.side_branch is not None else 0
-        return {"backbone": n_bb, "side_branch": n_sb}
+        n_rf = sum(p.numel() for p in self.refiner.parameters()) if self.refiner is not None else 0
+        return {"backbone": n_bb, "side_branch": n_sb, "refiner": n_rf}
 

@@ -203,6 +203,88 @@ def test_resume_equals_uninterrupted(dataset, tmp_path):
         assert torch.equal(x, y), n
 
 
+def test_pinned_training_inputs_and_x0_loss_by_hand(dataset):
+    """pin_prob = 1: the noisy input at visible target cells is (1 - sigma) readout + sigma eps
+    (what the pinned sampler feeds the model), the rest the noised truth; the loss at those cells
+    is the x0 error of x_t - sigma v; visible_weight weights them."""
+    from mirage_ros.training.trainer import flow_matching_inputs, flow_matching_loss
+
+    data = MirageDataset(dataset)
+    i = next(k for k in range(len(data)) if data.window(k)["masks"][1:9].any() and not data.window(k)["masks"][1:9].all())
+    w = data.window(i)
+    base = TrainConfig(config="tiny", data=str(dataset), out="x", readout_dropout=0.0, readout_noise=0.0,
+                       context_noise=0.0)
+    pin = TrainConfig(config="tiny", data=str(dataset), out="x", readout_dropout=0.0, readout_noise=0.0,
+                      context_noise=0.0, pin_prob=1.0, visible_weight=3.0)
+    a = flow_matching_inputs([w], base, step=5, first_index=0, text_dim=32, text_tokens=1)
+    b = flow_matching_inputs([w], pin, step=5, first_index=0, text_dim=32, text_tokens=1)
+    sig = float(a["sigmas"][0])
+    assert sig == float(b["sigmas"][0])
+    eps = a["target"] + a["x0"]  # target flow = eps - x0
+    vis = w["masks"][1:9].bool()[None, None]  # (1, 1, 8, h, w)
+    ro = w["readouts"][1:9].permute(1, 0, 2, 3)[None]
+    xa, xb = a["latents"][:, :, 1:9], b["latents"][:, :, 1:9]
+    assert torch.allclose(xa, (1 - sig) * a["x0"] + sig * eps, atol=1e-5)
+    expect = torch.where(vis, (1 - sig) * ro + sig * eps, xa)
+    assert torch.allclose(xb, expect, atol=1e-5)
+    assert torch.equal(b["pinned"], vis) and not a["pinned"].any()
+    pred = torch.randn_like(a["target"], generator=torch.Generator().manual_seed(0))
+    la = flow_matching_loss(pred, a)
+    assert torch.allclose(la, ((pred - a["target"]) ** 2).mean())  # the plain recipe: plain MSE
+    err = torch.where(vis, (xb - sig * pred - b["x0"]) ** 2, (pred - b["target"]) ** 2)
+    wgt = torch.where(vis, 3.0, 1.0).expand_as(err)
+    assert torch.allclose(flow_matching_loss(pred, b), (err * wgt).sum() / wgt.sum())
+
+
+def test_ema_run_exports_the_average_and_resumes_bit_for_bit(dataset, tmp_path):
+    """EMA: the exported model holds the moving average (not the last weights), the checkpoint
+    carries it, and an interrupted run resumed equals the uninterrupted one, EMA included; a
+    refiner (zero-initialised) is saved and loaded with the model."""
+    from safetensors.torch import load_file
+
+    from mirage_ros.world_model.model import MirageWorldModel
+
+    kw = dict(steps=6, ema_decay=0.9, pin_prob=0.5, context_readout_prob=0.5, refiner_channels=8)
+    full = _train(dataset, tmp_path / "a", **kw)
+    full.fit()
+    wm = MirageWorldModel.from_pretrained(tmp_path / "a" / "model", device="cpu")
+    assert wm.transformer.refiner is not None
+    exported = dict(wm.transformer.named_parameters())
+    raw = dict(full.model.named_parameters())
+    moved = [n for n in full.ema.state if not torch.equal(full.ema.state[n], raw[n].detach())]
+    assert moved  # the average lags the trained weights
+    for n in full.ema.state:
+        assert torch.equal(exported[n].detach(), full.ema.state[n]), n
+    t = _train(dataset, tmp_path / "b", **kw)
+    step = t.train_step
+
+    def stop_after_two():
+        rec = step()
+        if t.step == 2:
+            t._stop = True
+        return rec
+
+    t.train_step = stop_after_two
+    t.fit()
+    t2 = _train(dataset, tmp_path / "b", resume=True, **kw)
+    t2.fit()
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    ea = load_file(str(tmp_path / "a" / "checkpoints" / "step_00000006" / "ema.safetensors"))
+    eb = load_file(str(tmp_path / "b" / "checkpoints" / "step_00000006" / "ema.safetensors"))
+    assert sorted(ea) == sorted(eb) and all(torch.equal(ea[k], eb[k]) for k in ea)
+
+
+def test_runs_started_before_the_new_options_still_resume():
+    """A run.json fingerprint written before pinning / EMA / refiner existed matches a config that
+    leaves them at their defaults (and not one that sets them)."""
+    cfg = TrainConfig(config="tiny", data="d", out="o")
+    old = {k: v for k, v in cfg.fingerprint().items()}
+    assert "ema_decay" not in old and "pin_prob" not in old
+    assert TrainConfig(config="tiny", data="d", out="o", ema_decay=0.99).fingerprint()["ema_decay"] == 0.99
+    with pytest.raises(TrainError, match="pin_prob"):
+        TrainConfig(config="tiny", data="d", out="o", pin_prob=2.0)
+
+
 def _train_state(run):
     from safetensors.torch import load_file
 

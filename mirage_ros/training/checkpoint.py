@@ -6,7 +6,8 @@ renamed when complete, so an interrupted save never leaves a half checkpoint beh
 - ``trainable.safetensors``: the trainable parameters (the frozen base is rebuilt from its source);
 - ``optimizer.safetensors``: AdamW's per-parameter state, keyed by parameter name;
 - ``state.json``: step, scheduler state, optimiser hyper-parameters, the run's fingerprint;
-- ``rng.safetensors``: torch's CPU (and CUDA) generator states.
+- ``rng.safetensors``: torch's CPU (and CUDA) generator states;
+- ``<name>.safetensors`` for each ``extra`` tensor group (e.g. ``ema``: the weights' moving average).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-__all__ = ["TrainCheckpointError", "save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_checkpoint"]
+__all__ = ["TrainCheckpointError", "save_checkpoint", "load_checkpoint", "load_extra", "list_checkpoints",
+           "latest_checkpoint"]
 
 
 class TrainCheckpointError(ValueError):
@@ -77,8 +79,9 @@ def tensors_to_optimizer(optimizer: torch.optim.Optimizer, names: List[str], ten
 
 
 def save_checkpoint(run: Path, step: int, model: torch.nn.Module, optimizer, scheduler, fingerprint: Dict,
-                    keep: int = 3) -> Path:
-    """Write ``run/checkpoints/step_{step}`` atomically; keep the newest ``keep``; return its path."""
+                    keep: int = 3, extra: Optional[Dict[str, Dict[str, torch.Tensor]]] = None) -> Path:
+    """Write ``run/checkpoints/step_{step}`` atomically; keep the newest ``keep``; return its path.
+    ``extra``: named tensor groups written beside the model (``load_extra`` reads them)."""
     root = Path(run) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
@@ -95,6 +98,10 @@ def save_checkpoint(run: Path, step: int, model: torch.nn.Module, optimizer, sch
     if torch.cuda.is_available():
         rng.update({f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     _save(rng, tmp / "rng.safetensors")
+    for name, tensors in (extra or {}).items():
+        if not name.isidentifier() or name in ("trainable", "optimizer", "rng"):
+            raise ValueError(f"extra: {name!r} is not a usable checkpoint group name")
+        _save(tensors, tmp / f"{name}.safetensors")
     state = {"step": int(step), "scheduler": scheduler.state_dict(), "optimizer": opt_info, "fingerprint": fingerprint,
              "trainable": names}
     (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
@@ -117,6 +124,12 @@ def list_checkpoints(run: Path) -> List[Path]:
 def latest_checkpoint(run: Path) -> Optional[Path]:
     ckpts = list_checkpoints(run)
     return ckpts[-1] if ckpts else None
+
+
+def load_extra(path: Path, name: str) -> Optional[Dict[str, torch.Tensor]]:
+    """The ``extra`` tensor group ``name`` of checkpoint ``path``; None when it was saved without one."""
+    f = Path(path) / f"{name}.safetensors"
+    return _load(f) if f.is_file() else None
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, fingerprint: Dict) -> int:

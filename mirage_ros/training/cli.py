@@ -142,6 +142,18 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context-noise", type=float, default=0.1)
     p.add_argument("--readout-noise", type=float, default=0.1)
     p.add_argument("--text-dropout", type=float, default=0.2)
+    p.add_argument("--pin-prob", type=float, default=0.0,
+                   help="fraction of samples trained as pinned sampling sees them: visible target cells = noised readout")
+    p.add_argument("--pin-until", type=float, default=0.0, help="the exported sampler's pinning schedule (0 = off)")
+    p.add_argument("--visible-weight", type=float, default=1.0, help="loss weight of readout-visible target cells")
+    p.add_argument("--context-readout-prob", type=float, default=0.0,
+                   help="per context frame: its visible cells replaced by its readout (as generated frames are)")
+    p.add_argument("--ema-decay", type=float, default=0.0, help="EMA of the weights, exported (0 = off; e.g. 0.999)")
+    p.add_argument("--context-sigma-max", type=float, default=0.0,
+                   help="noise augmentation of context frames: sigma ~ U(0, max), given as their timestep (0 = off)")
+    p.add_argument("--context-sigma", type=float, default=0.0, help="the exported sampler's context noise level")
+    p.add_argument("--refiner-channels", type=int, default=0,
+                   help="a residual latent-grid convolution of this width after the output head (0 = none)")
     p.add_argument("--weights", default=None, help="Wan2.2-TI2V-5B folder (stage1/stage2 with --config full)")
     p.add_argument("--init", default=None, help="start from a model folder (e.g. a stage1 run's model/)")
     p.add_argument("--lora-rank", type=int, default=64)
@@ -170,7 +182,10 @@ def run_train(args) -> int:
                           readout_noise=args.readout_noise, text_dropout=args.text_dropout, weights=args.weights,
                           init=args.init, lora_rank=args.lora_rank, gradient_checkpointing=args.gradient_checkpointing,
                           mixed_precision=args.mixed_precision, distributed=args.distributed,
-                          sampler_steps=args.sampler_steps)
+                          sampler_steps=args.sampler_steps, pin_prob=args.pin_prob, pin_until=args.pin_until,
+                          visible_weight=args.visible_weight, context_readout_prob=args.context_readout_prob,
+                          ema_decay=args.ema_decay, refiner_channels=args.refiner_channels,
+                          context_sigma_max=args.context_sigma_max, context_sigma=args.context_sigma)
         trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
         summary = trainer.fit()
     except (TrainError, TrainCheckpointError, DatasetError) as exc:

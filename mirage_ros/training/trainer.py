@@ -12,6 +12,16 @@ So the model survives its own generated frames: readout dropout (the whole reado
 zeroed for a fraction of samples), Gaussian noise of random strength on the clean context frames
 and on the readout's covered cells, and text dropout.
 
+Trained the way it samples (``pin_prob`` > 0): the sampler pins readout-visible cells to the noised
+readout (``sampler``, memory pinning), so for that fraction of samples the noisy input at visible
+target cells is ``(1 - sigma) z_hat + sigma eps`` instead of the noised truth, and the loss there is
+the x0 error of the implied prediction ``x_t - sigma v`` (bounded at every sigma: the model learns to
+correct the readout, not to redraw it). ``visible_weight`` weights the visible cells' loss.
+``context_readout_prob``: generated context frames (the overlap frame and the preceding frames) are,
+at visible cells, what the memory gave them; with that probability a context frame's visible cells
+are replaced by its readout. ``ema_decay`` keeps an exponential moving average of the weights, which
+is what the run exports (and checkpoints beside the raw weights).
+
 Recipes (paper, "Implementation Details"):
 - ``stage1``: side branch only, backbone frozen, lr 1e-5;
 - ``stage2``: + LoRA rank 64 on self-attention q, k, v, o (dropout 0.05), lr 1e-4;
@@ -26,6 +36,7 @@ process with batch 2B draws (the data position *is* the step).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -39,7 +50,8 @@ import torch
 
 from ..util import dumps_json
 from ..world_model.frame_roles import FrameRoles
-from .checkpoint import TrainCheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from ..world_model.sampler import sigma_shift
+from .checkpoint import TrainCheckpointError, latest_checkpoint, load_checkpoint, load_extra, save_checkpoint
 from .dataset import MirageDataset
 
 __all__ = ["RECIPES", "TrainConfig", "Trainer", "TrainError", "sample_batch", "flow_matching_inputs"]
@@ -90,6 +102,14 @@ class TrainConfig:
     distributed: str = "ddp"  # ddp | fsdp (multi-process only)
     sampler_steps: int = 10  # what the exported model samples with by default
     memory_arm: str = ""  # informational: the dataset's memory kind, copied from its header
+    pin_prob: float = 0.0  # fraction of samples whose visible target cells carry the noised readout
+    pin_until: float = 0.0  # the exported sampler's pinning schedule (``FlowUniPCSampler.pin_until``)
+    visible_weight: float = 1.0  # loss weight of readout-visible target cells
+    context_readout_prob: float = 0.0  # per context frame: visible cells replaced by its readout
+    ema_decay: float = 0.0  # 0 = off; else the exported weights are this EMA of the trained ones
+    context_sigma_max: float = 0.0  # context frames noised to sigma ~ U(0, max) (a third clean) with that timestep
+    context_sigma: float = 0.0  # the exported sampler's context noise level (``FlowUniPCSampler.context_sigma``)
+    refiner_channels: int = 0  # >0: a LatentRefiner of this width after the output head (scratch runs)
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -98,6 +118,14 @@ class TrainConfig:
             self.betas = tuple(float(b) for b in self.betas)
         if self.steps < 1 or self.batch < 1:
             raise TrainError("steps and batch must be >= 1")
+        for name in ("pin_prob", "pin_until", "context_readout_prob", "readout_dropout", "text_dropout",
+                     "context_sigma_max", "context_sigma"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise TrainError(f"{name}: expected a probability in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= float(self.ema_decay) < 1.0:
+            raise TrainError(f"ema_decay: expected 0 (off) or a decay in (0, 1), got {self.ema_decay}")
+        if not 0.0 < float(self.visible_weight) <= 100.0:
+            raise TrainError(f"visible_weight: expected a weight in (0, 100], got {self.visible_weight}")
         if self.layout != "paper":
             raise TrainError("layout: mirage train trains the paper layout (48-channel readout + mask embedding); "
                              "the official layout is for loading the official weights")
@@ -111,13 +139,22 @@ class TrainConfig:
         return tuple(self.betas) if self.betas is not None else RECIPES[self.recipe]["betas"]
 
     def fingerprint(self) -> Dict:
-        """Fields a resumed run must share with the original (not steps, out, checkpoint cadence)."""
+        """Fields a resumed run must share with the original (not steps, out, checkpoint cadence).
+        Fields added since a run started are left out while they hold their old default, so older
+        runs still resume."""
         d = asdict(self)
         for k in ("steps", "out", "checkpoint_every", "keep_checkpoints", "data", "mixed_precision"):
             d.pop(k)
+        for k, v in _ADDED_DEFAULTS.items():
+            if d.get(k) == v:
+                d.pop(k)
         d["betas"] = list(self.resolved_betas)
         d["lr"] = self.resolved_lr
         return d
+
+
+_ADDED_DEFAULTS = {"pin_prob": 0.0, "pin_until": 0.0, "visible_weight": 1.0, "context_readout_prob": 0.0,
+                   "ema_decay": 0.0, "refiner_channels": 0, "context_sigma_max": 0.0, "context_sigma": 0.0}
 
 
 # -- sampling ------------------------------------------------------------------------------------------
@@ -138,19 +175,16 @@ def sample_batch(buckets: Dict[Tuple[int, int], List[int]], seed: int, step: int
     return [pool[int(i)] for i in picks]
 
 
-def _shifted_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:
-    """The flow-matching sigma of the UniPC flow schedule with ``shift`` (sigma' = s u / (1 + (s-1) u))."""
-    return shift * u / (1 + (shift - 1) * u)
-
-
 def flow_matching_inputs(samples: Sequence[Dict[str, torch.Tensor]], cfg: TrainConfig, step: int, first_index: int,
                          text_dim: int, text_tokens: int) -> Dict:
     """Batch tensors for one forward pass, each sample's randomness from (seed, step, its global index).
 
     Returns latents (B, C, F, h, w), frame_timesteps (B, F), control (B, C, T+P, h, w), control_mask
-    (B, 1, T+P, h, w), prompt (B, L, text_dim), target flow (B, C, T-1, h, w), roles, sigmas (B,).
+    (B, 1, T+P, h, w), prompt (B, L, text_dim), target flow (B, C, T-1, h, w), x0 (B, C, T-1, h, w),
+    pinned (B, 1, T-1, h, w) bool (cells whose input is the noised readout: x0 loss there), weight
+    (B, 1, T-1, h, w) per-cell loss weight, roles, sigmas (B,).
     """
-    lat, ft, ctrl, cmask, flows, sigmas, prompts = [], [], [], [], [], [], []
+    lat, ft, ctrl, cmask, flows, sigmas, prompts, x0s, pins, weights = [], [], [], [], [], [], [], [], [], []
     roles = None
     for b, s in enumerate(samples):
         g = torch.Generator().manual_seed(_seed(cfg.seed, step, first_index + b, 2))
@@ -162,27 +196,49 @@ def flow_matching_inputs(samples: Sequence[Dict[str, torch.Tensor]], cfg: TrainC
         elif r != roles:
             raise TrainError("batch: samples with different frame roles cannot share a batch")
         u = torch.rand((), generator=g)
-        sigma = _shifted_sigma(u, cfg.shift).clamp(1e-3, 1.0)
+        sigma = sigma_shift(u, cfg.shift).clamp(1e-3, 1.0)
         eps = torch.randn(targets[1:].shape, generator=g)
         x0 = targets[1:]
         noisy = (1 - sigma) * x0 + sigma * eps
-        ctx_sd = torch.rand((), generator=g) * cfg.context_noise
-        clean = torch.cat([targets[:1], prec, refs])
-        clean = clean + ctx_sd * torch.randn(clean.shape, generator=g)
-        seq = torch.cat([clean[:1], noisy, clean[1:]])  # [targets | preceding | references]
-        lat.append(seq.permute(1, 0, 2, 3))
-        t = torch.zeros(roles.num_frames)
-        t[1:T] = sigma * 1000.0
-        ft.append(t)
         masks = s["masks"].float()
         ro = s["readouts"].float()
         ro_sd = torch.rand((), generator=g) * cfg.readout_noise
         ro = (ro + ro_sd * torch.randn(ro.shape, generator=g)) * masks[:, None]
-        if torch.rand((), generator=g) < cfg.readout_dropout:
+        dropped = bool(torch.rand((), generator=g) < cfg.readout_dropout)
+        if dropped:
             ro, masks = torch.zeros_like(ro), torch.zeros_like(masks)
+        vis = masks[1:T].bool()[:, None]  # (T-1, 1, h, w) visible target cells
+        pinned = torch.zeros_like(vis)
+        if cfg.pin_prob > 0 and torch.rand((), generator=g) < cfg.pin_prob:
+            pinned = vis
+            noisy = torch.where(vis, (1 - sigma) * ro[1:T] + sigma * eps, noisy)
+        ctx_sd = torch.rand((), generator=g) * cfg.context_noise
+        clean = torch.cat([targets[:1], prec, refs])
+        if cfg.context_readout_prob > 0:  # frames 0 and the preceding ones have readouts (indices 0, T..T+P-1)
+            rows = [0] + list(range(T, T + P))
+            for k, row in enumerate(rows):
+                if torch.rand((), generator=g) < cfg.context_readout_prob:
+                    m = masks[row].bool()[None]
+                    clean[k] = torch.where(m, ro[row], clean[k])
+        clean = clean + ctx_sd * torch.randn(clean.shape, generator=g)
+        t = torch.zeros(roles.num_frames)
+        t[1:T] = sigma * 1000.0
+        if cfg.context_sigma_max > 0:  # noise augmentation with its level as the frames' timestep (a third clean)
+            cs = torch.rand(clean.shape[0], generator=g) * cfg.context_sigma_max
+            cs = torch.where(torch.rand(clean.shape[0], generator=g) < 1 / 3, torch.zeros_like(cs), cs)
+            ce = torch.randn(clean.shape, generator=g)
+            clean = (1 - cs.view(-1, 1, 1, 1)) * clean + cs.view(-1, 1, 1, 1) * ce
+            t[0] = cs[0] * 1000.0
+            t[T:] = cs[1:] * 1000.0
+        seq = torch.cat([clean[:1], noisy, clean[1:]])  # [targets | preceding | references]
+        lat.append(seq.permute(1, 0, 2, 3))
+        ft.append(t)
         ctrl.append(ro.permute(1, 0, 2, 3))
         cmask.append(masks[None])
         flows.append((eps - x0).permute(1, 0, 2, 3))
+        x0s.append(x0.permute(1, 0, 2, 3))
+        pins.append(pinned.permute(1, 0, 2, 3))
+        weights.append(torch.where(vis, cfg.visible_weight, 1.0).float().permute(1, 0, 2, 3))
         sigmas.append(sigma)
         prompt = s.get("prompt")
         if prompt is None or torch.rand((), generator=g) < cfg.text_dropout:
@@ -191,8 +247,24 @@ def flow_matching_inputs(samples: Sequence[Dict[str, torch.Tensor]], cfg: TrainC
     return {
         "latents": torch.stack(lat), "frame_timesteps": torch.stack(ft), "control": torch.stack(ctrl),
         "control_mask": torch.stack(cmask), "prompt": torch.stack(prompts), "target": torch.stack(flows),
+        "x0": torch.stack(x0s), "pinned": torch.stack(pins), "weight": torch.stack(weights),
         "roles": roles, "sigmas": torch.stack(sigmas),
     }
+
+
+def flow_matching_loss(pred: torch.Tensor, batch: Dict) -> torch.Tensor:
+    """Weighted mean of the flow error (the x0 error ``x_t - sigma v - x0`` at pinned cells)."""
+    target, w = batch["target"].to(pred.device), batch["weight"].to(pred.device)
+    err = (pred - target) ** 2
+    pinned = batch["pinned"].to(pred.device)
+    if bool(pinned.any()):
+        sig = batch["sigmas"].to(pred.device).view(-1, 1, 1, 1, 1)
+        T = pred.shape[2]
+        x_t = batch["latents"][:, :, 1:T + 1].to(pred.device)
+        x0_err = (x_t - sig * pred - batch["x0"].to(pred.device)) ** 2
+        err = torch.where(pinned, x0_err, err)
+    w = w.expand_as(err)
+    return (err * w).sum() / w.sum()
 
 
 # -- the trainer ---------------------------------------------------------------------------------------
@@ -242,11 +314,14 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.fingerprint = {"train": cfg.fingerprint(), "data": self.data.fingerprint(), "world_batch": cfg.batch * self.world}
         self.step = 0
+        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         if resume:
             ck = latest_checkpoint(self.run)
             if ck is None:
                 raise TrainError(f"resume: {self.run} has no checkpoint to resume from")
             self.step = load_checkpoint(ck, self.model, self.optimizer, self.scheduler, self.fingerprint)
+            if self.ema is not None:
+                self.ema.load(load_extra(ck, "ema"), ck)
         self.ddp_model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
         self.buckets = self.data.buckets()
         self._stop = False
@@ -306,7 +381,14 @@ class Trainer:
                 raise TrainError(f"recipe {cfg.recipe!r} freezes a pretrained backbone: pass --weights (a Wan2.2-TI2V-5B "
                                  "folder) or --init (a model folder), or use --recipe scratch")
             bb = build_random(WanTransformer3DModel, transformer_config(cfg.config), dtype=torch.float32, seed=cfg.seed)
-            tr = MirageTransformer(bb, MirageSideBranch.from_backbone(bb, cfg.layout), cfg.rope_layout)
+            refiner = None
+            if cfg.refiner_channels:
+                from ..world_model.refiner import LatentRefiner
+
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(cfg.seed + 7)
+                    refiner = LatentRefiner(channels=bb.config.out_channels, hidden=int(cfg.refiner_channels))
+            tr = MirageTransformer(bb, MirageSideBranch.from_backbone(bb, cfg.layout), cfg.rope_layout, refiner=refiner)
             text = {"text_dim": bb.config.text_dim, "max_length": text_tokens(cfg.config)}
         if tr.backbone.config.in_channels != data.channels:
             raise TrainError(f"data: {data.channels}-channel latents, the {cfg.config} backbone takes {tr.backbone.config.in_channels}")
@@ -316,6 +398,8 @@ class Trainer:
             raise TrainError(f"data: latent grid {h}x{w} is not divisible by the patch {p_h}x{p_w}")
         if tr.side_branch is None:
             tr.side_branch = MirageSideBranch.from_backbone(tr.backbone, cfg.layout)
+        if cfg.refiner_channels and tr.refiner is None:
+            raise TrainError("refiner_channels: a refiner is built for scratch runs; the --init / --weights model has none")
         trains = RECIPES[cfg.recipe]["trains"]
         tr.requires_grad_(trains == "all")
         if trains != "all":
@@ -363,7 +447,7 @@ class Trainer:
             out = self.ddp_model(batch["latents"].to(dev), batch["frame_timesteps"].to(dev), batch["prompt"].to(dev),
                                  batch["roles"], batch["control"].to(dev), batch["control_mask"].to(dev))
             pred = out[:, :, 1:T].float()
-            loss = torch.nn.functional.mse_loss(pred, batch["target"].to(dev))
+            loss = flow_matching_loss(pred, batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.acc.backward(loss)
         gn = self.acc.clip_grad_norm_([p for p in self.ddp_model.parameters() if p.requires_grad], cfg.grad_clip)
@@ -371,6 +455,8 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, self.step)
         mean_loss = self.acc.reduce(loss.detach().float(), reduction="mean") if self.world > 1 else loss.detach().float()
         dt = time.perf_counter() - t0
         roles = batch["roles"]
@@ -382,7 +468,8 @@ class Trainer:
         path = None
         if self.acc.is_main_process:
             path = save_checkpoint(self.run, self.step, self.model, self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
-                                   self.scheduler, self.fingerprint, keep=self.cfg.keep_checkpoints)
+                                   self.scheduler, self.fingerprint, keep=self.cfg.keep_checkpoints,
+                                   extra={"ema": self.ema.state} if self.ema is not None else None)
             self._plot()
         self.acc.wait_for_everyone()
         return path
@@ -448,19 +535,65 @@ class Trainer:
         tr = self.model
         wm = MirageWorldModel(tr, load_codec(self.codec_folder),
                               PromptEncoder(text_dim=self.text["text_dim"], max_length=self.text["max_length"]),
-                              FlowUniPCSampler(steps=cfg.sampler_steps, shift=cfg.shift))
+                              FlowUniPCSampler(steps=cfg.sampler_steps, shift=cfg.shift, pin_until=cfg.pin_until,
+                                               context_sigma=cfg.context_sigma))
         extra = {"name": f"mirage {cfg.config} ({cfg.recipe}, {self.step} steps)", "config": cfg.config,
                  "trained_steps": self.step, "memory": self.data.header.get("memory"),
-                 "resolution": self.data.header.get("resolution")}
+                 "resolution": self.data.header.get("resolution"),
+                 "weights": f"EMA (decay {cfg.ema_decay})" if self.ema is not None else "raw"}
         was = tr.training
         tr.eval()
-        folder = wm.save_pretrained(folder, save_backbone=RECIPES[cfg.recipe]["trains"] == "all", extra=extra)
+        with (self.ema.swapped(tr) if self.ema is not None else _nullcontext()):
+            folder = wm.save_pretrained(folder, save_backbone=RECIPES[cfg.recipe]["trains"] == "all", extra=extra)
         tr.train(was)
         (folder / "data_recipe.json").write_text(json.dumps(self.data.header, indent=1) + "\n")
         return folder
 
     def _plot(self) -> None:
         plot_losses(self.run / "metrics.jsonl", self.run / "loss.png", title=f"mirage train {self.cfg.config}/{self.cfg.recipe}")
+
+
+class EMA:
+    """Exponential moving average of the trainable parameters (``decay``, warmed up as
+    min(decay, (1 + step) / (10 + step)) so early averages are not dominated by the random init)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = float(decay)
+        self.state = {n: p.detach().clone().float() for n, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for n, p in model.named_parameters():
+            if n in self.state:
+                self.state[n].mul_(d).add_(p.detach().float(), alpha=1 - d)
+
+    def load(self, tensors: Optional[Dict[str, torch.Tensor]], source) -> None:
+        """Restore from a checkpoint (None: the checkpoint has none; keep the current weights as start)."""
+        if tensors is None:
+            return
+        if set(tensors) != set(self.state) or any(tensors[n].shape != v.shape for n, v in self.state.items()):
+            raise TrainCheckpointError(f"checkpoint: {source}: its EMA weights do not match this model")
+        self.state = {n: t.float() for n, t in tensors.items()}
+
+    @contextlib.contextmanager
+    def swapped(self, model: torch.nn.Module):
+        """The EMA weights in ``model`` for the duration (e.g. export), the trained ones after."""
+        params = dict(model.named_parameters())
+        saved = {n: params[n].detach().clone() for n in self.state}
+        with torch.no_grad():
+            for n, v in self.state.items():
+                params[n].copy_(v)
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for n, v in saved.items():
+                    params[n].copy_(v)
+
+
+def _nullcontext():
+    return contextlib.nullcontext()
 
 
 def _same_codec(a, b) -> bool:

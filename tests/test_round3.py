@@ -279,3 +279,77 @@ def test_item4_mean_rgb_never_materialises_n_x_768(monkeypatch):
     assert torch.allclose(thumb.mean_rgb(t), ((t + 1) / 2).view(-1, 3, 16).mean(-1).clamp(0, 1), atol=1e-6)
     p = pca_colors(t)
     assert p.shape == (3000, 3) and float(p.min()) >= 0 and float(p.max()) <= 1
+
+
+# -- item 6: forks share the snapshot ---------------------------------------------------------------
+
+def _reads(mem, cams):
+    return [mem.read(c) for c in cams]
+
+
+def _same(a, b):
+    import torch
+
+    return all(torch.equal(x.latent, y.latent) and torch.equal(x.mask, y.mask) and torch.equal(x.index, y.index)
+               for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("on_revisit", ["keep", "refresh"])
+def test_item6_forks_share_the_memory_and_never_touch_it(scene, on_revisit):
+    """Item 6: imagine_candidates copied the whole memory K+1 times (K=16: +1.8 GiB on a 103 MiB
+    memory). A fork now shares the snapshot's rows; what it inserts is its own (copy on write)."""
+    import copy
+
+    import torch
+
+    from mirage_ros.memory import LatentSpatialMemory
+
+    cams, frames = scene
+    torch.manual_seed(0)
+    mem = LatentSpatialMemory(channels=8, stride=16, feature_dtype=torch.float32, on_revisit=on_revisit)
+    lat = [torch.randn(8, H // 16, W // 16) for _ in cams]
+    mem.insert(lat[0], frames[0].depth, cams[0])
+    mem.insert(lat[1], frames[1].depth, cams[1])
+    ref = copy.deepcopy(mem)  # what the memory holds before any fork
+    before = _reads(mem, cams)
+    forks = [mem.fork() for _ in range(16)]
+    assert all(f._xyz.base.data_ptr() == mem._xyz.data_ptr() for f in forks)  # shared, not copied
+    assert _same(_reads(forks[0], cams), before)
+    # a fork's inserts and refreshes stay in the fork
+    forks[0].insert(lat[2] + 1, frames[2].depth, cams[2])
+    forks[0].insert(lat[1] + 5, frames[1].depth, cams[1])  # a revisit: refresh writes a shared row
+    assert forks[0].num_points > mem.num_points
+    assert _same(_reads(mem, cams), before) and _same(_reads(forks[1], cams), before)
+    assert torch.equal(mem.features, ref.features) and torch.equal(mem.points, ref.points)
+    solo = copy.deepcopy(ref)
+    solo.insert(lat[2] + 1, frames[2].depth, cams[2])
+    solo.insert(lat[1] + 5, frames[1].depth, cams[1])
+    assert _same(_reads(forks[0], cams), _reads(solo, cams))  # the fork behaves as a private copy
+    # the live memory goes on (new points, a refresh): the forks keep their snapshot
+    mem.insert(lat[3], frames[3].depth, cams[3])
+    mem.insert(lat[0] - 3, frames[0].depth, cams[0])
+    assert _same(_reads(forks[1], cams), before)
+    assert torch.equal(forks[1].features, ref.features)
+    # a fork of a fork
+    ff = forks[0].fork()
+    assert _same(_reads(ff, cams), _reads(solo, cams))
+    ff.insert(lat[3], frames[3].depth, cams[3])
+    assert _same(_reads(forks[0], cams), _reads(solo, cams))
+    ff.clear()
+    assert ff.num_points == 0 and forks[0].num_points == solo.num_points
+
+
+def test_item6_the_rgb_cache_forks_too(scene):
+    import torch
+
+    from mirage_ros.baselines.rgb_memory import RGBPointCloudMemory
+    from mirage_ros.world_model.codec import ThumbnailCodec
+
+    cams, frames = scene
+    mem = RGBPointCloudMemory(ThumbnailCodec())
+    mem.insert(frames[0].rgb, frames[0].depth, cams[0])
+    before = mem.read(cams[1]).latent.clone()
+    f = mem.fork()
+    f.insert(frames[2].rgb, frames[2].depth, cams[2])
+    assert f.num_points > mem.num_points and torch.equal(mem.read(cams[1]).latent, before)
+    assert f.pitch.shape[0] == f.num_points and mem.pitch.shape[0] == mem.num_points

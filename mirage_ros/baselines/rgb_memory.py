@@ -86,6 +86,16 @@ class RGBPointCloudMemory:
     def device(self):
         return self.cloud.device
 
+    def fork(self) -> "RGBPointCloudMemory":
+        """A cache that reads as this one and takes inserts of its own, sharing the points, colours
+        and pitches held now (``LatentSpatialMemory.fork``: nothing copied; what it inserts stays
+        in it). For candidate trajectories, like the latent memory's fork."""
+        import copy
+
+        other = copy.copy(self)
+        other.cloud = self.cloud.fork()
+        return other  # ``pitch`` is shared: insert replaces it (torch.cat), never writes into it
+
     @property
     def points(self) -> torch.Tensor:
         return self.cloud.points

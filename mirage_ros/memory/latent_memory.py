@@ -104,6 +104,82 @@ def _check_tolerance(name: str, value) -> float:
     return float(value)
 
 
+class _SharedRows:
+    """Row storage of a fork: rows [0, n0) are ``base`` (a view of the parent memory's storage,
+    never written), rows n0.. are the fork's ``own`` (grown by ``put``). Reads index it as the
+    memory indexes a tensor (``[:n]``, ``[a:b]``, ``[index tensor]``); a slice within ``base``
+    is a view, one that spans both is concatenated (xyz: 12 bytes a point, per read). Writing a
+    shared row (``__setitem__`` below n0) first copies ``base`` into ``own`` (copy on write)."""
+
+    def __init__(self, base: torch.Tensor, own: torch.Tensor, used: int = 0):
+        self.base, self.own, self.used = base, own, used  # own[:used] hold rows n0 .. n0 + used
+
+    @property
+    def n0(self) -> int:
+        return self.base.shape[0]
+
+    @property
+    def shape(self):
+        return torch.Size((self.n0 + self.own.shape[0], *self.base.shape[1:]))
+
+    @property
+    def dtype(self):
+        return self.base.dtype
+
+    @property
+    def device(self):
+        return self.base.device
+
+    def element_size(self) -> int:
+        return self.base.element_size()
+
+    def fork(self, n: int) -> "_SharedRows":
+        """The rows [0, n) shared again (a fork of a fork): the base stays shared, own rows are copied."""
+        k = max(0, n - self.n0)
+        return _SharedRows(self.base[: min(n, self.n0)], self.own[:k].clone(), k)
+
+    def clone(self) -> torch.Tensor:
+        return self[: self.n0 + self.used].clone()
+
+    def put(self, n: int, rows: torch.Tensor) -> None:
+        """Write ``rows`` at rows n .. n + len (n >= n0), growing ``own`` by half again when full."""
+        a, m = n - self.n0, rows.shape[0]
+        if a < 0:
+            raise IndexError("a fork appends after its shared rows")
+        if a + m > self.own.shape[0]:
+            cap = max(a + m, int(self.own.shape[0] * 1.5) + 1024)
+            own = torch.empty((cap, *self.base.shape[1:]), dtype=self.base.dtype, device=self.base.device)
+            own[:a] = self.own[:a]
+            self.own = own
+        self.own[a:a + m] = rows
+        self.used = a + m
+
+    def __getitem__(self, key):
+        n0 = self.n0
+        if isinstance(key, slice) and key.step in (None, 1):
+            start, stop, _ = key.indices(n0 + self.own.shape[0])
+            if stop <= n0:
+                return self.base[start:stop]
+            if start >= n0:
+                return self.own[start - n0:stop - n0]
+            return torch.cat([self.base[start:], self.own[:stop - n0]])
+        if isinstance(key, torch.Tensor) and not key.is_floating_point():
+            idx = key.nonzero().squeeze(1) if key.dtype == torch.bool else key.long()
+            out = torch.empty((idx.shape[0], *self.base.shape[1:]), dtype=self.base.dtype, device=self.base.device)
+            low = idx < n0
+            out[low] = self.base[idx[low]]
+            out[~low] = self.own[idx[~low] - n0]
+            return out
+        return self.clone()[key]
+
+    def __setitem__(self, key, value) -> None:
+        if self.n0:  # copy on write: the fork takes its own copy of the shared rows once
+            self.own = torch.cat([self.base, self.own[: self.used]])
+            self.used = self.own.shape[0]
+            self.base = self.base[:0]
+        self.own[key] = value
+
+
 class LatentSpatialMemory:
     """3D cache of latent features (paper Sec. 3). See the module docstring for the policies.
 
@@ -199,14 +275,26 @@ class LatentSpatialMemory:
         self.index.clear()
 
     def fork(self) -> "LatentSpatialMemory":
-        """An independent copy (same settings, points, features and spatial index): what a rollout
-        may write into without touching this memory (read-only forks for candidate trajectories)."""
+        """A memory that reads as this one does now and that a rollout may write into without
+        touching this one (a candidate trajectory's, or a goal's imagined points), copying nothing:
+        it SHARES this memory's points and features as they are (a read-only snapshot, ``_SharedRows``)
+        and keeps what is inserted into it in its own rows. Later inserts into this memory land
+        beyond the shared rows; an in-place refresh (``on_revisit="refresh"``) here first copies the
+        features once while forks may hold them, and a refresh of a shared row in a fork copies the
+        fork's features once (copy on write). The index is shared until either side rebuilds it.
+        K forks of a 103 MiB memory cost kilobytes, not K x 103 MiB (issue 15, item 6)."""
         import copy
 
         other = copy.copy(self)
-        other._xyz = self._xyz[: self._n].clone()
-        other._feat = self._feat[: self._n].clone()
-        other.index = copy.deepcopy(self.index)
+        if isinstance(self._xyz, _SharedRows):
+            other._xyz, other._feat = self._xyz.fork(self._n), self._feat.fork(self._n)
+        else:
+            other._xyz = _SharedRows(self._xyz[: self._n], torch.empty((0, 3), dtype=torch.float32, device=self.device))
+            other._feat = _SharedRows(self._feat[: self._n],
+                                      torch.empty((0, self.channels), dtype=self.feature_dtype, device=self.device))
+            self._forked = True
+        other._forked = False
+        other.index = copy.copy(self.index)  # rebuild() assigns new tensors, never writes the shared ones
         other.last_insert = dict(self.last_insert)
         return other
 
@@ -297,6 +385,8 @@ class LatentSpatialMemory:
         # -- all checks passed: mutate --
         if self.on_revisit == "refresh" and bool(revisited.any()):
             idx = r.index[revisited]
+            if getattr(self, "_forked", False):  # forks share these rows: copy on write
+                self._feat, self._forked = self._feat.clone(), False
             self._feat[idx] = latent.permute(1, 2, 0)[revisited].to(self.feature_dtype)
         if n_new:
             feats = latent.permute(1, 2, 0)[new].to(self.feature_dtype)
@@ -324,6 +414,13 @@ class LatentSpatialMemory:
 
     def _append(self, pts: torch.Tensor, feats: torch.Tensor) -> None:
         n, m = self._n, pts.shape[0]
+        if isinstance(self._xyz, _SharedRows):  # a fork: the shared rows stay, its own rows grow
+            self._xyz.put(n, pts)
+            self._feat.put(n, feats)
+            self._n = n + m
+            if self.index.needs_rebuild(self._n):
+                self.index.rebuild(self.points)
+            return
         if n + m > self._xyz.shape[0]:
             cap = max(n + m, int(self._xyz.shape[0] * 1.5) + 1024)
             xyz = torch.empty((cap, 3), dtype=torch.float32, device=self.device)

@@ -68,7 +68,7 @@ def _num(v) -> str:
         return str(int(v)) if abs(v) >= 1 or v == 0 else repr(v)
     if isinstance(v, int) and v >= 1 << 20 and (v & (v - 1)) == 0:
         return f"2^{v.bit_length() - 1}"
-    return f"{v:g}" if isinstance(v, float) else f"{v:,}"
+    return f"{v:g}" if isinstance(v, float) else (f"{v:,}" if abs(v) >= 10**6 else str(v))
 
 
 PARAMS: List[Param] = [

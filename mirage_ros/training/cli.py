@@ -73,6 +73,19 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--channels", type=int, default=48)
     f.add_argument("--json", default=None, help="comparison JSON (default OUT/fit.json)")
 
+    d = sub.add_parser("fit-deblocker", help="learn a convolutional decoder for a dataset's block-PCA codec",
+                       description="RefinedBlockCodec: the dataset's linear-block encoder with a learned decoder that "
+                                   "sees across block borders (seams) and smooths generated latents; JSON + PNG in OUT.")
+    d.add_argument("data", help="dataset folder whose codec is linear-block")
+    d.add_argument("--out", required=True, help="codec folder to write")
+    d.add_argument("--steps", type=int, default=3000)
+    d.add_argument("--batch", type=int, default=8)
+    d.add_argument("--lr", type=float, default=1e-3)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--hidden", type=int, default=48)
+    d.add_argument("--blocks", type=int, default=4)
+    d.add_argument("--threads", type=int, default=None)
+
 
 def _codec_args(p) -> None:
     p.add_argument("--codec", default="thumbnail", choices=["thumbnail", "linear-block", "wan"],
@@ -99,6 +112,15 @@ def run_data(args) -> int:
             header = rebuild(args.src, args.out, memory=args.memory, codec_folder=args.codec_weights,
                              workers=args.workers, overwrite=args.overwrite, command=" ".join(sys.argv),
                              window_stride=args.window_stride, clips=args.clips)
+        elif args.data_command == "fit-deblocker":
+            from .deblocker_fit import fit_deblocker
+
+            if args.threads:
+                import torch
+
+                torch.set_num_threads(args.threads)
+            header = fit_deblocker(args.data, args.out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+                                   hidden=args.hidden, blocks=args.blocks)
         elif args.data_command == "bag":
             from .bag_data import generate_from_bag
 

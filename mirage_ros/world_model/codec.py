@@ -426,10 +426,14 @@ def load_codec(folder: Union[str, Path], device=None, dtype=torch.float32) -> Co
         return ThumbnailCodec(**{k: cfg[k] for k in ("stride", "thumb", "upsample") if k in cfg})
     if name == LinearBlockCodec.name:
         return LinearBlockCodec.from_pretrained(folder)
+    if name == "linear-block-refined":
+        from .refined_codec import RefinedBlockCodec
+
+        return RefinedBlockCodec.from_pretrained(folder)
     if name == WanVAECodec.name:
         return WanVAECodec.from_pretrained(folder, device=device, dtype=dtype)
     raise CodecError(f"codec: {folder / CODEC_CONFIG} names an unknown codec {name!r} "
-                     f"(expected thumbnail, {LinearBlockCodec.name} or {WanVAECodec.name})")
+                     f"(expected thumbnail, {LinearBlockCodec.name}, linear-block-refined or {WanVAECodec.name})")
 
 
 def make_codec(name: str = "thumbnail", weights: Optional[str] = None, device=None, **kwargs) -> Codec:

@@ -353,3 +353,67 @@ def test_item6_the_rgb_cache_forks_too(scene):
     f.insert(frames[2].rgb, frames[2].depth, cams[2])
     assert f.num_points > mem.num_points and torch.equal(mem.read(cams[1]).latent, before)
     assert f.pitch.shape[0] == f.num_points and mem.pitch.shape[0] == mem.num_points
+
+
+# -- items 5 and 14: the tf buffer's budget and depth ---------------------------------------------------
+
+def test_item14_a_loop_longer_than_max_depth_is_refused():
+    from mirage_ros.ros.tf_buffer import MAX_DEPTH, TfInputError, TransformBuffer
+
+    b = TransformBuffer(max_frames=5000)
+    T = np.eye(4)
+    for i in range(1, MAX_DEPTH + 5):  # f0 <- f1 <- ... a chain, one edge at a time
+        try:
+            b.set_transform(f"f{i - 1}", f"f{i}", 0, T, static=True)
+        except TfInputError as exc:
+            assert "deeper than" in str(exc) and i >= MAX_DEPTH - 1
+            break
+    else:
+        pytest.fail("a chain deeper than MAX_DEPTH was accepted")
+    deepest = max(int(c[1:]) for c in b.edges)
+    with pytest.raises(TfInputError, match="loop|deeper"):  # closing the loop f_deepest -> f0
+        b.set_transform(f"f{deepest}", "f0", 0, T, static=True)
+    assert "f0" not in b.edges
+    # a 3-frame loop still says "loop"
+    with pytest.raises(TfInputError, match="loop"):
+        b.set_transform("f2", "f0", 0, T, static=True)
+
+
+def test_item5_junk_frames_cannot_lock_the_camera_out_and_the_budget_holds():
+    """Item 5: 10,100 junk frames locked the real camera frame out for good; the limits allowed
+    ~49 GiB. Now least recently updated / used frames go first, within tf.max_bytes."""
+    from mirage_ros.ros.tf_buffer import FRAME_BYTES, SAMPLE_BYTES, TransformBuffer
+
+    b = TransformBuffer(max_bytes=8 << 20)  # the node's default is 64 MiB (tf.max_bytes)
+    T = np.eye(4)
+    b.set_transform("base_link", "camera", 0, T, static=True)  # /tf_static, once
+    for t in range(3):
+        b.set_transform("map", "base_link", t * S, T)
+    for i in range(10100):
+        b.set_transform("map", f"junk{i}", S, T)
+        if i % 500 == 0:
+            b.lookup("map", "camera", S)  # the camera chain is in use (images keep arriving)
+    b.set_transform("map", "base_link", 3 * S, T)
+    assert b.lookup("map", "camera", 3 * S) is not None  # static camera mount kept, chain intact
+    b.set_transform("map", "new_camera", 3 * S, T)  # a frame first seen now still gets in
+    assert "new_camera" in b.edges and len(b.edges) <= b.max_frames
+    for k in range(200000):  # a flood of samples on junk edges: the estimate stays within budget
+        b.set_transform("map", f"j{k % 50}", 10 * S + k, T)
+    assert b.nbytes <= 8 << 20 and b.counts["evicted"] > 0
+    assert b.nbytes == len(b.edges) * FRAME_BYTES + sum(len(e.stamps) for e in b.edges.values()) * SAMPLE_BYTES
+
+
+def test_item5_huge_tf_messages_are_refused_before_work():
+    from mirage_ros.ros import outputs as out
+    from mirage_ros.ros.tf_buffer import MAX_MESSAGE_TRANSFORMS, TfQueue, transforms_from_msg
+
+    B = _types()
+    tr = [out.transform_stamped_msg(B, np.eye(4), S, "map", f"f{i}") for i in range(MAX_MESSAGE_TRANSFORMS + 1)]
+    good, bad = transforms_from_msg(out.tf_msg(B, tr))
+    assert good == [] and "refused whole" in bad[0]
+    q = TfQueue(max_bytes=1000, max_message_bytes=600)
+    q.put(b"x" * 700, False)  # one message too big: dropped before anything deserialises it
+    for _ in range(5):
+        q.put(b"y" * 300, False)
+    assert q.dropped == 3  # the big one, then the two oldest of five beyond 1000 bytes
+    assert [q.get(0) for _ in range(4)] == [(b"y" * 300, False)] * 3 + [None]

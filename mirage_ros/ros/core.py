@@ -147,6 +147,7 @@ class MirageCore:
         self.p = validate(params or {})
         self._log = log or (lambda level, msg: _LOG.log(getattr(logging, level.upper(), logging.INFO), msg))
         self.lock = threading.RLock()
+        self.input_lock = threading.RLock()  # pairing and tf state (sensor callbacks and the tf thread)
         self.backend = None
         self.depth_provider = None
         self.mask_provider = None
@@ -172,7 +173,7 @@ class MirageCore:
 
             self.tf_buffer = TransformBuffer(cache_time_ns=int(self.p["tf.cache_time"] * 1e9),
                                              tolerance_ns=int(round(self.p["tf.tolerance"] * 1e9)),
-                                             jump_ns=self.sync.jump_ns)
+                                             jump_ns=self.sync.jump_ns, max_bytes=self.p["tf.max_bytes"])
             self.tf_poses = TfPoseQueue(self.tf_buffer.lookup, self.p["world_frame"], self.p["tf.camera_frame"],
                                         self.p["tf.camera_is_link"], int(round(self.p["tf.wait"] * 1e9)),
                                         max_pending=self.p["sync.queue_size"])
@@ -322,7 +323,8 @@ class MirageCore:
 
     # -- inputs -------------------------------------------------------------------------------
     def _add(self, kind: str, stamp: int, payload) -> Optional[SyncedSet]:
-        s = self.sync.add(kind, stamp, payload)
+        with self.input_lock:  # the node feeds tf from its own thread, sensors from the executor
+            s = self.sync.add(kind, stamp, payload)
         if s is not None:
             self.counts["sets_completed"] += 1
         return s
@@ -351,7 +353,8 @@ class MirageCore:
         s = self._add("image", stamp, rgb)
         if self.tf_poses is not None:  # ask for the camera pose at this image's stamp
             now = time.monotonic_ns() if now_ns is None else int(now_ns)
-            s = self._tf_results(*self.tf_poses.request(stamp, str(header.frame_id), now)) or s
+            with self.input_lock:
+                s = self._tf_results(*self.tf_poses.request(stamp, str(header.frame_id), now)) or s
         return s
 
     # -- tf (pose.source tf) ------------------------------------------------------------------
@@ -375,21 +378,23 @@ class MirageCore:
         for reason in bad:
             self.reject("tf", reason)
         own = self.p["imagined.frame_id"]
-        for parent, child, stamp, T in good:
-            if child == own:
-                continue
-            try:
-                self.tf_buffer.set_transform(parent, child, stamp, T, static=static)
-            except TfInputError as exc:
-                self.reject("tf", str(exc))
-        return self.poll_tf(now_ns)
+        with self.input_lock:
+            for parent, child, stamp, T in good:
+                if child == own:
+                    continue
+                try:
+                    self.tf_buffer.set_transform(parent, child, stamp, T, static=static)
+                except TfInputError as exc:
+                    self.reject("tf", str(exc))
+            return self.poll_tf(now_ns)
 
     def poll_tf(self, now_ns: Optional[int] = None) -> Optional[SyncedSet]:
         """Retry images waiting for their transform; drop those whose wait is over (logged)."""
         if self.tf_poses is None or not self.tf_poses.pending:
             return None
         now = time.monotonic_ns() if now_ns is None else int(now_ns)
-        return self._tf_results(*self.tf_poses.poll(now))
+        with self.input_lock:
+            return self._tf_results(*self.tf_poses.poll(now))
 
     def _tf_results(self, resolved, failed) -> Optional[SyncedSet]:
         for _stamp, reason in failed:
@@ -675,9 +680,12 @@ class MirageCore:
         with self.lock:
             if self.backend is not None:
                 self.backend.reset()
-            self.sync.reset()
-            if self.tf_poses is not None:
-                self.tf_poses.clear()
+            with self.input_lock:
+                self.sync.reset()
+                if self.tf_poses is not None:
+                    self.tf_poses.clear()
+                if self.tf_buffer is not None:
+                    self.tf_buffer.clear()  # dynamic frames (junk included); /tf_static edges stay
             self.last_observe_stamp = None
             self.observed_poses.clear()
             self.imagined_poses.clear()

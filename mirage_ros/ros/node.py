@@ -54,6 +54,7 @@ from .core import (STATUS_CANCELED, STATUS_FAILED, STATUS_NAMES, STATUS_NOT_READ
                    MirageCore)
 from .dds import network_warning
 from .goals import GoalQueue, candidates_reason
+from .tf_buffer import TfQueue
 from .params import PARAMS, ParamError, validate
 
 __all__ = ["MirageNode", "main"]
@@ -190,7 +191,7 @@ class MirageNode(LifecycleNode):
             self.core = None
             return TransitionCallbackReturn.FAILURE
         self._stop.clear()
-        self._threads = [threading.Thread(target=self._observe_loop, name="mirage-observe", daemon=True),
+        self._threads = self._threads + [threading.Thread(target=self._observe_loop, name="mirage-observe", daemon=True),
                          threading.Thread(target=self._plan_loop, name="mirage-plan", daemon=True),
                          threading.Thread(target=self._output_loop, name="mirage-outputs", daemon=True)]
         for t in self._threads:
@@ -317,23 +318,45 @@ class MirageNode(LifecycleNode):
         else:
             from tf2_msgs.msg import TFMessage
 
-            e.append(self.create_subscription(TFMessage, "/tf", lambda m: self._on_tf(m, False), qos.profile("tf")))
-            e.append(self.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, True),
-                                              qos.profile("tf_static", depth=100)))
-        e.append(self.create_timer(0.02, self._poll_tf))
+            # raw: the executor only queues the bytes; the tf thread deserialises and stores them (a
+            # 100k-transform message blocked the executor 4.5 s; a /tf flood starved the sensors)
+            self._tf_queue = TfQueue()
+            e.append(self.create_subscription(TFMessage, "/tf", lambda m: self._tf_queue.put(m, False),
+                                              qos.profile("tf"), raw=True))
+            e.append(self.create_subscription(TFMessage, "/tf_static", lambda m: self._tf_queue.put(m, True),
+                                              qos.profile("tf_static", depth=100), raw=True))
+            self._threads.append(threading.Thread(target=self._tf_loop, args=(TFMessage,), name="mirage-tf", daemon=True))
+        if tf2_ros is not None:
+            e.append(self.create_timer(0.02, self._poll_tf))
         self.get_logger().info(
             f"pose from tf: {p['world_frame']} <- {p['tf.camera_frame'] or 'each image header.frame_id'}"
             + (" (a camera link: + link -> optical rotation)" if p["tf.camera_is_link"] else "")
             + f" via {'tf2_ros' if tf2_ros is not None else 'the built-in /tf + /tf_static buffer'}")
 
-    def _on_tf(self, msg, static: bool) -> None:
-        """Transforms are stored even while inactive (/tf_static is latched: it arrives once)."""
-        core = self.core
-        if core is None:
-            return
-        s = core.on_tf(msg, static)
-        if s is not None and self.active:
-            self._offer(s)
+    def _tf_loop(self, msg_type) -> None:
+        """The built-in tf input: deserialise and store queued /tf and /tf_static messages (even while
+        inactive: /tf_static is latched, it arrives once) and retry waiting images every 20 ms."""
+        from rclpy.serialization import deserialize_message
+
+        q = self._tf_queue
+        while not self._stop.is_set():
+            item = q.get(0.02)
+            core = self.core
+            if core is None:
+                continue
+            s = None
+            try:
+                if item is not None:
+                    raw, static = item
+                    s = core.on_tf(deserialize_message(raw, msg_type), static)
+                else:
+                    s = core.poll_tf()
+            except Exception as exc:  # noqa: BLE001 - a bad message must not stop the tf input
+                core.reject("tf", f"{type(exc).__name__}: {exc}")
+            if q.dropped:
+                core.reject("tf", f"{q.take_dropped()} /tf messages dropped: more than {q.max_bytes} bytes waited")
+            if s is not None and self.active:
+                self._offer(s)
 
     def _poll_tf(self) -> None:
         core = self.core

@@ -11,7 +11,12 @@ through their nearest common ancestor, and interpolates each dynamic edge at the
   is the camera pose camera_to_world. ``stamp_ns == 0`` means the latest time every edge of the
   chain has (tf2's ``Time(0)``).
 - History is bounded: samples older than ``cache_time_ns`` before an edge's newest are dropped,
-  and at most ``max_samples`` per edge, ``max_frames`` frames.
+  and at most ``max_samples`` per edge; in all at most ``max_frames`` frames and ``max_bytes``
+  (estimated: ``SAMPLE_BYTES`` a sample, ``FRAME_BYTES`` a frame, measured). Beyond either, the
+  least recently updated or looked-up frames are evicted first, so a flood of junk frames evicts
+  junk, never a frame the camera's chain uses (10,100 junk frames used to lock the camera frame
+  out for good). A chain deeper than ``MAX_DEPTH`` frames (a loop of any length included) is
+  refused when it would be made.
 - A sample older than its edge's newest by more than ``jump_ns`` (a bag looped, a simulator
   restarted) clears that edge's history first (``resets``).
 - Errors say what is missing (``TfError`` with ``retry``: could waiting for more data help?):
@@ -34,13 +39,15 @@ With ``camera_is_link`` the queue appends it: camera_to_world = world_from_link 
 from __future__ import annotations
 
 import bisect
-from collections import deque
+import threading
+from collections import OrderedDict, deque
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 __all__ = ["TransformBuffer", "TfPoseQueue", "TfError", "FrameMissing", "NotConnected", "Extrapolation",
-           "TfInputError", "LINK_TO_OPTICAL_Q", "LINK_FROM_OPTICAL", "transforms_from_msg"]
+           "TfInputError", "LINK_TO_OPTICAL_Q", "LINK_FROM_OPTICAL", "transforms_from_msg", "MAX_DEPTH",
+           "SAMPLE_BYTES", "FRAME_BYTES", "MAX_MESSAGE_TRANSFORMS", "TfQueue"]
 
 # optical frame (x right, y down, z forward) expressed in the camera link (x forward, y left, z up)
 LINK_TO_OPTICAL_Q = (-0.5, 0.5, -0.5, 0.5)
@@ -50,6 +57,9 @@ LINK_FROM_OPTICAL = np.array([[0.0, 0.0, 1.0, 0.0],
                               [0.0, 0.0, 0.0, 1.0]])
 
 MAX_DEPTH = 1000  # frames in one chain (a deeper tree is a loop or an attack)
+SAMPLE_BYTES = 512  # one stored sample (a 4x4 float64 array, its stamp and list slots): 305 B traced, RSS more
+FRAME_BYTES = 1024  # one frame (its edge, names and dict slot): 570 B traced
+MAX_MESSAGE_TRANSFORMS = 10000  # transforms in one TFMessage (tf2 publishers send tens)
 
 
 class TfError(LookupError):
@@ -93,7 +103,7 @@ class _Edge:
 
 class TransformBuffer:
     def __init__(self, cache_time_ns: int = 10_000_000_000, tolerance_ns: int = 0, max_samples: int = 10000,
-                 max_frames: int = 10000, jump_ns: int = 1_000_000_000):
+                 max_frames: int = 10000, jump_ns: int = 1_000_000_000, max_bytes: int = 64 << 20):
         if cache_time_ns <= 0:
             raise ValueError(f"cache_time_ns: expected > 0, got {cache_time_ns}")
         if tolerance_ns < 0:
@@ -103,14 +113,34 @@ class TransformBuffer:
         self.max_samples = max(2, int(max_samples))
         self.max_frames = int(max_frames)
         self.jump_ns = int(jump_ns)
-        self.edges: Dict[str, _Edge] = {}
-        self.counts = {"set": 0, "rejected": 0, "resets": 0, "reparented": 0, "dropped_old": 0}
+        self.max_bytes = int(max_bytes)
+        self.edges: "OrderedDict[str, _Edge]" = OrderedDict()  # least recently updated / used first
+        self.samples = 0
+        self.counts = {"set": 0, "rejected": 0, "resets": 0, "reparented": 0, "dropped_old": 0, "evicted": 0}
+
+    @property
+    def nbytes(self) -> int:
+        """Estimated bytes held (``FRAME_BYTES`` a frame, ``SAMPLE_BYTES`` a sample)."""
+        return len(self.edges) * FRAME_BYTES + self.samples * SAMPLE_BYTES
+
+    def _drop_edge(self, child: str) -> None:
+        self.samples -= len(self.edges.pop(child).stamps)
+
+    def _evict(self, keep: str) -> None:
+        """Evict least recently updated / used frames (never ``keep``) until within the budgets."""
+        while (len(self.edges) > self.max_frames or self.nbytes > self.max_bytes) and len(self.edges) > 1:
+            victim = next(iter(self.edges))
+            if victim == keep:
+                self.edges.move_to_end(keep)
+                victim = next(iter(self.edges))
+            self._drop_edge(victim)
+            self.counts["evicted"] += 1
 
     # -- input --------------------------------------------------------------------------------
     def clear(self) -> None:
         """Forget every dynamic edge (static ones stay: tf2 keeps /tf_static across clears)."""
         for child in [c for c, e in self.edges.items() if not e.static]:
-            del self.edges[child]
+            self._drop_edge(child)
 
     def frames(self) -> List[str]:
         out = set(self.edges)
@@ -135,26 +165,34 @@ class TransformBuffer:
             raise TfInputError(f"{parent} -> {child}: expected a finite 4x4 transform")
         edge = self.edges.get(child)
         if edge is None or edge.parent != parent:
-            # a loop: the new parent descends from the child
-            f, depth = parent, 0
-            while f in self.edges and depth <= MAX_DEPTH:
+            # a loop (the new parent descends from the child), or a chain deeper than MAX_DEPTH:
+            # the walk up from the parent is bounded, so a loop longer than MAX_DEPTH is refused too
+            f, depth = parent, 1
+            while f in self.edges:
                 f = self.edges[f].parent
                 depth += 1
                 if f == child:
                     self.counts["rejected"] += 1
                     raise TfInputError(f"{parent} -> {child} would close a loop ({child} is an ancestor of {parent})")
-            if edge is None and len(self.edges) >= self.max_frames:
-                self.counts["rejected"] += 1
-                raise TfInputError(f"{parent} -> {child}: more than {self.max_frames} frames")
+                if depth > MAX_DEPTH:
+                    self.counts["rejected"] += 1
+                    raise TfInputError(f"{parent} -> {child}: the chain above {child!r} would be deeper than "
+                                       f"{MAX_DEPTH} frames (a loop or an attack)")
             if edge is not None:
                 self.counts["reparented"] += 1  # tf2 allows it too: the newest parent wins
+                self._drop_edge(child)
             edge = self.edges[child] = _Edge(parent, static)
         elif edge.static != static:
+            self._drop_edge(child)
             edge = self.edges[child] = _Edge(parent, static)
+        self.edges.move_to_end(child)
         stamp_ns = int(stamp_ns)
+        n_before = len(edge.stamps)
         if static:
             edge.stamps, edge.poses = [stamp_ns], [T]
+            self.samples += 1 - n_before
             self.counts["set"] += 1
+            self._evict(child)
             return
         if edge.stamps and stamp_ns < edge.stamps[-1] - self.jump_ns:
             edge.stamps, edge.poses = [], []  # time jumped back: this edge starts over
@@ -173,7 +211,9 @@ class TransformBuffer:
             del edge.stamps[:cut]
             del edge.poses[:cut]
             self.counts["dropped_old"] += cut
+        self.samples += len(edge.stamps) - n_before
         self.counts["set"] += 1
+        self._evict(child)
 
     # -- lookups ------------------------------------------------------------------------------
     def _known(self, frame: str) -> bool:
@@ -244,6 +284,8 @@ class TransformBuffer:
         from ..geometry import interpolate_poses, invert_rigid
 
         at = [self._edge_at(child, stamp_ns) for child in s_edges + t_edges]
+        for child in s_edges + t_edges:  # in use: the last frames eviction would take
+            self.edges.move_to_end(child)
         todo = [k for k, e in enumerate(at) if isinstance(e, tuple)]
         if todo:  # every interpolated edge in one call: pairs (2k, 2k + 1) at fractional index 2k + a
             pairs = np.stack([m for k in todo for m in at[k][:2]])
@@ -277,7 +319,10 @@ def transforms_from_msg(msg) -> Tuple[List[Tuple[str, str, int, np.ndarray]], Li
     from ..geometry import GeometryError, poses_to_matrices
 
     rows, bad = [], []
-    for i, tr in enumerate(getattr(msg, "transforms", []) or []):
+    transforms = getattr(msg, "transforms", []) or []
+    if len(transforms) > MAX_MESSAGE_TRANSFORMS:
+        return [], [f"a TFMessage of {len(transforms)} transforms, more than {MAX_MESSAGE_TRANSFORMS}: refused whole"]
+    for i, tr in enumerate(transforms):
         try:
             parent, child = str(tr.header.frame_id), str(tr.child_frame_id)
             stamp = int(tr.header.stamp.sec) * 1_000_000_000 + int(tr.header.stamp.nanosec)
@@ -385,3 +430,47 @@ class TfPoseQueue:
 
     def clear(self) -> None:
         self.pending.clear()
+
+
+class TfQueue:
+    """Serialised /tf messages waiting for the node's tf thread: ``put`` (on the executor) is O(1)
+    and refuses a message above ``max_message_bytes`` (about ``MAX_MESSAGE_TRANSFORMS`` transforms)
+    before anything deserialises it; at most ``max_bytes`` wait, the oldest dropped first
+    (``dropped`` counts them)."""
+
+    def __init__(self, max_bytes: int = 16 << 20, max_message_bytes: int = 1 << 20):
+        self.max_bytes, self.max_message_bytes = int(max_bytes), int(max_message_bytes)
+        self._q: deque = deque()
+        self._bytes = 0
+        self._cv = threading.Condition()
+        self.dropped = 0
+
+    def put(self, raw: bytes, static: bool) -> None:
+        n = len(raw)
+        with self._cv:
+            if n > self.max_message_bytes:
+                self.dropped += 1
+                return
+            self._q.append((raw, static))
+            self._bytes += n
+            while self._bytes > self.max_bytes and len(self._q) > 1:
+                old, _ = self._q.popleft()
+                self._bytes -= len(old)
+                self.dropped += 1
+            self._cv.notify()
+
+    def get(self, timeout: float):
+        """The oldest (raw, static), or None after ``timeout`` s."""
+        with self._cv:
+            if not self._q:
+                self._cv.wait(timeout)
+            if not self._q:
+                return None
+            raw, static = self._q.popleft()
+            self._bytes -= len(raw)
+            return raw, static
+
+    def take_dropped(self) -> int:
+        with self._cv:
+            n, self.dropped = self.dropped, 0
+            return n

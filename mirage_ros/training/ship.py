@@ -29,7 +29,10 @@ def weight_hashes(folder: Path) -> Dict[str, str]:
             for p in sorted(folder.rglob("*.safetensors"))}
 
 
-def ship(run: Path, out: Path, checkpoint: Optional[str] = None, name: Optional[str] = None) -> Dict:
+def ship(run: Path, out: Path, checkpoint: Optional[str] = None, name: Optional[str] = None,
+         codec: Optional[Path] = None) -> Dict:
+    """``codec``: ship with this codec folder instead of the run's, e.g. a ``RefinedBlockCodec`` fitted on
+    the run's data (``mirage data fit-deblocker``); its encoder must be the run's (same latents)."""
     import torch
 
     from ..world_model.model import MirageWorldModel
@@ -56,12 +59,29 @@ def ship(run: Path, out: Path, checkpoint: Optional[str] = None, name: Optional[
         ck = run / "checkpoints" / checkpoint
         state = json.loads((ck / "state.json").read_text())
         t.step = load_checkpoint(ck, t.model, opt, sched, state["fingerprint"])
+        from .checkpoint import load_extra
+        from .trainer import EMA
+
+        t.ema = None
+        if cfg.ema_decay > 0:
+            t.ema = EMA(t.model, cfg.ema_decay)
+            t.ema.load(load_extra(ck, "ema"), ck)
         src = t.export(run / f"model_{checkpoint}")
     else:
         src = run / "model"
         if not (src / "model_index.json").is_file():
             raise ValueError(f"run: {src} holds no exported model (is the run finished? use --checkpoint step_XXXXXXXX)")
     wm = MirageWorldModel.from_pretrained(src, device="cpu", dtype=torch.float32)
+    if codec is not None:
+        from ..world_model.codec import load_codec
+
+        new = load_codec(codec)
+        old = wm.codec
+        same = all(hasattr(c, "basis") for c in (new, old)) and torch.equal(new.basis, old.basis) \
+            and torch.equal(new.mean, old.mean) and new.scale == old.scale
+        if not same:
+            raise ValueError(f"codec: {codec} does not encode like the run's codec (another basis): the model's latents would not match")
+        wm.codec = new
     wm.transformer.half()
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
@@ -95,11 +115,13 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="shipment folder (e.g. mirage_ros/models/mirage_small)")
     p.add_argument("--checkpoint", default=None, help="ship this checkpoint (step_XXXXXXXX) instead of the final model")
     p.add_argument("--name", default=None, help="model name recorded in model_index.json")
+    p.add_argument("--codec", default=None, help="ship with this codec folder (same encoder, e.g. a fitted deblocker)")
 
 
 def run(args) -> int:
     try:
-        info = ship(Path(args.run), Path(args.out), checkpoint=args.checkpoint, name=args.name)
+        info = ship(Path(args.run), Path(args.out), checkpoint=args.checkpoint, name=args.name,
+                    codec=Path(args.codec) if args.codec else None)
     except (ValueError, FileNotFoundError) as exc:
         print(f"mirage ship: {exc}", file=sys.stderr)
         return 2

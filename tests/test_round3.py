@@ -417,3 +417,74 @@ def test_item5_huge_tf_messages_are_refused_before_work():
         q.put(b"y" * 300, False)
     assert q.dropped == 3  # the big one, then the two oldest of five beyond 1000 bytes
     assert [q.get(0) for _ in range(4)] == [(b"y" * 300, False)] * 3 + [None]
+
+
+# -- items 8 and 15: several robots -------------------------------------------------------------------
+
+def test_item8_each_namespace_has_its_own_save_folder_by_default(tmp_path, monkeypatch, scene):
+    """Item 8: /robot2/load_memory robot1_map.safetensors loaded robot1's map, and a robot2 save
+    with overwrite replaced robot1's file (one shared default folder)."""
+    from mirage_ros.ros import convert as cv
+    from mirage_ros.ros.core import MirageCore
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    B = _types()
+    cams, frames = scene
+    robots = {}
+    for ns in ("/robot1", "/robot2"):
+        c = MirageCore({"backend": "readout"}, namespace=ns)
+        c.configure()
+        robots[ns] = c
+    c1 = robots["/robot1"]
+    s = None
+    for k, m in (("camera_info", cv.camera_info_msg(B, cams[0].K.numpy(), H, W, S, "cam")),
+                 ("pose", cv.pose_stamped_msg(B, cams[0].camera_to_world.numpy(), S, "map")),
+                 ("depth", cv.image_msg(B, frames[0].depth, S, "cam", "32FC1")), ("image", cv.image_msg(B, frames[0].rgb, S, "cam"))):
+        s = getattr(c1, f"on_{k}")(m) or s
+    c1.observe(s)
+    path1, n1 = c1.save("robot1_map.safetensors")
+    assert Path(path1) == tmp_path / "mirage_ros" / "memories" / "robot1" / "robot1_map.safetensors" and n1 > 0
+    c2 = robots["/robot2"]
+    with pytest.raises(ValueError, match="does not exist"):
+        c2.load("robot1_map.safetensors")
+    with pytest.raises(ValueError, match="outside memory.save_dir"):
+        c2.load(path1)
+    path2, _ = c2.save("robot1_map.safetensors", overwrite=True)
+    assert Path(path2).parent.name == "robot2" and c1.load("robot1_map.safetensors") == n1
+    # an explicit folder may name the namespace too
+    c3 = MirageCore({"backend": "readout", "memory.save_dir": str(tmp_path / "maps" / "{namespace}")}, namespace="/robot3")
+    c3.configure()
+    assert Path(c3.save("")[0]).parent == tmp_path / "maps" / "robot3"
+
+
+def test_item15_robots_sharing_tf_keep_to_their_own_frames(scene):
+    """Item 15: with pose.source tf both robots subscribe the absolute /tf and published the same
+    imagined frame id. With frame prefixes (robot_state_publisher's frame_prefix; mirage_multi_node's
+    default '<robot>/') each robot finds its own camera and publishes its own imagined frame."""
+    from mirage_ros.ros import convert as cv
+    from mirage_ros.ros import outputs as out
+    from mirage_ros.ros.core import MirageCore
+
+    B = _types()
+    cams, frames = scene
+    cores = {}
+    for name, pre in (("robot1", "robot1/"), ("robot2", "robot2/")):
+        c = MirageCore({"backend": "readout", "pose.source": "tf", "tf.wait": 0.0}, frame_prefix=pre)
+        c.configure()
+        cores[name] = c
+    assert cores["robot1"].imagined_frame == "robot1/mirage_imagined_optical_frame"
+    assert cores["robot2"].imagined_frame == "robot2/mirage_imagined_optical_frame"
+    # one /tf stream, as both robots receive it: each robot's camera at its own pose
+    tf = out.tf_msg(B, [out.transform_stamped_msg(B, cams[0].camera_to_world.numpy(), S, "map", "robot1/camera_optical_frame"),
+                        out.transform_stamped_msg(B, cams[2].camera_to_world.numpy(), S, "map", "robot2/camera_optical_frame"),
+                        out.transform_stamped_msg(B, np.eye(4), S, "map", "robot1/mirage_imagined_optical_frame")])
+    for c in cores.values():
+        c.on_tf(tf, static=False, now_ns=0)
+    assert "robot1/mirage_imagined_optical_frame" not in cores["robot1"].tf_buffer.edges  # its own output
+    for name, cam, fr in (("robot1", cams[0], frames[0]), ("robot2", cams[2], frames[2])):
+        c = cores[name]
+        c.on_camera_info(cv.camera_info_msg(B, cam.K.numpy(), H, W, S, "camera_optical_frame"))
+        c.on_depth(cv.image_msg(B, fr.depth, S, "camera_optical_frame", "32FC1"))
+        s = c.on_image(cv.image_msg(B, fr.rgb, S, "camera_optical_frame"), now_ns=0)
+        assert s is not None, c.last_rejection
+        assert np.allclose(s["pose"], cam.camera_to_world.numpy())  # its own camera, not the other's

@@ -143,8 +143,16 @@ def resample_trajectory(T: np.ndarray, stamps: np.ndarray, n: int) -> Tuple[np.n
 
 
 class MirageCore:
-    def __init__(self, params: Optional[dict] = None, log: Optional[Callable[[str, str], None]] = None):
+    def __init__(self, params: Optional[dict] = None, log: Optional[Callable[[str, str], None]] = None,
+                 namespace: str = "", frame_prefix: str = ""):
+        """``namespace``: the node's (``/robot1``): the default save folder is per namespace.
+        ``frame_prefix``: the tf frame prefix when ``tf.frame_prefix`` is empty (mirage_multi_node:
+        ``robot1/``)."""
         self.p = validate(params or {})
+        self.namespace = namespace.strip("/")
+        self.frame_prefix = self.p["tf.frame_prefix"] or frame_prefix
+        # the frames this robot publishes and looks up, prefixed as robot_state_publisher prefixes
+        self.imagined_frame = self.prefixed(self.p["imagined.frame_id"])
         self._log = log or (lambda level, msg: _LOG.log(getattr(logging, level.upper(), logging.INFO), msg))
         self.lock = threading.RLock()
         self.input_lock = threading.RLock()  # pairing and tf state (sensor callbacks and the tf thread)
@@ -174,7 +182,8 @@ class MirageCore:
             self.tf_buffer = TransformBuffer(cache_time_ns=int(self.p["tf.cache_time"] * 1e9),
                                              tolerance_ns=int(round(self.p["tf.tolerance"] * 1e9)),
                                              jump_ns=self.sync.jump_ns, max_bytes=self.p["tf.max_bytes"])
-            self.tf_poses = TfPoseQueue(self.tf_buffer.lookup, self.p["world_frame"], self.p["tf.camera_frame"],
+            self.tf_poses = TfPoseQueue(self.tf_buffer.lookup, self.p["world_frame"],
+                                        self.prefixed(self.p["tf.camera_frame"]) if self.p["tf.camera_frame"] else "",
                                         self.p["tf.camera_is_link"], int(round(self.p["tf.wait"] * 1e9)),
                                         max_pending=self.p["sync.queue_size"])
         self.counts = {k: 0 for k in ("messages_received", "sets_completed", "frames_observed", "frames_skipped",
@@ -192,6 +201,12 @@ class MirageCore:
         self.version = 0  # bumps on every memory change (the node republishes the cloud then)
         self._colors_cache: Tuple[int, Optional[np.ndarray]] = (-1, None)
         self._warm = False
+
+    def prefixed(self, frame: str) -> str:
+        """``frame`` with this robot's tf frame prefix (unchanged when it already has it, or when
+        there is none)."""
+        pre = self.frame_prefix
+        return frame if not pre or not frame or frame.startswith(pre) else pre + frame
 
     # -- logging and rejection ------------------------------------------------------------------
     def log(self, level: str, msg: str) -> None:
@@ -354,7 +369,7 @@ class MirageCore:
         if self.tf_poses is not None:  # ask for the camera pose at this image's stamp
             now = time.monotonic_ns() if now_ns is None else int(now_ns)
             with self.input_lock:
-                s = self._tf_results(*self.tf_poses.request(stamp, str(header.frame_id), now)) or s
+                s = self._tf_results(*self.tf_poses.request(stamp, self.prefixed(str(header.frame_id)), now)) or s
         return s
 
     # -- tf (pose.source tf) ------------------------------------------------------------------
@@ -377,7 +392,7 @@ class MirageCore:
         good, bad = transforms_from_msg(msg)
         for reason in bad:
             self.reject("tf", reason)
-        own = self.p["imagined.frame_id"]
+        own = self.imagined_frame
         with self.input_lock:
             for parent, child, stamp, T in good:
                 if child == own:
@@ -694,7 +709,7 @@ class MirageCore:
     def save(self, path: str = "", overwrite: bool = False) -> Tuple[str, int]:
         """Save the memory inside ``memory.save_dir`` (see ``paths``); returns (absolute path, points).
         Raises ``ValueError`` (``paths.PathError``) with the reason; nothing is written then."""
-        base = paths.memory_dir(self.p["memory.save_dir"])
+        base = paths.memory_dir(self.p["memory.save_dir"], namespace=self.namespace)
         target = paths.resolve_save(base, path, overwrite)
         with self.lock:
             if self.backend is None:
@@ -705,7 +720,7 @@ class MirageCore:
 
     def load(self, path: str) -> int:
         """Replace the memory with a file inside ``memory.save_dir``; unchanged on any error."""
-        target = paths.resolve_load(paths.memory_dir(self.p["memory.save_dir"]), path)
+        target = paths.resolve_load(paths.memory_dir(self.p["memory.save_dir"], namespace=self.namespace), path)
         with self.lock:
             if self.backend is None:
                 raise ValueError("the node is not active")

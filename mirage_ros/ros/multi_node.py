@@ -10,8 +10,15 @@ Each robot has its own memory, input pairing, goal queue and outputs; with ``sha
 robots whose backend parameters agree share the first robot's loaded model (``fleet``), so the
 weights are in memory once and the robots take turns on it one chunk at a time.
 
-Parameters of this process's own node ``mirage_multi``: ``robots`` (string array, required) and
-``share_model`` (bool). Node parameters come from the parameter file as usual: a ``/**`` section
+Robots keep apart where ROS shares things: each robot's default save folder is its own
+(``memories/robot1``; ``{namespace}`` in ``memory.save_dir`` does the same for an explicit folder,
+and two robots configured with one folder get a warning), and, as robot_state_publisher's
+``frame_prefix`` does, a robot whose ``tf.frame_prefix`` is empty prefixes its tf frames with
+``robot1/`` (the camera frame it looks up on the shared /tf, image frame ids that lack the prefix,
+and the imagined frame it publishes: ``robot1/mirage_imagined_optical_frame``).
+
+Parameters of this process's own node ``mirage_multi``: ``robots`` (string array, required),
+``share_model`` (bool) and ``frame_prefix`` (bool, default true). Node parameters come from the parameter file as usual: a ``/**`` section
 applies to every robot, a ``/robot1/mirage`` section to one. Do not remap ``__ns`` (it would
 move every robot into one namespace); the namespaces are the ``robots`` entries.
 """
@@ -32,15 +39,28 @@ from .node import MirageNode
 __all__ = ["main", "make_robots"]
 
 
-def make_robots(robots, share_model: bool = True, **node_kwargs):
+def make_robots(robots, share_model: bool = True, frame_prefix: bool = True, **node_kwargs):
     """One MirageNode per namespace (validated by ``fleet.parse_robots``); later robots share the
-    first robot's model when ``share_model``. ``node_kwargs`` go to every node (``context``,
-    ``parameter_overrides``). Returns the nodes (each configured and active unless its
+    first robot's model when ``share_model``. With ``frame_prefix`` a robot whose ``tf.frame_prefix``
+    is empty prefixes its tf frames with ``<robot>/`` (all robots subscribe the same /tf, as
+    robot_state_publisher's ``frame_prefix`` expects). ``node_kwargs`` go to every node
+    (``context``, ``parameter_overrides``). Returns the nodes (each configured and active unless its
     ``autostart`` parameter is false)."""
     nodes = []
     for ns in parse_robots(robots):
         leader = nodes[0] if share_model and nodes else None
-        nodes.append(MirageNode("mirage", share_with=leader, namespace=ns, **node_kwargs))
+        nodes.append(MirageNode("mirage", share_with=leader, namespace=ns,
+                                frame_prefix=ns.strip("/") + "/" if frame_prefix else "", **node_kwargs))
+    folders = {}
+    for n in nodes:  # robots sharing one save folder could load or replace each other's maps
+        if n.core is not None:
+            from . import paths
+
+            d = str(paths.memory_dir(n.core.p["memory.save_dir"], create=False, namespace=n.core.namespace))
+            if d in folders:
+                n.get_logger().warning(f"memory.save_dir: {d} is also {folders[d]}'s save folder: the robots can load and "
+                                       "replace each other's memory files (use {namespace} in it, or leave it empty)")
+            folders.setdefault(d, n.get_namespace())
     return nodes
 
 
@@ -90,9 +110,11 @@ def main(argv=None) -> int:
                                ParameterDescriptor(description="robot namespaces served by this process, e.g. [robot1, robot2]"))
         host.declare_parameter("share_model", True, ParameterDescriptor(
             description="robots with the same backend parameters share the first robot's loaded model"))
+        host.declare_parameter("frame_prefix", True, ParameterDescriptor(
+            description="a robot whose tf.frame_prefix is empty prefixes its tf frames (camera, imagined) with '<robot>/'"))
         robots = host.get_parameter("robots").value or []
         share = bool(host.get_parameter("share_model").value)
-        nodes = make_robots(list(robots), share)
+        nodes = make_robots(list(robots), share, bool(host.get_parameter("frame_prefix").value))
         host.get_logger().info(f"serving {len(nodes)} robots: {', '.join(n.get_namespace() for n in nodes)}"
                                + (" (one shared model)" if share else " (a model each)"))
         executor = SingleThreadedExecutor()

@@ -65,10 +65,13 @@ ACTION_SERVICE_DEPTH = 1000
 
 
 class MirageNode(LifecycleNode):
-    def __init__(self, node_name: str = "mirage", share_with: Optional["MirageNode"] = None, **kwargs):
+    def __init__(self, node_name: str = "mirage", share_with: Optional["MirageNode"] = None, frame_prefix: str = "",
+                 **kwargs):
         """``share_with``: another MirageNode in this process whose loaded model this one shares
-        (``fleet``: own memory, same model; ``mirage_multi_node``)."""
+        (``fleet``: own memory, same model; ``mirage_multi_node``). ``frame_prefix``: the tf frame
+        prefix when the ``tf.frame_prefix`` parameter is empty (``mirage_multi_node``: the robot's)."""
         self._share_with = share_with
+        self._frame_prefix = frame_prefix
         super().__init__(node_name, **kwargs)
         self._types = cv.RclpyTypes()
         for p in PARAMS:
@@ -145,7 +148,8 @@ class MirageNode(LifecycleNode):
     # -- lifecycle ----------------------------------------------------------------------------
     def on_configure(self, state) -> TransitionCallbackReturn:
         try:
-            self.core = MirageCore(self._params(), log=self._log)
+            self.core = MirageCore(self._params(), log=self._log, namespace=self.get_namespace(),
+                                   frame_prefix=self._frame_prefix)
             t0 = time.perf_counter()
             self._configure_core()
             self.get_logger().info(f"backend ready in {time.perf_counter() - t0:.2f} s")
@@ -557,7 +561,7 @@ class MirageNode(LifecycleNode):
         core, p, T = self.core, self.core.p, self._types
         summary = {"frames": 0, "chunks": 0, "coverage": [], "first": None}
         self._pubs["path"].publish(out.imagined_path_msg(T, req.camera_to_world, req.stamps_ns, p["world_frame"]))
-        fid = p["imagined.frame_id"]
+        fid = core.imagined_frame
         zpub = self._pubs.get("image_compressed")
         for chunk in core.imagine(req, cancel=cancel):
             images = out.frame_images(T, chunk, req.stamps_ns, fid)
@@ -740,7 +744,7 @@ class MirageNode(LifecycleNode):
         images = [[] for _ in reqs] if goal.return_frames else [None] * len(reqs)
         done = chunks = 0
         if not goal.scores_only:
-            fid, backend = p["imagined.frame_id"], core.backend
+            fid, backend = core.imagined_frame, core.backend
             try:
                 for k, chunk in run:
                     r = reqs[k]

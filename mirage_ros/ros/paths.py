@@ -34,13 +34,21 @@ class PathError(ValueError):
     """A requested path is refused; the message says why. Nothing was touched."""
 
 
-def memory_dir(configured: str = "", create: bool = True) -> Path:
-    """The folder saves and loads are confined to (absolute, symlinks resolved)."""
+def memory_dir(configured: str = "", create: bool = True, namespace: str = "") -> Path:
+    """The folder saves and loads are confined to (absolute, symlinks resolved). Empty
+    ``configured``: the default folder, per ROS namespace (``memories/robot1`` for ``/robot1``: robots
+    never read or replace each other's maps); ``{namespace}`` in ``configured`` is replaced the same
+    way (``/robot1`` -> ``robot1``, the root namespace -> nothing)."""
+    ns = "/".join(t for t in str(namespace).split("/") if t)
+    if any(t in (".", "..") for t in ns.split("/")):
+        raise PathError(f"namespace: {namespace!r} is not a ROS namespace")
     if configured:
-        base = Path(os.path.expandvars(os.path.expanduser(configured)))
+        base = Path(os.path.expandvars(os.path.expanduser(configured.replace("{namespace}", ns))))
     else:
         data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
         base = Path(data) / "mirage_ros" / "memories"
+        if ns:
+            base = base / ns
     base = Path(os.path.abspath(base))
     if create and not base.exists():
         try:

@@ -168,7 +168,7 @@ def replay(input_bag, out_bag, params=None, namespace="/", topics=None, imagine=
             bag.add_path(req.camera_to_world, req.stamps_ns, p["world_frame"], log_ns=t)
             for chunk in core.imagine(req):
                 bag.add_imagined_chunk(chunk, req.camera_to_world, req.stamps_ns, req.K, req.height, req.width,
-                                       p["world_frame"], p["imagined.frame_id"], len(req.cameras), core.backend.name,
+                                       p["world_frame"], core.imagined_frame, len(req.cameras), core.backend.name,
                                        core.backend.generative, log_ns=t, compressed=compressed)
                 summary["chunks"] += 1
                 summary["frames"] += len(chunk.frame_indices)

@@ -69,9 +69,12 @@ TINY_VAE_OVERRIDES: Dict = dict(base_dim=8, decoder_base_dim=8, num_res_blocks=1
 #   zero-initialised mask embedding added to the branch's tokens.
 # - official (microsoft/LatentSpatialMemory): VACE blocks on every 2nd layer, 96 channels = readout +
 #   the VAE encoding of an all-ones "score" video, through the branch's own patch embedding; no mask.
+# - spatia (ZhaoJingjing713/Spatia): the official module on every 4th layer (0, 4, ..., 28), 96 channels =
+#   VAE(rendered point cloud) + VAE(hole mask), built by ``spatia.SpatiaWorldModel`` (its own conditioning).
 SIDE_BRANCH_LAYOUTS: Dict[str, Dict] = {
     "paper": dict(stride=4, in_channels=48, own_patch_embedding=False, embed_mask=True, score_channels=False),
     "official": dict(stride=2, in_channels=96, own_patch_embedding=True, embed_mask=False, score_channels=True),
+    "spatia": dict(stride=4, in_channels=96, own_patch_embedding=True, embed_mask=False, score_channels=False),
 }
 
 

@@ -21,7 +21,7 @@ from typing import Dict, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["LORA_TARGETS", "add_lora", "lora_state_dict", "save_lora", "load_lora", "has_lora"]
+__all__ = ["LORA_TARGETS", "add_lora", "lora_state_dict", "save_lora", "load_lora", "load_lora_state", "has_lora"]
 
 LORA_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")
 METADATA_KEY = "mirage_ros.lora"
@@ -84,10 +84,9 @@ def load_lora(backbone, path: Union[str, Path], adapter_name: str = "default", s
     every adapter tensor must find its module and every module of the adapter must get its
     tensors, otherwise ``CheckpointError`` names the file and the keys.
     """
-    from peft.utils import set_peft_model_state_dict
     from safetensors import safe_open
 
-    from .checkpoints import CheckpointError, convert_official_lora, read_state_dict
+    from .checkpoints import read_state_dict
 
     path = Path(path)
     sd = read_state_dict(path)
@@ -95,10 +94,22 @@ def load_lora(backbone, path: Union[str, Path], adapter_name: str = "default", s
     if path.suffix == ".safetensors":
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+    return load_lora_state(backbone, sd, source=str(path), metadata=meta, adapter_name=adapter_name, scale=scale,
+                           dropout=dropout)
+
+
+def load_lora_state(backbone, sd: Dict[str, torch.Tensor], source: str = "LoRA", metadata: Optional[Dict] = None,
+                    adapter_name: str = "default", scale: float = 1.0, dropout: float = 0.05) -> Dict:
+    """``load_lora`` for tensors already read (e.g. a file's subset); ``source`` names them in errors."""
+    from peft.utils import set_peft_model_state_dict
+
+    from .checkpoints import CheckpointError, convert_official_lora
+
+    meta = metadata or {}
     if METADATA_KEY in meta:
         info = json.loads(meta[METADATA_KEY])
     else:
-        sd = convert_official_lora(sd, source=str(path))
+        sd = convert_official_lora(sd, source=source)
         a_keys = [k for k in sd if k.endswith("lora_A.weight")]
         rank = int(sd[a_keys[0]].shape[0])
         targets = sorted({k[: -len(".lora_A.weight")] for k in a_keys})
@@ -110,15 +121,15 @@ def load_lora(backbone, path: Union[str, Path], adapter_name: str = "default", s
     expected = set(lora_state_dict(backbone, adapter_name))
     missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
     if missing or unexpected:
-        raise CheckpointError(path, missing=missing, unexpected=unexpected, what="LoRA adapter")
+        raise CheckpointError(source, missing=missing, unexpected=unexpected, what="LoRA adapter")
     ref = lora_state_dict(backbone, adapter_name)
     bad = [k for k in sd if tuple(sd[k].shape) != tuple(ref[k].shape)]
     if bad:
-        raise CheckpointError(path, mismatched={k: (tuple(sd[k].shape), tuple(ref[k].shape)) for k in bad}, what="LoRA adapter")
+        raise CheckpointError(source, mismatched={k: (tuple(sd[k].shape), tuple(ref[k].shape)) for k in bad}, what="LoRA adapter")
     dtype = next(backbone.parameters()).dtype
     result = set_peft_model_state_dict(backbone, {k: v.to(dtype) for k, v in sd.items()}, adapter_name=adapter_name)
     if getattr(result, "unexpected_keys", None):
         leftover = [k for k in result.unexpected_keys if "lora_" in k]
         if leftover:
-            raise CheckpointError(path, unexpected=leftover, what="LoRA adapter")
+            raise CheckpointError(source, unexpected=leftover, what="LoRA adapter")
     return info

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PY_KEYS = {
     "numpy": "python3-numpy", "yaml": "python3-yaml", "torch": "python3-torch", "cv2": "python3-opencv",
     "matplotlib": "python3-matplotlib", "tqdm": "python3-tqdm", "transformers": "python3-transformers-pip",
-    "rosbags": "python3-rosbags-pip", "PIL": "python3-pil",
+    "rosbags": "python3-rosbags-pip", "PIL": "python3-pil", "scipy": "python3-scipy",
     # tests
     "pytest": "python3-pytest", "psutil": "python3-psutil", "kornia": "python3-kornia-pip",
     "mcap_ros2": "mcap-ros2-support",

@@ -647,6 +647,7 @@ class MirageNode(LifecycleNode):
         core = self.core
         if core is not None and core.backend is not None:
             result.backend, result.generative = core.backend.name, bool(core.backend.generative)
+        self._client_check = None  # a goal that starts has a client: forget an earlier "gone"
 
         def finish(status: int, message: str):
             result.status, result.message = status, message
@@ -664,9 +665,42 @@ class MirageNode(LifecycleNode):
             return finish, finish(STATUS_CANCELED, "canceled before it started")
         return finish, None
 
-    def _goal_cancelled(self, goal_handle) -> bool:
-        """A running goal stops (after its current chunk) on a cancel, deactivation or shutdown."""
-        return goal_handle.is_cancel_requested or not self.active or not goal_handle.is_active or self._stop.is_set()
+    def _goal_cancelled(self, goal_handle, t0: Optional[float] = None, why: Optional[list] = None) -> bool:
+        """A running goal stops (after its current chunk) on a cancel, deactivation or shutdown, when
+        it has run ``goals.max_seconds`` (from ``t0``), or when no action client is left to take its
+        result (a client that died mid-goal left a 1024-frame goal holding the worker > 60 s);
+        ``why`` gets the reason of the last two."""
+        if goal_handle.is_cancel_requested or not self.active or not goal_handle.is_active or self._stop.is_set():
+            return True
+        core = self.core
+        if core is not None and t0 is not None and time.perf_counter() - t0 > core.p["goals.max_seconds"]:
+            if why is not None:
+                why[:] = [f"aborted after {time.perf_counter() - t0:.0f} s: longer than goals.max_seconds = "
+                          f"{core.p['goals.max_seconds']:g}"]
+            return True
+        if self._clients_gone():
+            if why is not None:
+                why[:] = ["aborted: no action client is left to take its result (the client vanished)"]
+            return True
+        return False
+
+    def _clients_gone(self) -> bool:
+        """True when both actions' feedback topics have had no subscriber for over a second (every
+        action client subscribes its action's feedback), checked at most every 0.5 s."""
+        now = time.monotonic()
+        last = getattr(self, "_client_check", None)
+        if last is not None and now - last[0] < 0.5:
+            return last[1]
+        node = self._goal_node
+        try:
+            n = sum(node.count_subscribers(f"{self.resolve_topic_name(a)}/_action/feedback")
+                    for a in ("imagine", "imagine_candidates")) if node is not None else 1
+        except Exception:  # noqa: BLE001 - a graph query failure is not a vanished client
+            n = 1
+        since = None if n else (last[2] if last is not None and last[2] is not None else now)
+        gone = since is not None and now - since > 1.0
+        self._client_check = (now, gone, since)
+        return gone
 
     def _run_goal(self, goal_handle):
         """The goal's work (a worker thread); returns (status, result)."""
@@ -684,7 +718,8 @@ class MirageNode(LifecycleNode):
         except GoalError as exc:
             return finish(exc.status, exc.message)
         n = len(req.cameras)
-        cancel = lambda: self._goal_cancelled(goal_handle)  # noqa: E731
+        why: list = []
+        cancel = lambda: self._goal_cancelled(goal_handle, t_accept, why)  # noqa: E731
 
         def feedback(chunk, msg, summary, images):
             fb = Imagine.Feedback()
@@ -708,7 +743,7 @@ class MirageNode(LifecycleNode):
             return finish(STATUS_CANCELED, f"canceled after {s['frames']} of {n} frames")
         if s["frames"] < n:
             return finish(STATUS_NOT_READY if not self.active else STATUS_FAILED,
-                          f"stopped after {s['frames']} of {n} frames (node deactivated)")
+                          f"stopped after {s['frames']} of {n} frames ({why[0] if why else 'node deactivated'})")
         return finish(STATUS_SUCCEEDED, f"imagined {n} frames in {s['chunks']} chunks with the {core.backend.name} backend"
                       + ("" if core.backend.generative else " (no generative model: memory readouts)")
                       + f"; mean memory coverage {result.mean_coverage:.2f}")
@@ -726,7 +761,8 @@ class MirageNode(LifecycleNode):
         finish, early = self._goal_start(goal_handle, result, "imagine_candidates", t0)
         if early:
             return early
-        cancel = lambda: self._goal_cancelled(goal_handle)  # noqa: E731
+        why: list = []
+        cancel = lambda: self._goal_cancelled(goal_handle, t0, why)  # noqa: E731
         try:
             creq = core.prepare_candidates(goal.candidates, int(goal.num_frames), goal.prompt or None, self._now_ns())
             run = core.imagine_candidates(creq, cancel)
@@ -773,7 +809,7 @@ class MirageNode(LifecycleNode):
             return finish(STATUS_CANCELED, f"canceled after {done} of {n_total} frames")
         if done < n_total:
             return finish(STATUS_NOT_READY if not self.active else STATUS_FAILED,
-                          f"stopped after {done} of {n_total} frames (node deactivated)")
+                          f"stopped after {done} of {n_total} frames ({why[0] if why else 'node deactivated'})")
         return finish(STATUS_SUCCEEDED, f"imagined {len(reqs)} candidates ({n_total} frames, {chunks} chunks) with the "
                       f"{core.backend.name} backend from one memory snapshot, none written into it; known: {known}")
 

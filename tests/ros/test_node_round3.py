@@ -117,3 +117,73 @@ def test_item3_a_peer_cannot_move_the_save_folder_through_the_lifecycle(tmp_path
     finally:
         rc = proc.stop()
     assert rc == 0, proc.log()[-3000:]
+
+
+_CLIENT = r'''
+import os, sys, time
+import numpy as np
+import rclpy
+from rclpy.node import Node
+from mirage_ros.action import Imagine
+from mirage_ros.ros import convert as cv
+from mirage_ros.ros.probe import action_client
+from mirage_ros import sim
+
+ns, n = sys.argv[1], int(sys.argv[2])
+rclpy.init()
+node = Node("doomed_client")
+ac = action_client(node, Imagine, ns + "/imagine")
+assert ac.wait_for_server(60)
+scene = sim.make_scene("room", 0)
+cams = [sim.default_camera(64, 112).with_pose(E) for E in sim.scene_trajectory(scene, "loop", n)]
+T = np.stack([c.camera_to_world.numpy() for c in cams])
+path = cv.path_msg(cv.RclpyTypes(), T, [10**9 + i for i in range(n)], "map")
+got = []
+fut = ac.send_goal_async(Imagine.Goal(path=path), feedback_callback=lambda f: got.append(1))
+t0 = time.monotonic()
+while not got and time.monotonic() - t0 < 120:
+    rclpy.spin_once(node, timeout_sec=0.1)
+print("FEEDBACK", flush=True)
+os._exit(9)  # the client dies mid-goal: no cancel, no result request
+'''
+
+
+def test_item10_a_goal_whose_client_died_frees_the_worker(tmp_path, probe, scene):
+    """Item 10: a client that died mid-goal left its 1024-frame goal running, and the next goal
+    timed out. The node sees that no action client is left and aborts the goal after its chunk."""
+    import subprocess
+    import sys
+
+    ns = "/round3_orphan"
+    proc = start_node(tmp_path, ns, {"viz.stats_period": 0.1, "chunk_size": 1, "goals.max_active": 1})
+    probe.watch(ns)
+    try:
+        probe.stats(ns, timeout=90)
+        cams, frames = scene
+        _observe(probe, ns, cams[0], frames[0], 10**9, lambda s: s.num_points > 0)
+        script = tmp_path / "client.py"
+        script.write_text(_CLIENT)
+        # the client announces a 2 s DDS lease (Fast DDS' default is 20 s): a dead client's
+        # endpoints leave the node's graph when its lease runs out
+        import os
+        from pathlib import Path
+
+        profile = Path(os.environ["FASTDDS_DEFAULT_PROFILES_FILE"]).read_text().replace(
+            "<builtin>", "<builtin><discovery_config><leaseDuration><sec>2</sec></leaseDuration><leaseAnnouncement>"
+            "<sec>0</sec><nanosec>500000000</nanosec></leaseAnnouncement></discovery_config>", 1)
+        (tmp_path / "short_lease.xml").write_text(profile)
+        env = dict(os.environ, FASTDDS_DEFAULT_PROFILES_FILE=str(tmp_path / "short_lease.xml"),
+                   FASTRTPS_DEFAULT_PROFILES_FILE=str(tmp_path / "short_lease.xml"))
+        client = subprocess.run([sys.executable, str(script), ns, "1024"], capture_output=True, text=True, timeout=300,
+                                env=env)
+        assert "FEEDBACK" in client.stdout, client.stdout + client.stderr[-2000:]
+        st = probe.wait_stats(ns, lambda s: s.goals_aborted >= 1, timeout=120, what="the orphaned goal to be aborted")
+        assert st.frames_imagined < 1024  # it did not run to the end
+        wait_for(lambda: "no action client is left" in proc.log(), 30, what="the reason in the log")
+        # the worker is free: the next goal runs
+        r = probe.imagine(ns, probe.path(cams[:2], [1, 2]), expect_frames=2, chunk_size=1)
+        assert r["result"].status == 0, r["result"].message
+        assert proc.alive()
+    finally:
+        rc = proc.stop()
+    assert rc == 0, proc.log()[-3000:]

@@ -71,12 +71,32 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _rounds(text: str):
+    try:
+        v = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        v = ()
+    if len(v) != 3:
+        raise argparse.ArgumentTypeError(f"rounds: expected FIRST,LATER,HISTORY frame counts (e.g. 121,81,9), got {text!r}")
+    return v
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="mirage_out/demo", help="output folder (default mirage_out/demo)")
-    p.add_argument("--backend", choices=["shipped", "readout"], default="shipped",
+    p.add_argument("--backend", choices=["shipped", "readout", "spatia"], default="shipped",
                    help="shipped: the small trained world model imagines the loop from the first frame (default); "
-                        "readout: the memory alone, updated from observed frames, no generative model")
-    p.add_argument("--weights", default=None, help="a model folder for --backend shipped (default: the shipped model)")
+                        "readout: the memory alone, updated from observed frames, no generative model; "
+                        "spatia: Spatia's released world model (--weights Wan2.2-TI2V-5B, --side-branch Spatia's files) "
+                        "conditioned on the RGB point-cloud memory")
+    p.add_argument("--weights", default=None, help="a model folder for --backend shipped (default: the shipped model); "
+                   "for --backend spatia the Wan2.2-TI2V-5B folder (default: random toy weights)")
+    p.add_argument("--side-branch", default=None, help="--backend spatia: Spatia's VACE file, or the folder with it and its LoRA")
+    p.add_argument("--lora", default=None, help="--backend spatia: Spatia's LoRA file (default: the one in --side-branch's folder)")
+    p.add_argument("--negative-prompt-file", default=None,
+                   help="--backend spatia: the negative prompt, a text file or Spatia's inference.py (its NEGATIVE_PROMPT)")
+    p.add_argument("--prompt", default=None, help="--backend spatia: text prompt (needs the UMT5 text encoder)")
+    p.add_argument("--rounds", type=_rounds, default=None, metavar="FIRST,LATER,HISTORY",
+                   help="--backend spatia: frames of the first round, of later rounds and of history (default Spatia's 121,81,9)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's own)")
     p.add_argument("--scene", choices=["room", "outdoor"], default="room")
     p.add_argument("--seed", type=int, default=0)
@@ -169,7 +189,7 @@ def run(args) -> int:
     from .world_model.backend import ReadoutBackend
     from .world_model.codec import ThumbnailCodec, images_to_tensor, tensor_to_images
 
-    if args.backend == "shipped":
+    if args.backend in ("shipped", "spatia"):
         return run_generative(args)
     args.resolution = args.resolution or (256, 448)
     args.chunks = args.chunks or 6
@@ -350,8 +370,14 @@ def run_generative(args) -> int:
     poses = sim.scene_trajectory(scene, "loop", n_frames)
     oracle = sim.SceneOracle(scene, poses, frame_period=1.0 / args.fps)
     try:
-        backend = make_backend("shipped", weights=args.weights, steps=args.steps, keep_imagined=True,
-                               depth=oracle.depth_provider(), masks=oracle.mask_provider())
+        if args.backend == "spatia":
+            backend = make_backend("spatia", weights=args.weights, side_branch=args.side_branch, lora=args.lora,
+                                   steps=args.steps, keep_imagined=True, depth=oracle.depth_provider(),
+                                   masks=oracle.mask_provider(), resolution=args.resolution, rounds=args.rounds,
+                                   prompt=args.prompt, negative_prompt_file=args.negative_prompt_file)
+        else:
+            backend = make_backend("shipped", weights=args.weights, steps=args.steps, keep_imagined=True,
+                                   depth=oracle.depth_provider(), masks=oracle.mask_provider())
     except (FileNotFoundError, ValueError) as exc:
         print(f"mirage demo: {exc}")
         return 2
@@ -372,7 +398,7 @@ def run_generative(args) -> int:
     f0, ex0 = truth(0)
     backend.observe(f0.rgb, f0.depth, cameras[0], exclude=ex0)
     start_iso = datetime.fromtimestamp(args.start_time / 1e9, timezone.utc).isoformat().replace("+00:00", "Z")
-    stats = {"description": backend.description, "backend": "shipped", "model": str(backend.model.description),
+    stats = {"description": backend.description, "backend": args.backend, "model": str(backend.model.description),
              "scene": args.scene, "seed": args.seed, "resolution": [H, W],
              "model_resolution": list(backend.resolution) if backend.resolution else None,
              "sampler": {"steps": backend.model.sampler.steps, "shift": backend.model.sampler.shift},
@@ -391,9 +417,12 @@ def run_generative(args) -> int:
             g = renumber(chunk, n, [1 + i for i in chunk.frame_indices])
             if rec is not None:
                 rec.chunk(g)
-            ro = codec.decode(g.readouts.float())
-            ro = ro * torch.as_tensor(np.asarray(g.masks)).repeat_interleave(codec.stride, 1).repeat_interleave(codec.stride, 2)[:, None]
-            ro = tensor_to_images(ro)
+            if g.renders is not None:  # a pixel-space memory (spatia): the render the model was conditioned on
+                ro = g.renders
+            else:
+                ro = codec.decode(g.readouts.float())
+                ro = ro * torch.as_tensor(np.asarray(g.masks)).repeat_interleave(codec.stride, 1).repeat_interleave(codec.stride, 2)[:, None]
+                ro = tensor_to_images(ro)
             r = {"chunk": n, "frames": g.frame_indices, **{f"{k}_s": float(v) for k, v in g.timings.items()},
                  "coverage": [], "psnr_imagined": [], "psnr_imagined_visible": [], "psnr_readout_visible": []}
             for j, i in enumerate(g.frame_indices):

@@ -70,7 +70,8 @@ class RGBPointCloudMemory:
     stores_pixels = True  # the rollout inserts decoded pixels, not latents
 
     def __init__(self, encoder, device="cpu", dedup: bool = True, dedup_tolerance: float = 0.05, block_size: float = 1.0,
-                 splat: str = "pixel", max_splat: int = 8, fill_iterations: int = 2, coverage_threshold: float = 0.5):
+                 splat: str = "pixel", max_splat: int = 8, fill_iterations: int = 2, coverage_threshold: float = 0.5,
+                 max_points=None):
         if splat not in ("pixel", "footprint"):
             raise ValueError(f"splat: expected 'pixel' or 'footprint', got {splat!r}")
         self.encoder = encoder
@@ -79,7 +80,8 @@ class RGBPointCloudMemory:
         self.splat, self.max_splat = splat, int(max_splat)
         self.fill_iterations, self.coverage_threshold = int(fill_iterations), float(coverage_threshold)
         self.cloud = LatentSpatialMemory(channels=3, stride=1, device=device, feature_dtype=torch.uint8,
-                                         dedup=dedup, dedup_tolerance=dedup_tolerance, block_size=block_size)
+                                         dedup=dedup, dedup_tolerance=dedup_tolerance, block_size=block_size,
+                                         max_points=max_points)
         self.pitch = torch.empty(0, dtype=torch.float32, device=self.cloud.device)  # world metres per pixel, per point
 
     @property
@@ -95,6 +97,29 @@ class RGBPointCloudMemory:
         other = copy.copy(self)
         other.cloud = self.cloud.fork()
         return other  # ``pitch`` is shared: insert replaces it (torch.cat), never writes into it
+
+    # -- what a backend's memory offers the node (the Spatia backend keeps its points here) ------------
+    @property
+    def colors(self) -> torch.Tensor:
+        """(N, 3) uint8 RGB of the points."""
+        return self.cloud.features
+
+    def clear(self) -> None:
+        self.cloud.clear()
+        self.pitch = torch.empty(0, dtype=torch.float32, device=self.cloud.device)
+
+    def save(self, path) -> None:
+        """Points and colours (the cloud's safetensors file); the footprint pitches are not stored."""
+        self.cloud.save(path)
+
+    def load(self, path) -> None:
+        """Replace the cache by a file ``save`` wrote (unchanged on any error); loaded points get no
+        footprint (they render as 1-pixel splats with ``splat="footprint"``)."""
+        self.cloud.load(path)
+        self.pitch = torch.zeros(self.cloud.num_points, dtype=torch.float32, device=self.cloud.device)
+
+    def stats(self) -> dict:
+        return self.cloud.stats()
 
     @property
     def points(self) -> torch.Tensor:

@@ -257,13 +257,17 @@ class MirageCore:
             return p["backend"], {"codec": p["codec"], "weights": p["weights_dir"] or None, "device": p["device"],
                                   "chunk_size": p["chunk_size"]}
         # generative: depth and masks of *generated* frames come from these providers
-        return p["backend"], {
+        cfg = {
             "config": p["mirage.config"], "weights": p["weights_dir"] or None,
             "side_branch": p["mirage.side_branch"] or None, "lora": p["mirage.lora"] or None,
             "device": p["device"], "steps": p["steps"] or None, "prompt": p["prompt"] or None,
             "depth": {"name": "da3", "weights": p["depth.weights"], "align": self._align()}
             if p["depth.provider"] == "da3" else "memory",
             "masks": self._mask_cfg() if p["masks.provider"] == "sam3" else "none"}
+        if p["backend"] == "spatia":
+            cfg.update(resolution=tuple(p["spatia.resolution"]), rounds=tuple(p["spatia.rounds"]),
+                       negative_prompt_file=p["spatia.negative_prompt_file"] or None)
+        return p["backend"], cfg
 
     def configure(self, backend=None) -> None:
         """Build the backend (loads models) unless one is given (e.g. one sharing another node's

@@ -57,7 +57,8 @@ class Param:
             return ("a path, " if self.kind == "path" else "") + n
         lo, hi = _num(self.lo), _num(self.hi)
         if isinstance(d, list):
-            return f"{len(d) if self.name == 'pose.base_to_camera' else 'up to 256'} numbers, each {lo} .. {hi}"
+            fixed = self.name == "pose.base_to_camera" or self.name.startswith("spatia.")
+            return f"{len(d) if fixed else 'up to 256'} numbers, each {lo} .. {hi}"
         return f"{lo} .. {hi}" + ("" if isinstance(d, int) else ", finite")
 
 
@@ -73,7 +74,7 @@ def _num(v) -> str:
 
 PARAMS: List[Param] = [
     # -- backend (what generates frames) --
-    Param("backend", "shipped", "world-model backend: shipped (the small world model trained by this project, in the package; weights_dir overrides its folder) | readout (no generative model: memory readouts decoded) | mirage (Wan2.2-TI2V-5B + Mirage side branch from weights_dir, or random weights of mirage.config)", ("shipped", "readout", "mirage"), mode="launch"),
+    Param("backend", "shipped", "world-model backend: shipped (the small world model trained by this project, in the package; weights_dir overrides its folder) | readout (no generative model: memory readouts decoded) | mirage (Wan2.2-TI2V-5B + Mirage side branch from weights_dir, or random weights of mirage.config) | spatia (Spatia's released model: Wan2.2-TI2V-5B in weights_dir, Spatia's VACE + LoRA in mirage.side_branch, conditioned on the memory as an RGB point cloud; without weights_dir random weights of mirage.config)", ("shipped", "readout", "mirage", "spatia"), mode="launch"),
     Param("codec", "thumbnail", "latent codec of the readout backend: thumbnail (analytic, no weights) | wan (Wan2.2 VAE from weights_dir)", ("thumbnail", "wan"), mode="launch"),
     Param("weights_dir", "", "folder with model weights (empty: none; the readout backend needs none)", mode="launch", kind="path"),
     Param("device", "cpu", "torch device for the backend and the memory (cpu, cuda, cuda:1 ...)", mode="launch"),
@@ -82,8 +83,11 @@ PARAMS: List[Param] = [
     Param("steps", 0, "denoising steps per chunk (generative backends; 0: the model's own: 10 for shipped, 40 for Wan2.2)", lo=0, hi=1000),
     Param("prompt", "", "default text prompt when a goal gives none (mirage backend)", hi=4096),
     Param("mirage.config", "tiny", "mirage backend without weights_dir: tiny | small (the shipped model's size) | full model with RANDOM weights (tests, benchmarks)", ("tiny", "small", "full"), mode="launch"),
-    Param("mirage.side_branch", "", "Mirage side-branch checkpoint file (mirage backend; empty: none)", mode="launch", kind="path"),
-    Param("mirage.lora", "", "LoRA checkpoint file (mirage backend; empty: none)", mode="launch", kind="path"),
+    Param("mirage.side_branch", "", "Mirage side-branch checkpoint file (mirage backend; empty: none); spatia backend: Spatia's VACE file, or the folder holding it and its LoRA", mode="launch", kind="path"),
+    Param("mirage.lora", "", "LoRA checkpoint file (mirage and spatia backends; empty: none, or for spatia the one in mirage.side_branch's folder)", mode="launch", kind="path"),
+    Param("spatia.resolution", [704, 1248], "spatia backend: the model's frame size H W (Spatia's 704 1248; requests and observations are resized to it; multiples of 32)", lo=32, hi=4096, mode="launch"),
+    Param("spatia.rounds", [121, 81, 9], "spatia backend: frames of the first round, of later rounds and of history (each 4k + 1; Spatia's 121 81 9)", lo=5, hi=1001, mode="launch"),
+    Param("spatia.negative_prompt_file", "", "spatia backend: Spatia's negative prompt, a text file or Spatia's inference.py (its NEGATIVE_PROMPT constant is read, never run; empty: none)", mode="launch", kind="path"),
     # -- perception --
     Param("depth.provider", "topic", "where depth of observed frames comes from: topic (subscribe `depth`) | da3 (Depth Anything 3) | memory", ("topic", "da3", "memory")),
     Param("depth.mm_scale", 0.001, "metres per unit of 16UC1 / mono16 depth images", lo=1e-9, hi=1.0),
@@ -207,7 +211,14 @@ def validate(values: Dict[str, Any]) -> Dict[str, Any]:
         raise ParamError("pose.base_to_camera: expected 7 numbers x y z qx qy qz qw")
     if abs(math.sqrt(sum(float(x) ** 2 for x in b2c[3:])) - 1.0) > 1e-3:
         raise ParamError(f"pose.base_to_camera: the quaternion {b2c[3:]} is not of unit length")
+    for name, n in _FIXED_LENGTH_INTS.items():
+        if len(out[name]) != n or any(float(x) != int(x) for x in out[name]):
+            raise ParamError(f"{name}: expected {n} whole numbers, got {out[name]!r}")
+        out[name] = [int(x) for x in out[name]]
     return out
+
+
+_FIXED_LENGTH_INTS = {"spatia.resolution": 2, "spatia.rounds": 3}
 
 
 def _check(p: Param, v: Any) -> Any:

@@ -44,6 +44,9 @@ class ImaginedChunk:
     frames (T, H, W, 3) uint8 RGB; masks (T, h, w) bool visibility m_t; readouts (T, C, h, w) the
     latent readouts z_hat_t; latents (T_lat, C, h, w) generated latents or None; frame_indices:
     for each frame, its index in the requested camera list; timings: seconds per stage.
+    Pixel-space memories (the Spatia backend) add renders (T, H, W, 3) uint8, the images the model
+    was conditioned on, and references: the request indices of the reference frames (-1 = the
+    observed frame).
     """
 
     index: int
@@ -54,6 +57,8 @@ class ImaginedChunk:
     readouts: torch.Tensor
     latents: Optional[torch.Tensor] = None
     timings: Dict[str, float] = field(default_factory=dict)
+    renders: Optional[np.ndarray] = None
+    references: Optional[List[int]] = None
 
 
 class Backend:
@@ -366,6 +371,9 @@ def _make_mirage(config: str = "tiny", weights: Optional[str] = None, side_branc
     from .model import MirageWorldModel, is_mirage_folder
     from .sampler import FlowUniPCSampler
 
+    if layout == "spatia":
+        raise ValueError("layout: 'spatia' is Spatia's conditioning (a rendered point cloud), not a Mirage readout: "
+                         "use backend spatia")
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     overrides = dict(steps=steps, shift=shift, guidance_scale=guidance_scale, pin_until=pin_until, pin_paste=pin_paste)
@@ -381,6 +389,7 @@ def _make_mirage(config: str = "tiny", weights: Optional[str] = None, side_branc
         else:
             model = MirageWorldModel.build(config, layout=layout, device=device, dtype=dtype, seed=seed,
                                            side_branch_init=side_branch_init, sampler=sampler, offload=offload)
+    _refuse_spatia_branch(model, side_branch)
     mem = LatentSpatialMemory(channels=model.channels, stride=model.stride, device=device, **(memory or {}))
     cfg = RolloutConfig(**{"progress": False, "seed": seed, **(rollout or {})})
     return MirageBackend(mem, model, cfg, depth_provider=make_provider("depth", depth, device),
@@ -403,8 +412,27 @@ def _make_shipped(weights: Optional[str] = None, **kwargs) -> MirageBackend:
 _make_shipped.options_of = _make_mirage  # its options are the mirage backend's
 
 
+def _refuse_spatia_branch(model, side_branch) -> None:
+    """A Spatia VACE file (a block every 4th layer, 96 channels) would be fed Mirage readouts: refused."""
+    from .spatia import classify_side_branch
+
+    sb = model.transformer.side_branch
+    if side_branch is not None and sb is not None and classify_side_branch(sb) == "spatia":
+        raise ValueError(f"side_branch: {side_branch} is Spatia's VACE branch (blocks after layers {list(sb.config.layers)}, "
+                         "96 channels of rendered point cloud + hole mask): use backend spatia")
+
+
+def _make_spatia(**kwargs):
+    """``make_backend("spatia", ...)``: ``spatia_backend.make_spatia_backend`` (imported when used)."""
+    from .spatia_backend import make_spatia_backend
+
+    _check_options("spatia", make_spatia_backend, kwargs)
+    return make_spatia_backend(**kwargs)
+
+
 register_backend("mirage", _make_mirage)
 register_backend("shipped", _make_shipped)
+register_backend("spatia", _make_spatia)
 
 
 def make_backend(name: str = "readout", **config) -> Backend:

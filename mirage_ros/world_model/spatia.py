@@ -118,8 +118,17 @@ class SpatiaSettings:
         return self.render_voxel + round_index * self.render_voxel_step
 
     @property
+    def render_radius(self) -> float:
+        """Disk radius in NDC: Spatia's 0.01 at its 704-pixel short side (3.52 pixels), the same pixel
+        radius at other resolutions (the look the model was trained on; at 704 exactly Spatia's)."""
+        return self.point_radius * 704.0 / min(self.height, self.width)
+
+    @property
     def point_resolution(self) -> Tuple[int, int]:
-        """(H, W) of the frames lifted into the memory: MapAnything's (width 518, height a multiple of 14)."""
+        """(H, W) of the frames lifted into the memory: MapAnything's input (width 518, height a multiple of
+        14, at most 518; 294 x 518 for 704 x 1248 frames); frames narrower than that keep their own size."""
+        if self.width <= self.point_width:
+            return self.height, self.width
         w = self.point_width
         h = int(round(self.height * (w / self.width) / 14)) * 14
         return min(h, 518), w
@@ -328,8 +337,10 @@ class SpatiaWorldModel(MirageWorldModel):
     @torch.no_grad()
     def generate_round(self, renders, holes, prompt_embeds: torch.Tensor, *, first_image=None, history=None,
                        references: Sequence = (), negative_embeds: Optional[torch.Tensor] = None, seed: int = 20917,
-                       lora: Optional[bool] = None, control: Optional[torch.Tensor] = None, progress=None):
-        """One Spatia round: latents (L, C, h, w) (the history's first) and its video (F, 3, H, W) in [0, 1].
+                       lora: Optional[bool] = None, control: Optional[torch.Tensor] = None, progress=None,
+                       decode: bool = True):
+        """One Spatia round: latents (L, C, h, w) (the history's first) and its video (F, 3, H, W) in [0, 1]
+        (None with ``decode=False``).
 
         renders / holes: the round's F conditioning frames (``control_latents``; or ``control`` given);
         first_image (H, W, 3) uint8 (round 0: one clean latent) or history (F_h, H, W, 3) uint8 (later
@@ -362,7 +373,7 @@ class SpatiaWorldModel(MirageWorldModel):
                          masks=torch.zeros(L, h, w, dtype=torch.bool), image_size=(H, W), prompt_embeds=prompt_embeds,
                          references=None if refs is None else refs.cpu(), negative_embeds=negative_embeds,
                          generator=torch.Generator().manual_seed(int(seed)), progress=progress)
-        return z, self.decode_video(z)
+        return z, (self.decode_video(z) if decode else None)
 
     # -- builders ----------------------------------------------------------------------------------
     @classmethod

@@ -488,3 +488,81 @@ def test_item15_robots_sharing_tf_keep_to_their_own_frames(scene):
         s = c.on_image(cv.image_msg(B, fr.rgb, S, "camera_optical_frame"), now_ns=0)
         assert s is not None, c.last_rejection
         assert np.allclose(s["pose"], cam.camera_to_world.numpy())  # its own camera, not the other's
+
+
+# -- item 9: absurd model configs ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    import torch
+
+    from mirage_ros.world_model.model import MirageWorldModel
+
+    folder = tmp_path_factory.mktemp("tiny_model") / "model"
+    m = MirageWorldModel.build("tiny", device="cpu", dtype=torch.float32)
+    m.save_pretrained(folder, extra={"resolution": [64, 112]})
+    return folder
+
+
+def _edited(tiny_folder, tmp_path, rel, **changes):
+    import json
+    import shutil
+
+    dst = tmp_path / "edited"
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(tiny_folder, dst)
+    f = dst / rel
+    cfg = json.loads(f.read_text())
+    for k, v in changes.items():
+        cur = cfg
+        parts = k.split("__")
+        for p in parts[:-1]:
+            cur = cur[p]
+        cur[parts[-1]] = v
+    f.write_text(json.dumps(cfg))
+    return dst, f
+
+
+@pytest.mark.parametrize("rel,changes,field", [
+    ("transformer/backbone/config.json", {"ffn_dim": 10**9}, "ffn_dim"),
+    ("transformer/backbone/config.json", {"num_attention_heads": 10**9}, "num_attention_heads"),
+    ("transformer/backbone/config.json", {"attention_head_dim": 10**9}, "attention_head_dim"),
+    ("transformer/backbone/config.json", {"rope_max_seq_len": 10**9}, "rope_max_seq_len"),
+    ("transformer/backbone/config.json", {"rope_max_seq_len": 3 * 10**6}, "rope_max_seq_len"),
+    ("transformer/side_branch/config.json", {"ffn_dim": 10**9}, "ffn_dim"),
+    ("model_index.json", {"sampler__steps": 10**9}, "sampler.steps"),
+    ("model_index.json", {"text__max_length": 10**9}, "text.max_length"),
+    ("model_index.json", {"resolution": [16384, 16384]}, "resolution"),
+    ("model_index.json", {"resolution": [0, 0]}, "resolution"),
+    ("model_index.json", {"version": "abc"}, "version"),
+    ("model_index.json", {"transformer": "../../elsewhere"}, "transformer"),
+    ("codec/config.json", {"stride": 10**6}, "stride"),
+])
+def test_item9_absurd_model_configs_name_the_file_and_field(tiny_folder, tmp_path, rel, changes, field):
+    """Item 9: ffn_dim / heads / head_dim / rope_max_seq_len 1e9 failed with "can't allocate 1 TB"
+    naming no file; rope 3e6 loaded with +2.9 GiB; sampler.steps / text max_length 1e9 and
+    resolution [16384, 16384] or [0, 0] loaded and then every goal failed; version "abc" a bare
+    ValueError."""
+    from mirage_ros.world_model.model import MirageWorldModel
+
+    folder, f = _edited(tiny_folder, tmp_path, rel, **changes)
+    r0 = _rss()
+    with pytest.raises(ValueError) as err:
+        MirageWorldModel.from_pretrained(folder, device="cpu")
+    msg = str(err.value)
+    assert str(f) in msg and f"field {field}" in msg, msg
+    assert _rss() - r0 < 500 * 2**20
+
+
+def test_item9_the_shipped_model_and_a_saved_folder_still_load(tiny_folder):
+    from mirage_ros.world_model.backend import SHIPPED_MODEL
+    from mirage_ros.world_model.config_check import check_config
+    from mirage_ros.world_model.model import MirageWorldModel
+
+    assert MirageWorldModel.from_pretrained(tiny_folder, device="cpu").resolution == (64, 112)
+    import json
+
+    for rel, kind in (("model_index.json", "model_index"), ("transformer/backbone/config.json", "backbone"),
+                      ("transformer/side_branch/config.json", "side_branch"), ("codec/config.json", "codec")):
+        check_config(kind, json.loads((SHIPPED_MODEL / rel).read_text()), SHIPPED_MODEL / rel)

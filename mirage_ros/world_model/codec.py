@@ -413,6 +413,13 @@ def _read_codec_config(folder: Path) -> dict:
         raise CodecError(f"codec: {path} is not valid JSON ({exc})") from None
     if not isinstance(cfg, dict):
         raise CodecError(f"codec: {path} must hold a JSON object")
+    from .checkpoints import CheckpointError
+    from .config_check import check_config
+
+    try:
+        check_config("codec", cfg, path)  # every field in range, before anything is built
+    except CheckpointError as exc:
+        raise CodecError(str(exc)) from None
     return cfg
 
 

@@ -372,6 +372,8 @@ class MirageWorldModel:
             index = json.loads(index_path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CheckpointError(index_path, what="Mirage world model", note=f"not valid JSON ({exc})") from None
+        from .config_check import check_config
+        check_config("model_index", index, index_path)  # every field in range, before anything is built
         if int(index.get("version", -1)) != MODEL_VERSION:
             raise CheckpointError(index_path, what="Mirage world model",
                                   note=f"version {index.get('version')} (this build reads {MODEL_VERSION})")
@@ -444,6 +446,8 @@ def _load_backbone(folder: Path, kind: str, device, dtype):
         cfg = original_transformer_config(json.loads(cfg_path.read_text()) if cfg_path.is_file() else {})
         state = convert_wan_transformer_to_diffusers(read_state_dict(sorted(folder.glob("diffusion_pytorch_model*.safetensors"))),
                                                      source=str(folder))
+    from .config_check import check_config
+    check_config("backbone", cfg, cfg_path)
     with init_empty_weights():
         model = WanTransformer3DModel(**cfg)
     check_state_dict(model, state, src, what="Wan2.2 transformer")

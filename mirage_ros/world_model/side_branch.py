@@ -224,6 +224,9 @@ class MirageSideBranch(ModelMixin, ConfigMixin):
                     raise CheckpointError(path, missing=["vace_patch_embedding.weight"], what=what)
                 cfg = side_branch_config("official", dict(backbone.config), layers)
                 cfg["in_channels"] = int(state["patch_embedding.weight"].shape[1])
+        from .config_check import check_config
+
+        check_config("side_branch", cfg, cfg_path if path.is_dir() else src)
         cfg = {k: tuple(v) if k in ("layers", "patch_size") else v for k, v in cfg.items()}
         try:
             with torch.device("meta"):

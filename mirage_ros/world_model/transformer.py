@@ -177,6 +177,8 @@ class MirageTransformer(nn.Module):
             if not cfg_path.is_file():
                 raise CheckpointError(src, what="backbone", note="config.json is missing")
             cfg = {k: v for k, v in json.loads(cfg_path.read_text()).items() if not k.startswith("_")}
+            from .config_check import check_config
+            check_config("backbone", cfg, cfg_path)  # every field in range, before anything is read or built
             state = read_state_dict(src)
             try:
                 with init_empty_weights():  # parameters on meta, buffers (rotary tables) real

@@ -238,6 +238,8 @@ def test_renderer_matches_pytorch3d_reference(fx):
         idx, _, d2 = rasterize(ndc_points(pts[:, :3], cam, "spatia"), H, W, r["radius"], r["points_per_pixel"])
         img, score = composite(idx, d2, r["radius"], pts[:, 3:6])
         assert torch.equal(idx, d["render_idx"][v].long())
+        small_chunks, _, _ = rasterize(ndc_points(pts[:, :3], cam, "spatia"), H, W, r["radius"], r["points_per_pixel"], chunk=97)
+        assert torch.equal(small_chunks, idx)  # the running K best merged chunk by chunk: the same
         assert (img - d["render_rgb"][v]).abs().max() < 1e-5 and (score - d["render_score"][v]).abs().max() < 1e-5
     assert (d["render_idx"][1][..., 0] < 0).any() and (d["render_idx"][1][..., 0] >= 0).any()  # holes and points
 

@@ -172,12 +172,13 @@ def _rank_in_pixel(pix: torch.Tensor) -> torch.Tensor:
 
 
 def _top_k(pix, z, d2, ids, K: int):
-    """Keep the K fragments of each pixel with the smallest (z, point index), sorted by pixel then z."""
-    order = torch.argsort(ids, stable=True)  # ties in z: the lower point index first
-    pix, z, d2, ids = pix[order], z[order], d2[order], ids[order]
-    order = torch.argsort(z, stable=True)
-    pix, z, d2, ids = pix[order], z[order], d2[order], ids[order]
-    order = torch.argsort(pix, stable=True)
+    """Keep the K fragments of each pixel with the smallest (z, point index), sorted by pixel then z.
+
+    One stable sort on (pixel << 32 | float32 bits of z): z >= 0, so its bits order as the values; equal
+    keys keep the array order, which is point-index order (earlier chunks first, each chunk in index
+    order), the tie-break of PyTorch3D's rasteriser."""
+    zbits = (z + 0.0).contiguous().view(torch.int32).long()  # + 0.0 turns -0.0 into 0.0
+    order = torch.sort((pix << 32) | zbits, stable=True).indices
     pix, z, d2, ids = pix[order], z[order], d2[order], ids[order]
     keep = _rank_in_pixel(pix) < K
     return pix[keep], z[keep], d2[keep], ids[keep]

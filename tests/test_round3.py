@@ -566,3 +566,61 @@ def test_item9_the_shipped_model_and_a_saved_folder_still_load(tiny_folder):
     for rel, kind in (("model_index.json", "model_index"), ("transformer/backbone/config.json", "backbone"),
                       ("transformer/side_branch/config.json", "side_branch"), ("codec/config.json", "codec")):
         check_config(kind, json.loads((SHIPPED_MODEL / rel).read_text()), SHIPPED_MODEL / rel)
+
+
+# -- item 7: mirage data bag runs the node's checks --------------------------------------------------
+
+def _bag(path, scene, n=4, K_size=None, depth_fill=None, big=None):
+    from mirage_ros.ros.bag import BagWriter
+
+    cams, frames = scene
+    with BagWriter(path) as bag:
+        for i in range(n):
+            t = S + i * 10**8
+            Hk, Wk = K_size or (H, W)
+            K = cams[i].K.numpy().copy()
+            if big is not None:
+                rgb, depth, (Hk, Wk) = np.zeros((big, big, 3), np.uint8), np.ones((big, big), np.float32), (big, big)
+                K[0, 2], K[1, 2] = big / 2, big / 2
+            else:
+                rgb = frames[i].rgb
+                depth = frames[i].depth if depth_fill is None else np.full((H, W), depth_fill, np.float32)
+            bag.add_camera_info("/camera_info", K, Hk, Wk, t, "cam")
+            bag.add_pose("/pose", cams[i].camera_to_world.numpy(), t)
+            bag.add_depth("/depth", depth, t, "cam")
+            bag.add_image("/image", rgb, t, "cam")
+    return path
+
+
+def _data_bag(bag, out, *extra, frames=2):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "mirage_ros", "data", "bag", str(bag), "--out", str(out), "--frames", str(frames),
+                           *extra], capture_output=True, text=True, timeout=600, cwd=str(ROOT), env=env)
+
+
+@pytest.mark.parametrize("kind", ["wrong_K", "nan_depth", "huge"])
+def test_item7_data_bag_refuses_what_the_node_refuses_and_leaves_nothing(tmp_path, scene, kind):
+    """Item 7: camera_info 256x448 over 128x224 images gave exit 0 and a dataset with the wrong K;
+    all-NaN depth exit 0; ten 8192^2 frames peaked 9.7 GiB, a traceback and a partial dataset."""
+    bag = _bag(tmp_path / "in", scene, **{"wrong_K": {"K_size": (2 * H, 2 * W)}, "nan_depth": {"depth_fill": np.nan},
+                                          "huge": {"big": 4096, "n": 2}}[kind])
+    r = _data_bag(bag, tmp_path / "out")
+    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("mirage data: ") and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert {"wrong_K": "camera_info says", "nan_depth": "no valid depth", "huge": "input.max_pixels"}[kind] in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_item7_data_bag_streams_a_good_bag(tmp_path, room_loop):
+    from mirage_ros.training.dataset import MirageDataset
+
+    bag = _bag(tmp_path / "in", room_loop(12, H, W), n=12)
+    r = _data_bag(bag, tmp_path / "out", "--clip-stride", "3", frames=9)
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = MirageDataset(tmp_path / "out")
+    assert d.header["paired_frames"] == 12 and d.header["counts"]["clips"] == 2  # clips at frames 0 and 3

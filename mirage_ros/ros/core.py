@@ -527,45 +527,68 @@ class MirageCore:
             return False
         return stamp_ns - self.last_observe_stamp >= self.p["observe.min_interval"] * 1e9
 
-    def observe(self, s: SyncedSet) -> Optional[int]:
-        """Write one complete set into the memory; returns points added, or None if skipped/rejected."""
+    def check_set(self, s: SyncedSet, stride: Optional[int] = None, need_depth: bool = True) -> Optional[dict]:
+        """The ONE validation of a complete set, shared by the node, ``mirage replay`` and ``mirage
+        data bag``: the image matches its camera_info, its size is divisible by ``stride`` (None:
+        not checked here), the pose makes a camera, depth (when present, or ``need_depth``) is at
+        the image's or the latent grid's size with at least one valid pixel, labels match the image.
+        Returns dict(rgb, K, H, W, T, camera, depth, labels), or None after ``reject``."""
         from ..geometry import Camera, GeometryError, invert_rigid
 
-        if not self.wants(s.stamp_ns):
-            self.counts["frames_skipped"] += 1
-            return None
         rgb = s["image"]
         K, H, W = s["camera_info"]
         T = s["pose"]
         if rgb.shape[:2] != (H, W):
             return self.reject("image", f"image is {rgb.shape[0]}x{rgb.shape[1]} but camera_info says {H}x{W}")
-        stride = self.backend.memory.stride
-        if H % stride or W % stride:
+        if stride and (H % stride or W % stride):
             return self.reject("image", f"image {H}x{W} is not divisible by the VAE stride {stride}; crop or resize upstream")
         try:
             cam = Camera(K, invert_rigid(T), H, W)
         except GeometryError as exc:
             return self.reject("pose", str(exc))
         depth = s.get("depth")
-        if depth is None and self.depth_provider is not None:
+        if depth is None and need_depth:
+            return self.reject("depth", f"no depth for the set at {s.stamp_ns} ns (depth.provider={self.p['depth.provider']})")
+        if depth is not None and not self._depth_ok(depth, H, W, stride, s.stamp_ns):
+            return None
+        labels = s.get("labels")
+        if labels is not None and labels.shape != (H, W):
+            return self.reject("labels", f"labels are {labels.shape[0]}x{labels.shape[1]} but the image is {H}x{W}")
+        return {"rgb": rgb, "K": K, "H": H, "W": W, "T": T, "camera": cam, "depth": depth, "labels": labels}
+
+    def _depth_ok(self, depth, H: int, W: int, stride: Optional[int], stamp_ns: int) -> bool:
+        grid = (H // stride, W // stride) if stride else None
+        if depth.shape != (H, W) and (grid is None or depth.shape != grid):
+            self.reject("depth", f"depth is {depth.shape[0]}x{depth.shape[1]} but the image is {H}x{W}")
+            return False
+        with np.errstate(invalid="ignore"):
+            if not (np.isfinite(depth) & (depth > 0)).any():
+                self.reject("depth", f"no valid depth in the set at {stamp_ns} ns (every pixel NaN, inf, zero "
+                                     "or negative): not an observation")
+                return False
+        return True
+
+    def observe(self, s: SyncedSet) -> Optional[int]:
+        """Write one complete set into the memory; returns points added, or None if skipped/rejected."""
+        if not self.wants(s.stamp_ns):
+            self.counts["frames_skipped"] += 1
+            return None
+        stride = self.backend.memory.stride
+        v = self.check_set(s, stride, need_depth=self.depth_provider is None)
+        if v is None:
+            return None
+        rgb, K, H, W, T, cam, depth = (v[k] for k in ("rgb", "K", "H", "W", "T", "camera", "depth"))
+        if depth is None:
             try:
                 depth = self.depth_provider(rgb, cam, memory=self.backend.memory)
             except Exception as exc:  # noqa: BLE001 - a provider failure drops this frame only
                 return self.reject("depth", f"depth provider {self.p['depth.provider']} failed: {type(exc).__name__}: {exc}")
             depth = depth.detach().cpu().numpy() if hasattr(depth, "detach") else np.asarray(depth)
-        if depth is None:
-            return self.reject("depth", f"no depth for the set at {s.stamp_ns} ns (depth.provider={self.p['depth.provider']})")
-        if depth.shape != (H, W) and depth.shape != (H // stride, W // stride):
-            return self.reject("depth", f"depth is {depth.shape[0]}x{depth.shape[1]} but the image is {H}x{W}")
-        with np.errstate(invalid="ignore"):
-            if not (np.isfinite(depth) & (depth > 0)).any():
-                return self.reject("depth", f"no valid depth in the set at {s.stamp_ns} ns (every pixel NaN, inf, zero "
-                                            "or negative): not an observation")
+            if not self._depth_ok(depth, H, W, stride, s.stamp_ns):
+                return None
         exclude = None
-        labels = s.get("labels")
+        labels = v["labels"]
         if labels is not None:
-            if labels.shape != (H, W):
-                return self.reject("labels", f"labels are {labels.shape[0]}x{labels.shape[1]} but the image is {H}x{W}")
             exclude = np.isin(labels, np.asarray(self.p["masks.exclude_labels"], dtype=np.int64))
         elif self.mask_provider is not None:
             try:

@@ -11,15 +11,16 @@ into clips of ``--frames`` and written with ``clips.build_clip``, like ``mirage 
 from __future__ import annotations
 
 import sys
+from collections import deque
 from contextlib import closing
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
 from .clips import ClipSpec, build_clip
 
-__all__ = ["read_synced_frames", "generate_from_bag"]
+__all__ = ["iter_synced_frames", "read_synced_frames", "generate_from_bag"]
 
 KINDS = ("image", "camera_info", "pose", "odom", "depth", "labels")
 
@@ -36,16 +37,22 @@ def _topics(items: List[str]) -> Dict[str, str]:
     return out
 
 
-def read_synced_frames(bag, topics: Dict[str, str], depth_from_bag: bool = True, tolerance: float = 0.0,
-                       log=print, namespace: str = "/") -> Dict:
-    """Paired frames of ``bag`` in time order: stamps, rgb (N, H, W, 3), K (N, 3, 3), camera_to_world
-    (N, 4, 4), depth (N, H, W) or None, labels (N, H, W) or None, exclude_labels."""
+def iter_synced_frames(bag, topics: Dict[str, str], depth_from_bag: bool = True, tolerance: float = 0.0,
+                       log=print, namespace: str = "/", info: Optional[Dict] = None) -> Iterator[Dict]:
+    """Paired frames of ``bag`` in time order, ONE AT A TIME (memory: one frame, whatever the bag's
+    length): dicts with stamp, rgb (H, W, 3), K (3, 3), camera_to_world (4, 4), depth (H, W) or
+    None, labels (H, W) or None. Every message goes through the node's conversions and bounds
+    (``MirageCore``: input.max_pixels before decoding, depth.max, exact pairing) and every set
+    through the node's own ``MirageCore.check_set`` (K matches the image, valid depth, pose); a
+    refused set is counted in ``info["rejected"]`` and skipped, as the node skips it. ``info`` also
+    gets pose_kind and exclude_labels."""
     from rosbags.highlevel import AnyReader
 
     from ..ros.bag import typestore
     from ..ros.core import MirageCore
     from ..ros.replay import INPUT_TYPES, BagReadError, _guarded, _one_line
 
+    info = {} if info is None else info
     src = Path(bag)
     if not src.exists():
         raise FileNotFoundError(f"bag: {src} does not exist")
@@ -67,9 +74,12 @@ def read_synced_frames(bag, topics: Dict[str, str], depth_from_bag: bool = True,
         if missing:
             raise ValueError(f"bag: {src} lacks {', '.join(missing)}; it has: {', '.join(sorted(present)) or 'no topics'} "
                              "(use --topic KIND=TOPIC, or --depth da3 without a depth topic)")
-        params = {"depth.provider": "topic" if has_depth else "none", "masks.provider": "labels" if has_labels else "none",
+        params = {"depth.provider": "topic" if has_depth else "memory",
+                  "masks.provider": "labels" if has_labels else "none",
                   "sync.tolerance": float(tolerance), "pose.source": "pose" if pose_kind == "pose" else "odometry"}
         core = MirageCore(params, log=lambda level, msg: log(f"[{level}] {msg}") if level in ("warn", "error") else None)
+        info.update(pose_kind=pose_kind, exclude_labels=list(core.p["masks.exclude_labels"]), rejected=0, paired=0,
+                    has_depth=has_depth, has_labels=has_labels, core=core)
         handlers = {"image": core.on_image, "camera_info": core.on_camera_info, "pose": core.on_pose,
                     "odom": core.on_odometry, "depth": core.on_depth if has_depth else None,
                     "labels": core.on_labels if has_labels else None}
@@ -79,7 +89,6 @@ def read_synced_frames(bag, topics: Dict[str, str], depth_from_bag: bool = True,
             kind = by_topic.get(c.topic)
             if kind is not None and c.msgtype != INPUT_TYPES[kind]:
                 raise ValueError(f"bag: {src}: topic {c.topic} ({kind}) was recorded as {c.msgtype}, expected {INPUT_TYPES[kind]}")
-        sets = []
         conns = [c for c in reader.connections if c.topic in by_topic]
         for conn, t, raw in _guarded(src, reader.messages(connections=conns)):
             try:
@@ -88,45 +97,69 @@ def read_synced_frames(bag, topics: Dict[str, str], depth_from_bag: bool = True,
                 raise BagReadError(f"bag: {src}: a {conn.msgtype} message on {conn.topic} at {t} ns does not decode "
                                    f"({_one_line(exc)})") from None
             s = handlers[by_topic[conn.topic]](msg)
-            if s is not None:
-                sets.append(s)
+            info["rejected"] = core.counts["inputs_rejected"]
+            if s is None:
+                continue
+            v = core.check_set(s, need_depth=has_depth)  # the node's own validation of a set
+            info["rejected"] = core.counts["inputs_rejected"]
+            if v is None:
+                continue
+            info["paired"] += 1
+            yield {"stamp": s.stamp_ns, "rgb": v["rgb"], "K": v["K"], "camera_to_world": v["T"], "depth": v["depth"],
+                   "labels": v["labels"]}
+
+
+def read_synced_frames(bag, topics: Dict[str, str], depth_from_bag: bool = True, tolerance: float = 0.0,
+                       log=print, namespace: str = "/") -> Dict:
+    """All paired frames of ``bag`` stacked (``iter_synced_frames``; for small bags and tests):
+    stamps, rgb (N, H, W, 3), K (N, 3, 3), camera_to_world (N, 4, 4), depth or None, labels or None."""
+    info: Dict = {}
+    sets = list(iter_synced_frames(bag, topics, depth_from_bag, tolerance, log, namespace, info))
     if not sets:
-        raise ValueError(f"bag: {src}: no complete image + camera_info + pose{' + depth' if has_depth else ''} set "
-                         f"(pairing is by exact stamp unless --tolerance; rejected: {core.last_rejection or 'none'})")
-    sizes = {s["image"].shape for s in sets}
+        raise ValueError(_no_sets(bag, info))
+    sizes = {f["rgb"].shape for f in sets}
     if len(sizes) != 1:
-        raise ValueError(f"bag: {src}: images change size within the bag ({sorted(sizes)}); split it")
+        raise ValueError(f"bag: {bag}: images change size within the bag ({sorted(sizes)}); split it")
     return {
-        "stamps": [s.stamp_ns for s in sets], "rgb": np.stack([s["image"] for s in sets]),
-        "K": np.stack([s["camera_info"][0] for s in sets]), "camera_to_world": np.stack([s["pose"] for s in sets]),
-        "depth": np.stack([s["depth"] for s in sets]) if has_depth else None,
-        "labels": np.stack([s["labels"] for s in sets]) if has_labels else None,
-        "exclude_labels": list(core.p["masks.exclude_labels"]), "pose_kind": pose_kind,
-        "rejected": core.counts["inputs_rejected"],
+        "stamps": [f["stamp"] for f in sets], "rgb": np.stack([f["rgb"] for f in sets]),
+        "K": np.stack([f["K"] for f in sets]), "camera_to_world": np.stack([f["camera_to_world"] for f in sets]),
+        "depth": np.stack([f["depth"] for f in sets]) if info["has_depth"] else None,
+        "labels": np.stack([f["labels"] for f in sets]) if info["has_labels"] else None,
+        "exclude_labels": info["exclude_labels"], "pose_kind": info["pose_kind"], "rejected": info["rejected"],
     }
 
 
-def _resize(frames: Dict, size) -> Dict:
+def _no_sets(bag, info: Dict) -> str:
+    core = info.get("core")
+    return (f"bag: {bag}: no complete image + camera_info + pose{' + depth' if info.get('has_depth') else ''} set the "
+            f"node would observe (pairing is by exact stamp unless --tolerance; rejected: "
+            f"{(core.last_rejection if core is not None else '') or 'none'})")
+
+
+def _resize_one(frame: Dict, size) -> Dict:
     import cv2
 
-    H0, W0 = frames["rgb"].shape[1:3]
+    H0, W0 = frame["rgb"].shape[:2]
     H, W = size
     if (H, W) == (H0, W0):
-        return frames
-    sx, sy = W / W0, H / H0
-    out = dict(frames)
-    out["rgb"] = np.stack([cv2.resize(f, (W, H), interpolation=cv2.INTER_AREA) for f in frames["rgb"]])
-    K = frames["K"].copy()
-    K[:, 0, :] *= sx
-    K[:, 1, :] *= sy
+        return frame
+    out = dict(frame)
+    out["rgb"] = cv2.resize(frame["rgb"], (W, H), interpolation=cv2.INTER_AREA)
+    K = frame["K"].copy()
+    K[0, :] *= W / W0
+    K[1, :] *= H / H0
     out["K"] = K
     for key in ("depth", "labels"):
-        if frames[key] is not None:
-            out[key] = np.stack([cv2.resize(f, (W, H), interpolation=cv2.INTER_NEAREST) for f in frames[key]])
+        if frame[key] is not None:
+            out[key] = cv2.resize(frame[key], (W, H), interpolation=cv2.INTER_NEAREST)
     return out
 
 
 def generate_from_bag(args) -> Dict:
+    """Stream the bag into clips: frames are read, checked, resized and (``--depth da3``) given
+    depth one at a time; a clip is built as soon as its ``--frames`` frames are in, so memory holds
+    one clip, not the bag. On any failure (a bad frame, a full disk) the dataset folder is removed
+    (``DatasetWriter.abort``): nothing partial is left."""
     import torch
     from tqdm.auto import tqdm
 
@@ -134,53 +167,83 @@ def generate_from_bag(args) -> Dict:
     from ..world_model.codec import load_codec, make_codec
     from .dataset import DatasetWriter
 
-    frames = read_synced_frames(args.bag, _topics(args.topic), depth_from_bag=args.depth == "bag",
-                                tolerance=args.tolerance, log=lambda m: print(m, file=sys.stderr),
-                                namespace=args.namespace)
-    if args.resolution:
-        frames = _resize(frames, args.resolution)
-    N, H, W = frames["rgb"].shape[:3]
     codec = load_codec(args.codec_weights) if args.codec_weights else make_codec(args.codec)
-    if H % codec.stride or W % codec.stride:
-        raise ValueError(f"resolution: the bag's frames are {H}x{W}, not divisible by the codec stride {codec.stride}; "
-                         f"pass --resolution (e.g. {H // codec.stride * codec.stride}x{W // codec.stride * codec.stride})")
-    cams = [Camera(torch.as_tensor(K), invert_rigid(torch.as_tensor(T)), H, W)
-            for K, T in zip(frames["K"], frames["camera_to_world"])]
+    F = int(args.frames)
+    stride = int(args.clip_stride or F)
+    if F < 1 or stride < 1:
+        raise ValueError(f"frames / clip-stride: expected >= 1, got {F} / {stride}")
+    da3 = None
     if args.depth == "da3":
         if not args.depth_weights:
             raise ValueError("depth: --depth da3 needs --depth-weights (a local Depth Anything 3 folder)")
         from ..perception.depth import make_depth_provider
 
         da3 = make_depth_provider("da3", weights=args.depth_weights)
-        depth = np.stack([da3(frames["rgb"][i], cams[i]) for i in range(N)])
-    else:
-        depth = frames["depth"]
-    exclude = None
-    if frames["labels"] is not None:
-        exclude = np.isin(frames["labels"], np.asarray(frames["exclude_labels"]))
-    F = int(args.frames)
-    stride = int(args.clip_stride or F)
-    starts = list(range(0, N - F + 1, stride))
-    if not starts:
-        raise ValueError(f"frames: the bag has {N} paired frames, fewer than one clip of --frames {F}")
     spec = ClipSpec(memory=args.memory)
-    header = {
-        "source": "bag", "bag": str(Path(args.bag).resolve()), "command": " ".join(sys.argv), "codec": codec.config(),
-        "resolution": [H, W], "latent_grid": [H // codec.stride, W // codec.stride], "channels": codec.channels,
-        "temporal_stride": codec.temporal_stride, "chunk_latents": spec.chunk_latents,
-        "preceding_latents": spec.preceding_latents, "max_references": spec.max_references,
-        "frame_roles": "targets (first clean) | preceding | references", "memory": spec.memory,
-        "window_stride": spec.window_stride, "frames_per_clip": F, "depth": args.depth,
-        "masks": "labels " + str(frames["exclude_labels"]) if exclude is not None else "none",
-        "paired_frames": N, "rejected_inputs": frames["rejected"],
-        "seeds": {"train": None, "held_out": None},
-    }
-    writer = DatasetWriter(args.out, header, overwrite=args.overwrite)
-    codec.save_pretrained(Path(args.out) / "codec")
-    for s in tqdm(starts, desc="mirage data bag", unit="clip"):
-        sl = slice(s, s + F)
-        fr, win, meta = build_clip(frames["rgb"][sl], depth[sl].astype(np.float32), cams[sl], codec,
-                                   exclude=None if exclude is None else exclude[sl], spec=spec)
-        meta.update(source="bag", first_frame=s, stamps_ns=[int(t) for t in frames["stamps"][sl]])
-        writer.add_clip(meta, fr, win)
-    return writer.close()
+    info: Dict = {}
+    frames = iter_synced_frames(args.bag, _topics(args.topic), depth_from_bag=args.depth == "bag",
+                                tolerance=args.tolerance, log=lambda m: print(m, file=sys.stderr),
+                                namespace=args.namespace, info=info)
+    writer = None
+    buf: deque = deque()
+    size = None
+    n = 0
+    bar = tqdm(desc="mirage data bag", unit="clip")
+    try:
+        for i, fr in enumerate(frames):
+            if args.resolution:
+                fr = _resize_one(fr, args.resolution)
+            H, W = fr["rgb"].shape[:2]
+            if size is None:
+                size = (H, W)
+                if H % codec.stride or W % codec.stride:
+                    raise ValueError(f"resolution: the bag's frames are {H}x{W}, not divisible by the codec stride "
+                                     f"{codec.stride}; pass --resolution (e.g. {H // codec.stride * codec.stride}x"
+                                     f"{W // codec.stride * codec.stride})")
+                header = {
+                    "source": "bag", "bag": str(Path(args.bag).resolve()), "command": " ".join(sys.argv),
+                    "codec": codec.config(), "resolution": [H, W], "latent_grid": [H // codec.stride, W // codec.stride],
+                    "channels": codec.channels, "temporal_stride": codec.temporal_stride,
+                    "chunk_latents": spec.chunk_latents, "preceding_latents": spec.preceding_latents,
+                    "max_references": spec.max_references, "frame_roles": "targets (first clean) | preceding | references",
+                    "memory": spec.memory, "window_stride": spec.window_stride, "frames_per_clip": F, "depth": args.depth,
+                    "masks": "labels " + str(info["exclude_labels"]) if info["has_labels"] else "none",
+                    "seeds": {"train": None, "held_out": None},
+                }
+                writer = DatasetWriter(args.out, header, overwrite=args.overwrite)
+                codec.save_pretrained(Path(args.out) / "codec")
+            elif (H, W) != size:
+                raise ValueError(f"bag: {args.bag}: images change size within the bag ({size} then {(H, W)}); split it")
+            cam = Camera(torch.as_tensor(fr["K"]), invert_rigid(torch.as_tensor(fr["camera_to_world"])), H, W)
+            if da3 is not None:
+                fr["depth"] = np.asarray(da3(fr["rgb"], cam))
+            buf.append((i, fr, cam))
+            n += 1
+            while len(buf) > F:
+                buf.popleft()
+            if len(buf) == F and buf[0][0] % stride == 0:
+                _write_clip(writer, list(buf), codec, spec, info)
+                bar.update(1)
+        if writer is None:
+            raise ValueError(_no_sets(args.bag, info))
+        if writer.num_clips == 0:
+            raise ValueError(f"frames: the bag has {n} paired frames, fewer than one clip of --frames {F}")
+        return writer.close(paired_frames=n, rejected_inputs=info["rejected"])
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        bar.close()
+
+
+def _write_clip(writer, items, codec, spec, info) -> None:
+    first = items[0][0]
+    fr = [f for _, f, _ in items]
+    exclude = None
+    if info["has_labels"]:
+        exclude = np.stack([np.isin(f["labels"], np.asarray(info["exclude_labels"])) for f in fr])
+    frames, windows, meta = build_clip(np.stack([f["rgb"] for f in fr]), np.stack([f["depth"] for f in fr]).astype(np.float32),
+                                       [c for _, _, c in items], codec, exclude=exclude, spec=spec)
+    meta.update(source="bag", first_frame=first, stamps_ns=[int(f["stamp"]) for f in fr])
+    writer.add_clip(meta, frames, windows)

@@ -141,6 +141,24 @@ class DatasetWriter:
         self.num_frames += len(frames)
         return c
 
+    def abort(self) -> None:
+        """Give up: close the database and remove what this writer wrote (the LMDB files, the codec
+        folder beside them, the folder itself when it is left empty). An interrupted write (a bad
+        frame, a full disk) leaves nothing behind."""
+        import shutil
+
+        try:
+            self.env.close()
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass
+        for name in ("data.mdb", "lock.mdb"):
+            (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.path / "codec", ignore_errors=True)
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
+
     def close(self, **extra) -> Dict:
         """Write the index and the final header; returns the header."""
         idx = torch.tensor(self.windows, dtype=torch.int32).view(-1, 4)

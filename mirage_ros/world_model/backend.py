@@ -78,9 +78,12 @@ class Backend:
 
     # -- observation (Eq. 4) --------------------------------------------------------------------
     def observe(self, image: np.ndarray, depth, camera: Camera, exclude=None) -> int:
-        """Encode a real RGB frame (H, W, 3) uint8 and lift its admissible cells into the memory."""
+        """Encode a real RGB frame (H, W, 3) uint8 and lift its admissible cells into the memory (a
+        pixel memory, the RGB point-cloud cache, takes the frame itself)."""
         if tuple(np.shape(image)[:2]) != (camera.height, camera.width):
             raise ValueError(f"image: shape {np.shape(image)} does not match the camera's {camera.height}x{camera.width}")
+        if getattr(self.memory, "stores_pixels", False):
+            return self.memory.insert(np.asarray(image, dtype=np.uint8), depth, camera, exclude=exclude)
         latent = self.codec.encode(images_to_tensor(image, self.memory.device))[0]
         return self.memory.insert(latent, depth, camera, exclude=exclude)
 
@@ -103,16 +106,38 @@ class Backend:
             for chunk in self.imagine(cams, prompt=prompt, cancel=cancel):
                 yield k, chunk
 
-    def candidate_scores(self, trajectories: Sequence[Sequence[Camera]]) -> List[Dict]:
+    def candidate_scores(self, trajectories: Sequence[Sequence[Camera]], goal=None,
+                         goal_metric: str = "latent") -> List[Dict]:
         """Cheap scores a planner can rank on, from the memory as it is (no model): per frame the
         fraction of the view the memory already knows (``visibility``), their mean (``known``), and
-        ``novelty`` = 1 - known (how much of the path looks at space never seen)."""
+        ``novelty`` = 1 - known (how much of the path looks at space never seen).
+
+        With ``goal`` (a ``planning.GoalView`` at ``native_camera``'s size) each candidate also gets
+        ``goal``: the similarity of the readout at each pose to the goal image
+        (``planning.CandidateGoalScores.result``): latent from the readout itself (zero where unseen),
+        pixel only when ``goal_metric`` is pixel (the readout decoded, black where unseen, as the
+        readout backend shows it: a decode per pose)."""
+        from ..planning.goal import GOAL_READOUT, CandidateGoalScores
+
+        gs = None if goal is None else CandidateGoalScores(goal, [len(t) for t in trajectories], GOAL_READOUT)
         out = []
-        for cams in trajectories:
-            vis = [float(self.memory.read(self._native(c), dtype=None).coverage) for c in cams]
+        for k, cams in enumerate(trajectories):
+            reads = [self.memory.read(self._native(c), dtype=None) for c in cams]
+            vis = [float(r.coverage) for r in reads]
             known = float(np.mean(vis)) if vis else 0.0
-            out.append({"visibility": vis, "known": known, "novelty": 1.0 - known})
+            d = {"visibility": vis, "known": known, "novelty": 1.0 - known}
+            if gs is not None:
+                lat = torch.stack([r.latent for r in reads]).float()
+                frames = decode_readout(self.codec, lat, torch.stack([r.mask for r in reads])) if goal_metric == "pixel" else None
+                gs.add(k, range(len(cams)), frames, lat)
+                d["goal"] = gs.result(k, goal_metric)
+            out.append(d)
         return out
+
+    def native_camera(self, camera: Camera) -> Camera:
+        """The camera the memory is read and frames are made at for a request at ``camera`` (the
+        model's own resolution; ``camera`` itself for the readout backend)."""
+        return self._native(camera)
 
     def _native(self, camera: Camera) -> Camera:
         """The camera the memory is read at (a model's own resolution; identity here)."""
@@ -147,6 +172,13 @@ class Backend:
             raise ValueError("cameras: the trajectory is empty")
         if len(cameras) > MAX_FRAMES_PER_REQUEST:
             raise ValueError(f"cameras: {len(cameras)} poses requested, at most {MAX_FRAMES_PER_REQUEST} per request")
+
+
+def decode_readout(codec: Codec, latents: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
+    """Readouts (T, C, h, w) and their masks (T, h, w) -> (T, H, W, 3) uint8 frames, black where unseen."""
+    images = codec.decode(latents.float())
+    images = images * masks.repeat_interleave(codec.stride, 1).repeat_interleave(codec.stride, 2)[:, None]
+    return tensor_to_images(images)
 
 
 def pca_colors(features: torch.Tensor, max_fit: int = 20000) -> torch.Tensor:
@@ -203,9 +235,7 @@ class ReadoutBackend(Backend):
             latents = torch.stack([r.latent for r in reads]).float()
             masks = torch.stack([r.mask for r in reads])
             t1 = time.perf_counter()
-            images = self.codec.decode(latents)
-            images = images * masks.repeat_interleave(self.codec.stride, 1).repeat_interleave(self.codec.stride, 2)[:, None]
-            frames = tensor_to_images(images)
+            frames = decode_readout(self.codec, latents, masks)
             t2 = time.perf_counter()
             yield ImaginedChunk(
                 index=index,
@@ -262,6 +292,7 @@ class MirageBackend(Backend):
         self.depth_provider, self.mask_provider = depth_provider, mask_provider
         self.prompt, self.prompt_embeds, self.keep_imagined = prompt, prompt_embeds, keep_imagined
         self._last: Optional[Tuple[np.ndarray, Camera]] = None
+        self.readout_scale = 1.0  # what the side branch sees of the readout (0: the model without memory, an ablation)
         self.description = (f"generative backend ({model.description}); depth of generated frames from "
                             f"{getattr(as_depth_fn(depth_provider), 'name', 'memory')}, masks from "
                             f"{getattr(as_mask_fn(mask_provider), 'name', 'none')}")
@@ -310,7 +341,8 @@ class MirageBackend(Backend):
         it = iter_rollout_batch(self.model, image, [[cam0] + n for n in natives], memories,
                                 prompt=prompt if prompt is not None else self.prompt,
                                 prompt_embeds=None if prompt is not None else self.prompt_embeds,
-                                depth_provider=self.depth_provider, mask_provider=self.mask_provider, config=self.config)
+                                depth_provider=self.depth_provider, mask_provider=self.mask_provider, config=self.config,
+                                readout_scale=self.readout_scale)
         for k, chunk in it:
             if cancel is not None and cancel():
                 return

@@ -29,6 +29,7 @@ BENCHMARKS = {
     "compression": ("mirage_ros.bench.compression", "CompressedImage (jpeg, png, compressedDepth): bytes per frame, encode/decode ms"),
     "candidates": ("mirage_ros.bench.candidates", "K candidate trajectories per request with the shipped model: seconds for K = 1, 4, 8"),
     "gpu": ("mirage_ros.bench.gpu", "full-size Mirage and Spatia layouts on a GPU (random bf16 weights): s/frame, peak memory, readout/update"),
+    "spatia": ("mirage_ros.bench.spatia", "Spatia's RGB point-cloud memory vs the latent memory: bytes, insert and readout time, renderer, H.264 round trip"),
     "plan": ("mirage_ros.bench.plan", "planning by imagination on held-out scenes with a known answer: success rate per arm"),
 }
 

@@ -11,6 +11,10 @@ Per frame the demo shows ground truth | memory readout | imagined | visibility.
 readout decoded by the analytic thumbnail codec, and the memory is updated from the observed
 frames of each chunk.
 
+``--backend spatia`` runs Spatia's released world model (``--weights`` Wan2.2-TI2V-5B, ``--side-branch``
+Spatia's files; random toy weights without them) the same way, conditioned on renders of an RGB
+point-cloud memory; the "memory readout" panel shows those renders.
+
 Both write strips (PNG), a side-by-side H.264 MP4 (PNG frames where no H.264 encoder is
 installed), visibility masks, the memory as a coloured PLY, strict-JSON stats, a memory-growth plot
 and an MCAP rosbag2 of the run.
@@ -95,6 +99,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative-prompt-file", default=None,
                    help="--backend spatia: the negative prompt, a text file or Spatia's inference.py (its NEGATIVE_PROMPT)")
     p.add_argument("--prompt", default=None, help="--backend spatia: text prompt (needs the UMT5 text encoder)")
+    p.add_argument("--device", default=None, help="--backend spatia: torch device (default cuda when available, else cpu)")
     p.add_argument("--rounds", type=_rounds, default=None, metavar="FIRST,LATER,HISTORY",
                    help="--backend spatia: frames of the first round, of later rounds and of history (default Spatia's 121,81,9)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's own)")
@@ -371,7 +376,8 @@ def run_generative(args) -> int:
     oracle = sim.SceneOracle(scene, poses, frame_period=1.0 / args.fps)
     try:
         if args.backend == "spatia":
-            backend = make_backend("spatia", weights=args.weights, side_branch=args.side_branch, lora=args.lora,
+            device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            backend = make_backend("spatia", weights=args.weights, side_branch=args.side_branch, lora=args.lora, device=device,
                                    steps=args.steps, keep_imagined=True, depth=oracle.depth_provider(),
                                    masks=oracle.mask_provider(), resolution=args.resolution, rounds=args.rounds,
                                    prompt=args.prompt, negative_prompt_file=args.negative_prompt_file)

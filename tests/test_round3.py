@@ -624,3 +624,153 @@ def test_item7_data_bag_streams_a_good_bag(tmp_path, room_loop):
     assert r.returncode == 0, r.stderr[-3000:]
     d = MirageDataset(tmp_path / "out")
     assert d.header["paired_frames"] == 12 and d.header["counts"]["clips"] == 2  # clips at frames 0 and 3
+
+
+# -- item 13: one-line errors, nothing left behind --------------------------------------------------
+
+def _replay_cli(*args):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "mirage_ros", "replay", *map(str, args), "--quiet", "-p", "backend=readout"],
+                          capture_output=True, text=True, timeout=300, cwd=str(ROOT), env=env)
+
+
+def test_item13_replay_config_and_param_errors_are_one_line(tmp_path, scene):
+    bag = _bag(tmp_path / "in", scene)
+    (tmp_path / "bad.yaml").write_text("/**: {ros__parameters: {a: [1,\n")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    for args, needle in [(["--config", tmp_path], "cannot be read"), (["--config", tmp_path / "bad.yaml"], "not valid YAML"),
+                         (["--config", tmp_path / "list.yaml"], "holds a YAML list"), (["-p", "x=[1,"], "not valid YAML")]:
+        r = _replay_cli(bag, "--out", tmp_path / "out", *args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert r.stderr.strip().startswith("mirage replay: ") and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _enospc(*_a, **_k):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_item13_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, scene, monkeypatch, capsys):
+    import argparse
+
+    from mirage_ros.ros import bag as bagmod
+    from mirage_ros.ros import replay
+    from mirage_ros.training import cli as tcli
+    from mirage_ros.training import dataset as dsmod
+
+    bag = _bag(tmp_path / "in", scene)
+    p = argparse.ArgumentParser()
+    replay.add_arguments(p)
+    args = p.parse_args([str(bag), "--out", str(tmp_path / "out"), "-p", "backend=readout", "--quiet"])
+    monkeypatch.setattr(bagmod.BagWriter, "add_cloud", _enospc)
+    assert replay.run(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mirage replay: No space left on device") and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists() and sorted(q.name for q in tmp_path.iterdir()) == ["in"]
+    # mirage data bag
+    monkeypatch.setattr(dsmod.DatasetWriter, "add_clip", _enospc)
+    p = argparse.ArgumentParser()
+    tcli.add_data_arguments(p)
+    dargs = p.parse_args(["bag", str(_bag(tmp_path / "in12", scene, n=4)), "--out", str(tmp_path / "ds"), "--frames", "2"])
+    monkeypatch.setattr("mirage_ros.training.bag_data.build_clip", lambda *a, **k: ([], [], {}))
+    assert tcli.run_data(dargs) == 2
+    err = capsys.readouterr().err
+    assert "mirage data: No space left on device" in err and "Traceback" not in err, err
+    assert not (tmp_path / "ds").exists()
+
+
+def test_item13_a_failed_checkpoint_save_leaves_no_tmp_folder(tmp_path, monkeypatch):
+    import torch
+
+    from mirage_ros.training import checkpoint as ck
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    calls = {"n": 0}
+    real = ck._save
+
+    def flaky(tensors, path, meta=None):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            _enospc()
+        return real(tensors, path, meta)
+
+    monkeypatch.setattr(ck, "_save", flaky)
+    with pytest.raises(OSError):
+        ck.save_checkpoint(tmp_path, 5, model, opt, sched, {"a": 1})
+    assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
+def _saved_run(tmp_path):
+    import torch
+
+    from mirage_ros.training import checkpoint as ck
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    sched.step()
+    path = ck.save_checkpoint(tmp_path, 1, model, opt, sched, {"a": 1})
+    return path, model, opt, sched
+
+
+@pytest.mark.parametrize("how", ["state_list", "no_scheduler", "step_abc", "lr_string", "opt_shape", "rng_bad"])
+def test_item13_train_resume_refuses_corrupt_checkpoints_before_changing_anything(tmp_path, how):
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from mirage_ros.training import checkpoint as ck
+
+    path, _, _, _ = _saved_run(tmp_path)
+    sp = path / "state.json"
+    state = json.loads(sp.read_text())
+    if how == "state_list":
+        sp.write_text("[1, 2]")
+    elif how == "no_scheduler":
+        del state["scheduler"]
+        sp.write_text(json.dumps(state))
+    elif how == "step_abc":
+        state["step"] = "abc"
+        sp.write_text(json.dumps(state))
+    elif how == "lr_string":
+        state["optimizer"]["param_groups"][0]["lr"] = "fast"
+        sp.write_text(json.dumps(state))
+    elif how == "opt_shape":
+        t = load_file(str(path / "optimizer.safetensors"))
+        t["weight::exp_avg"] = torch.zeros(7)
+        save_file(t, str(path / "optimizer.safetensors"))
+    else:
+        save_file({"torch_cpu": torch.zeros(16, dtype=torch.uint8)}, str(path / "rng.safetensors"))
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    rng = torch.get_rng_state()
+    with pytest.raises(ck.TrainCheckpointError) as err:
+        ck.load_checkpoint(path, model, opt, sched, {"a": 1})
+    assert str(path) in str(err.value)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())) and opt.state_dict()["state"] == {}
+    assert torch.equal(rng, torch.get_rng_state()) and sched.last_epoch == 0
+
+
+def test_item13_resume_with_run_json_a_list_is_one_clear_error(tmp_path):
+    from types import SimpleNamespace
+
+    from mirage_ros.training.trainer import TrainError, Trainer
+
+    (tmp_path / "run.json").write_text("[1, 2]")
+    stub = SimpleNamespace(run=tmp_path, cfg=SimpleNamespace(fingerprint=lambda: {"a": 1}))
+    with pytest.raises(TrainError, match="run.json is corrupt"):
+        Trainer._check_run_folder(stub, True)

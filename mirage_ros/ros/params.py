@@ -186,12 +186,24 @@ def load_yaml(path: Union[str, Path], node_name: str = "mirage") -> Dict[str, An
     ``{dotted name: value}`` (only this node's keys)."""
     import yaml
 
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, unreadable, not text
+        raise ParamError(f"--config: {path} cannot be read ({type(exc).__name__}: {exc.strerror if isinstance(exc, OSError) else exc})") from None
+    except yaml.YAMLError as exc:
+        raise ParamError(f"--config: {path} is not valid YAML ({' '.join(str(exc).split())[:200]})") from None
+    if not isinstance(data, dict):
+        raise ParamError(f"--config: {path} holds a YAML {type(data).__name__}, expected a ROS 2 parameter file "
+                         "(a mapping: /**: {ros__parameters: {...}})")
     flat: Dict[str, Any] = {}
     for key, section in data.items():
         k = str(key).strip("/")
         if k in ("**", node_name) or k.endswith("/" + node_name) or k == "**/" + node_name:
-            flat.update(_flatten((section or {}).get("ros__parameters", {}) or {}))
+            params = (section or {}).get("ros__parameters", {}) if isinstance(section, dict) else None
+            if not isinstance(params, dict) and params is not None:
+                raise ParamError(f"--config: {path}: {key}.ros__parameters is a {type(params).__name__}, expected a mapping")
+            flat.update(_flatten(params or {}))
     return flat
 
 

@@ -75,7 +75,10 @@ def _parse_overrides(items):
         if "=" not in it:
             raise ValueError(f"--param: expected NAME=VALUE, got {it!r}")
         k, v = it.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--param {it!r}: the value is not valid YAML ({' '.join(str(exc).split())[:160]})") from None
     return out
 
 
@@ -256,8 +259,9 @@ def run(args) -> int:
         log = (lambda *a, **k: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
         s = replay(args.input, args.out, params, args.namespace, topics, args.imagine, args.recorded_stride,
                    args.copy_inputs, args.storage, args.overwrite, log)
-    except (ValueError, ParamError, FileNotFoundError, FileExistsError) as exc:
-        print("mirage replay: " + " ".join(str(exc).split()), file=sys.stderr)  # one line
+    except (ValueError, ParamError, OSError) as exc:  # OSError: a full disk, a folder for a file ...
+        msg = str(exc) if not isinstance(exc, OSError) or not exc.strerror else f"{exc.strerror}: {exc.filename or ''}"
+        print("mirage replay: " + " ".join(msg.split()), file=sys.stderr)  # one line; the output bag is removed
         return 2
     print(f"mirage replay: {s['messages']} input messages, {s['sets']} complete sets, {s['observed']} observed, "
           f"{s['points']} memory points; imagined {s['frames']} frames in {s['chunks']} chunks ({s['mode']}); "

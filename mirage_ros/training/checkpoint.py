@@ -88,6 +88,15 @@ def save_checkpoint(run: Path, step: int, model: torch.nn.Module, optimizer, sch
     tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
+    try:
+        return _save_into(tmp, final, root, run, step, model, optimizer, scheduler, fingerprint, keep, extra)
+    except BaseException:  # a full disk, a signal: no .tmp_step_* folder is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _save_into(tmp: Path, final: Path, root: Path, run, step: int, model, optimizer, scheduler, fingerprint: Dict,
+               keep: int, extra) -> Path:
     tmp.mkdir()
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     names = [n for n, _ in params]
@@ -143,6 +152,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, fi
         state = json.loads(sp.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TrainCheckpointError(f"checkpoint: {sp} is corrupt ({exc})") from None
+    _check_state(state, sp)
     theirs = state.get("fingerprint", {})
     diff = sorted(k for k in set(theirs) | set(fingerprint) if theirs.get(k) != fingerprint.get(k))
     if diff:
@@ -158,6 +168,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, fi
     bad = [n for n in params if tuple(trainable[n].shape) != tuple(params[n].shape)]
     if bad:
         raise TrainCheckpointError(f"checkpoint: {path / 'trainable.safetensors'}: shape mismatch for {bad[:5]}")
+    _check_tensors(trainable, opt_t, rng, params, state, path)  # everything, before anything changes
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(trainable[n])
@@ -169,3 +180,75 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, fi
         if len(states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states)
     return int(state["step"])
+
+
+def _check_state(state, sp: Path) -> None:
+    """``state.json`` as ``save_checkpoint`` writes it, or ``TrainCheckpointError`` naming the file and
+    the field: a JSON object; ``step`` a non-negative integer; ``scheduler`` a mapping whose numbers
+    are finite (``base_lrs`` / ``_last_lr`` lists of them, ``last_epoch`` / ``_step_count``
+    integers); ``optimizer.param_groups`` mappings with a finite ``lr``; ``fingerprint`` a mapping."""
+    import math
+
+    def bad(field, why):
+        raise TrainCheckpointError(f"checkpoint: {sp}: {field} {why}")
+
+    def finite(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not isinstance(state, dict):
+        bad("the file", f"holds a JSON {type(state).__name__}, expected an object")
+    step = state.get("step")
+    if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
+        bad("step", f"is {step!r}, expected a non-negative integer")
+    if not isinstance(state.get("fingerprint", {}), dict):
+        bad("fingerprint", "is not an object")
+    sch = state.get("scheduler")
+    if not isinstance(sch, dict):
+        bad("scheduler", "is missing" if sch is None else f"is a {type(sch).__name__}, expected an object")
+    for key in ("base_lrs", "_last_lr"):
+        if key in sch and not (isinstance(sch[key], list) and all(finite(x) for x in sch[key])):
+            bad(f"scheduler.{key}", f"is {sch[key]!r}, expected a list of finite numbers")
+    for key in ("last_epoch", "_step_count"):
+        if key in sch and not (isinstance(sch[key], int) and not isinstance(sch[key], bool)):
+            bad(f"scheduler.{key}", f"is {sch[key]!r}, expected an integer")
+    groups = (state.get("optimizer") or {}).get("param_groups", []) if isinstance(state.get("optimizer", {}), dict) else None
+    if not isinstance(groups, list):
+        bad("optimizer.param_groups", "is not a list")
+    for i, g in enumerate(groups):
+        if not isinstance(g, dict) or not isinstance(g.get("params"), list):
+            bad(f"optimizer.param_groups[{i}]", "is not an object with a params list")
+        for key in ("lr", "weight_decay", "eps"):
+            if key in g and not finite(g[key]):
+                bad(f"optimizer.param_groups[{i}].{key}", f"is {g[key]!r}, expected a finite number")
+        if "betas" in g and not (isinstance(g["betas"], list) and len(g["betas"]) == 2 and all(finite(x) for x in g["betas"])):
+            bad(f"optimizer.param_groups[{i}].betas", f"is {g['betas']!r}, expected two finite numbers")
+
+
+def _check_tensors(trainable, opt_t, rng, params, state, path: Path) -> None:
+    """Optimiser state of each parameter has the parameter's shape (AdamW's exp_avg / exp_avg_sq;
+    ``step`` one number), everything finite; the RNG states are what torch can restore."""
+    for key, v in opt_t.items():
+        name, _, k = key.partition("::")
+        p = params.get(name)
+        if p is None:
+            raise TrainCheckpointError(f"checkpoint: {path / 'optimizer.safetensors'}: optimiser state for unknown parameter {name!r}")
+        if k == "step":
+            if v.numel() != 1:
+                raise TrainCheckpointError(f"checkpoint: {path / 'optimizer.safetensors'}: {key} has shape {tuple(v.shape)}, expected one number")
+        elif tuple(v.shape) != tuple(p.shape):
+            raise TrainCheckpointError(f"checkpoint: {path / 'optimizer.safetensors'}: {key} has shape {tuple(v.shape)}, "
+                                       f"the parameter {tuple(p.shape)}")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise TrainCheckpointError(f"checkpoint: {path / 'optimizer.safetensors'}: {key} holds NaN or inf")
+    for n, t in trainable.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise TrainCheckpointError(f"checkpoint: {path / 'trainable.safetensors'}: {n} holds NaN or inf")
+    cpu = rng.get("torch_cpu")
+    ref = torch.get_rng_state()
+    if cpu is None or cpu.dtype != ref.dtype or tuple(cpu.shape) != tuple(ref.shape):
+        raise TrainCheckpointError(f"checkpoint: {path / 'rng.safetensors'}: torch_cpu is "
+                                   f"{None if cpu is None else (cpu.dtype, tuple(cpu.shape))}, expected {ref.dtype} {tuple(ref.shape)}")
+    try:  # torch refuses some byte patterns: try on a scratch generator, never on the global one
+        torch.Generator().set_state(cpu)
+    except (RuntimeError, ValueError) as exc:
+        raise TrainCheckpointError(f"checkpoint: {path / 'rng.safetensors'}: torch_cpu is not a generator state ({exc})") from None

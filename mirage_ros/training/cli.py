@@ -130,11 +130,22 @@ def run_data(args) -> int:
             from .codec_fit import fit_codec
 
             header = fit_codec(args)
-    except (DatasetError, ValueError, FileNotFoundError) as exc:
-        print(f"mirage data: {exc}", file=sys.stderr)
+    except (DatasetError, ValueError, OSError) as exc:  # OSError: a full disk (the dataset folder is removed)
+        print(f"mirage data: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - lmdb reports a full disk or map as lmdb.Error
+        if type(exc).__module__.split(".")[0] != "lmdb":
+            raise
+        print(f"mirage data: {_one_line(exc)}", file=sys.stderr)
         return 2
     print(json.dumps({k: header[k] for k in ("counts", "codec", "resolution", "memory") if k in header}))
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return " ".join(str(exc).split())
 
 
 def _need_weights(args) -> None:
@@ -210,8 +221,8 @@ def run_train(args) -> int:
                           context_sigma_max=args.context_sigma_max, context_sigma=args.context_sigma)
         trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
         summary = trainer.fit()
-    except (TrainError, TrainCheckpointError, DatasetError) as exc:
-        print(f"mirage train: {exc}", file=sys.stderr)
+    except (TrainError, TrainCheckpointError, DatasetError, OSError) as exc:  # OSError: a full disk
+        print(f"mirage train: {_one_line(exc)}", file=sys.stderr)
         return 2
     if trainer.acc.is_main_process:
         print(json.dumps(summary))

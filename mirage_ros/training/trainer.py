@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -336,6 +337,8 @@ class Trainer:
                 theirs = json.loads(run_json.read_text())
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise TrainError(f"resume: {run_json} is corrupt ({exc})") from None
+            if not isinstance(theirs, dict) or not isinstance(theirs.get("fingerprint", {}), dict):
+                raise TrainError(f"resume: {run_json} is corrupt (a JSON {type(theirs).__name__}, not a run's record)")
             mine = self.cfg.fingerprint()
             diff = sorted(k for k in set(mine) | set(theirs.get("fingerprint", {}))
                           if theirs.get("fingerprint", {}).get(k) != mine.get(k))
@@ -480,11 +483,17 @@ class Trainer:
 
         cfg = self.cfg
         main = self.acc.is_main_process
+        def write_run_json():  # temp file + rename: a crash or a full disk never leaves half a run.json
+            tmp = self.run / f".run.json.{os.getpid()}.tmp"
+            tmp.write_text(dumps_json({"fingerprint": cfg.fingerprint(), "config": asdict(cfg), "data_header": self.data.header,
+                                       "world_size": self.world, "parameters": self._parameter_counts()}) + "\n")
+            os.replace(tmp, self.run / "run.json")
+
+        pending = main and self.step > 0  # a resumed run rewrites run.json only once a step has worked
         if main:
             self.run.mkdir(parents=True, exist_ok=True)
-            (self.run / "run.json").write_text(dumps_json(
-                {"fingerprint": cfg.fingerprint(), "config": asdict(cfg), "data_header": self.data.header,
-                 "world_size": self.world, "parameters": self._parameter_counts()}) + "\n")
+            if not pending:
+                write_run_json()
         old = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         tb = _tensorboard(self.run) if main else None
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"mirage train {cfg.config}/{cfg.recipe}", unit="step",
@@ -494,6 +503,9 @@ class Trainer:
             with open(self.run / "metrics.jsonl", "a") if main else _Null() as log:
                 while self.step < cfg.steps:
                     rec = self.train_step()
+                    if pending:
+                        write_run_json()
+                        pending = False
                     if main:
                         log.write(dumps_json(asdict(rec), indent=None) + "\n")
                         log.flush()

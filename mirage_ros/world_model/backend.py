@@ -293,7 +293,7 @@ class MirageBackend(Backend):
         self.prompt, self.prompt_embeds, self.keep_imagined = prompt, prompt_embeds, keep_imagined
         self._last: Optional[Tuple[np.ndarray, Camera]] = None
         self.readout_scale = 1.0  # what the side branch sees of the readout (0: the model without memory, an ablation)
-        self.description = (f"generative backend ({model.description}); depth of generated frames from "
+        self.description = (f"generative backend ({model.description}; side-branch layout {model.layout}); depth of generated frames from "
                             f"{getattr(as_depth_fn(depth_provider), 'name', 'memory')}, masks from "
                             f"{getattr(as_mask_fn(mask_provider), 'name', 'none')}")
 

@@ -68,8 +68,13 @@ def action_client(node, action_type, name: str, **kw):
     taken by another thread first and dropped ("Ignoring unexpected goal response"): the goal
     future then never completes. Seen here on a loaded CPU. Such a response is kept and delivered
     once ``send_goal_async`` has registered the request. A goal cannot simply be re-sent (the
-    server may already run it)."""
+    server may already run it). Its goal, result and cancel services use ``qos.action_client_qos``
+    (depth 1000: rclpy's default 10 lost replies in bursts) unless ``kw`` says otherwise."""
     from rclpy.action import ActionClient
+
+    from .qos import action_client_qos
+
+    kw = {**action_client_qos(), **kw}
 
     class _Client(ActionClient):
         def __init__(self, *a, **k):

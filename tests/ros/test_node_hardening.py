@@ -215,15 +215,12 @@ def test_save_and_load_are_confined_to_the_memory_folder(hard, probe):
 # -- defects 2 and 8: bursts of goals and cancels, oversized goals ------------------------------------
 
 def _deep_client(probe, ns):
-    """An action client whose own service queues hold a whole burst (rclpy's default is 10)."""
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-
+    """The probe's action client as it is (the QoS the README tells planners to use,
+    ``qos.action_client_qos``: its service queues hold a whole burst; rclpy's default is 10)."""
     from mirage_ros.action import Imagine
     from mirage_ros.ros.probe import action_client
 
-    q = QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE)
-    ac = action_client(probe.node, Imagine, f"{ns}/imagine", goal_service_qos_profile=q,
-                       result_service_qos_profile=q, cancel_service_qos_profile=q)
+    ac = action_client(probe.node, Imagine, f"{ns}/imagine")
     wait_for(ac.server_is_ready, 60, what=f"the {ns}/imagine action server")
     return ac
 

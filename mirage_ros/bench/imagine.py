@@ -70,6 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--earliest-within", type=float, default=None,
                    help="observed-first readout tolerance (default: the rollout's, 0.05; 0 = plain frontmost-wins)")
     p.add_argument("--tag", default="", help="a label stored in the JSON (e.g. the sweep point)")
+    p.add_argument("--noise-seed", type=int, default=None,
+                   help="one sampler seed for every loop (default: derived from each loop's observation, as the node does)")
     p.add_argument("--bootstrap", type=int, default=10000)
     p.add_argument("--threads", type=int, default=None)
 
@@ -104,7 +106,7 @@ def _oracle(cams, depth, labels, exclude_dynamic: bool):
 
 
 def _rollout(model, arm: str, depth_mode: str, rgb0, cams, depth, labels, steps, earliest_within=None,
-             with_timings: bool = False):
+             with_timings: bool = False, noise_seed=None):
     """One arm's frames (N, H, W, 3) uint8 (frame 0 = the observed frame); with ``with_timings`` also
     the mean seconds per chunk."""
     import torch
@@ -121,7 +123,7 @@ def _rollout(model, arm: str, depth_mode: str, rgb0, cams, depth, labels, steps,
         memory = RGBPointCloudMemory(model.codec, splat="footprint")
     else:
         memory = LatentSpatialMemory(channels=model.channels, stride=model.stride)
-    rcfg = RolloutConfig(progress=False, seed=0)
+    rcfg = RolloutConfig(progress=False, seed=noise_seed)
     if earliest_within is not None:
         rcfg.earliest_within = float(earliest_within)
     res = rollout(model, rgb0, cams, memory, first_depth=torch.from_numpy(depth[0]), first_exclude=first_ex,
@@ -270,7 +272,8 @@ def run(args) -> int:
                     frames, sec = ro_frames, float("nan")
                 else:
                     frames, sec = _rollout(models[arm], arm, d, gt[0], cams, depth, labels, args.steps,
-                                           earliest_within=args.earliest_within, with_timings=True)
+                                           earliest_within=args.earliest_within, with_timings=True,
+                                           noise_seed=args.noise_seed)
                 seconds[d][arm].append(sec)
                 frames_of[d][arm].append(frames)
                 folder = out / (arm if d == "oracle" else f"memory_depth/{arm}") / str(seed)
@@ -296,6 +299,7 @@ def run(args) -> int:
         "model_description": some.description if some is not None else None,
         "sampler": some.sampler.config() if some is not None else None,
         "earliest_within": args.earliest_within if args.earliest_within is not None else _default_earliest(),
+        "noise_seed": args.noise_seed if args.noise_seed is not None else "derived from each loop's observation",
         "resolution": [H, W], "frames_per_loop": args.frames, "seeds": seeds, "device": args.device,
         "none_arm": "shortcut: the latent arm's model with the readout zeroed (trained with readout dropout), "
                     "not a separately trained model",

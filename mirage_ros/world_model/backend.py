@@ -390,6 +390,7 @@ def _make_mirage(config: str = "tiny", weights: Optional[str] = None, side_branc
                  lora: Optional[str] = None, layout: str = "paper", device: str = "cpu", dtype=None,
                  steps: Optional[int] = None, shift: Optional[float] = None, guidance_scale: Optional[float] = None,
                  pin_until: Optional[float] = None, pin_paste: Optional[bool] = None, seed: int = 0,
+                 noise_seed: Optional[int] = None,
                  side_branch_init: str = "zero", offload: bool = False, vae_tiling: bool = False,
                  memory: Optional[dict] = None, depth=None, masks=None, prompt: Optional[str] = None,
                  keep_imagined: bool = False, rollout: Optional[dict] = None) -> MirageBackend:
@@ -399,7 +400,9 @@ def _make_mirage(config: str = "tiny", weights: Optional[str] = None, side_branc
 
     Sampler: a model folder's own settings (``model_index.json``), else the paper's (40 UniPC steps,
     shift 5, no CFG, no pinning); each of ``steps``, ``shift``, ``guidance_scale``, ``pin_until``,
-    ``pin_paste`` that is not None replaces that one setting and nothing else."""
+    ``pin_paste`` that is not None replaces that one setting and nothing else. ``seed``: random
+    weights (no ``weights``); ``noise_seed``: the sampler noise (None: derived from the observation,
+    ``RolloutConfig.seed``)."""
     from .model import MirageWorldModel, is_mirage_folder
     from .sampler import FlowUniPCSampler
 
@@ -423,7 +426,7 @@ def _make_mirage(config: str = "tiny", weights: Optional[str] = None, side_branc
                                            side_branch_init=side_branch_init, sampler=sampler, offload=offload)
     _refuse_spatia_branch(model, side_branch)
     mem = LatentSpatialMemory(channels=model.channels, stride=model.stride, device=device, **(memory or {}))
-    cfg = RolloutConfig(**{"progress": False, "seed": seed, **(rollout or {})})
+    cfg = RolloutConfig(**{"progress": False, "seed": noise_seed, **(rollout or {})})
     return MirageBackend(mem, model, cfg, depth_provider=make_provider("depth", depth, device),
                          mask_provider=make_provider("masks", masks, device), prompt=prompt, keep_imagined=keep_imagined)
 

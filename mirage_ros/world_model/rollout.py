@@ -53,6 +53,11 @@ class RolloutConfig:
         depth the earliest inserted wins, so a revisited view reads what was observed rather than
         a generated copy a hair nearer; 0 = plain frontmost-wins; None = the memory's own setting.
         (The RGB point-cloud cache has no such rule and ignores it.)
+    seed: the sampler noise. None (default) derives it from the encoded first frame, so the same
+        observation gives the same video bit for bit while different scenes get different noise
+        (one fixed seed for every scene made unseen space of different scenes correlate: r = 0.38
+        over validation loops, 0.11 with per-scene noise, ground truth 0.04); an integer fixes it.
+        Candidate trajectories from one observation share it (common random numbers for ranking).
     """
 
     chunk_latents: int = 9
@@ -62,7 +67,7 @@ class RolloutConfig:
     ref_voxel_size: float = 0.1
     update_source: str = "reencode"
     earliest_within: Optional[float] = 0.05
-    seed: int = 0
+    seed: Optional[int] = None
     progress: bool = True
     negative_prompt: Optional[str] = None
 
@@ -121,6 +126,14 @@ def latent_chunks(num_frames: int, chunk_latents: int = 9, temporal_stride: int 
     return out
 
 
+def observation_seed(z0: torch.Tensor) -> int:
+    """A 63-bit noise seed from the bytes of the encoded first frame (``RolloutConfig.seed`` None)."""
+    import hashlib
+
+    data = z0.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "little") >> 1
+
+
 def _tqdm(**kw):
     from tqdm.auto import tqdm
 
@@ -140,7 +153,7 @@ class _Track:
         self.model, self.cams, self.memory, self.cfg = model, cams, memory, cfg
         self.N, self.H, self.W, self.ts = N, H, W, model.temporal_stride
         self.readout_scale, self.depth_fn, self.mask_fn = readout_scale, depth_fn, mask_fn
-        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.gen = torch.Generator().manual_seed(observation_seed(z0) if cfg.seed is None else int(cfg.seed))
         self.selector = ReferenceSelector(cfg.max_references, cfg.ref_iou_threshold, cfg.ref_voxel_size)
         self.latents, self.readouts, self.masks = {0: z0}, {}, {}
         self.selector.remember(0, visible_points(memory, [memory.read(cams[0])]))

@@ -14,7 +14,9 @@ drive this class, so the bag replay runs exactly the node's logic.
   same rules (the size rule ``goals.candidates_reason`` first, from the list lengths alone), then
   ``imagine_candidates(creq, cancel)`` takes ONE snapshot of the memory, scores every candidate on
   it (``CandidateRun.scores``) and imagines them all from it (batched through a generative model);
-  nothing is written into the memory.
+  nothing is written into the memory. ``prepare_goal(creq, image, camera_info, metric)`` adds a
+  goal image (``planning.GoalView``): the scores then carry the readout's similarity to it and the
+  run the imagined frames' (``CandidateRun.goal_result``).
 - Memory: ``reset`` / ``save`` / ``load``; visualisation data: ``cloud()``, ``frustums()``;
   ``stats()``.
 
@@ -76,6 +78,8 @@ class CandidateRequest:
 
     requests: List[Request]
     prompt: Optional[str]
+    goal: Optional[object] = None  # planning.GoalView at the backend's native camera (prepare_goal)
+    goal_metric: str = "latent"
 
     @property
     def trajectories(self) -> list:
@@ -103,9 +107,21 @@ class CandidateRun:
             # over a fork of the memory; observations that arrive meanwhile go to the live memory
             view = copy.copy(core.backend)
             view.memory = core.backend.memory.fork()
-            self.scores = view.candidate_scores(creq.trajectories)
+            if creq.goal is None:
+                self.scores = view.candidate_scores(creq.trajectories)
+            else:
+                self.scores = view.candidate_scores(creq.trajectories, goal=creq.goal, goal_metric=creq.goal_metric)
         self.scores_time = time.perf_counter() - t0
         self.backend = view
+        self.goal_scores = None
+        if creq.goal is not None:
+            from ..planning import CandidateGoalScores
+
+            self.goal_scores = CandidateGoalScores(creq.goal, [len(t) for t in creq.trajectories])
+
+    def goal_result(self, k: int) -> Optional[Dict]:
+        """Candidate ``k``'s imagined frames scored against the goal (None without a goal image)."""
+        return None if self.goal_scores is None else self.goal_scores.result(k, self.request.goal_metric)
 
     def __iter__(self) -> Iterator[Tuple[int, object]]:
         core, cancel = self.core, self.cancel
@@ -117,6 +133,8 @@ class CandidateRun:
                 return
             with core.lock:  # one model, shared with goals and observations: one chunk at a time
                 item = next(it, None)
+                if item is not None and self.goal_scores is not None:
+                    self.goal_scores.add_chunk(item[0], item[1], self.backend.generative)
             if item is None:
                 return
             core.counts["frames_imagined"] += len(item[1].frame_indices)
@@ -691,6 +709,37 @@ class MirageCore:
                     raise
                 raise GoalError(exc.status, f"candidates[{i}]: {exc.message}") from None
         return CandidateRequest(reqs, reqs[0].prompt)
+
+    def prepare_goal(self, creq: CandidateRequest, image_msg=None, info_msg=None, metric: str = "") -> CandidateRequest:
+        """An imagine_candidates goal image -> ``creq`` with its ``planning.GoalView`` (at the camera
+        the backend imagines at) and metric; an empty image (width 0) leaves ``creq`` as it is.
+        ``GoalError`` (invalid goal) names goal_image, goal_camera_info or goal_metric."""
+        from ..planning import DEFAULT_METRIC, METRICS, GoalView
+
+        metric = str(metric or DEFAULT_METRIC)
+        if metric not in METRICS:
+            raise GoalError(STATUS_INVALID_GOAL, f"goal_metric: expected {' or '.join(METRICS)}, got {metric!r}")
+        if image_msg is None or (int(image_msg.width) == 0 and int(image_msg.height) == 0):
+            return creq
+        try:
+            rgb = cv.image_to_rgb(image_msg, "goal_image", self.p["input.max_pixels"])
+            goal_K = None
+            if info_msg is not None and int(info_msg.width) > 0:
+                goal_K, H, W = cv.camera_info_to_K(info_msg, "goal_camera_info", self.p["input.max_pixels"])
+                if (H, W) != rgb.shape[:2]:
+                    raise cv.ConversionError(f"goal_camera_info: {H}x{W}, but goal_image is {rgb.shape[0]}x{rgb.shape[1]}")
+        except cv.ConversionError as exc:
+            raise GoalError(STATUS_INVALID_GOAL, str(exc)) from None
+        with self.lock:
+            if self.backend is None:
+                raise GoalError(STATUS_NOT_READY, "the node is not active")
+            native = self.backend.native_camera(creq.requests[0].cameras[0])
+            try:
+                creq.goal = GoalView(rgb, self.backend.codec, (native.height, native.width), native.K.numpy(), goal_K)
+            except ValueError as exc:
+                raise GoalError(STATUS_INVALID_GOAL, str(exc)) from None
+        creq.goal_metric = metric
+        return creq
 
     def imagine_candidates(self, creq: CandidateRequest, cancel: Optional[Callable[[], bool]] = None) -> CandidateRun:
         """Snapshot the memory and score every candidate now; iterate the returned run for the

@@ -765,6 +765,8 @@ class MirageNode(LifecycleNode):
         cancel = lambda: self._goal_cancelled(goal_handle, t0, why)  # noqa: E731
         try:
             creq = core.prepare_candidates(goal.candidates, int(goal.num_frames), goal.prompt or None, self._now_ns())
+            creq = core.prepare_goal(creq, getattr(goal, "goal_image", None), getattr(goal, "goal_camera_info", None),
+                                     getattr(goal, "goal_metric", ""))  # getattr: interfaces built before the goal image
             run = core.imagine_candidates(creq, cancel)
         except GoalError as exc:
             return finish(exc.status, exc.message)
@@ -799,10 +801,15 @@ class MirageNode(LifecycleNode):
                 return finish(exc.status, exc.message)
             except Exception as exc:  # noqa: BLE001
                 return finish(STATUS_FAILED, f"backend raised {type(exc).__name__}: {exc}")
-        result.candidates = [out.candidate_result_msg(T, k, run.scores[k], r.stamps_ns, coverage[k], images[k])
+        result.candidates = [out.candidate_result_msg(T, k, run.scores[k], r.stamps_ns, coverage[k], images[k],
+                                                      None if goal.scores_only else run.goal_result(k))
                              for k, r in enumerate(reqs)]
         result.num_chunks = chunks
         known = ", ".join(f"{s['known']:.2f}" for s in run.scores)
+        if creq.goal is not None:
+            sims = [c.goal_similarity for c in result.candidates]
+            best = int(np.nanargmax(sims)) if np.isfinite(sims).any() else -1
+            known += f"; goal ({creq.goal_metric}): most similar candidate {best}" + (f" ({sims[best]:.3f})" if best >= 0 else "")
         if goal.scores_only:
             return finish(STATUS_SUCCEEDED, f"scored {len(reqs)} candidates ({n_total} frames), no model run; known: {known}")
         if goal_handle.is_cancel_requested:

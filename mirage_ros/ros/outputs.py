@@ -107,11 +107,20 @@ def chunk_msg(types, chunk, camera_to_world: np.ndarray, stamps_ns: Sequence[int
 
 
 def candidate_result_msg(types, index: int, score: Dict, stamps_ns: Sequence[int], coverage: Sequence[float] = (),
-                         images: Optional[List[object]] = None):
+                         images: Optional[List[object]] = None, goal: Optional[Dict] = None):
     """``mirage_ros/CandidateResult`` of candidate ``index``: its scores (``score``: visibility per
     frame, known, novelty, from ``MirageCore.imagine_candidates``), the per-frame stamps, the
-    coverage of each imagined frame's readout in its own fork, and the images if given."""
+    coverage of each imagined frame's readout in its own fork, and the images if given. ``goal``
+    (``planning.CandidateGoalScores.result``; default the readout's in ``score["goal"]``) fills the
+    goal_* fields; without one they stay empty (GOAL_NONE)."""
     cov = np.asarray(list(coverage), dtype=np.float32)
+    goal = goal if goal is not None else score.get("goal")
+    extra = {}
+    if goal is not None:  # only then: interfaces built before the goal fields still take the rest
+        extra = dict(goal_source=int(goal["source"]), goal_similarity=float(goal["similarity"]),
+                     goal_best_frame=int(goal["best_frame"]),
+                     goal_latent_similarity=types.seq(np.asarray(goal["latent"], dtype=np.float32)),
+                     goal_pixel_similarity=types.seq(np.asarray(goal["pixel"], dtype=np.float32)))
     return types.CandidateResult(
         index=int(index), num_frames=len(stamps_ns),
         known=float(score["known"]), novelty=float(score["novelty"]),
@@ -120,6 +129,7 @@ def candidate_result_msg(types, index: int, score: Dict, stamps_ns: Sequence[int
         mean_rollout_coverage=float(cov.mean()) if cov.size else 0.0,
         stamps=[cv.time_msg(types, int(t)) for t in stamps_ns],
         frames=list(images) if images is not None else [],
+        **extra,
     )
 
 

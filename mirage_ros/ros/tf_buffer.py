@@ -13,8 +13,8 @@ through their nearest common ancestor, and interpolates each dynamic edge at the
 - History is bounded: samples older than ``cache_time_ns`` before an edge's newest are dropped,
   and at most ``max_samples`` per edge; in all at most ``max_frames`` frames and ``max_bytes``
   (estimated: ``SAMPLE_BYTES`` a sample, ``FRAME_BYTES`` a frame, measured). Beyond either, the
-  least recently updated or looked-up frames are evicted first, so a flood of junk frames evicts
-  junk, never a frame the camera's chain uses (10,100 junk frames used to lock the camera frame
+  least recently updated or looked-up frames are evicted first (dynamic before static ones), so a
+  flood of junk frames evicts junk, never a frame the camera's chain uses (10,100 junk frames used to lock the camera frame
   out for good). A chain deeper than ``MAX_DEPTH`` frames (a loop of any length included) is
   refused when it would be made.
 - A sample older than its edge's newest by more than ``jump_ns`` (a bag looped, a simulator
@@ -127,12 +127,13 @@ class TransformBuffer:
         self.samples -= len(self.edges.pop(child).stamps)
 
     def _evict(self, keep: str) -> None:
-        """Evict least recently updated / used frames (never ``keep``) until within the budgets."""
+        """Evict least recently updated / used frames (never ``keep``) until within the budgets:
+        dynamic ones first, static ones only when no dynamic frame is left (/tf_static arrives once:
+        a flood of /tf junk while no image looks the camera mount up must not evict it)."""
         while (len(self.edges) > self.max_frames or self.nbytes > self.max_bytes) and len(self.edges) > 1:
-            victim = next(iter(self.edges))
-            if victim == keep:
-                self.edges.move_to_end(keep)
-                victim = next(iter(self.edges))
+            victim = next((c for c, e in self.edges.items() if not e.static and c != keep), None)
+            if victim is None:
+                victim = next(c for c in self.edges if c != keep)
             self._drop_edge(victim)
             self.counts["evicted"] += 1
 

@@ -52,6 +52,7 @@ setup(
             "mirage_node = mirage_ros.ros.node:main",
             "mirage_sim_node = mirage_ros.ros.sim_node:main",
             "mirage_multi_node = mirage_ros.ros.multi_node:main",
+            "mirage_planner_example = mirage_ros.ros.planner_example:main",
         ]
     },
 )

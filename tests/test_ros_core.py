@@ -519,7 +519,7 @@ def _launch_calls(path):
     return declared, used, executables, joins
 
 
-@pytest.mark.parametrize("name", ["mirage.launch.py", "demo.launch.py"])
+@pytest.mark.parametrize("name", ["mirage.launch.py", "demo.launch.py", "planner_example.launch.py"])
 def test_launch_files_statically(name):
     declared, used, executables, joins = _launch_calls(ROOT / "launch" / name)
     assert used <= declared, f"undeclared launch arguments: {used - declared}"
@@ -563,7 +563,7 @@ def _stub_launch_modules(monkeypatch, share):
     return made
 
 
-@pytest.mark.parametrize("name", ["mirage.launch.py", "demo.launch.py"])
+@pytest.mark.parametrize("name", ["mirage.launch.py", "demo.launch.py", "planner_example.launch.py"])
 def test_launch_files_run_on_stand_in_launch_classes(monkeypatch, name):
     import importlib.util
 
@@ -581,6 +581,13 @@ def test_launch_files_run_on_stand_in_launch_classes(monkeypatch, name):
         node = fn(ctx)[0]
         assert node.k["executable"] == "mirage_node" and node.k["name"] == "mirage"
         assert node.k["parameters"][1] == {"device": "cuda", "use_sim_time": True}  # empty overrides keep the file's value
+    elif name == "planner_example.launch.py":  # the planner knows the simulator's scene, for collisions
+        nodes = {n.k["executable"]: n for n in made["Node"]}
+        assert set(nodes) == {"mirage_sim_node", "mirage_planner_example", "rviz2"}
+        sim_p, plan_p = nodes["mirage_sim_node"].k["parameters"][0], nodes["mirage_planner_example"].k["parameters"][0]
+        assert plan_p["sim_scene"].a == sim_p["scene"].a == ("scene",)
+        assert Path(made["PythonLaunchDescriptionSource"][0].a[0]).name == "mirage.launch.py"
+        assert {"rule", "k", "frames", "period", "scene", "seed", "rviz"} <= set(declared)
     else:
         execs = {n.k["executable"] for n in made["Node"]}
         assert execs == {"mirage_sim_node", "rviz2"}

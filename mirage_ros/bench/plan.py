@@ -40,6 +40,11 @@ Arms, each scored by the same ``GoalView`` with its own codec:
   with readout dropout);
 - ``random``: a uniform pick (seeded).
 
+Ties: when candidates score the same (within 1e-6) the node's rule takes the lowest index; a decision
+counts 1 / (number tied) when the correct candidate is among them, the expected success of breaking
+ties at random (the ``none`` arm imagines the same frames along every candidate: without the memory
+the shipped model receives no camera pose, so it can only score chance).
+
 Reported per arm: success rate over all decisions and per task and K, with a 95 % interval
 (bootstrap over scenes, ``evaluation.bootstrap_ci``; the Wilson interval beside it), paired
 differences against ``readout`` and ``random``, seconds per decision (imagine + score) per K,
@@ -341,16 +346,30 @@ def imagine(backend, t: Task, ids: List[int], keep_frames: bool = False) -> Dict
     return {"seconds": sec, "sims": sims, "finals": finals}
 
 
-def decide(sims: Dict[int, Dict], ids: List[int], variant: str) -> int:
-    """The candidate (index into the K = 8 list) the rule ``goal`` picks among ``ids`` by ``variant``."""
+TIE = 1e-6  # similarities this close count as equal
+
+
+def decide(sims: Dict[int, Dict], ids: List[int], variant: str):
+    """(the candidate the rule ``goal`` picks among ``ids`` by ``variant`` (index into the K = 8 list;
+    ``planning.pick``: the lowest index among equals), the candidates tied with it)."""
     from ..planning import pick
 
-    return ids[pick([{"goal_similarity": sims[i][variant]} for i in ids], "goal")]
+    choice = ids[pick([{"goal_similarity": sims[i][variant]} for i in ids], "goal")]
+    best = sims[choice][variant]
+    return choice, [i for i in ids if np.isfinite(best) and sims[i][variant] >= best - TIE]
+
+
+def success(correct: int, choice: int, tied: List[int]) -> float:
+    """1 for the right pick; with ties, the expected success of breaking them at random (1 / ties when
+    the correct one is among them): a planner whose candidates all look the same scores chance."""
+    if len(tied) > 1:
+        return 1.0 / len(tied) if correct in tied else 0.0
+    return float(choice == correct)
 
 
 # -- statistics ---------------------------------------------------------------------------------
 
-def wilson(successes: int, n: int, z: float = 1.959964) -> List[float]:
+def wilson(successes: float, n: int, z: float = 1.959964) -> List[float]:
     """Wilson score 95 % interval of a binomial proportion."""
     if n == 0:
         return [float("nan"), float("nan")]
@@ -369,9 +388,10 @@ def rate(rows: List[Dict], n_boot: int) -> Dict:
     for r in rows:
         by_seed.setdefault(r["seed"], []).append(float(r["success"]))
     per_seed = np.array([np.mean(v) for v in by_seed.values()])
-    s = int(sum(r["success"] for r in rows))
+    s = float(sum(r["success"] for r in rows))
     return {"success_rate": s / len(rows), "ci95": bootstrap_ci(per_seed, n_boot), "wilson95": wilson(s, len(rows)),
-            "successes": s, "n": len(rows), "scenes": len(by_seed)}
+            "successes": s, "n": len(rows), "scenes": len(by_seed),
+            "tied_decisions": int(sum(1 for r in rows if r.get("tied", 0) > 1))}
 
 
 def paired(rows: List[Dict], base: List[Dict], n_boot: int) -> Dict:
@@ -479,13 +499,16 @@ def run(args) -> int:
                 for K in KS:
                     ids = subset(t, K)
                     for v in VARIANTS:
-                        pickd = int(rng_pick.integers(len(ids))) if b is None else None
-                        choice = ids[pickd] if b is None else decide(res["sims"], ids, v)
+                        if b is None:
+                            choice, tied = ids[int(rng_pick.integers(len(ids)))], []
+                        else:
+                            choice, tied = decide(res["sims"], ids, v)
                         rows[v][arm].append({"seed": seed, "scene": sc.kind, "task": task, "K": K, "choice": choice,
-                                             "correct": t.correct, "success": bool(choice == t.correct)})
+                                             "correct": t.correct, "tied": len(tied),
+                                             "success": success(t.correct, choice, tied)})
                 if res["finals"]:
                     t.info.setdefault("finals", {})[arm] = res["finals"]
-                    t.info.setdefault("picks", {})[arm] = decide(res["sims"], all_ids, f"{metric}_best")
+                    t.info.setdefault("picks", {})[arm] = decide(res["sims"], all_ids, f"{metric}_best")[0]
                 decisions.append({"seed": seed, "task": task, "arm": arm, "seconds": res["seconds"],
                                   "similarities": {str(i): s for i, s in res["sims"].items()}})
         for task, t in made:

@@ -187,3 +187,55 @@ def test_item10_a_goal_whose_client_died_frees_the_worker(tmp_path, probe, scene
     finally:
         rc = proc.stop()
     assert rc == 0, proc.log()[-3000:]
+
+
+def test_item5_junk_tf_frames_and_a_huge_tf_message_do_not_lock_the_camera_out(tmp_path, probe, scene):
+    """Item 5: 10,100 junk frames locked a camera frame first seen after them out for good, and one
+    100k-transform message blocked the executor 4.5 s. Junk is evicted; the huge message is refused
+    before it is deserialised; observations and services go on."""
+    from lifecycle_msgs.srv import GetState
+    from tf2_msgs.msg import TFMessage
+
+    from mirage_ros.ros import outputs as out
+
+    ns = "/round3_tf"
+    proc = start_node(tmp_path, ns, {"viz.stats_period": 0.1, "pose.source": "tf", "tf.listener": "builtin",
+                                     "tf.wait": 2.0})
+    probe.watch(ns)
+    try:
+        probe.stats(ns, timeout=90)
+        T = probe.types
+        tf = probe.pub("/tf", TFMessage, depth=100)
+        probe.wait_matched(tf)
+        eye = np.eye(4)
+        for k in range(11):  # 11,000 junk frames, 1,000 a message
+            tf.publish(out.tf_msg(T, [out.transform_stamped_msg(T, eye, 10**9, "map", f"junk{k}_{i}") for i in range(1000)]))
+        huge = out.tf_msg(T, [out.transform_stamped_msg(T, eye, 10**9, "map", f"huge{i}") for i in range(100_000)])
+        tf.publish(huge)
+        st = probe.call(f"{ns}/mirage/get_state", GetState, GetState.Request())  # the executor answers
+        assert st.current_state.label == "active"
+        cams, frames = scene
+        pubs = probe.sensor_pubs(ns)
+        t0 = time.monotonic()
+        k = 0
+        while True:  # a camera frame first seen now: its transform, then its set (best effort: again)
+            stamp = 5 * 10**9 + k * 10**7
+            k += 1
+            tf.publish(out.tf_msg(T, [out.transform_stamped_msg(T, cams[0].camera_to_world.numpy(), stamp, "map",
+                                                                "late_camera_optical_frame")]))
+            msgs = probe.set_msgs(cams[0], frames[0], stamp)
+            for m in ("image", "camera_info", "depth"):
+                msgs[m].header.frame_id = "late_camera_optical_frame"
+            for m in ("camera_info", "depth", "image"):
+                probe.wait_matched(pubs[m])
+                pubs[m].publish(msgs[m])
+            try:
+                probe.wait_stats(ns, lambda s: s.frames_observed >= 1, timeout=0.5)
+                break
+            except TimeoutError:
+                assert time.monotonic() - t0 < 120, proc.log()[-3000:]
+        wait_for(lambda: "dropped" in proc.log() or "refused whole" in proc.log(), 30, what="the huge message's refusal")
+        assert proc.alive()
+    finally:
+        rc = proc.stop()
+    assert rc == 0, proc.log()[-3000:]

@@ -238,3 +238,36 @@ def test_bench_plan_tasks_have_one_answer_and_the_json_every_arm(tmp_path, capsy
         assert 0 <= a["success_rate"] <= 1 and len(a["ci95"]) == 2 and a["n"] == 2
     assert d["arms"]["readout"]["success_rate"] == 1.0  # the memory holds the goal view: its readout finds it
     assert out.with_suffix(".png").is_file() and (tmp_path / "plan_decisions.png").is_file()
+
+
+def test_ties_count_as_a_random_pick_and_a_model_without_memory_cannot_tell_paths_apart(one_thread):
+    """MirageBackend.readout_scale = 0 (the bench's none arm): the model imagines the same frames along
+    every candidate, since the readout is its only view of the camera path; the bench then scores
+    a decision 1 / ties, not the lowest index's luck."""
+    from mirage_ros.bench import plan
+    from mirage_ros.world_model.backend import make_backend
+
+    b = make_backend("mirage", config="tiny", depth="memory", steps=2, side_branch_init="random")
+    scene = sim.make_scene("room", 0)
+    cams = [sim.default_camera(64, 128).with_pose(E) for E in sim.scene_trajectory(scene, "loop", 12)]
+    f = sim.render(scene, cams[0])
+    b.observe(f.rgb, f.depth, cams[0])
+    trajs = [[cams[1], cams[0]], [cams[0], cams[1]]]  # final frames: the observed view, one beside it
+
+    def finals():
+        out = {}
+        for k, chunk in b.imagine_candidates(trajs):
+            out[k] = chunk.frames[-1]
+        return out
+
+    with_memory = finals()
+    assert not np.array_equal(with_memory[0], with_memory[1])
+    b.readout_scale = 0.0
+    without = finals()
+    assert np.array_equal(without[0], without[1])
+    sims = {i: {"latent_best": 0.5} for i in range(4)}
+    choice, tied = plan.decide(sims, [0, 1, 2, 3], "latent_best")
+    assert choice == 0 and tied == [0, 1, 2, 3]
+    assert plan.success(2, choice, tied) == 0.25 and plan.success(2, 2, [2]) == 1.0 and plan.success(2, 0, [0]) == 0.0
+    sims[3]["latent_best"] = 0.9
+    assert plan.decide(sims, [0, 1, 2, 3], "latent_best") == (3, [3])

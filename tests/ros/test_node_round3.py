@@ -239,3 +239,25 @@ def test_item5_junk_tf_frames_and_a_huge_tf_message_do_not_lock_the_camera_out(t
     finally:
         rc = proc.stop()
     assert rc == 0, proc.log()[-3000:]
+
+
+def test_item10_goals_max_seconds_bounds_a_goal_with_a_live_client(tmp_path, probe, scene):
+    """Item 10, the other half: another live client hides an orphan, so goals.max_seconds bounds
+    every goal's run time (checked after each chunk)."""
+    ns = "/round3_deadline"
+    proc = start_node(tmp_path, ns, {"viz.stats_period": 0.1, "chunk_size": 1, "goals.max_seconds": 1.0})
+    probe.watch(ns)
+    try:
+        probe.stats(ns, timeout=90)
+        cams, frames = scene
+        _observe(probe, ns, cams[0], frames[0], 10**9, lambda s: s.num_points > 0)
+        from mirage_ros import sim
+
+        s = sim.make_scene("room", 0)
+        many = [sim.default_camera(H, W).with_pose(E) for E in sim.scene_trajectory(s, "loop", 1024)]
+        r = probe.imagine(ns, probe.path(many, [10**9 + i for i in range(1024)]), timeout=300)
+        assert r["result"].status == 4 and "goals.max_seconds" in r["result"].message, r["result"].message
+        assert 0 < r["result"].num_frames < 1024
+    finally:
+        rc = proc.stop()
+    assert rc == 0, proc.log()[-3000:]

@@ -120,7 +120,7 @@ class PlannerExample:
         if self.p["rule"] == "goal" and self.goal is None:
             return
         if self.pose is None:
-            self.node.get_logger().warning("no pose yet: cannot plan")
+            self.node.get_logger().warning("no pose yet: cannot plan", throttle_duration_sec=10.0)
             return
         with self.lock:
             if self.busy:

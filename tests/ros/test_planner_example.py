@@ -6,7 +6,7 @@ the memory has seen the room all around. The goal image is the simulator's own r
 the end of ONE of the planner's documented candidates (``planning.fan_paths`` from that pose): the
 planner must publish exactly that path. Then the same candidates with the goal image, sent directly:
 the result's goal fields say which one ends at the goal view, and the SCORES feedback says it first,
-from the readout.
+from the readout. Last, rule explore: the planner takes the candidate with the most novelty.
 """
 import threading
 import time
@@ -104,6 +104,23 @@ def test_planner_example_chooses_the_path_to_the_goal_view(tmp_path, probe):
             scores = [f for f in fbs if f.kind == f.KIND_SCORES]
         assert scores and [s.goal_source for s in scores[0].scores] == [GOAL_READOUT] * K
         assert int(np.argmax([s.goal_similarity for s in scores[0].scores])) == TARGET
+
+        # rule explore: every period, the candidate looking at the most unseen space (scores only)
+        assert planner.stop() == 0, planner.log()[-2000:]
+        probe.clear(f"{ns}/plan/chosen")
+        (tmp_path / "explore").mkdir()
+        planner = start_node(tmp_path / "explore", ns, {"rule": "explore", "k": K, "frames": FRAMES, "period": 1.0,
+                                                        "sim_scene": "room"}, module="mirage_ros.ros.planner_example")
+        from geometry_msgs.msg import PoseStamped
+
+        pose_pub = probe.pub(f"{ns}/pose", PoseStamped)  # the walk is over: tell the new planner where the robot is
+        probe.wait_matched(pose_pub, 2)  # the planner and the node
+        pose_pub.publish(probe.cv.pose_stamped_msg(T, invert_rigid(sim.scene_trajectory(scene, "loop", N_POSES)[-1]).numpy(),
+                                                   10**9, "map"))
+        chosen = wait_for(lambda: probe.msgs(f"{ns}/plan/chosen"), 60, what="an explored path")[0]
+        novelty = [c.novelty for c in res.candidates]  # the same candidates, the same memory
+        assert np.allclose(matrices(chosen), paths[int(np.argmax(novelty))], atol=1e-4), (novelty, planner.log()[-1000:])
+        assert "novelty" in planner.log()
     finally:
         rcs = [p.stop() for p in (planner, node) + ((sim_node,) if sim_node else ())]
     assert rcs == [0] * len(rcs), planner.log()[-2000:] + node.log()[-2000:]

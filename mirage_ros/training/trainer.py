@@ -350,15 +350,11 @@ class Trainer:
 
     def _build_model(self):
         """-> (MirageTransformer with requires_grad set by the recipe, codec folder, text settings)."""
-        from diffusers import WanTransformer3DModel
-
         from ..world_model.codec import load_codec
-        from ..world_model.configs import text_tokens, transformer_config
-        from ..world_model.dtypes import build_random
+        from ..world_model.configs import text_tokens
         from ..world_model.lora import add_lora
         from ..world_model.model import MirageWorldModel
         from ..world_model.side_branch import MirageSideBranch
-        from ..world_model.transformer import MirageTransformer
 
         cfg, data = self.cfg, self.data
         codec_folder = Path(cfg.data) / "codec"
@@ -367,7 +363,7 @@ class Trainer:
             raise TrainError(f"data: the dataset's codec has {codec.channels} channels, its header says {data.channels}")
         if cfg.init:
             init = MirageWorldModel.from_pretrained(cfg.init, device="cpu", dtype=torch.float32)
-            if init.codec.config() != codec.config() or not _same_codec(init.codec, codec):
+            if not _same_codec(init.codec, codec):
                 raise TrainError(f"init: {cfg.init} was trained with codec {init.codec.config()}, the dataset uses "
                                  f"{codec.config()}: regenerate the data with that codec (--codec-weights {cfg.init}/codec)")
             tr = init.transformer
@@ -383,16 +379,10 @@ class Trainer:
             if cfg.recipe != "scratch":
                 raise TrainError(f"recipe {cfg.recipe!r} freezes a pretrained backbone: pass --weights (a Wan2.2-TI2V-5B "
                                  "folder) or --init (a model folder), or use --recipe scratch")
-            bb = build_random(WanTransformer3DModel, transformer_config(cfg.config), dtype=torch.float32, seed=cfg.seed)
-            refiner = None
-            if cfg.refiner_channels:
-                from ..world_model.refiner import LatentRefiner
-
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(cfg.seed + 7)
-                    refiner = LatentRefiner(channels=bb.config.out_channels, hidden=int(cfg.refiner_channels))
-            tr = MirageTransformer(bb, MirageSideBranch.from_backbone(bb, cfg.layout), cfg.rope_layout, refiner=refiner)
-            text = {"text_dim": bb.config.text_dim, "max_length": text_tokens(cfg.config)}
+            wm = MirageWorldModel.build(cfg.config, layout=cfg.layout, dtype=torch.float32, seed=cfg.seed,
+                                        rope_layout=cfg.rope_layout, codec=codec, refiner_channels=cfg.refiner_channels)
+            tr = wm.transformer
+            text = {"text_dim": wm.text.text_dim, "max_length": wm.text.max_length}
         if tr.backbone.config.in_channels != data.channels:
             raise TrainError(f"data: {data.channels}-channel latents, the {cfg.config} backbone takes {tr.backbone.config.in_channels}")
         p_h, p_w = tr.backbone.config.patch_size[1:]
@@ -609,6 +599,13 @@ def _nullcontext():
 
 
 def _same_codec(a, b) -> bool:
+    """Same latents: the same encoder (a refined block codec encodes like its linear base)."""
+    if hasattr(a, "basis") != hasattr(b, "basis"):
+        return False
+    if not hasattr(a, "basis"):
+        return a.config() == b.config()
+    if (a.channels, a.stride, a.scale) != (b.channels, b.stride, b.scale):
+        return False
     for name in ("basis", "mean"):
         x, y = getattr(a, name, None), getattr(b, name, None)
         if (x is None) != (y is None) or (x is not None and not torch.equal(x, y)):

@@ -24,7 +24,7 @@ import torch
 
 from ..geometry import Camera
 from ..memory import LatentSpatialMemory
-from .codec import Codec, WanVAECodec, images_to_tensor, make_codec, tensor_to_images
+from .codec import Codec, WanVAECodec, images_to_tensor, make_codec, pca_colors, tensor_to_images  # noqa: F401
 from .providers import as_depth_fn, as_mask_fn, make_provider
 from .rollout import RolloutConfig, iter_rollout_batch
 
@@ -155,16 +155,11 @@ class Backend:
             self._check_request(t)
 
     def point_colors(self) -> np.ndarray:
-        """(N, 3) uint8 colours for the memory's points: the mean colour each feature decodes to
-        (analytic and linear codecs), or a PCA of the features (the VAE: a cell does not decode alone)."""
+        """(N, 3) uint8 colours for the memory's points (``Codec.point_colors``)."""
         feats = self.memory.features
         if feats.shape[0] == 0:
             return np.zeros((0, 3), np.uint8)
-        if isinstance(self.codec, WanVAECodec):
-            rgb = pca_colors(feats)
-        else:
-            rgb = self.codec.mean_rgb(feats)
-        return (rgb * 255 + 0.5).to(torch.uint8).cpu().numpy()
+        return (self.codec.point_colors(feats) * 255 + 0.5).to(torch.uint8).cpu().numpy()
 
     @staticmethod
     def _check_request(cameras: Sequence[Camera]) -> None:
@@ -179,29 +174,6 @@ def decode_readout(codec: Codec, latents: torch.Tensor, masks: torch.Tensor) -> 
     images = codec.decode(latents.float())
     images = images * masks.repeat_interleave(codec.stride, 1).repeat_interleave(codec.stride, 2)[:, None]
     return tensor_to_images(images)
-
-
-def pca_colors(features: torch.Tensor, max_fit: int = 20000) -> torch.Tensor:
-    """Colour (N, 3) in [0, 1] from the top three principal components of (N, C) features.
-
-    Fitted on a deterministic subsample; each component is mapped through its 2-98 % range.
-    """
-    from .codec import MEAN_RGB_ROWS
-
-    step = max(1, features.shape[0] // max_fit)
-    sample = features[::step].float()
-    mean = sample.mean(0, keepdim=True)
-    _, _, V = torch.linalg.svd(sample - mean, full_matrices=False)
-    comps = V[:3].T
-    signs = torch.sign(comps.sum(0, keepdim=True)).clamp(min=0) * 2 - 1  # deterministic sign
-    ps = (sample - mean) @ (comps * signs)
-    lo = torch.quantile(ps, 0.02, dim=0)
-    hi = torch.quantile(ps, 0.98, dim=0)
-    out = torch.empty((features.shape[0], 3), dtype=torch.float32, device=features.device)
-    for a in range(0, features.shape[0], MEAN_RGB_ROWS):  # no N x C float32 copy of the memory
-        proj = (features[a:a + MEAN_RGB_ROWS].float() - mean) @ (comps * signs)
-        out[a:a + proj.shape[0]] = ((proj - lo) / (hi - lo).clamp(min=1e-6)).clamp(0, 1)
-    return out
 
 
 class ReadoutBackend(Backend):

@@ -1,7 +1,7 @@
 """Codecs: images <-> latents with the Wan2.2 latent geometry (48 channels, spatial stride 16).
 
-Two codecs share one interface so that the memory, the demo and the node never care which one
-is loaded:
+The codecs share one interface (and a registry by name, ``load_codec``) so that the memory, the
+demo and the node never care which one is loaded:
 
 - ``WanVAECodec``: the real Wan2.2 ``AutoencoderKLWan`` (diffusers) with the TI2V-5B config,
   from a local weights folder or with random weights for benchmarks; latents are normalised with
@@ -14,6 +14,8 @@ is loaded:
   components fitted to training frames (an orthonormal basis, one global scale), so latent-space
   squared error is pixel-space squared error over the scale squared. The small shipped world model
   uses it: it is the best linear 48-channel code of its training distribution.
+- ``RefinedBlockCodec`` (``refined_codec``): the same encoder with a learned decoder that removes
+  the block seams (the shipped model's codec).
 
 Layouts: images (T, 3, H, W) float in [0, 1]; latents (T, C, h, w); one latent per image
 ("image mode"). Video mode (``encode_video`` / ``decode_video``, what the world model generates
@@ -41,6 +43,27 @@ CODEC_CONFIG = "config.json"
 
 
 MEAN_RGB_ROWS = 65536  # feature rows converted to float32 at a time by ``mean_rgb``
+
+
+def pca_colors(features: torch.Tensor, max_fit: int = 20000) -> torch.Tensor:
+    """Colour (N, 3) in [0, 1] from the top three principal components of (N, C) features.
+
+    Fitted on a deterministic subsample; each component is mapped through its 2-98 % range.
+    """
+    step = max(1, features.shape[0] // max_fit)
+    sample = features[::step].float()
+    mean = sample.mean(0, keepdim=True)
+    _, _, V = torch.linalg.svd(sample - mean, full_matrices=False)
+    comps = V[:3].T
+    signs = torch.sign(comps.sum(0, keepdim=True)).clamp(min=0) * 2 - 1  # deterministic sign
+    ps = (sample - mean) @ (comps * signs)
+    lo = torch.quantile(ps, 0.02, dim=0)
+    hi = torch.quantile(ps, 0.98, dim=0)
+    out = torch.empty((features.shape[0], 3), dtype=torch.float32, device=features.device)
+    for a in range(0, features.shape[0], MEAN_RGB_ROWS):  # no N x C float32 copy of the memory
+        proj = (features[a:a + MEAN_RGB_ROWS].float() - mean) @ (comps * signs)
+        out[a:a + proj.shape[0]] = ((proj - lo) / (hi - lo).clamp(min=1e-6)).clamp(0, 1)
+    return out
 
 
 class CodecError(ValueError):
@@ -107,9 +130,18 @@ class Codec:
             out[a:a + f.shape[0]] = self.decode(f.view(f.shape[0], self.channels, 1, 1)).mean(dim=(2, 3))
         return out
 
+    def point_colors(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, C) memory features -> (N, 3) display colours in [0, 1] for point clouds: the mean
+        colour a cell decodes to (``mean_rgb``); codecs whose cells do not decode alone override it."""
+        return self.mean_rgb(features)
+
     def config(self) -> dict:
         """What ``make_codec`` / ``load_codec`` need to rebuild this codec (JSON-serialisable)."""
         return {"codec": self.name, "stride": self.stride, "channels": self.channels}
+
+    @classmethod
+    def from_pretrained(cls, folder: Union[str, Path]) -> "Codec":  # pragma: no cover - interface
+        raise NotImplementedError
 
     def save_pretrained(self, folder: Union[str, Path]) -> Path:
         """Write ``config.json`` (and tensors, where the codec has any) into ``folder``."""
@@ -176,6 +208,15 @@ class ThumbnailCodec(Codec):
 
     def config(self) -> dict:
         return {"codec": self.name, "stride": self.stride, "thumb": self.thumb, "upsample": self.upsample}
+
+    @classmethod
+    def from_pretrained(cls, folder: Union[str, Path]) -> "ThumbnailCodec":
+        """What ``save_pretrained`` wrote (a ``config.json``; the codec has no tensors)."""
+        cfg = _read_codec_config(Path(folder))
+        try:
+            return cls(**{k: cfg[k] for k in ("stride", "thumb", "upsample") if k in cfg})
+        except (TypeError, ValueError) as exc:
+            raise CodecError(f"codec: {Path(folder) / CODEC_CONFIG}: {exc}") from None
 
 
 class LinearBlockCodec(Codec):
@@ -392,6 +433,10 @@ class WanVAECodec(Codec):
         x = self.vae.decode(z.to(self.dtype)).sample[0]  # (3, F, H, W) in [-1, 1]
         return x.float().permute(1, 0, 2, 3).add(1.0).mul(0.5).clamp(0, 1)
 
+    def point_colors(self, features: torch.Tensor) -> torch.Tensor:
+        """A VAE cell does not decode alone: colours from the features' top three principal components."""
+        return pca_colors(features)
+
     def config(self) -> dict:
         return {"codec": self.name, "stride": self.stride, "channels": self.channels,
                 "temporal_stride": self.temporal_stride}
@@ -423,24 +468,26 @@ def _read_codec_config(folder: Path) -> dict:
     return cfg
 
 
+def _codec_classes() -> dict:
+    """The codec registry: ``config.json`` "codec" name -> class (each owns ``from_pretrained``)."""
+    from .refined_codec import RefinedBlockCodec
+
+    return {c.name: c for c in (ThumbnailCodec, LinearBlockCodec, RefinedBlockCodec, WanVAECodec)}
+
+
 def load_codec(folder: Union[str, Path], device=None, dtype=torch.float32) -> Codec:
     """Rebuild the codec saved in ``folder`` (``config.json`` names it; a diffusers ``AutoencoderKLWan``
     folder is the Wan2.2 VAE)."""
     folder = Path(folder)
     cfg = _read_codec_config(folder)
     name = cfg.get("codec") or ("wan2.2-vae" if cfg.get("_class_name") == "AutoencoderKLWan" else None)
-    if name == "thumbnail":
-        return ThumbnailCodec(**{k: cfg[k] for k in ("stride", "thumb", "upsample") if k in cfg})
-    if name == LinearBlockCodec.name:
-        return LinearBlockCodec.from_pretrained(folder)
-    if name == "linear-block-refined":
-        from .refined_codec import RefinedBlockCodec
-
-        return RefinedBlockCodec.from_pretrained(folder)
+    classes = _codec_classes()
+    if name not in classes:
+        raise CodecError(f"codec: {folder / CODEC_CONFIG} names an unknown codec {name!r} "
+                         f"(expected one of {', '.join(sorted(classes))})")
     if name == WanVAECodec.name:
         return WanVAECodec.from_pretrained(folder, device=device, dtype=dtype)
-    raise CodecError(f"codec: {folder / CODEC_CONFIG} names an unknown codec {name!r} "
-                     f"(expected thumbnail, {LinearBlockCodec.name}, linear-block-refined or {WanVAECodec.name})")
+    return classes[name].from_pretrained(folder)
 
 
 def make_codec(name: str = "thumbnail", weights: Optional[str] = None, device=None, **kwargs) -> Codec:

@@ -23,7 +23,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 
 from .configs import TINY_VAE_OVERRIDES, text_tokens, transformer_config
-from .dtypes import build_random, cast_keep_fp32, default_dtype_for
+from .dtypes import build_random, default_dtype_for
 from .frame_roles import FrameRoles
 from .sampler import FlowUniPCSampler
 from .text import PromptEncoder
@@ -49,7 +49,8 @@ class MirageWorldModel:
     """See module docstring. ``layout``: ``paper`` | ``official`` (from the side branch)."""
 
     def __init__(self, transformer, codec, text: PromptEncoder, sampler: Optional[FlowUniPCSampler] = None,
-                 device="cpu", offload: bool = False, description: str = ""):
+                 device="cpu", offload: bool = False, description: str = "",
+                 resolution: Optional[Tuple[int, int]] = None):
         from .codec import Codec
 
         if not isinstance(codec, Codec):
@@ -59,7 +60,8 @@ class MirageWorldModel:
         self.device = torch.device(device)
         self.offload = offload
         self.description = description
-        self.resolution: Optional[Tuple[int, int]] = None  # (H, W) a trained model expects; None: any
+        # (H, W) a trained model expects (the backend resizes other requests); None: any
+        self.resolution: Optional[Tuple[int, int]] = None if resolution is None else (int(resolution[0]), int(resolution[1]))
         self._score_cache: Dict[Tuple[int, int, int], torch.Tensor] = {}
         bb = transformer.backbone.config
         if text.text_dim != bb.text_dim:
@@ -91,7 +93,8 @@ class MirageWorldModel:
     @classmethod
     def build(cls, config: str = "tiny", layout: str = "paper", device="cpu", dtype: Optional[torch.dtype] = None,
               seed: int = 0, side_branch_init: str = "zero", rope_layout: str = "official",
-              sampler: Optional[FlowUniPCSampler] = None, offload: bool = False, codec=None) -> "MirageWorldModel":
+              sampler: Optional[FlowUniPCSampler] = None, offload: bool = False, codec=None,
+              refiner_channels: int = 0) -> "MirageWorldModel":
         """Random weights with the real classes. ``config``: ``tiny`` (toy sizes, tiny Wan VAE twin) |
         ``small`` (the shipped model's size; the analytic thumbnail codec unless ``codec`` is given) |
         ``full`` (5B TI2V + the 704.7M-parameter Wan2.2 VAE). ``side_branch_init``: ``zero`` (as trained
@@ -120,9 +123,16 @@ class MirageWorldModel:
             vae_dtype = torch.float32 if torch.device(device).type == "cpu" else dtype
             codec = WanVAECodec.random(seed=seed + 2, device=home, dtype=vae_dtype, **vae_overrides)
         text = PromptEncoder(text_dim=bb_cfg["text_dim"], max_length=text_tokens(config), device=home, dtype=dtype)
+        refiner = None
+        if refiner_channels:
+            from .refiner import LatentRefiner
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + 7)
+                refiner = LatentRefiner(channels=bb_cfg["out_channels"], hidden=int(refiner_channels)).to(home)
         desc = (f"Mirage world model, {config} configuration with RANDOM weights (no trained weights loaded): "
                 f"{layout} side branch ({side_branch_init} init), generates noise-like video")
-        return cls(MirageTransformer(backbone, side, rope_layout), codec, text, sampler, device=device,
+        return cls(MirageTransformer(backbone, side, rope_layout, refiner=refiner), codec, text, sampler, device=device,
                    offload=offload, description=desc)
 
     @classmethod
@@ -152,7 +162,10 @@ class MirageWorldModel:
         home = "cpu" if offload else device
         folder = Path(weights)
         kind = detect_layout(folder)
-        backbone = _load_backbone(folder, kind, home, dtype)
+        from .transformer import load_backbone
+
+        backbone = load_backbone(folder / "transformer" if kind == "diffusers" else folder, device=home, dtype=dtype,
+                                 layout="diffusers" if kind == "diffusers" else "original")
         codec = _load_vae(folder, kind, home, torch.float32 if torch.device(device).type == "cpu" else dtype, vae_tiling)
         if text_encoder:
             text = PromptEncoder.from_pretrained(folder, device=home, dtype=dtype)
@@ -397,10 +410,8 @@ class MirageWorldModel:
             except (TypeError, ValueError) as exc:
                 raise CheckpointError(index_path, what="Mirage world model", note=str(exc)) from None
         desc = f"Mirage world model from {folder} ({index.get('name', 'trained with mirage train')})"
-        model = cls(transformer, codec, text, sampler, device=device, description=desc)
-        if index.get("resolution"):
-            model.resolution = tuple(int(x) for x in index["resolution"])
-        return model
+        return cls(transformer, codec, text, sampler, device=device, description=desc,
+                   resolution=index.get("resolution") or None)
 
     def summary(self) -> Dict:
         n = self.transformer.num_parameters()
@@ -424,36 +435,6 @@ def _codec_parameters(codec) -> int:
         return sum(p.numel() for p in vae.parameters())
     basis = getattr(codec, "basis", None)
     return 0 if basis is None else int(basis.numel() + codec.mean.numel())
-
-
-def _load_backbone(folder: Path, kind: str, device, dtype):
-    from accelerate import init_empty_weights
-    from diffusers import WanTransformer3DModel
-
-    from .checkpoints import (check_state_dict, convert_wan_transformer_to_diffusers, original_transformer_config,
-                              read_state_dict)
-
-    if kind == "diffusers":
-        src = folder / "transformer"
-        cfg_path = src / "config.json"
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"transformer: {cfg_path} is missing")
-        cfg = {k: v for k, v in json.loads(cfg_path.read_text()).items() if not k.startswith("_")}
-        state = read_state_dict(src)
-    else:
-        src = folder
-        cfg_path = folder / "config.json"
-        cfg = original_transformer_config(json.loads(cfg_path.read_text()) if cfg_path.is_file() else {})
-        state = convert_wan_transformer_to_diffusers(read_state_dict(sorted(folder.glob("diffusion_pytorch_model*.safetensors"))),
-                                                     source=str(folder))
-    from .config_check import check_config
-    check_config("backbone", cfg, cfg_path)
-    with init_empty_weights():
-        model = WanTransformer3DModel(**cfg)
-    check_state_dict(model, state, src, what="Wan2.2 transformer")
-    model.load_state_dict(state, strict=True, assign=True)
-    model.to(device)
-    return cast_keep_fp32(model, dtype).eval().requires_grad_(False)
 
 
 def _load_vae(folder: Path, kind: str, device, dtype, tiling: bool):

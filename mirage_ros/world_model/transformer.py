@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from .frame_roles import FrameRoles, segment_rotary_embedding
 
-__all__ = ["MirageTransformer"]
+__all__ = ["MirageTransformer", "load_backbone"]
 
 
 class MirageTransformer(nn.Module):
@@ -154,11 +154,8 @@ class MirageTransformer(nn.Module):
     def from_pretrained(cls, folder, backbone=None, device="cpu", dtype: Optional[torch.dtype] = None) -> "MirageTransformer":
         """Load what ``save_pretrained`` wrote. ``backbone``: the backbone to use when the folder holds
         none (a pretrained Wan2.2 loaded by the caller); errors name the file (``CheckpointError``)."""
-        from accelerate import init_empty_weights
-        from diffusers import WanTransformer3DModel
-
-        from .checkpoints import CheckpointError, check_state_dict, read_state_dict
-        from .dtypes import cast_keep_fp32, default_dtype_for
+        from .checkpoints import CheckpointError
+        from .dtypes import default_dtype_for
         from .lora import load_lora
         from .side_branch import MirageSideBranch
 
@@ -172,22 +169,7 @@ class MirageTransformer(nn.Module):
             raise CheckpointError(info_path, what="Mirage transformer", note=f"not valid JSON ({exc})") from None
         dtype = dtype or default_dtype_for(device)
         if info.get("backbone"):
-            src = folder / "backbone"
-            cfg_path = src / "config.json"
-            if not cfg_path.is_file():
-                raise CheckpointError(src, what="backbone", note="config.json is missing")
-            cfg = {k: v for k, v in json.loads(cfg_path.read_text()).items() if not k.startswith("_")}
-            from .config_check import check_config
-            check_config("backbone", cfg, cfg_path)  # every field in range, before anything is read or built
-            state = read_state_dict(src)
-            try:
-                with init_empty_weights():  # parameters on meta, buffers (rotary tables) real
-                    backbone = WanTransformer3DModel(**cfg)
-            except (TypeError, ValueError) as exc:
-                raise CheckpointError(cfg_path, what="backbone", note=f"its config does not build the model ({exc})") from None
-            check_state_dict(backbone, state, src, what="backbone")
-            backbone.load_state_dict(state, assign=True, strict=True)
-            backbone = cast_keep_fp32(backbone.to(device), dtype).eval().requires_grad_(False)
+            backbone = load_backbone(folder / "backbone", device=device, dtype=dtype)
         elif backbone is None:
             raise CheckpointError(folder, what="Mirage transformer",
                                   note="it holds no backbone (a pretrained one was used): pass backbone=")
@@ -209,3 +191,48 @@ class MirageTransformer(nn.Module):
         n_rf = sum(p.numel() for p in self.refiner.parameters()) if self.refiner is not None else 0
         return {"backbone": n_bb, "side_branch": n_sb, "refiner": n_rf}
 
+
+
+def load_backbone(folder, device="cpu", dtype: Optional[torch.dtype] = None, layout: str = "diffusers"):
+    """The Wan2.2 ``WanTransformer3DModel`` in ``folder``, frozen, in ``dtype`` (norms kept float32).
+
+    ``layout``: ``diffusers`` (``config.json`` + ``diffusion_pytorch_model*.safetensors``: ours, or
+    Wan2.2-TI2V-5B-Diffusers/transformer) | ``original`` (the Wan-AI release: keys converted, config
+    from its ``config.json`` or the TI2V-5B defaults). Built on the meta device, every tensor checked
+    against the architecture (``CheckpointError`` names the folder and keys) and assigned."""
+    from accelerate import init_empty_weights
+    from diffusers import WanTransformer3DModel
+
+    from .checkpoints import (CheckpointError, check_state_dict, convert_wan_transformer_to_diffusers,
+                              original_transformer_config, read_state_dict)
+    from .config_check import check_config
+    from .dtypes import cast_keep_fp32, default_dtype_for
+
+    folder = Path(folder)
+    dtype = dtype or default_dtype_for(device)
+    cfg_path = folder / "config.json"
+    if layout == "diffusers":
+        if not cfg_path.is_file():
+            raise CheckpointError(folder, what="backbone", note="config.json is missing")
+        try:
+            cfg = {k: v for k, v in json.loads(cfg_path.read_text()).items() if not k.startswith("_")}
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(cfg_path, what="backbone", note=f"not valid JSON ({exc})") from None
+        check_config("backbone", cfg, cfg_path)  # before the weights are even read
+        state = read_state_dict(folder)
+    elif layout == "original":
+        cfg = original_transformer_config(json.loads(cfg_path.read_text()) if cfg_path.is_file() else {})
+        state = convert_wan_transformer_to_diffusers(read_state_dict(sorted(folder.glob("diffusion_pytorch_model*.safetensors"))),
+                                                     source=str(folder))
+    else:
+        raise ValueError(f"layout: expected 'diffusers' or 'original', got {layout!r}")
+    if layout == "original":
+        check_config("backbone", cfg, cfg_path)  # every field in range, before anything is built
+    try:
+        with init_empty_weights():  # parameters on meta, buffers (rotary tables) real
+            backbone = WanTransformer3DModel(**cfg)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(cfg_path, what="backbone", note=f"its config does not build the model ({exc})") from None
+    check_state_dict(backbone, state, folder, what="Wan2.2 transformer" if layout == "original" else "backbone")
+    backbone.load_state_dict(state, assign=True, strict=True)
+    return cast_keep_fp32(backbone.to(device), dtype).eval().requires_grad_(False)

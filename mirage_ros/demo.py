@@ -36,7 +36,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .util import HELP_RES, parse_resolution, psnr, write_json  # training/cli.py still imports parse_resolution here
+from .util import parse_resolution, psnr, write_json
 
 DEFAULT_START = "2025-01-01T00:00:00Z"
 WORLD_FRAME = "map"
@@ -364,7 +364,7 @@ def run_generative(args) -> int:
 
     from . import sim, viz
     from .world_model.backend import make_backend
-    from .world_model.codec import images_to_tensor, tensor_to_images
+    from .world_model.codec import tensor_to_images
 
     t_start = time.perf_counter()
     out = Path(args.out)

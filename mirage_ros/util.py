@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Union
 
-__all__ = ["parse_resolution", "psnr", "ssim", "strict", "dumps_json", "write_json", "HELP_RES"]
+__all__ = ["parse_resolution", "psnr", "ssim", "strict", "dumps_json", "write_json", "HELP_RES", "median_seconds"]
 
 HELP_RES = "image size HxW, both divisible by 16 (default 256x448)"
 
@@ -104,3 +104,22 @@ def write_json(path: Union[str, Path], obj: Any, indent: int = 1) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dumps_json(obj, indent) + "\n")
     return path
+
+
+def median_seconds(fn, repeats: int, sync=None) -> float:
+    """Median wall time in seconds of ``repeats`` calls of ``fn`` after one warm-up call; ``sync``
+    (e.g. ``torch.cuda.synchronize``) is called before and after each timed call (benchmarks only)."""
+    import statistics
+    import time
+
+    fn()
+    times = []
+    for _ in range(max(1, int(repeats))):
+        if sync:
+            sync()
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)

@@ -3,8 +3,9 @@
 World -> camera -> pinhole, cells by *rounding*, keep in-bounds and z > 0, argsort every point
 by depth far-to-near, then one indexed assignment where the last write should win. PyTorch
 documents indexed assignment with repeated indices as undefined, so "frontmost wins" is not
-guaranteed; ``LatentSpatialMemory.read`` is the exact, sort-free replacement. Written from the
-description in shared/notes/landscape.md, not from the official source.
+guaranteed; ``LatentSpatialMemory.read`` is the exact, sort-free replacement. Written from a
+description of microsoft/LatentSpatialMemory's ``LatentPointCloud.project`` (round, argsort far
+first, indexed assignment), not from its source.
 """
 from __future__ import annotations
 

@@ -19,11 +19,10 @@ import os
 import platform
 import statistics
 import struct
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from ..util import parse_resolution, write_json
+from ..util import median_seconds, parse_resolution, write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,13 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _median_ms(fn, repeats):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(ts)
+    return 1e3 * median_seconds(fn, repeats)
 
 
 def run(args) -> int:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 from typing import Dict, List
 

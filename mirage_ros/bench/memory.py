@@ -18,7 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
-from ..util import dumps_json, parse_resolution, psnr, write_json
+from ..util import dumps_json, median_seconds, parse_resolution, psnr, write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,17 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _median_ms(fn, repeats: int, sync=None) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        if sync:
-            sync()
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_seconds(fn, repeats, sync)
 
 
 def _frustum_points(cam, n, stride, zrange=(1.0, 10.0), seed=0, behind=False):
@@ -71,8 +61,6 @@ def _frustum_points(cam, n, stride, zrange=(1.0, 10.0), seed=0, behind=False):
 
 
 def figure5(args, sim, log):
-    import numpy as np
-    import torch
     from tqdm import tqdm
 
     from ..baselines import RGBPointCloudMemory

@@ -8,11 +8,9 @@ On a CPU the learned providers run with random weights: Depth Anything 3 at a re
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
-from ..util import parse_resolution, write_json
+from ..util import median_seconds, parse_resolution, write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,18 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _time(fn, repeats):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return median_seconds(fn, repeats)
 
 
 def run(args) -> int:
     import numpy as np
-    import torch
 
     from .. import sim, viz
     from ..memory import LatentSpatialMemory

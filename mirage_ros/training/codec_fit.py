@@ -38,7 +38,6 @@ def _psnr(a, b) -> float:
 
 
 def fit_codec(args) -> dict:
-    import torch
 
     from ..util import write_json
     from ..viz import write_png

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 
 __all__ = ["FORMAT", "VERSION", "DatasetError", "DatasetWriter", "MirageDataset", "Window", "clip_key", "frame_key",

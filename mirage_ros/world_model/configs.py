@@ -43,7 +43,7 @@ TINY_TRANSFORMER: Dict = dict(
     rope_max_seq_len=32,
 )
 
-# The shipped small model (trained on this project's CPU, ../shared/notes/training-feasibility.md "s5"):
+# The shipped small model (trained on a 2-core CPU; its MODEL_CARD.md and docs/NOTES.md have the measurements):
 # width 256 = 4 heads x 64, FFN 768, 4 blocks -> 4.4M backbone parameters (+1.1M side branch at
 # block 0, the paper layout's stride 4); 128x224 frames = 8x14 latents = 4x7 tokens per frame with
 # patch (1, 2, 2). One text token: it has no text encoder (an all-zero prompt, which attends exactly

@@ -4,7 +4,7 @@ Adapters live on the diffusers ``WanTransformer3DModel`` through peft and are sa
 *separately* from the base weights: ``save_lora`` writes only the adapter tensors (safetensors,
 with the LoRA config in the metadata). We never use ``save_pretrained`` on a model with adapters:
 it writes ``base_layer`` keys and a later ``from_pretrained`` silently re-initialises the base
-(../shared/notes/environment.md).
+(peft 0.21 with diffusers 0.42; ``tests/test_world_model_checkpoints.py`` checks the round trip).
 
 Formats read by ``load_lora``:
 - ours: keys ``blocks.{i}.attn1.to_q.lora_A.weight`` ... and a ``mirage_ros.lora`` metadata entry;

@@ -17,10 +17,11 @@ robot now at the last of them (the model starts from that frame). Two tasks, eac
   whose view the memory covers only in part (30-70 % of its latent cells).
 
 Candidates: K paths of ``--frames`` poses from the current pose (positions linear, rotations by
-slerp: ``planning.goto``), exactly one of which ends at the goal pose. The others end at random
-poses in the free area with the goal's height and pitch, a memory coverage within 0.15 of the
+slerp: ``planning.goto``), exactly one of which ends at the goal pose. The others end at poses
+in the free area (half anywhere, half within 0.3 m and 20 degrees of an observed pose) with the
+goal's height and pitch, a memory coverage within 0.15 of the
 goal's, and the goal's rank among the candidates by coverage uniform (a seeded number of
-distractors above it: so "how much is known" cannot tell them apart; the JSON's ``coverage_rules``
+distractors at or above it: so "how much is known" cannot tell them apart; the JSON's ``coverage_rules``
 show what picking the most or the least known candidate scores), and no pose along them seeing more than
 half of the goal view (its pixels re-projected by depth, occlusion ignored: a bound). Paths stay
 inside the scene's free disc, which is convex and clear of objects, so all are collision-free
@@ -213,6 +214,19 @@ def make_task(sc: Scene, mem, task: str, k: int, n: int, rng: np.random.Generato
         r, a = R * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
         return camera_pose([centre[0] + r * math.cos(a), centre[1] + r * math.sin(a), z], rng.uniform(0, 2 * math.pi), pitch)
 
+    def distractor(pitch, z, skip):
+        """Half the draws anywhere in the free disc, half near an observed pose (up to 0.3 m and 20
+        degrees off): an observed view is as well known as a returned-to goal, a random one rarely is."""
+        if rng.uniform() < 0.5:
+            return random_pose(pitch, z)
+        i = int(rng.choice([j for j in range(len(sc.cams)) if j != skip]))
+        T0 = sc.cams[i].camera_to_world.numpy()
+        r, a = 0.3 * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
+        p = T0[:3, 3] + [r * math.cos(a), r * math.sin(a), 0.0]
+        if np.hypot(*(p[:2] - centre[:2])) > R:
+            return random_pose(pitch, z)
+        return camera_pose([p[0], p[1], z], heading_pitch(T0)[0] + math.radians(rng.uniform(-20, 20)), pitch)
+
     if task not in TASKS:
         raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
     far = [i for i, c in enumerate(sc.cams[:-1]) if view_angle(c.camera_to_world.numpy(), now) >= RETURN_MIN_ANGLE]
@@ -223,7 +237,7 @@ def make_task(sc: Scene, mem, task: str, k: int, n: int, rng: np.random.Generato
             gi = int(rng.choice(far))
             goal_T, info = sc.cams[gi].camera_to_world.numpy(), {"goal_observed_index": gi}
         else:
-            goal_T, info = None, {}
+            goal_T, info, gi = None, {}, -1
             for _ in range(tries):
                 T = random_pose(pitch0, height)
                 if FIND_KNOWN[0] <= _coverage(mem, cam_of(T)) <= FIND_KNOWN[1]:
@@ -241,9 +255,9 @@ def make_task(sc: Scene, mem, task: str, k: int, n: int, rng: np.random.Generato
         for _ in range(tries):
             if len(ends) == k:
                 break
-            T = random_pose(g_pitch, float(goal_T[2, 3]))
+            T = distractor(g_pitch, float(goal_T[2, 3]), gi)
             kn = _coverage(mem, cam_of(T))
-            up = kn > g_known
+            up = kn >= g_known  # ties (fully known views) count as above
             if abs(kn - g_known) > KNOWN_TOLERANCE or (up and above >= want_above) or (not up and below >= k - 1 - want_above):
                 continue
             path = goto(now, T, n)
@@ -476,8 +490,10 @@ def run(args) -> int:
             for K in KS:
                 ids = subset(t, K)
                 for name, sign in (("most_known", 1.0), ("least_known", -1.0)):
-                    choice = ids[int(np.argmax([sign * t.known[i] for i in ids]))]
-                    coverage_rows[name].append({"seed": seed, "task": task, "K": K, "success": bool(choice == t.correct)})
+                    cov = {i: {"known": sign * t.known[i]} for i in ids}
+                    choice, tied = decide(cov, ids, "known")
+                    coverage_rows[name].append({"seed": seed, "task": task, "K": K, "tied": len(tied),
+                                                "success": success(t.correct, choice, tied)})
         for arm in arms:
             b = backends[arm]
             if b is not None:

@@ -330,24 +330,35 @@ def _plot(png: Path, result: Dict, out: Path, seed: int, last: int, arms) -> Non
 
     p = plt()
     arms_res = result["arms"] or result["arms_memory_depth"]
-    metrics = ("final_frame_psnr", "revisited_psnr", "never_seen_psnr", "final_frame_ssim")
+    metrics = ("final_frame_psnr", "revisited_psnr", "never_seen_psnr", "final_frame_ssim", "blockiness16_all",
+               "cross_loop_correlation_never_seen")
     fig, axes = p.subplots(1, len(metrics) + 1, figsize=(4 * (len(metrics) + 1), 3.6),
                            gridspec_kw={"width_ratios": [1] * len(metrics) + [2.2]})
     for ax, m in zip(axes, metrics):
-        names = [a for a in arms if a in arms_res]
+        names = [a for a in arms if a in arms_res and arms_res[a].get(m) is not None and np.isfinite(arms_res[a][m])]
         vals = [arms_res[a][m] for a in names]
         ax.bar(names, vals, color=["C0" if a == "latent" else "C7" for a in names])
         if "latent" in arms_res:  # the paired 95 % interval of (arm - latent), drawn around the arm's mean
             for i, a in enumerate(names):
-                if a != "latent":
+                if a != "latent" and f"{m}_minus_latent_ci95" in arms_res[a]:
                     d, (lo, hi) = arms_res[a][f"{m}_minus_latent"], arms_res[a][f"{m}_minus_latent_ci95"]
                     ax.errorbar(i, vals[i], yerr=[[d - lo], [hi - d]], color="k", capsize=3)
         for i, v in enumerate(vals):
-            ax.text(i, v, f"{v:.2f}" if "ssim" in m else f"{v:.1f}", ha="center", va="bottom", fontsize=7)
-        ax.set_title(m.replace("_", " "), fontsize=9)
+            ax.text(i, v, f"{v:.1f}" if "psnr" in m else f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+        title = {"blockiness16_all": "blockiness (x ground truth)", "cross_loop_correlation_never_seen":
+                 "never-seen cross-loop r"}.get(m, m.replace("_", " "))
+        ax.set_title(title, fontsize=9)
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
-        lo_v = min(vals) if vals else 0
-        ax.set_ylim(max(0, lo_v - (0.1 if "ssim" in m else 3)), None)
+        if "psnr" in m or "ssim" in m:
+            lo_v = min(vals) if vals else 0
+            ax.set_ylim(max(0, lo_v - (0.1 if "ssim" in m else 3)), None)
+        elif m == "blockiness16_all":
+            ax.axhline(1.3, color="C3", lw=0.8, ls="--")  # the target
+            ax.set_yscale("log")
+        else:
+            gt_r = result.get("ground_truth", {}).get(m)
+            if gt_r is not None:
+                ax.axhline(gt_r, color="C2", lw=0.8, ls="--")
     tiles = [[label_image(_load_png(out / "gt" / str(seed) / f"{last:04d}.png"), "ground truth")]]
     for a in arms:
         f = out / a / str(seed) / f"{last:04d}.png"

@@ -34,7 +34,8 @@ __all__ = ["ImaginedChunk", "Backend", "ReadoutBackend", "MirageBackend", "make_
 MAX_FRAMES_PER_REQUEST = 4096
 MAX_CANDIDATES = 64
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "mirage_small"
-PAPER_SAMPLER = {"steps": 40, "shift": 5.0, "guidance_scale": 1.0}  # Wan2.2 / the paper: 40 UniPC steps, shift 5, CFG off
+# Wan2.2 / the paper: 40 UniPC steps on Wan's sigma grid, shift 5, CFG off
+PAPER_SAMPLER = {"steps": 40, "shift": 5.0, "guidance_scale": 1.0, "sigma_grid": "wan"}
 
 
 @dataclass

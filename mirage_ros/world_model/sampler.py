@@ -31,7 +31,26 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-__all__ = ["FlowUniPCSampler", "sigma_shift", "SAMPLERS"]
+__all__ = ["FlowUniPCSampler", "sigma_shift", "SAMPLERS", "SIGMA_GRIDS"]
+
+# ``diffusers``: UniPCMultistepScheduler's own flow sigmas (what mirage train's models sample with);
+# ``wan``: Wan2.2's (and Spatia's) FlowUniPCMultistepScheduler grid, linspace(1 - 1/N, 0, steps + 1)
+# without its last value, then the shift: what the real Wan2.2 weights were sampled with.
+SIGMA_GRIDS = ("diffusers", "wan")
+
+
+def _wan_grid_scheduler():
+    from diffusers import UniPCMultistepScheduler
+    import numpy as np
+
+    class WanGridUniPC(UniPCMultistepScheduler):
+        def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None):
+            if sigmas is None:
+                n = self.config.num_train_timesteps
+                sigmas = np.linspace(1.0 - 1.0 / n, 0.0, num_inference_steps + 1)[:-1]
+            return super().set_timesteps(device=device, sigmas=sigmas, mu=mu)
+
+    return WanGridUniPC
 
 
 def sigma_shift(u, shift: float):
@@ -43,10 +62,12 @@ def sigma_shift(u, shift: float):
 class FlowUniPCSampler:
     """``steps`` UniPC steps on flow sigmas with ``shift``; CFG when ``guidance_scale`` > 1; memory
     pinning for the first ``pin_until`` fraction of steps (0 = off), ``pin_paste`` at the end;
-    ``context_sigma``: the noise level of generated context frames (0 = clean)."""
+    ``context_sigma``: the noise level of generated context frames (0 = clean); ``sigma_grid``:
+    ``diffusers`` | ``wan`` (``SIGMA_GRIDS``)."""
 
     def __init__(self, steps: int = 40, shift: float = 5.0, guidance_scale: float = 1.0, num_train_timesteps: int = 1000,
-                 pin_until: float = 0.0, pin_paste: bool = False, context_sigma: float = 0.0):
+                 pin_until: float = 0.0, pin_paste: bool = False, context_sigma: float = 0.0,
+                 sigma_grid: str = "diffusers"):
         for name, v, lo, hi in (("steps", steps, 1, 1000), ("num_train_timesteps", num_train_timesteps, 1, 100000)):
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise ValueError(f"sampler.{name}: expected an integer in [{lo}, {hi}], got {v!r}")
@@ -56,17 +77,21 @@ class FlowUniPCSampler:
                 raise ValueError(f"sampler.{name}: expected a number in [{lo}, {hi}], got {v!r}")
         if not isinstance(pin_paste, bool):
             raise ValueError(f"sampler.pin_paste: expected true or false, got {pin_paste!r}")
+        if sigma_grid not in SIGMA_GRIDS:
+            raise ValueError(f"sampler.sigma_grid: expected one of {', '.join(SIGMA_GRIDS)}, got {sigma_grid!r}")
         self.steps, self.shift, self.guidance_scale = int(steps), float(shift), float(guidance_scale)
         self.num_train_timesteps = int(num_train_timesteps)
         self.pin_until, self.pin_paste = float(pin_until), bool(pin_paste)
         self.context_sigma = float(context_sigma)
+        self.sigma_grid = sigma_grid
 
     # -- configuration ------------------------------------------------------------------------------
     def config(self) -> Dict:
         """Everything that rebuilds this sampler (``from_config``), with its class name."""
         return {"_class_name": type(self).__name__, "steps": self.steps, "shift": self.shift,
                 "guidance_scale": self.guidance_scale, "num_train_timesteps": self.num_train_timesteps,
-                "pin_until": self.pin_until, "pin_paste": self.pin_paste, "context_sigma": self.context_sigma}
+                "pin_until": self.pin_until, "pin_paste": self.pin_paste, "context_sigma": self.context_sigma,
+                "sigma_grid": self.sigma_grid}
 
     @classmethod
     def from_config(cls, config: Optional[Dict] = None, **overrides) -> "FlowUniPCSampler":
@@ -77,7 +102,8 @@ class FlowUniPCSampler:
         name = cfg.pop("_class_name", cls.__name__)
         if name not in SAMPLERS:
             raise ValueError(f"sampler._class_name: unknown sampler {name!r} (known: {', '.join(SAMPLERS)})")
-        fields = ("steps", "shift", "guidance_scale", "num_train_timesteps", "pin_until", "pin_paste", "context_sigma")
+        fields = ("steps", "shift", "guidance_scale", "num_train_timesteps", "pin_until", "pin_paste", "context_sigma",
+                  "sigma_grid")
         for source in (cfg, overrides):
             unknown = sorted(set(source) - set(fields))
             if unknown:
@@ -97,8 +123,9 @@ class FlowUniPCSampler:
     def scheduler(self):
         from diffusers import UniPCMultistepScheduler
 
-        return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                       num_train_timesteps=self.num_train_timesteps, flow_shift=self.shift)
+        cls = UniPCMultistepScheduler if self.sigma_grid == "diffusers" else _wan_grid_scheduler()
+        return cls(prediction_type="flow_prediction", use_flow_sigmas=True,
+                   num_train_timesteps=self.num_train_timesteps, flow_shift=self.shift)
 
     def sigmas(self) -> torch.Tensor:
         """(steps + 1,) the sigmas the steps start from, then the final 0."""

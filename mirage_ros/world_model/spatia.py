@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import ast
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -156,25 +156,12 @@ def spatia_rounds(total: int, first: int = 121, later: int = 81, history: int = 
 
 
 class SpatiaSampler(FlowUniPCSampler):
-    """``FlowUniPCSampler`` on Wan's sigma grid (Spatia's ``FlowUniPCMultistepScheduler``): linspace(1 - 1/N, 0,
-    steps + 1) without its last value, then the shift; the rest of UniPC is diffusers' (equal to Spatia's
-    to 1.4e-6 over 40 steps, tested). Defaults: Spatia's 40 steps, shift 5, CFG 3.5."""
+    """``FlowUniPCSampler`` on Wan's sigma grid (``sigma_grid="wan"``, Spatia's ``FlowUniPCMultistepScheduler``;
+    the rest of UniPC is diffusers', equal to Spatia's to 1.4e-6 over 40 steps, tested) with Spatia's
+    defaults: 40 steps, shift 5, CFG 3.5."""
 
-    def __init__(self, steps: int = 40, shift: float = 5.0, guidance_scale: float = 3.5, **kwargs):
-        super().__init__(steps=steps, shift=shift, guidance_scale=guidance_scale, **kwargs)
-
-    def scheduler(self):
-        from diffusers import UniPCMultistepScheduler
-
-        class _WanGrid(UniPCMultistepScheduler):
-            def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None):
-                if sigmas is None:
-                    n = self.config.num_train_timesteps
-                    sigmas = np.linspace(1.0 - 1.0 / n, 0.0, num_inference_steps + 1)[:-1]
-                return super().set_timesteps(device=device, sigmas=sigmas, mu=mu)
-
-        return _WanGrid(prediction_type="flow_prediction", use_flow_sigmas=True,
-                        num_train_timesteps=self.num_train_timesteps, flow_shift=self.shift)
+    def __init__(self, steps: int = 40, shift: float = 5.0, guidance_scale: float = 3.5, sigma_grid: str = "wan", **kwargs):
+        super().__init__(steps=steps, shift=shift, guidance_scale=guidance_scale, sigma_grid=sigma_grid, **kwargs)
 
 
 SAMPLERS["SpatiaSampler"] = SpatiaSampler  # from_config rebuilds it by name

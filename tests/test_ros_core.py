@@ -685,3 +685,25 @@ def test_threads_parameter_sets_torch_threads_at_configure():
         assert torch.get_num_threads() == want
     finally:
         torch.set_num_threads(before)
+
+
+def test_sampler_parameters_override_one_setting_each_of_the_model_folders():
+    """sampler.* -1 / model keep the shipped model's own settings; each set one replaces only
+    itself (steps never touches shift), and readout.earliest_within reaches the rollout."""
+    import json
+
+    from mirage_ros.world_model.backend import SHIPPED_MODEL
+
+    own = json.loads((SHIPPED_MODEL / "model_index.json").read_text())["sampler"]
+    core = MirageCore({"backend": "shipped"})
+    core.configure()
+    s = core.backend.model.sampler
+    assert (s.steps, s.shift, s.pin_until, s.pin_paste) == (own["steps"], own["shift"], own.get("pin_until", 0.0),
+                                                            own.get("pin_paste", False))
+    assert core.backend.config.earliest_within == 0.05 and core.backend.config.seed is None
+    core = MirageCore({"backend": "shipped", "steps": 3, "sampler.pin_until": 0.0, "sampler.pin_paste": "on",
+                       "sampler.noise_seed": 7, "readout.earliest_within": 0.0})
+    core.configure()
+    s = core.backend.model.sampler
+    assert (s.steps, s.shift, s.pin_until, s.pin_paste) == (3, own["shift"], 0.0, True)
+    assert core.backend.config.earliest_within == 0.0 and core.backend.config.seed == 7

@@ -285,6 +285,12 @@ class MirageCore:
         if p["backend"] == "spatia":
             cfg.update(resolution=tuple(p["spatia.resolution"]), rounds=tuple(p["spatia.rounds"]),
                        negative_prompt_file=p["spatia.negative_prompt_file"] or None)
+        else:  # the latent-memory sampler: each override replaces one setting of the model's own
+            cfg.update(pin_until=None if p["sampler.pin_until"] < 0 else p["sampler.pin_until"],
+                       pin_paste=None if p["sampler.pin_paste"] == "model" else p["sampler.pin_paste"] == "on",
+                       context_sigma=None if p["sampler.context_sigma"] < 0 else p["sampler.context_sigma"],
+                       noise_seed=None if p["sampler.noise_seed"] < 0 else p["sampler.noise_seed"],
+                       rollout={"earliest_within": p["readout.earliest_within"]})
         return p["backend"], cfg
 
     def configure(self, backend=None) -> None:

@@ -362,7 +362,8 @@ def _resize_observation(image, depth, exclude, camera: Camera, res: Tuple[int, i
 def _make_mirage(config: str = "tiny", weights: Optional[str] = None, side_branch: Optional[str] = None,
                  lora: Optional[str] = None, layout: str = "paper", device: str = "cpu", dtype=None,
                  steps: Optional[int] = None, shift: Optional[float] = None, guidance_scale: Optional[float] = None,
-                 pin_until: Optional[float] = None, pin_paste: Optional[bool] = None, seed: int = 0,
+                 pin_until: Optional[float] = None, pin_paste: Optional[bool] = None,
+                 context_sigma: Optional[float] = None, seed: int = 0,
                  noise_seed: Optional[int] = None,
                  side_branch_init: str = "zero", offload: bool = False, vae_tiling: bool = False,
                  memory: Optional[dict] = None, depth=None, masks=None, prompt: Optional[str] = None,
@@ -373,7 +374,7 @@ def _make_mirage(config: str = "tiny", weights: Optional[str] = None, side_branc
 
     Sampler: a model folder's own settings (``model_index.json``), else the paper's (40 UniPC steps,
     shift 5, no CFG, no pinning); each of ``steps``, ``shift``, ``guidance_scale``, ``pin_until``,
-    ``pin_paste`` that is not None replaces that one setting and nothing else. ``seed``: random
+    ``pin_paste``, ``context_sigma`` that is not None replaces that one setting and nothing else. ``seed``: random
     weights (no ``weights``); ``noise_seed``: the sampler noise (None: derived from the observation,
     ``RolloutConfig.seed``)."""
     from .model import MirageWorldModel, is_mirage_folder
@@ -384,7 +385,8 @@ def _make_mirage(config: str = "tiny", weights: Optional[str] = None, side_branc
                          "use backend spatia")
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    overrides = dict(steps=steps, shift=shift, guidance_scale=guidance_scale, pin_until=pin_until, pin_paste=pin_paste)
+    overrides = dict(steps=steps, shift=shift, guidance_scale=guidance_scale, pin_until=pin_until, pin_paste=pin_paste,
+                     context_sigma=context_sigma)
     if weights and is_mirage_folder(weights):
         model = MirageWorldModel.from_pretrained(weights, side_branch=side_branch, lora=lora, device=device, dtype=dtype)
         model.sampler = FlowUniPCSampler.from_config(model.sampler.config(), **overrides)

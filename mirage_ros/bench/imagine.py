@@ -66,6 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pin-until", type=float, default=None,
                    help="memory pinning: fraction of sampler steps with visible cells pinned (default: the model's own; 0 = off)")
     p.add_argument("--pin-paste", default=None, choices=["on", "off"], help="paste the readout into visible cells after sampling")
+    p.add_argument("--context-sigma", type=float, default=None,
+                   help="noise level of generated context frames (default: the model's own; 0 = clean)")
     p.add_argument("--earliest-within", type=float, default=None,
                    help="observed-first readout tolerance (default: the rollout's, 0.05; 0 = plain frontmost-wins)")
     p.add_argument("--tag", default="", help="a label stored in the JSON (e.g. the sweep point)")
@@ -247,7 +249,7 @@ def run(args) -> int:
     rgb_dir = Path(args.rgb_model) if args.rgb_model else model_dir.parent / (model_dir.name + "_rgb")
     if not (model_dir / "model_index.json").is_file():
         raise SystemExit(f"bench imagine: no model at {model_dir} (model_index.json missing)")
-    overrides = {"steps": args.steps, "pin_until": args.pin_until,
+    overrides = {"steps": args.steps, "pin_until": args.pin_until, "context_sigma": args.context_sigma,
                  "pin_paste": None if args.pin_paste is None else args.pin_paste == "on"}
     models = _load_arm_models(arms, model_dir, rgb_dir, args.device, overrides)
     arms = [a for a in arms if a == "readout" or a in models]

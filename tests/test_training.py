@@ -336,6 +336,23 @@ def test_stage2_trains_only_the_side_branch_and_lora(dataset, tmp_path):
     assert (tmp_path / "s2" / "model" / "transformer" / "lora.safetensors").is_file()
 
 
+def test_a_refiner_added_to_a_started_from_model_changes_nothing_until_trained(dataset, tmp_path):
+    """--init with --refiner-channels adds a fresh refiner whose last layer is zero: the started-from
+    model's loss is unchanged before the first step; after training the refiner has moved and the
+    exported model carries it."""
+    from mirage_ros.world_model.model import MirageWorldModel
+
+    _train(dataset, tmp_path / "s0", steps=2).fit()
+    plain = _train(dataset, tmp_path / "a", steps=2, init=str(tmp_path / "s0" / "model"))
+    refined = _train(dataset, tmp_path / "b", steps=2, init=str(tmp_path / "s0" / "model"), refiner_channels=8)
+    assert plain.model.refiner is None and refined.model.refiner is not None
+    assert _fixed_loss(refined) == pytest.approx(_fixed_loss(plain), rel=1e-6)
+    before = {n: p.detach().clone() for n, p in refined.model.refiner.named_parameters()}
+    refined.fit()
+    assert any(not torch.equal(p, before[n]) for n, p in refined.model.refiner.named_parameters())
+    wm = MirageWorldModel.from_pretrained(tmp_path / "b" / "model", device="cpu")
+    assert wm.transformer.refiner is not None
+
 # -- processes: SIGTERM and two gloo ranks -----------------------------------------------------------
 
 def _env():

@@ -392,7 +392,11 @@ class Trainer:
         if tr.side_branch is None:
             tr.side_branch = MirageSideBranch.from_backbone(tr.backbone, cfg.layout)
         if cfg.refiner_channels and tr.refiner is None:
-            raise TrainError("refiner_channels: a refiner is built for scratch runs; the --init / --weights model has none")
+            # its last layer is zero-initialised: the started-from model's output is unchanged at step 0
+            from ..world_model.refiner import LatentRefiner
+
+            torch.manual_seed(cfg.seed)
+            tr.refiner = LatentRefiner(channels=tr.backbone.config.out_channels, hidden=cfg.refiner_channels)
         trains = RECIPES[cfg.recipe]["trains"]
         tr.requires_grad_(trains == "all")
         if trains != "all":

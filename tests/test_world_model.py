@@ -13,9 +13,11 @@ pytest.importorskip("diffusers")
 
 from diffusers import WanTransformer3DModel  # noqa: E402
 
+from mirage_ros.world_model.checkpoints import CheckpointError  # noqa: E402
 from mirage_ros.world_model.configs import TINY_TRANSFORMER, side_branch_config  # noqa: E402
 from mirage_ros.world_model.frame_roles import FrameRoles, segment_rotary_embedding  # noqa: E402
-from mirage_ros.world_model.lora import LORA_TARGETS, add_lora, load_lora, lora_state_dict, save_lora  # noqa: E402
+from mirage_ros.world_model.lora import (LORA_TARGETS, MirageLoRA, add_lora, load_lora,  # noqa: E402
+                                         lora_state_dict, save_lora)
 from mirage_ros.world_model.sampler import FlowUniPCSampler  # noqa: E402
 from mirage_ros.world_model.side_branch import MirageSideBranch  # noqa: E402
 from mirage_ros.world_model.text import PromptEncoder, load_prompt_embeds, save_prompt_embeds  # noqa: E402
@@ -142,6 +144,23 @@ def test_lora_rank_targets_and_round_trip(tmp_path):
     info = load_lora(fresh, path)
     assert info["rank"] == 64
     assert torch.allclose(fresh(x, ft.repeat_interleave(6)[None], text).sample, tuned, atol=1e-6)
+    # the same adapter as a component: from_backbone -> save_pretrained -> from_pretrained -> apply
+    lora = MirageLoRA.from_backbone(bb)
+    assert lora.config == {"rank": 64, "alpha": 64.0, "dropout": 0.05, "targets": sorted(LORA_TARGETS)}
+    file = lora.save_pretrained(tmp_path / "component" / "lora.safetensors")
+    again = MirageLoRA.from_pretrained(file)
+    assert again.config == lora.config and set(again.state) == set(sd)
+    assert all(torch.equal(again.state[k], saved[k]) for k in sd)  # the same bytes as save_lora's file
+    other = tiny_backbone()
+    assert again.apply(other, scale=0.5)["alpha"] == 32.0  # half the update
+    for name, p in fresh.named_parameters():  # the reference: the full adapter with B halved
+        if "lora_B" in name:
+            p.mul_(0.5)
+    half = fresh(x, ft.repeat_interleave(6)[None], text).sample
+    assert torch.allclose(other(x, ft.repeat_interleave(6)[None], text).sample, half, atol=1e-6)
+    assert not torch.allclose(half, tuned)
+    with pytest.raises(CheckpointError, match="LoRA adapter"):
+        MirageLoRA({**lora.config}, {k: v for k, v in list(lora.state.items())[1:]}, "short").apply(tiny_backbone())
 
 
 @torch.no_grad()

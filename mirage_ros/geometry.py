@@ -28,6 +28,9 @@ __all__ = [
     "Camera",
     "GeometryError",
     "MAX_TRANSLATION",
+    "FOV_RANGE_DEG",
+    "focal_range",
+    "intrinsics_problem",
     "latent_intrinsics",
     "backproject",
     "project",
@@ -50,10 +53,13 @@ __all__ = [
 ]
 
 RIGID_TOL = 1e-4
-# Ranges of a sensible camera, generous on purpose; finite but absurd values beyond them (a pose
-# 1e300 m away, fx = 1e-38) would lift depth to inf/NaN world points and poison the memory.
-MAX_TRANSLATION = 1e6  # metres: |translation| of any rigid transform / pose position (1000 km)
-FOCAL_RANGE = (1e-3, 1e5)  # fx / W and fy / H: fields of view from 179.9 deg down to 0.0006 deg
+# The ranges of a sensible camera, defined here only (the ROS conversions, the tf buffer and the
+# memory check against them). Finite but absurd values beyond them (a pose 1e300 m away,
+# fx = 1e-38) would lift depth to inf/NaN world points and poison the memory.
+# Distance from the origin (Euclidean) of any rigid transform's translation: a camera or pose
+# position, a tf edge. Memory points are float32, which at 1e5 m still resolve about 1 cm.
+MAX_TRANSLATION = 1e5  # metres
+FOV_RANGE_DEG = (0.01, 179.0)  # a pinhole's field of view along each image axis
 PRINCIPAL_RANGE = 1e3  # |cx - W/2| <= 1e3 (fx + W) (an optical axis up to 89.94 deg off a crop), same for cy
 
 
@@ -97,15 +103,39 @@ def check_rigid(E, name: str = "world_to_camera", tol: float = RIGID_TOL) -> tor
 def _check_translation(t: torch.Tensor, what: str) -> None:
     n = float(torch.linalg.vector_norm(t))
     if not n <= MAX_TRANSLATION:
-        raise GeometryError(f"{what} is {n:.6g} m from the origin, beyond MAX_TRANSLATION = {MAX_TRANSLATION:.0e} m")
+        raise GeometryError(f"{what}: {[float(x) for x in t]} is {n:.6g} m from the origin, beyond MAX_TRANSLATION = "
+                            f"{MAX_TRANSLATION:.0e} m (memory points are float32: use a local world frame)")
+
+
+def focal_range(size: int) -> Tuple[float, float]:
+    """(lowest, highest) focal length in pixels along an image axis of ``size`` pixels: the
+    fields of view ``FOV_RANGE_DEG``."""
+    widest, narrowest = FOV_RANGE_DEG[1], FOV_RANGE_DEG[0]
+    return (size / (2 * float(np.tan(np.radians(widest) / 2))), size / (2 * float(np.tan(np.radians(narrowest) / 2))))
+
+
+def intrinsics_problem(fx: float, fy: float, s: float, cx: float, cy: float, height: int, width: int):
+    """The first value of a pinhole matrix outside the ranges of a sensible camera, as (field,
+    what is wrong) with field one of fx, fy, cx, cy, skew; None when all are inside. Focal lengths
+    by ``focal_range``, |c - size/2| <= ``PRINCIPAL_RANGE`` (f + size), |s| <= max(fx, fy)."""
+    for field, f, size in (("fx", fx, width), ("fy", fy, height)):
+        lo, hi = focal_range(size)
+        if not lo <= f <= hi:
+            return field, (f"{f:.6g} px is outside {lo:.3g} .. {hi:.3g} px, a field of view of {FOV_RANGE_DEG[1]:g} .. "
+                           f"{FOV_RANGE_DEG[0]:g} degrees over {size} px")
+    for field, c, f, size in (("cx", cx, fx, width), ("cy", cy, fy, height)):
+        if not abs(c - size / 2) <= PRINCIPAL_RANGE * (f + size):
+            return field, f"{c:.6g} px is more than {PRINCIPAL_RANGE:g} x (f + size) from the image centre {size / 2:g}"
+    if not abs(s) <= max(fx, fy):
+        return "skew", f"{s:.6g} exceeds max(fx, fy) = {max(fx, fy):.6g} (a shear over 45 deg)"
+    return None
 
 
 def check_intrinsics(K, name: str = "K", height: int = None, width: int = None) -> torch.Tensor:
     """Validate a pinhole matrix [[fx, s, cx], [0, fy, cy], [0, 0, 1]]: finite, positive focal lengths.
 
-    With the image size, also the ranges of a sensible camera: fx / W and fy / H within
-    ``FOCAL_RANGE`` (1e-3 .. 1e5), |cx - W/2| <= ``PRINCIPAL_RANGE`` (fx + W) (likewise cy) and
-    |s| <= max(fx, fy). The message names the field.
+    With the image size, also the ranges of a sensible camera (``intrinsics_problem``: fields of
+    view within ``FOV_RANGE_DEG``, the principal point and skew bounded). The message names the field.
     """
     K = _as_tensor(K, name, (3, 3))
     if not torch.isfinite(K).all():
@@ -115,18 +145,9 @@ def check_intrinsics(K, name: str = "K", height: int = None, width: int = None) 
     if K[1, 0] != 0 or K[2, 0] != 0 or K[2, 1] != 0 or K[2, 2] != 1:
         raise GeometryError(f"{name}: expected [[fx, s, cx], [0, fy, cy], [0, 0, 1]], got {K.tolist()}")
     if height is not None and width is not None:
-        fx, fy, s, cx, cy = (float(K[i, j]) for i, j in ((0, 0), (1, 1), (0, 1), (0, 2), (1, 2)))
-        lo, hi = FOCAL_RANGE
-        for field, f, size, axis in (("fx", fx, width, "W"), ("fy", fy, height, "H")):
-            if not lo * size <= f <= hi * size:
-                raise GeometryError(f"{name}: {field} = {f:.6g} px is outside [{lo:g}, {hi:g}] x {axis} = "
-                                    f"[{lo * size:.6g}, {hi * size:.6g}] for a {height}x{width} image")
-        for field, c, f, size in (("cx", cx, fx, width), ("cy", cy, fy, height)):
-            if not abs(c - size / 2) <= PRINCIPAL_RANGE * (f + size):
-                raise GeometryError(f"{name}: {field} = {c:.6g} px is more than {PRINCIPAL_RANGE:g} x (f + size) "
-                                    f"from the image centre {size / 2:g}")
-        if not abs(s) <= max(fx, fy):
-            raise GeometryError(f"{name}: skew = {s:.6g} exceeds max(fx, fy) = {max(fx, fy):.6g} (a shear over 45 deg)")
+        bad = intrinsics_problem(*(float(K[i, j]) for i, j in ((0, 0), (1, 1), (0, 1), (0, 2), (1, 2))), height, width)
+        if bad is not None:
+            raise GeometryError(f"{name}: {bad[0]}: {bad[1]} ({height}x{width} image)")
     return K
 
 
@@ -396,17 +417,14 @@ def matrices_to_quaternions(R):
 
 def poses_to_matrices(position, orientation, name: str = "pose"):
     """Poses (the frame's position (..., 3) and orientation (..., 4) (x, y, z, w) in the parent) ->
-    (..., 4, 4) parent_from_frame. Validates like ``quaternions_to_matrices`` and bounds the
-    position by ``MAX_TRANSLATION``; errors name ``{name}.position`` / ``{name}.orientation``
+    (..., 4, 4) parent_from_frame. Bounds the position by ``MAX_TRANSLATION``, then validates
+    the orientation like ``quaternions_to_matrices``; errors name ``{name}.position`` / ``{name}.orientation``
     (``name`` may hold an ``{i}`` placeholder). NumPy in, NumPy out."""
     p, back = _float64(position, f"{name}.position")
     if p.shape[-1:] != (3,):
         raise GeometryError(f"{name}.position: expected shape (..., 3), got {tuple(p.shape)}")
     batch = p.shape[:-1]
     nm = name if ("{i}" in name or not batch) else name + "[{i}]"
-    R = quaternions_to_matrices(_float64(orientation, f"{name}.orientation")[0], nm + ".orientation")
-    if tuple(R.shape[:-2]) != tuple(batch):
-        raise GeometryError(f"{name}.orientation: {tuple(R.shape[:-2])} quaternions for {tuple(batch)} positions")
     flat = p.reshape(-1, 3)
     fin = torch.isfinite(flat).all(1)
     if not bool(fin.all()):
@@ -417,6 +435,9 @@ def poses_to_matrices(position, orientation, name: str = "pose"):
     if bool(far.any()):
         i = int(far.nonzero()[0])
         _check_translation(flat[i], f"{_at(nm, i, batch)}.position")
+    R = quaternions_to_matrices(_float64(orientation, f"{name}.orientation")[0], nm + ".orientation")
+    if tuple(R.shape[:-2]) != tuple(batch):
+        raise GeometryError(f"{name}.orientation: {tuple(R.shape[:-2])} quaternions for {tuple(batch)} positions")
     T = torch.zeros(*batch, 4, 4, dtype=torch.float64)
     T[..., :3, :3] = R
     T[..., :3, 3] = p

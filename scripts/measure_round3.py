@@ -97,17 +97,17 @@ def bombs(res: dict) -> None:
     res["bomb_bytes"] = {"jpeg": len(jpg), "png": len(png), "compressedDepth": len(dep)}
     with peak(res, "item1_six_bombs_of_each_kind"):
         for k in range(6):
-            core.on_compressed_image(_compressed(jpg, "rgb8; jpeg compressed bgr8", S + k))
-            core.on_compressed_image(_compressed(png, "mono8; png compressed ", S + k))
-            core.on_compressed_depth(_compressed(dep, "16UC1; compressedDepth png", S + k))
+            core.intake.on_compressed_image(_compressed(jpg, "rgb8; jpeg compressed bgr8", S + k))
+            core.intake.on_compressed_image(_compressed(png, "mono8; png compressed ", S + k))
+            core.intake.on_compressed_depth(_compressed(dep, "16UC1; compressedDepth png", S + k))
     res["item1_six_bombs_of_each_kind"]["rejected"] = core.counts["inputs_rejected"]
     res["item1_last_rejection"] = core.last_rejection
     # the pairing queues: 30 UHD images whose partners never come (queue_size 30)
     rgb = np.zeros((2160, 3840, 3), np.uint8)
     with peak(res, "item1_30_uhd_images_without_partners"):
         for k in range(30):
-            core.sync.add("image", S + k, rgb.copy())
-    res["item1_30_uhd_images_without_partners"]["queued_mib"] = round(core.sync.nbytes / MiB, 1)
+            core.intake.sync.add("image", S + k, rgb.copy())
+    res["item1_30_uhd_images_without_partners"]["queued_mib"] = round(core.intake.sync.nbytes / MiB, 1)
     res["item1_30_uhd_images_without_partners"]["bound_mib"] = core.p["sync.max_bytes"] / MiB
 
 
@@ -122,8 +122,8 @@ def huge_camera(res: dict) -> None:
     core.configure()
     big = sim.default_camera(8192, 8192)
     with peak(res, "item2_8192_camera_info_and_depth"):
-        core.on_camera_info(cv.camera_info_msg(B, big.K.numpy(), 8192, 8192, S, "cam"))
-        core.on_depth(B.Image(header=cv.header_msg(B, S, "cam"), height=8192, width=8192, encoding="32FC1",
+        core.intake.on_camera_info(cv.camera_info_msg(B, big.K.numpy(), 8192, 8192, S, "cam"))
+        core.intake.on_depth(B.Image(header=cv.header_msg(B, S, "cam"), height=8192, width=8192, encoding="32FC1",
                               is_bigendian=0, step=8192 * 4, data=np.zeros(16, np.uint8)))
     res["item2_refusal"] = core.last_rejection
     # the largest camera goals are imagined at (imagined.max_pixels = 1920 x 1080): a 2-pose goal
@@ -135,7 +135,7 @@ def huge_camera(res: dict) -> None:
     for k, m in (("camera_info", cv.camera_info_msg(B, cams[0].K.numpy(), H, W, S, "cam")),
                  ("pose", cv.pose_stamped_msg(B, cams[0].camera_to_world.numpy(), S, "map")),
                  ("depth", cv.image_msg(B, fr.depth, S, "cam", "32FC1")), ("image", cv.image_msg(B, fr.rgb, S, "cam"))):
-        s = getattr(core, f"on_{k}")(m) or s
+        s = getattr(core.intake, f"on_{k}")(m) or s
     core.observe(s)
     path = cv.path_msg(B, np.stack([c.camera_to_world.numpy() for c in cams[1:]]), [2 * S, 3 * S], "map")
     with peak(res, "item2_two_pose_goal_at_1920x1072_readout"):

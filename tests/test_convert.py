@@ -165,7 +165,7 @@ def test_absurd_positions_are_rejected(xyz):
         cv.pose_stamped_to_matrix(wire(cv.pose_stamped_msg(B, T, 1, "map")))
     with pytest.raises(cv.ConversionError, match=r"path.poses\[1\].pose.position: .* beyond"):
         cv.path_to_matrices(cv.path_msg(B, np.stack([np.eye(4), T]), [1, 2], "map"))
-    T[:3, 3] = np.clip(np.asarray(xyz, float), -cv.MAX_POSITION, cv.MAX_POSITION)  # the bound itself is fine
+    T[:3, 3] = np.clip(np.asarray(xyz, float), -geometry.MAX_TRANSLATION, geometry.MAX_TRANSLATION)  # the bound is fine
     assert np.allclose(cv.pose_stamped_to_matrix(cv.pose_stamped_msg(B, T, 1, "map"))[2], T)
 
 

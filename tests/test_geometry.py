@@ -171,23 +171,23 @@ def test_bad_intrinsics_sizes_and_stride():
 
 
 def test_finite_but_absurd_cameras_are_rejected_by_name():
-    """Issue 8, defect 5: a pose 1e300 m away or fx = fy = 1e-38 passed validation and stored inf/NaN
-    points. Documented ranges: |translation| <= MAX_TRANSLATION (1e6 m); focal lengths within
-    [1e-3, 1e5] x the image size along their axis (fields of view 179.9 deg .. 0.0006 deg);
-    principal point within 1e3 x (f + size) of the image centre; |skew| <= max(fx, fy)."""
-    from mirage_ros.geometry import MAX_TRANSLATION
+    """A pose 1e300 m away or fx = fy = 1e-38 is finite and would store inf/NaN points. Documented
+    ranges (geometry's, the only ones): a camera at most MAX_TRANSLATION (1e5 m) from the origin;
+    fields of view within FOV_RANGE_DEG (0.01 .. 179 deg) along each axis; principal point within
+    1e3 x (f + size) of the image centre; |skew| <= max(fx, fy)."""
+    from mirage_ros.geometry import FOV_RANGE_DEG, MAX_TRANSLATION, focal_range
 
-    assert MAX_TRANSLATION == 1e6
+    assert MAX_TRANSLATION == 1e5 and FOV_RANGE_DEG == (0.01, 179.0)
     K = torch.tensor([[40.0, 0, 16], [0, 40.0, 16], [0, 0, 1]], dtype=torch.float64)
     far = torch.eye(4, dtype=torch.float64)
     far[0, 3] = 1e300
     with pytest.raises(GeometryError, match="world_to_camera: translation"):
         Camera(K, far, 32, 32)
-    far[0, 3] = 1.0000001e6
+    far[0, 3], far[1, 3] = 0.8e5, 0.61e5  # 100.6 km from the origin: the distance counts, not each axis
     with pytest.raises(GeometryError, match="world_to_camera: translation"):
         Camera(K, far, 32, 32)
-    far[0, 3] = 0.99e6  # a camera 990 km from the origin is still a camera
-    assert Camera(K, far, 32, 32).center[0] == -0.99e6
+    far[1, 3] = 0.59e5  # a camera 99.3 km from the origin is still a camera
+    assert Camera(K, far, 32, 32).center[0] == -0.8e5
     with pytest.raises(GeometryError, match="pose.position"):
         pose_to_matrix([1e300, 0, 0], [0, 0, 0, 1])
     bad_K = {
@@ -201,9 +201,14 @@ def test_finite_but_absurd_cameras_are_rejected_by_name():
     for field, k in bad_K.items():
         with pytest.raises(GeometryError, match=f"K: {field.strip()}"):
             Camera(torch.tensor(k, dtype=torch.float64), torch.eye(4), 32, 32)
-    # the edges of the documented ranges are accepted
-    Camera(torch.tensor([[0.032, 0, 16], [0, 0.032, 16], [0, 0, 1]], dtype=torch.float64), torch.eye(4), 32, 32)
-    Camera(torch.tensor([[3.2e6, 0, 16], [0, 3.2e6, 16], [0, 0, 1]], dtype=torch.float64), torch.eye(4), 32, 32)
+    # the edges of the documented ranges are accepted, just beyond them refused: 179 and 0.01 degrees over 32 px
+    lo, hi = focal_range(32)
+    assert lo == pytest.approx(16 / np.tan(np.radians(89.5))) and hi == pytest.approx(16 / np.tan(np.radians(0.005)))
+    for f in (lo * (1 + 1e-9), hi * (1 - 1e-9)):
+        Camera(torch.tensor([[f, 0, 16], [0, f, 16], [0, 0, 1]], dtype=torch.float64), torch.eye(4), 32, 32)
+    for f in (lo * 0.999, hi * 1.001):
+        with pytest.raises(GeometryError, match="K: fx: .* field of view"):
+            Camera(torch.tensor([[f, 0, 16], [0, 40, 16], [0, 0, 1]], dtype=torch.float64), torch.eye(4), 32, 32)
     Camera(torch.tensor([[300, 2, -600], [0, 300, 640], [0, 0, 1]], dtype=torch.float64), torch.eye(4), 9, 9)  # a far off-axis crop
 
 
@@ -264,7 +269,7 @@ def test_rigid_inverse_and_compose_match_kornia():
     assert isinstance(invert_rigid(Tn), np.ndarray) and np.allclose(invert_rigid(Tn), invert_rigid(T).numpy(), atol=1e-15)
     far = t.clone()
     far[4, 2] = 2e6
-    with pytest.raises(GeometryError, match=r"path\[4\].position .*MAX_TRANSLATION"):
+    with pytest.raises(GeometryError, match=r"path\[4\].position: .*MAX_TRANSLATION"):
         poses_to_matrices(far, q, "path[{i}]")
 
 

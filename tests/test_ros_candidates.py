@@ -32,7 +32,7 @@ def feed(core, cam, fr, stamp):
     }
     s = None
     for kind, m in msgs.items():
-        s = getattr(core, f"on_{kind}")(m) or s
+        s = getattr(core.intake, f"on_{kind}")(m) or s
     return s
 
 

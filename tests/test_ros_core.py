@@ -40,7 +40,7 @@ def feed(core, cam, fr, stamp, **bad):
     msgs.update(bad)
     done = None
     for kind in ("camera_info", "pose", "depth", "image"):
-        s = getattr(core, f"on_{kind}")(msgs[kind])
+        s = getattr(core.intake, f"on_{kind}")(msgs[kind])
         done = s or done
     return done
 
@@ -112,7 +112,7 @@ def test_sync_exact_pairing_is_the_default_and_drops_never_borrow_a_neighbour():
     dropped: every emitted set holds one set's messages, never a neighbour's."""
     assert defaults()["sync.tolerance"] == 0.0
     core = MirageCore({"backend": "readout"})
-    assert core.sync.tolerance_ns == 0
+    assert core.intake.sync.tolerance_ns == 0
     s = Synchronizer(("image", "camera_info", "pose", "depth"))
     emitted = []
     for kind, t, i in _stream_100hz(2000):
@@ -178,7 +178,7 @@ def test_dropped_partners_do_not_grow_the_memory(scene):
              "camera_info": lambda: cv.camera_info_msg(B, cams[v].K.numpy(), H, W, t, "cam"),
              "pose": lambda: cv.pose_stamped_msg(B, cams[v].camera_to_world.numpy(), t, "map"),
              "depth": lambda: cv.image_msg(B, frames[v].depth, t, "cam", "32FC1")}[kind]()
-        out = getattr(core, f"on_{kind}")(m)
+        out = getattr(core.intake, f"on_{kind}")(m)
         if out is not None:
             core.observe(out)
     assert core.counts["frames_observed"] > 150
@@ -237,7 +237,7 @@ def test_refused_absurd_inputs_change_no_state(core, scene):
     with a reason and changes nothing: not the memory, not the K of later goals."""
     cams, frames = scene
     core.observe(feed(core, cams[0], frames[0], 10**9))
-    n, K0, last = core.backend.memory.num_points, core.last_camera[0].copy(), core.last_observe_stamp
+    n, K0, last = core.backend.memory.num_points, core.last_camera[0].copy(), core.policy.last_stamp
     far = cams[6].camera_to_world.numpy().copy()
     far[:3, 3] = 1e300
     tiny = np.array([[1e-38, 0, W / 2], [0, 1e-38, H / 2], [0, 0, 1]])
@@ -252,7 +252,7 @@ def test_refused_absurd_inputs_change_no_state(core, scene):
         assert feed(core, cams[6], frames[6], t, **bad) is None
         assert core.counts["inputs_rejected"] == i + 1
         assert "beyond" in core.last_rejection or "px" in core.last_rejection, core.last_rejection
-    assert core.backend.memory.num_points == n and core.last_observe_stamp == last and core.counts["frames_observed"] == 1
+    assert core.backend.memory.num_points == n and core.policy.last_stamp == last and core.counts["frames_observed"] == 1
     assert np.array_equal(core.last_camera[0], K0)
     req = core.prepare(_path(3))
     assert np.array_equal(req.K, K0)
@@ -267,12 +267,12 @@ def test_depth_without_a_valid_pixel_is_not_an_observation(core, scene, fill):
     """Defect 10: an all-NaN / negative / zero depth image counted as observed, silently."""
     cams, frames = scene
     logs = []
-    core._log = lambda level, msg: logs.append(msg)
+    core.report.sink = lambda level, msg: logs.append(msg)
     core.observe(feed(core, cams[0], frames[0], 10**9))
-    n, observed, last = core.backend.memory.num_points, core.counts["frames_observed"], core.last_observe_stamp
+    n, observed, last = core.backend.memory.num_points, core.counts["frames_observed"], core.policy.last_stamp
     bad = cv.image_msg(B, np.full((H, W), fill, np.float32), 2 * 10**9, "cam", "32FC1")
     assert core.observe(feed(core, cams[6], frames[6], 2 * 10**9, depth=bad)) is None
-    assert core.counts["frames_observed"] == observed and core.last_observe_stamp == last
+    assert core.counts["frames_observed"] == observed and core.policy.last_stamp == last
     assert core.backend.memory.num_points == n and core.counts["inputs_rejected"] == 1
     assert "no valid depth" in core.last_rejection and any("no valid depth" in m for m in logs)
 
@@ -614,8 +614,9 @@ def test_package_xml_and_cmake_agree():
 
 
 def test_ros_modules_do_not_import_rclpy_at_import_time():
-    code = ("import sys; import mirage_ros.ros.convert, mirage_ros.ros.core, mirage_ros.ros.sync, mirage_ros.ros.params, "
-            "mirage_ros.ros.qos, mirage_ros.ros.outputs, mirage_ros.ros.bag, mirage_ros.ros.replay, mirage_ros.bench.node; "
+    modules = ("convert", "core", "sync", "params", "qos", "outputs", "bag", "replay", "intake", "observer", "requests",
+               "report", "slot", "goals", "goal_runner", "interfaces", "fleet", "tf_buffer", "paths", "runtime")
+    code = (f"import sys; import {', '.join('mirage_ros.ros.' + m for m in modules)}, mirage_ros.bench.node; "
             "print(any(m == 'rclpy' or m.startswith('rclpy.') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
@@ -633,13 +634,13 @@ def test_odometry_with_a_camera_mount(scene):
     base[:3, 3] = [1.0, 2.0, 0.0]
     odom = B.Odometry(header=cv.header_msg(B, 10**9, "map"), child_frame_id="base_link",
                       pose=B.factory("geometry_msgs/msg/PoseWithCovariance")(pose=cv.pose_msg(B, base)))
-    assert core.on_odometry(odom) is None
-    T = core.sync.queues["pose"][-1][1]
+    assert core.intake.on_odometry(odom) is None
+    T = core.intake.sync.queues["pose"][-1][1]
     assert np.allclose(T[:3, 3], [1.2, 2.0, 1.0])
     assert np.allclose(T[:3, 2], [1, 0, 0], atol=1e-9)  # optical z looks along the base's x (forward)
     assert np.allclose(T[:3, 1], [0, 0, -1], atol=1e-9)  # optical y is down
     odom.header.frame_id = "odom"
-    assert core.on_odometry(odom) is None and "not the world frame" in core.last_rejection
+    assert core.intake.on_odometry(odom) is None and "not the world frame" in core.last_rejection
 
 
 def test_core_drives_the_generative_backend_and_a_depth_provider():
@@ -651,10 +652,10 @@ def test_core_drives_the_generative_backend_and_a_depth_provider():
     core.configure()
     assert core.backend.generative and "RANDOM weights" in core.backend.description
     t = 10**9
-    core.on_camera_info(cv.camera_info_msg(B, cams[0].K.numpy(), 64, 128, t, "c"))
-    core.on_pose(cv.pose_stamped_msg(B, cams[0].camera_to_world.numpy(), t, "map"))
-    core.on_depth(cv.image_msg(B, frames[0].depth, t, "c", "32FC1"))
-    assert core.observe(core.on_image(cv.image_msg(B, frames[0].rgb, t, "c"))) > 0
+    core.intake.on_camera_info(cv.camera_info_msg(B, cams[0].K.numpy(), 64, 128, t, "c"))
+    core.intake.on_pose(cv.pose_stamped_msg(B, cams[0].camera_to_world.numpy(), t, "map"))
+    core.intake.on_depth(cv.image_msg(B, frames[0].depth, t, "c", "32FC1"))
+    assert core.observe(core.intake.on_image(cv.image_msg(B, frames[0].rgb, t, "c"))) > 0
     T = np.stack([c.camera_to_world.numpy() for c in cams[1:10]])
     req = core.prepare(cv.path_msg(B, T, [t + i for i in range(9)], "map"))
     chunks = list(core.imagine(req))
@@ -662,7 +663,7 @@ def test_core_drives_the_generative_backend_and_a_depth_provider():
     # an observation-time depth provider instead of a depth topic
     core2 = MirageCore({"backend": "readout", "depth.provider": "memory"})
     core2.configure()
-    assert "depth" not in core2.sync.kinds and core2.depth_provider is not None
+    assert "depth" not in core2.intake.sync.kinds and core2.depth_provider is not None
     with pytest.raises(ValueError, match="weights"):
         MirageCore({"backend": "readout", "depth.provider": "da3"}).configure()  # no DA3 weights: a clear configure error
 

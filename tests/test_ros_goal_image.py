@@ -36,7 +36,7 @@ def make_core(scene):
                     ("pose", cv.pose_stamped_msg(B, cam.camera_to_world.numpy(), stamp, "map")),
                     ("depth", cv.image_msg(B, fr.depth, stamp, "cam", "32FC1")),
                     ("image", cv.image_msg(B, fr.rgb, stamp, "cam"))):
-        s = getattr(core, f"on_{kind}")(m) or s
+        s = getattr(core.intake, f"on_{kind}")(m) or s
     assert core.observe(s) > 0
     return core
 

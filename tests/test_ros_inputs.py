@@ -67,20 +67,20 @@ def test_tf_only_robot_fills_the_memory_as_the_pose_topic_does(scene):
     tfc = MirageCore({"backend": "readout", "pose.source": "tf", "viz.cloud_max_points": 10**6})
     tfc.configure()
     now = 0
-    assert tfc.on_tf(tf_msg([("map", "odom", 0, MAP_FROM_ODOM, None)]), static=True, now_ns=now) is None
-    assert tfc.on_tf(robot_static(), static=True, now_ns=now) is None
+    assert tfc.intake.on_tf(tf_msg([("map", "odom", 0, MAP_FROM_ODOM, None)]), static=True, now_ns=now) is None
+    assert tfc.intake.on_tf(robot_static(), static=True, now_ns=now) is None
     for i, (cam, fr) in enumerate(zip(cams, frames)):
         st = 10 * S + i * S // 10
         C = cam.camera_to_world.numpy()
         info, depth, img = sensor_msgs(cam, fr, st)
         # the pose-topic robot
-        for m, h in ((info, ref.on_camera_info), (cv.pose_stamped_msg(B, C, st, "map"), ref.on_pose), (depth, ref.on_depth)):
+        for m, h in ((info, ref.intake.on_camera_info), (cv.pose_stamped_msg(B, C, st, "map"), ref.intake.on_pose), (depth, ref.intake.on_depth)):
             assert h(m) is None
-        ref.observe(ref.on_image(img))
+        ref.observe(ref.intake.on_image(img))
         # the tf-only robot: the image comes before the transform covering its stamp
-        assert tfc.on_camera_info(info) is None and tfc.on_depth(depth) is None
-        assert tfc.on_image(img, now_ns=now) is None and len(tfc.tf_poses.pending) == 1
-        s = tfc.on_tf(tf_msg([("odom", "base_link", st, odom_to_base(C), None)]), now_ns=now + 1)
+        assert tfc.intake.on_camera_info(info) is None and tfc.intake.on_depth(depth) is None
+        assert tfc.intake.on_image(img, now_ns=now) is None and len(tfc.intake.tf_poses.pending) == 1
+        s = tfc.intake.on_tf(tf_msg([("odom", "base_link", st, odom_to_base(C), None)]), now_ns=now + 1)
         assert s is not None and s.stamp_ns == st
         np.testing.assert_allclose(s["pose"], C, atol=1e-12)
         tfc.observe(s)
@@ -103,10 +103,10 @@ def test_camera_link_only_with_camera_is_link(scene):
     C = cams[0].camera_to_world.numpy()
     map_from_link = C @ np.linalg.inv(LINK_FROM_OPTICAL)
     info, depth, img = sensor_msgs(cams[0], frames[0], 5 * S, frame="some_sensor_frame")
-    core.on_tf(tf_msg([("map", "camera_link", 5 * S, map_from_link, None)]), now_ns=0)
-    core.on_camera_info(info)
-    core.on_depth(depth)
-    s = core.on_image(img, now_ns=0)
+    core.intake.on_tf(tf_msg([("map", "camera_link", 5 * S, map_from_link, None)]), now_ns=0)
+    core.intake.on_camera_info(info)
+    core.intake.on_depth(depth)
+    s = core.intake.on_image(img, now_ns=0)
     np.testing.assert_allclose(s["pose"], C, atol=1e-12)
     assert core.observe(s) > 0
 
@@ -115,22 +115,22 @@ def test_refused_tf_and_late_transforms_change_nothing(scene):
     cams, frames = scene
     core = MirageCore({"backend": "readout", "pose.source": "tf", "tf.wait": 0.5})
     core.configure()
-    core.on_tf(tf_msg([("map", "odom", 0, MAP_FROM_ODOM, None)]), static=True, now_ns=0)
-    core.on_tf(robot_static(), static=True, now_ns=0)
+    core.intake.on_tf(tf_msg([("map", "odom", 0, MAP_FROM_ODOM, None)]), static=True, now_ns=0)
+    core.intake.on_tf(robot_static(), static=True, now_ns=0)
     bad = tf_msg([("odom", "base_link", 1 * S, np.eye(4), np.array([0.0, 0.0, 0.0, 2.0]))])  # not unit
-    assert core.on_tf(bad, now_ns=0) is None and "norm" in core.last_rejection
+    assert core.intake.on_tf(bad, now_ns=0) is None and "norm" in core.last_rejection
     own = tf_msg([("map", core.p["imagined.frame_id"], 1 * S, np.eye(4), None)])  # the node's own output
-    core.on_tf(own, now_ns=0)
-    assert core.p["imagined.frame_id"] not in core.tf_buffer.edges
+    core.intake.on_tf(own, now_ns=0)
+    assert core.p["imagined.frame_id"] not in core.intake.tf_buffer.edges
     info, depth, img = sensor_msgs(cams[0], frames[0], 1 * S)
-    core.on_camera_info(info)
-    core.on_depth(depth)
-    assert core.on_image(img, now_ns=0) is None
-    assert core.poll_tf(now_ns=S // 2) is None  # the wait is over: dropped with the reason
+    core.intake.on_camera_info(info)
+    core.intake.on_depth(depth)
+    assert core.intake.on_image(img, now_ns=0) is None
+    assert core.intake.poll_tf(now_ns=S // 2) is None  # the wait is over: dropped with the reason
     assert core.last_rejection.startswith("tf: map <- camera_optical_frame") and "waited 0.5 s" in core.last_rejection
     # the transform now arrives too late: the image was dropped, nothing completes
     C = cams[0].camera_to_world.numpy()
-    assert core.on_tf(tf_msg([("odom", "base_link", 1 * S, odom_to_base(C), None)]), now_ns=S) is None
+    assert core.intake.on_tf(tf_msg([("odom", "base_link", 1 * S, odom_to_base(C), None)]), now_ns=S) is None
     assert core.backend.memory.num_points == 0 and core.counts["frames_observed"] == 0
 
 
@@ -155,15 +155,15 @@ def test_compressed_inputs_give_what_raw_inputs_give(scene):
         head = struct.pack("<iff", 0, 0.0, 0.0)  # compressed_depth_image_transport's header for 16UC1
         cmsg = B.CompressedImage(format="16UC1; compressedDepth png", data=np.frombuffer(head + dpng.tobytes(), np.uint8))
         for c in (raw, z):
-            c.on_camera_info(cv.camera_info_msg(B, cam.K.numpy(), H, W, st, FRAME))
-            c.on_pose(cv.pose_stamped_msg(B, cam.camera_to_world.numpy(), st, "map"))
-        raw.on_depth(cv.image_msg(B, mm, st, FRAME, "16UC1"))
-        raw.observe(raw.on_image(cv.image_msg(B, fr.rgb, st, FRAME)))
+            c.intake.on_camera_info(cv.camera_info_msg(B, cam.K.numpy(), H, W, st, FRAME))
+            c.intake.on_pose(cv.pose_stamped_msg(B, cam.camera_to_world.numpy(), st, "map"))
+        raw.intake.on_depth(cv.image_msg(B, mm, st, FRAME, "16UC1"))
+        raw.observe(raw.intake.on_image(cv.image_msg(B, fr.rgb, st, FRAME)))
         zi = _png(fr.rgb)
         zi.header = cv.header_msg(B, st, FRAME)
         cmsg.header = cv.header_msg(B, st, FRAME)
-        assert z.on_compressed_depth(cmsg) is None
-        z.observe(z.on_compressed_image(zi))
+        assert z.intake.on_compressed_depth(cmsg) is None
+        z.observe(z.intake.on_compressed_image(zi))
     assert raw.backend.memory.num_points == z.backend.memory.num_points > 0
     assert np.array_equal(raw.backend.memory.points.numpy(), z.backend.memory.points.numpy())
     assert np.array_equal(raw.cloud()["rgb"], z.cloud()["rgb"])
@@ -172,7 +172,7 @@ def test_compressed_inputs_give_what_raw_inputs_give(scene):
     jpg = cv2.imencode(".jpg", frames[0].rgb)[1].tobytes()
     broken = B.CompressedImage(header=cv.header_msg(B, 30 * S, FRAME), format="rgb8; jpeg compressed bgr8",
                                data=np.frombuffer(jpg[: len(jpg) // 3], np.uint8))
-    assert z.on_compressed_image(broken) is None
+    assert z.intake.on_compressed_image(broken) is None
     assert "truncated" in z.last_rejection and z.backend.memory.num_points == n and z.version == v
 
 

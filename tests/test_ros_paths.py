@@ -116,7 +116,7 @@ def test_core_save_and_load_are_confined(tmp_path, room_loop):
                     ("pose", cv.pose_stamped_msg(B, cams[0].camera_to_world.numpy(), t, "map")),
                     ("depth", cv.image_msg(B, frames[0].depth, t, "c", "32FC1")),
                     ("image", cv.image_msg(B, frames[0].rgb, t, "c"))):
-        s = getattr(core, f"on_{kind}")(m)
+        s = getattr(core.intake, f"on_{kind}")(m)
     core.observe(s)
     n = core.backend.memory.num_points
     p1, k1 = core.save("")

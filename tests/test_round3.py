@@ -130,20 +130,20 @@ def test_item1_decompression_bombs_are_refused_before_decoding(scene):
     assert len(bomb) < 1000
     r0 = _rss()
     for k in range(3):
-        assert core.on_compressed_image(_compressed(bomb, "rgb8; jpeg compressed bgr8", S + k)) is None
+        assert core.intake.on_compressed_image(_compressed(bomb, "rgb8; jpeg compressed bgr8", S + k)) is None
         assert "refused before decoding" in core.last_rejection and "input.max_pixels" in core.last_rejection
-        assert core.on_compressed_image(_compressed(_png_header(16384, 16384), "mono8; png compressed ", S + k)) is None
+        assert core.intake.on_compressed_image(_compressed(_png_header(16384, 16384), "mono8; png compressed ", S + k)) is None
         assert "refused before decoding" in core.last_rejection
         depth = struct.pack("<iff", 0, 0.0, 0.0) + _png_header(16384, 16384, depth16=True)
-        assert core.on_compressed_depth(_compressed(depth, "16UC1; compressedDepth png", S + k)) is None
+        assert core.intake.on_compressed_depth(_compressed(depth, "16UC1; compressedDepth png", S + k)) is None
         assert "refused before decoding" in core.last_rejection, core.last_rejection
     assert _rss() - r0 < 200 * 2**20  # one decoded bomb alone is 768 MiB
     # once camera_info is known, a file of another size is refused before decoding too
     from mirage_ros.ros import convert as cv
 
     cam = scene[0][0]
-    core.on_camera_info(cv.camera_info_msg(_types(), cam.K.numpy(), H, W, S, "cam"))
-    assert core.on_compressed_image(_compressed(_jpeg_bomb(1024, 1024), "rgb8; jpeg compressed bgr8")) is None
+    core.intake.on_camera_info(cv.camera_info_msg(_types(), cam.K.numpy(), H, W, S, "cam"))
+    assert core.intake.on_compressed_image(_compressed(_jpeg_bomb(1024, 1024), "rgb8; jpeg compressed bgr8")) is None
     assert "camera_info says 64 x 112" in core.last_rejection and "refused before decoding" in core.last_rejection
     assert core.backend.memory.num_points == 0
 
@@ -162,7 +162,7 @@ def test_item1_the_pairing_queues_are_bounded_in_bytes():
         e[1].nbytes if isinstance(e[1], np.ndarray) else 0 for q in s.queues.values() for e in q)
     from mirage_ros.ros.core import MirageCore
 
-    assert MirageCore({"backend": "readout"}).sync.max_bytes == 512 * 2**20  # the default, documented
+    assert MirageCore({"backend": "readout"}).intake.sync.max_bytes == 512 * 2**20  # the default, documented
 
 
 def test_item2_a_huge_camera_is_refused_and_goals_are_bounded(scene):
@@ -176,11 +176,11 @@ def test_item2_a_huge_camera_is_refused_and_goals_are_bounded(scene):
     B = _types()
     core = _core()
     big = sim.default_camera(8192, 8192)
-    assert core.on_camera_info(cv.camera_info_msg(B, big.K.numpy(), 8192, 8192, S, "cam")) is None
-    assert "input.max_pixels" in core.last_rejection and core.camera_size is None
+    assert core.intake.on_camera_info(cv.camera_info_msg(B, big.K.numpy(), 8192, 8192, S, "cam")) is None
+    assert "input.max_pixels" in core.last_rejection and core.intake.camera_size is None
     d = B.Image(header=cv.header_msg(B, S, "cam"), height=8192, width=8192, encoding="32FC1", is_bigendian=0,
                 step=8192 * 4, data=np.zeros(16, np.uint8))
-    assert core.on_depth(d) is None and "input.max_pixels" in core.last_rejection
+    assert core.intake.on_depth(d) is None and "input.max_pixels" in core.last_rejection
     # a camera inside input.max_pixels but beyond imagined.max_pixels: observed, goals refused
     cams, frames = scene
     core = _core(**{"imagined.max_pixels": H * W - 1})
@@ -189,7 +189,7 @@ def test_item2_a_huge_camera_is_refused_and_goals_are_bounded(scene):
             "depth": cv.image_msg(B, frames[0].depth, S, "cam", "32FC1"), "image": cv.image_msg(B, frames[0].rgb, S, "cam")}
     s = None
     for k in ("camera_info", "pose", "depth", "image"):
-        s = getattr(core, f"on_{k}")(msgs[k]) or s
+        s = getattr(core.intake, f"on_{k}")(msgs[k]) or s
     assert core.observe(s) > 0
     path = cv.path_msg(B, np.stack([c.camera_to_world.numpy() for c in cams[:2]]), [S, 2 * S], "map")
     with pytest.raises(GoalError, match="imagined.max_pixels"):
@@ -206,8 +206,8 @@ def test_item11_depth_beyond_depth_max_is_no_return(scene):
 
     B = _types()
     core = _core()
-    core.on_depth(cv.image_msg(B, np.full((H, W), 3.4e37, np.float32), S, "cam", "32FC1"))
-    assert core.sync.queues["depth"] and np.isnan(core.sync.queues["depth"][-1][1]).all()
+    core.intake.on_depth(cv.image_msg(B, np.full((H, W), 3.4e37, np.float32), S, "cam", "32FC1"))
+    assert core.intake.sync.queues["depth"] and np.isnan(core.intake.sync.queues["depth"][-1][1]).all()
     assert core.p["depth.max"] == 1000.0
     d = np.full((H, W), 1e30, np.float32)
     d[0, 0] = 2.0
@@ -440,7 +440,7 @@ def test_item8_each_namespace_has_its_own_save_folder_by_default(tmp_path, monke
     for k, m in (("camera_info", cv.camera_info_msg(B, cams[0].K.numpy(), H, W, S, "cam")),
                  ("pose", cv.pose_stamped_msg(B, cams[0].camera_to_world.numpy(), S, "map")),
                  ("depth", cv.image_msg(B, frames[0].depth, S, "cam", "32FC1")), ("image", cv.image_msg(B, frames[0].rgb, S, "cam"))):
-        s = getattr(c1, f"on_{k}")(m) or s
+        s = getattr(c1.intake, f"on_{k}")(m) or s
     c1.observe(s)
     path1, n1 = c1.save("robot1_map.safetensors")
     assert Path(path1) == tmp_path / "mirage_ros" / "memories" / "robot1" / "robot1_map.safetensors" and n1 > 0
@@ -479,13 +479,13 @@ def test_item15_robots_sharing_tf_keep_to_their_own_frames(scene):
                         out.transform_stamped_msg(B, cams[2].camera_to_world.numpy(), S, "map", "robot2/camera_optical_frame"),
                         out.transform_stamped_msg(B, np.eye(4), S, "map", "robot1/mirage_imagined_optical_frame")])
     for c in cores.values():
-        c.on_tf(tf, static=False, now_ns=0)
-    assert "robot1/mirage_imagined_optical_frame" not in cores["robot1"].tf_buffer.edges  # its own output
+        c.intake.on_tf(tf, static=False, now_ns=0)
+    assert "robot1/mirage_imagined_optical_frame" not in cores["robot1"].intake.tf_buffer.edges  # its own output
     for name, cam, fr in (("robot1", cams[0], frames[0]), ("robot2", cams[2], frames[2])):
         c = cores[name]
-        c.on_camera_info(cv.camera_info_msg(B, cam.K.numpy(), H, W, S, "camera_optical_frame"))
-        c.on_depth(cv.image_msg(B, fr.depth, S, "camera_optical_frame", "32FC1"))
-        s = c.on_image(cv.image_msg(B, fr.rgb, S, "camera_optical_frame"), now_ns=0)
+        c.intake.on_camera_info(cv.camera_info_msg(B, cam.K.numpy(), H, W, S, "camera_optical_frame"))
+        c.intake.on_depth(cv.image_msg(B, fr.depth, S, "camera_optical_frame", "32FC1"))
+        s = c.intake.on_image(cv.image_msg(B, fr.rgb, S, "camera_optical_frame"), now_ns=0)
         assert s is not None, c.last_rejection
         assert np.allclose(s["pose"], cam.camera_to_world.numpy())  # its own camera, not the other's
 

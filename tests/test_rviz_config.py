@@ -1,16 +1,16 @@
 """config/mirage.rviz against the node it visualises, statically (RViz is not on PyPI).
 
-The node's topics, their message types and QoS kinds are read from mirage_ros/ros/node.py's
-create_lifecycle_publisher / create_subscription calls (not from a list kept here); every RViz
-display must name one of them with a type the display accepts and a QoS the publisher serves.
+The node's topics, their message types and QoS kinds are read from the table the node creates
+them from (``interfaces.TOPICS``); every RViz display must name one of them with a type the
+display accepts and a QoS the publisher serves.
 The Camera display finds its camera_info as RViz does (image_transport::getCameraInfoTopic: the
 sibling ``camera_info`` of the image topic) and places the image by its frame on /tf.
 """
-import ast
 from pathlib import Path
 
 import yaml
 
+from mirage_ros.ros.interfaces import TOPICS
 from mirage_ros.ros.params import defaults
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,20 +22,11 @@ DISPLAY_TYPES = {"rviz_default_plugins/PointCloud2": "PointCloud2", "rviz_defaul
 
 
 def node_interfaces():
-    """{absolute topic: (message type, qos argument source)} of publishers and subscriptions."""
+    """{absolute topic: (message type, qos kind)} of publishers and subscriptions."""
     pubs, subs = {}, {}
-    tree = ast.parse((ROOT / "mirage_ros" / "ros" / "node.py").read_text())
-    for n in ast.walk(tree):
-        if not isinstance(n, ast.Call):
-            continue
-        name = getattr(n.func, "attr", "")
-        if name not in ("create_lifecycle_publisher", "create_subscription") or len(n.args) < 3:
-            continue
-        if not (isinstance(n.args[1], ast.Constant) and isinstance(n.args[0], ast.Name)):
-            continue
-        topic = n.args[1].value
-        topic = topic if topic.startswith("/") else "/" + topic  # the default (root) namespace
-        (pubs if name == "create_lifecycle_publisher" else subs)[topic] = (n.args[0].id, ast.unparse(n.args[2]))
+    for t in TOPICS:
+        topic = t.name if t.name.startswith("/") else "/" + t.name  # the default (root) namespace
+        (pubs if t.direction == "out" else subs)[topic] = (t.type, t.qos)
     return pubs, subs
 
 
@@ -46,7 +37,7 @@ def camera_info_topic(image_topic):
 
 def test_rviz_displays_name_the_nodes_topics_with_matching_types_and_qos():
     pubs, subs = node_interfaces()
-    assert "/imagined/image" in pubs and "/memory/points" in pubs  # the parser found the node's publishers
+    assert "/imagined/image" in pubs and "/memory/points" in pubs
     rv = yaml.safe_load((ROOT / "config" / "mirage.rviz").read_text())
     vm = rv["Visualization Manager"]
     assert vm["Global Options"]["Fixed Frame"] == defaults()["world_frame"]

@@ -133,10 +133,10 @@ def test_node_core_serves_the_spatia_backend(one_thread):
     core.configure()
     assert core.backend.name == "spatia" and core.backend.generative
     t = 10**9
-    core.on_camera_info(cv.camera_info_msg(B, cams[0].K.numpy(), 64, 128, t, "c"))
-    core.on_pose(cv.pose_stamped_msg(B, cams[0].camera_to_world.numpy(), t, "map"))
-    core.on_depth(cv.image_msg(B, f0.depth, t, "c", "32FC1"))
-    assert core.observe(core.on_image(cv.image_msg(B, f0.rgb, t, "c"))) > 0
+    core.intake.on_camera_info(cv.camera_info_msg(B, cams[0].K.numpy(), 64, 128, t, "c"))
+    core.intake.on_pose(cv.pose_stamped_msg(B, cams[0].camera_to_world.numpy(), t, "map"))
+    core.intake.on_depth(cv.image_msg(B, f0.depth, t, "c", "32FC1"))
+    assert core.observe(core.intake.on_image(cv.image_msg(B, f0.rgb, t, "c"))) > 0
     T = np.stack([c.camera_to_world.numpy() for c in cams[1:12]])
     req = core.prepare(cv.path_msg(B, T, [t + i for i in range(11)], "map"))
     chunks = list(core.imagine(req))

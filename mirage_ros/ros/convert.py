@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 __all__ = [
-    "ConversionError", "QUAT_TOL", "MAX_POSITION", "MIN_FOV_DEG", "MAX_FOV_DEG", "IMAGE_ENCODINGS", "COLOR_ENCODINGS", "DEPTH_ENCODINGS",
+    "ConversionError", "QUAT_TOL", "IMAGE_ENCODINGS", "COLOR_ENCODINGS", "DEPTH_ENCODINGS",
     "stamp_to_ns", "ns_to_stamp", "time_msg", "header_msg",
     "image_to_array", "image_to_rgb", "image_to_depth", "image_to_labels", "array_to_image", "image_msg",
     "camera_info_to_K", "camera_info_to_camera", "camera_info_msg",
@@ -45,10 +45,8 @@ __all__ = [
 
 QUAT_TOL = 1e-3
 # Finite is not enough: a pose at 1e300 m or a focal length of 1e-38 px is finite and fills the
-# memory with inf/NaN points. Positions are bounded where float32 memory points still resolve
-# centimetres; lenses by their field of view (0.01 .. 179 degrees) and principal point.
-MAX_POSITION = 1e5  # m
-MIN_FOV_DEG, MAX_FOV_DEG = 0.01, 179.0
+# memory with inf/NaN points. The ranges of a sensible camera (positions, fields of view,
+# principal point) are geometry's (``geometry.MAX_TRANSLATION``, ``geometry.intrinsics_problem``).
 
 
 class ConversionError(ValueError):
@@ -330,18 +328,15 @@ def camera_info_to_K(msg, field: str = "camera_info", max_pixels: Optional[int] 
         raise ConversionError(f"{field}: height x width = {H} x {W} = {H * W:,} pixels, more than "
                               + (f"input.max_pixels = {int(max_pixels):,}" if max_pixels is not None
                                  else f"{MAX_IMAGE_SIDE} a side"))
-    for (i, j), name, size in (((0, 0), "k[0] (fx)", W), ((1, 1), "k[4] (fy)", H)):
-        lo = size / (2 * np.tan(np.radians(MAX_FOV_DEG) / 2))
-        hi = size / (2 * np.tan(np.radians(MIN_FOV_DEG) / 2))
-        if not lo <= K[i, j] <= hi:
-            raise ConversionError(f"{field}.{name}: {K[i, j]:.6g} px is outside {lo:.3g} .. {hi:.3g} px, a field of view of "
-                                  f"{MAX_FOV_DEG:g} .. {MIN_FOV_DEG:g} degrees over {size} px")
-    for (i, j), name, size in (((0, 2), "k[2] (cx)", W), ((1, 2), "k[5] (cy)", H)):
-        if not -10 * size <= K[i, j] <= 11 * size:
-            raise ConversionError(f"{field}.{name}: {K[i, j]:.6g} px is more than 10 image sizes ({size} px) outside the image")
-    if abs(K[0, 1]) > K[0, 0]:
-        raise ConversionError(f"{field}.k[1] (skew): {K[0, 1]:.6g} is larger than fx = {K[0, 0]:.6g}")
+    from ..geometry import intrinsics_problem
+
+    bad = intrinsics_problem(K[0, 0], K[1, 1], K[0, 1], K[0, 2], K[1, 2], H, W)
+    if bad is not None:
+        raise ConversionError(f"{field}.{_K_FIELDS[bad[0]]}: {bad[1]}")
     return K, H, W
+
+
+_K_FIELDS = {"fx": "k[0] (fx)", "fy": "k[4] (fy)", "cx": "k[2] (cx)", "cy": "k[5] (cy)", "skew": "k[1] (skew)"}
 
 
 def camera_info_is_distorted(msg) -> bool:
@@ -407,24 +402,11 @@ def _pose_arrays(poses: Sequence) -> Tuple[np.ndarray, np.ndarray]:
     return P, Q
 
 
-def _check_positions(P: np.ndarray, field: str) -> None:
-    fin = np.isfinite(P).all(axis=1)
-    if not fin.all():
-        i = int(np.argmin(fin))
-        raise ConversionError(f"{field.replace('{i}', str(i))}.position: contains NaN or inf ({P[i].tolist()})")
-    far = (np.abs(P) > MAX_POSITION).any(axis=1)
-    if far.any():
-        i = int(np.argmax(far))
-        raise ConversionError(f"{field.replace('{i}', str(i))}.position: {P[i].tolist()} is beyond +-{MAX_POSITION:g} m of the "
-                              "world origin (memory points are float32; use a local world frame)")
-
-
 def poses_to_matrices(poses: Sequence, field: str = "poses[{i}]") -> np.ndarray:
     """geometry_msgs/Pose list -> (N, 4, 4) parent_from_frame (for camera poses: camera_to_world)."""
     from .. import geometry
 
     P, Q = _pose_arrays(poses)
-    _check_positions(P, field)
     try:
         return geometry.poses_to_matrices(P, Q, field)
     except geometry.GeometryError as exc:
@@ -435,7 +417,6 @@ def pose_to_matrix(pose, field: str = "pose") -> np.ndarray:
     from .. import geometry
 
     P, Q = _pose_arrays([pose])
-    _check_positions(P, field)
     try:
         return geometry.poses_to_matrices(P[0], Q[0], field)
     except geometry.GeometryError as exc:

@@ -25,7 +25,20 @@ import threading
 from collections import deque
 from typing import Any, Callable, Deque, List, Optional, Sequence
 
-__all__ = ["GoalQueue", "Job", "candidates_reason"]
+__all__ = ["GoalQueue", "Job", "candidates_reason", "GoalError", "STATUS_SUCCEEDED", "STATUS_CANCELED",
+           "STATUS_INVALID_GOAL", "STATUS_NOT_READY", "STATUS_FAILED", "STATUS_NAMES"]
+
+# a goal's result status: mirrors action/Imagine.action (and ImagineCandidates.action)
+STATUS_SUCCEEDED, STATUS_CANCELED, STATUS_INVALID_GOAL, STATUS_NOT_READY, STATUS_FAILED = 0, 1, 2, 3, 4
+STATUS_NAMES = {0: "succeeded", 1: "canceled", 2: "invalid goal", 3: "not ready", 4: "failed"}
+
+
+class GoalError(Exception):
+    """A goal that cannot be served: its result ``status`` and the reason."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
 
 
 def candidates_reason(lengths: Sequence[int], num_frames: int, max_frames: int, max_candidates: int,
@@ -142,6 +155,11 @@ class GoalQueue:
     @property
     def running(self) -> int:
         return self._running
+
+    @property
+    def workers_alive(self) -> int:
+        """Worker threads still alive (after ``stop``: those whose goal did not return in time)."""
+        return sum(t.is_alive() for t in self._workers)
 
     @property
     def queued(self) -> int:

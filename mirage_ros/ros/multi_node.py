@@ -24,15 +24,8 @@ move every robot into one namespace); the namespaces are the ``robots`` entries.
 """
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 
-import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.signals import SignalHandlerOptions
-
-from .dds import network_warning
 from .fleet import parse_robots
 from .node import MirageNode
 
@@ -65,7 +58,8 @@ def make_robots(robots, share_model: bool = True, frame_prefix: bool = True, **n
 
 
 def shutdown_robots(nodes, executor=None) -> None:
-    """Stop goal work and threads of every robot first, then their entities and nodes."""
+    """Stop goal work and threads of every robot first, then their entities, the executor and the
+    nodes (what ``runtime.spin_until_signal`` does on the way out of ``main``)."""
     for n in nodes:
         try:
             n.stop_work()
@@ -73,72 +67,55 @@ def shutdown_robots(nodes, executor=None) -> None:
             print(f"mirage_multi_node: {n.get_namespace()}: {type(exc).__name__}: {exc}", file=sys.stderr)
     for n in nodes:
         try:
-            n._destroy_entities()
-        except (Exception, KeyboardInterrupt):  # noqa: BLE001
+            n.destroy_entities()
+        except (Exception, KeyboardInterrupt):  # noqa: BLE001 - best effort on the way out
             pass
     if executor is not None:
         try:
             executor.shutdown(timeout_sec=1.0)
-        except (Exception, KeyboardInterrupt):  # noqa: BLE001
+        except (Exception, KeyboardInterrupt):  # noqa: BLE001 - best effort on the way out
             pass
     for n in nodes:
         try:
             n.destroy_node()
-        except (Exception, KeyboardInterrupt):  # noqa: BLE001
+        except (Exception, KeyboardInterrupt):  # noqa: BLE001 - best effort on the way out
             pass
+
+
+def make_host():
+    """This process's own node ``mirage_multi`` and its parameters: (node, robots, share_model,
+    frame_prefix)."""
+    import rclpy
+    from rcl_interfaces.msg import ParameterDescriptor
+    from rclpy.parameter import Parameter
+
+    host = rclpy.create_node("mirage_multi")
+    host.declare_parameter("robots", Parameter.Type.STRING_ARRAY,
+                           ParameterDescriptor(description="robot namespaces served by this process, e.g. [robot1, robot2]"))
+    host.declare_parameter("share_model", True, ParameterDescriptor(
+        description="robots with the same backend parameters share the first robot's loaded model"))
+    host.declare_parameter("frame_prefix", True, ParameterDescriptor(
+        description="a robot whose tf.frame_prefix is empty prefixes its tf frames (camera, imagined) with '<robot>/'"))
+    g = host.get_parameter
+    return host, list(g("robots").value or []), bool(g("share_model").value), bool(g("frame_prefix").value)
 
 
 def main(argv=None) -> int:
-    argv = sys.argv if argv is None else argv
-    net_warning = network_warning()  # the network as DDS will see it when the participant is made
-    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    host = None
-    nodes = []
-    executor = None
-    code = 0
-    try:
-        from rcl_interfaces.msg import ParameterDescriptor
-        from rclpy.parameter import Parameter
+    """Spin the host node and every robot until SIGINT / SIGTERM (``runtime.spin_until_signal``)."""
+    from .runtime import spin_until_signal
 
-        host = rclpy.create_node("mirage_multi")
-        if net_warning:
-            host.get_logger().warning(net_warning)
-        host.declare_parameter("robots", Parameter.Type.STRING_ARRAY,
-                               ParameterDescriptor(description="robot namespaces served by this process, e.g. [robot1, robot2]"))
-        host.declare_parameter("share_model", True, ParameterDescriptor(
-            description="robots with the same backend parameters share the first robot's loaded model"))
-        host.declare_parameter("frame_prefix", True, ParameterDescriptor(
-            description="a robot whose tf.frame_prefix is empty prefixes its tf frames (camera, imagined) with '<robot>/'"))
-        robots = host.get_parameter("robots").value or []
-        share = bool(host.get_parameter("share_model").value)
-        nodes = make_robots(list(robots), share, bool(host.get_parameter("frame_prefix").value))
+    def make_nodes():
+        host, robots, share, prefix = make_host()
+        try:
+            nodes = make_robots(robots, share, prefix)
+        except Exception:
+            host.destroy_node()
+            raise
         host.get_logger().info(f"serving {len(nodes)} robots: {', '.join(n.get_namespace() for n in nodes)}"
                                + (" (one shared model)" if share else " (a model each)"))
-        executor = SingleThreadedExecutor()
-        for n in [host, *nodes]:
-            executor.add_node(n)
-        while not stop.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception as exc:  # noqa: BLE001
-        print(f"mirage_multi_node: {type(exc).__name__}: {exc}", file=sys.stderr)
-        code = 1
-    finally:
-        shutdown_robots(nodes, executor)
-        if host is not None:
-            try:
-                host.destroy_node()
-            except (Exception, KeyboardInterrupt):  # noqa: BLE001
-                pass
-        try:
-            rclpy.try_shutdown()
-        except (Exception, KeyboardInterrupt):  # noqa: BLE001
-            pass
-    return code
+        return [host, *nodes]
+
+    return spin_until_signal(make_nodes, "mirage_multi_node", argv)
 
 
 if __name__ == "__main__":

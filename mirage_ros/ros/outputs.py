@@ -12,15 +12,17 @@ intrinsics, visibility and timings, not the images (those are on imagined/image)
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from . import convert as cv
 
-__all__ = ["frame_images", "frame_compressed_images", "frame_camera_infos", "frame_transforms", "transform_stamped_msg", "tf_msg", "chunk_msg",
-           "stats_msg", "frustum_lines", "frustum_markers", "imagined_path_msg", "cloud_msg",
-           "candidate_result_msg"]
+__all__ = ["frame_images", "frame_compressed_images", "frame_camera_infos", "frame_transforms", "transform_stamped_msg",
+           "tf_msg", "chunk_msg", "stats_msg", "frustum_lines", "frustum_markers", "imagined_path_msg", "cloud_msg",
+           "candidate_result_msg", "PeriodicOutputs"]
 
 
 def frame_images(types, chunk, stamps_ns: Sequence[int], frame_id: str) -> List[object]:
@@ -197,3 +199,64 @@ def _marker(types, stamp_ns, frame, ns, mid, action, mtype=5, rgba=(1.0, 1.0, 1.
         color=types.ColorRGBA(r=float(rgba[0]), g=float(rgba[1]), b=float(rgba[2]), a=float(rgba[3])),
         points=list(points),
     )
+
+
+class PeriodicOutputs:
+    """memory/stats every ``viz.stats_period``; memory/points and memory/frustums at most every
+    ``viz.cloud_period`` and only when the memory changed. ``tick()`` publishes what is due
+    (``publish``: output key -> callable); ``start()`` runs it every 20 ms on a thread of its own, so
+    a large cloud never holds up the sensor callbacks."""
+
+    def __init__(self, core, types, publish: Dict[str, Callable], now_ns: Callable[[], int],
+                 active: Callable[[], bool] = lambda: True, clock: Callable[[], float] = time.monotonic):
+        self.core, self.types, self.publish, self.now_ns, self.active, self.clock = \
+            core, types, publish, now_ns, active, clock
+        self.last_stats = self.last_cloud = -float("inf")
+        self.published_version = -1
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def republish(self) -> None:
+        """Send the cloud again at the next tick (a viewer may have missed it: activation)."""
+        self.published_version = -1
+
+    def tick(self) -> None:
+        core, now = self.core, self.clock()
+        p, stamp = core.p, self.now_ns()
+        if now - self.last_stats >= p["viz.stats_period"]:
+            self.last_stats = now
+            self.publish["stats"](stats_msg(self.types, core.stats(), stamp, p["world_frame"]))
+        if now - self.last_cloud >= p["viz.cloud_period"] and core.version != self.published_version:
+            self.last_cloud = now
+            self.published_version = core.version
+            self.publish_cloud(stamp)
+            cam = core.last_camera
+            K, H, W = cam if cam is not None else (None, 0, 0)
+            self.publish["frustums"](frustum_markers(self.types, list(core.observed_poses), list(core.imagined_poses),
+                                                     K, H, W, p["viz.frustum_scale"], stamp, p["world_frame"]))
+
+    def publish_cloud(self, stamp_ns: int) -> float:
+        """Build and publish memory/points; returns the seconds it took."""
+        t0 = time.perf_counter()
+        self.publish["points"](cloud_msg(self.types, self.core.cloud(), stamp_ns, self.core.p["world_frame"]))
+        return time.perf_counter() - t0
+
+    def start(self, on_error: Callable[[BaseException], None]) -> None:
+        def run():
+            while not self._stop.wait(0.02):
+                if not self.active():
+                    continue
+                try:
+                    self.tick()
+                except Exception as exc:  # noqa: BLE001 - keep publishing
+                    on_error(exc)
+
+        self._stop.clear()
+        self._thread = threading.Thread(target=run, name="mirage-outputs", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None

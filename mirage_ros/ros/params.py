@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
-__all__ = ["Param", "PARAMS", "MODES", "defaults", "load_yaml", "validate", "ParamError", "to_yaml", "markdown_table",
+__all__ = ["Param", "PARAMS", "MODES", "defaults", "load_yaml", "validate", "ParamError", "to_yaml", "markdown_table", "check_change",
            "LAUNCH_ONLY"]
 
 
@@ -277,6 +277,30 @@ def _check(p: Param, v: Any) -> Any:
         raise ParamError(f"{name}: expected {_num(p.lo)} .. {_num(p.hi)}" + ("" if isinstance(d, int) else " (finite)")
                          + f", got {v!r}")
     return v
+
+
+def check_change(new: Dict[str, Any], launch_values: Dict[str, Any], current: Dict[str, Any],
+                 configured: bool) -> Tuple[Optional[str], Optional[Dict[str, Any]]]:
+    """A ``set_parameters`` request (``new``: name -> value) judged as the node must, since any DDS
+    peer may send one: a ``launch`` parameter keeps its launch value in every lifecycle state, a
+    ``configure`` one changes only while unconfigured, every value is range-checked against the
+    rest of ``current``. Returns (the reason it is refused, None) or (None, the validated parameters
+    to apply: None while unconfigured, when rclpy stores them for the next configure)."""
+    by = {p.name: p for p in PARAMS}
+    new = {k: v for k, v in new.items() if k in by}
+    for name, v in new.items():
+        if by[name].mode == "launch" and v != launch_values.get(name):
+            return (f"{name}: fixed at launch (set it in the parameter file or on the command line and restart the "
+                    "node); no peer may change it"), None
+    if configured:
+        for name, v in new.items():
+            if by[name].mode == "configure" and v != current.get(name):
+                return f"{name}: takes effect at configure (deactivate, cleanup, set it, configure, activate)", None
+    try:
+        checked = validate({**current, **new})
+    except ParamError as exc:
+        return str(exc), None
+    return None, (checked if configured else None)
 
 
 def markdown_table() -> str:

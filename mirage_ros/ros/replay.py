@@ -90,7 +90,7 @@ def replay(input_bag, out_bag, params=None, namespace="/", topics=None, imagine=
 
     from . import convert as cv
     from .bag import BagWriter, check_output_path, typestore
-    from .core import GoalError, MirageCore
+    from .core import STATUS_SUCCEEDED, GoalError, MirageCore
 
     t_start = time.perf_counter()
     src = input_bag if isinstance(input_bag, Path) else Path(input_bag)
@@ -112,16 +112,17 @@ def replay(input_bag, out_bag, params=None, namespace="/", topics=None, imagine=
     names.update(topics or {})
     summary = {"messages": 0, "sets": 0, "observed": 0, "plans": 0, "chunks": 0, "frames": 0, "clouds": 0}
     # handlers take (message, bag time): images waiting for their transform wait in bag time
-    on_image = core.on_compressed_image if p["input.image_transport"] == "compressed" else core.on_image
-    on_depth = core.on_compressed_depth if p["input.depth_transport"] == "compressedDepth" else core.on_depth
+    intake = core.intake
+    on_image = intake.on_compressed_image if p["input.image_transport"] == "compressed" else intake.on_image
+    on_depth = intake.on_compressed_depth if p["input.depth_transport"] == "compressedDepth" else intake.on_depth
     tf_src = p["pose.source"] == "tf"
     handlers = {
-        "image": lambda m, t: on_image(m, now_ns=t), "camera_info": lambda m, t: core.on_camera_info(m),
-        "depth": lambda m, t: on_depth(m), "labels": lambda m, t: core.on_labels(m),
-        "pose": (lambda m, t: core.on_pose(m)) if p["pose.source"] == "pose" else None,
-        "odom": (lambda m, t: core.on_odometry(m)) if p["pose.source"] == "odometry" else None,
-        "tf": (lambda m, t: core.on_tf(m, False, now_ns=t)) if tf_src else None,
-        "tf_static": (lambda m, t: core.on_tf(m, True, now_ns=t)) if tf_src else None,
+        "image": lambda m, t: on_image(m, now_ns=t), "camera_info": lambda m, t: intake.on_camera_info(m),
+        "depth": lambda m, t: on_depth(m), "labels": lambda m, t: intake.on_labels(m),
+        "pose": (lambda m, t: intake.on_pose(m)) if p["pose.source"] == "pose" else None,
+        "odom": (lambda m, t: intake.on_odometry(m)) if p["pose.source"] == "odometry" else None,
+        "tf": (lambda m, t: intake.on_tf(m, False, now_ns=t)) if tf_src else None,
+        "tf_static": (lambda m, t: intake.on_tf(m, True, now_ns=t)) if tf_src else None,
     }
     try:
         reader = AnyReader([src], default_typestore=typestore())
@@ -195,10 +196,10 @@ def replay(input_bag, out_bag, params=None, namespace="/", topics=None, imagine=
                 try:
                     req = core.prepare(msg, 0, None, t)
                 except GoalError as exc:
-                    core.reject_goal(exc.message, kind="plan")
+                    core.report.reject_goal(exc.message, kind="plan")
                     continue
                 run_request(req, t)
-                core.counts["goals_succeeded"] += 1
+                core.report.goal_outcome(STATUS_SUCCEEDED)
                 continue
             h = handlers.get(kind)
             if h is None:
@@ -215,7 +216,7 @@ def replay(input_bag, out_bag, params=None, namespace="/", topics=None, imagine=
                 last_stats = t
                 bag.add_stats(core.stats(), t, p["world_frame"])
         if tf_src:  # images still waiting for their transform when the bag ends: the wait is over
-            s = core.poll_tf(t_last + int(p["tf.wait"] * 1e9) + 1)
+            s = intake.poll_tf(t_last + int(p["tf.wait"] * 1e9) + 1)
             if s is not None and core.observe(s) is not None:
                 summary["observed"] += 1
         if mode == "recorded" and recorded:
@@ -232,7 +233,7 @@ def replay(input_bag, out_bag, params=None, namespace="/", topics=None, imagine=
                     log(f"[warn] recorded trajectory not imagined: {exc.message}")
                     break
                 run_request(req, t_last)
-                core.counts["goals_succeeded"] += 1
+                core.report.goal_outcome(STATUS_SUCCEEDED)
         t_end = t_last + 1
         emit_memory(t_end)
         bag.add_stats(core.stats(), t_end, p["world_frame"])

@@ -18,13 +18,10 @@ import sys
 import time
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
 from . import convert as cv
 from . import qos
-from .dds import network_warning
 
 __all__ = ["SimNode", "main", "SIM_PARAMS"]
 
@@ -146,25 +143,10 @@ class SimNode(Node):
 
 
 def main(argv=None) -> int:
-    argv = sys.argv if argv is None else argv
-    net_warning = network_warning()  # the network as DDS will see it when the participant is made
-    rclpy.init(args=argv)
-    node = None
-    try:
-        node = SimNode()
-        if net_warning:
-            node.get_logger().warning(net_warning)
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        try:
-            if node is not None:
-                node.destroy_node()
-            rclpy.try_shutdown()
-        except (Exception, KeyboardInterrupt):  # noqa: BLE001
-            pass
-    return 0
+    """Spin until SIGINT / SIGTERM (``runtime.spin_until_signal``), exit 0."""
+    from .runtime import spin_until_signal
+
+    return spin_until_signal(lambda: [SimNode()], "mirage_sim_node", argv)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def iter_synced_frames(bag, topics: Dict[str, str], depth_from_bag: bool = True,
     length): dicts with stamp, rgb (H, W, 3), K (3, 3), camera_to_world (4, 4), depth (H, W) or
     None, labels (H, W) or None. Every message goes through the node's conversions and bounds
     (``MirageCore``: input.max_pixels before decoding, depth.max, exact pairing) and every set
-    through the node's own ``MirageCore.check_set`` (K matches the image, valid depth, pose); a
+    through the node's own ``Intake.check_set`` (K matches the image, valid depth, pose); a
     refused set is counted in ``info["rejected"]`` and skipped, as the node skips it. ``info`` also
     gets pose_kind and exclude_labels."""
     from rosbags.highlevel import AnyReader
@@ -80,9 +80,10 @@ def iter_synced_frames(bag, topics: Dict[str, str], depth_from_bag: bool = True,
         core = MirageCore(params, log=lambda level, msg: log(f"[{level}] {msg}") if level in ("warn", "error") else None)
         info.update(pose_kind=pose_kind, exclude_labels=list(core.p["masks.exclude_labels"]), rejected=0, paired=0,
                     has_depth=has_depth, has_labels=has_labels, core=core)
-        handlers = {"image": core.on_image, "camera_info": core.on_camera_info, "pose": core.on_pose,
-                    "odom": core.on_odometry, "depth": core.on_depth if has_depth else None,
-                    "labels": core.on_labels if has_labels else None}
+        intake = core.intake
+        handlers = {"image": intake.on_image, "camera_info": intake.on_camera_info, "pose": intake.on_pose,
+                    "odom": intake.on_odometry, "depth": intake.on_depth if has_depth else None,
+                    "labels": intake.on_labels if has_labels else None}
         by_topic = {names[k]: k for k in KINDS if names[k] in present and handlers.get(k) is not None
                     and (k != "odom" or pose_kind == "odom") and (k != "pose" or pose_kind == "pose")}
         for c in reader.connections:
@@ -100,7 +101,7 @@ def iter_synced_frames(bag, topics: Dict[str, str], depth_from_bag: bool = True,
             info["rejected"] = core.counts["inputs_rejected"]
             if s is None:
                 continue
-            v = core.check_set(s, need_depth=has_depth)  # the node's own validation of a set
+            v = intake.check_set(s, need_depth=has_depth)  # the node's own validation of a set
             info["rejected"] = core.counts["inputs_rejected"]
             if v is None:
                 continue

@@ -35,10 +35,13 @@ MaskFn = Callable[[np.ndarray, Sequence], Optional[torch.Tensor]]
 
 def make_provider(kind: str, spec, device="cpu"):
     """A depth (``kind="depth"``) or mask (``kind="masks"``) provider from a name or ``{"name": ...,
-    **cfg}`` (``mirage_ros.perception``); objects, callables and None pass through. ``"none"``
-    masks and a plain ``"memory"`` depth are None (the rollout's defaults)."""
+    **cfg}`` (``mirage_ros.perception``); objects, callables and None pass through. The plain names
+    ``"none"`` (masks) and ``"memory"`` (depth) are None (the rollout's defaults); as a config
+    (``{"name": "memory"}``) they build the provider object (an observation-time memory depth)."""
     if kind not in ("depth", "masks"):
         raise ValueError(f"kind: expected 'depth' or 'masks', got {kind!r}")
+    if isinstance(spec, str) and (kind, spec) in (("depth", "memory"), ("masks", "none")):
+        return None
     cfg = {}
     if isinstance(spec, dict):
         cfg = dict(spec)
@@ -47,8 +50,6 @@ def make_provider(kind: str, spec, device="cpu"):
         spec = cfg.pop("name")
     if spec is None or not isinstance(spec, str):
         return spec
-    if (kind, spec) in (("depth", "memory"), ("masks", "none")) and not cfg:
-        return None
     try:
         if kind == "depth":
             from ..perception.depth import make_depth_provider as make

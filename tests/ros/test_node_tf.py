@@ -120,11 +120,11 @@ def test_tf_only_robot_fills_the_memory_with_the_pose_topic_poses(setup, probe, 
         pubs["tf"].publish(TFMessage(transforms=msgs))
         probe.wait_stats(NS, lambda s, n=i + 1: s.frames_observed >= n, timeout=20, what=f"frame {i} observed")
         # the pose-topic twin, in-process
-        for m, h in ((cv.camera_info_msg(B, cam.K.numpy(), H, W, st, OPT), ref.on_camera_info),
-                     (cv.pose_stamped_msg(B, C, st, WORLD), ref.on_pose),
-                     (cv.image_msg(B, fr.depth.astype(np.float32), st, OPT, "32FC1"), ref.on_depth)):
+        for m, h in ((cv.camera_info_msg(B, cam.K.numpy(), H, W, st, OPT), ref.intake.on_camera_info),
+                     (cv.pose_stamped_msg(B, C, st, WORLD), ref.intake.on_pose),
+                     (cv.image_msg(B, fr.depth.astype(np.float32), st, OPT, "32FC1"), ref.intake.on_depth)):
             h(m)
-        ref.observe(ref.on_image(cv.image_msg(B, fr.rgb, st, OPT)))
+        ref.observe(ref.intake.on_image(cv.image_msg(B, fr.rgb, st, OPT)))
     stats = probe.wait_stats(NS, lambda s: s.num_points == ref.backend.memory.num_points, timeout=20,
                              what="the node's memory size equal to the pose-topic memory")
     assert stats.frames_observed == len(cams) and stats.inputs_rejected == 0, stats.last_rejection

@@ -160,13 +160,13 @@ def write_params(path: Path, params: Dict[str, object], node: str = "/**") -> Pa
 
 
 def start_node(tmp: Path, ns: str, params: Optional[dict] = None, module: str = "mirage_ros.ros.node",
-               cwd: Optional[str] = None) -> Proc:
+               cwd: Optional[str] = None, env: Optional[dict] = None) -> Proc:
     """``python -m module`` in namespace ``ns`` with ``params`` (a parameter file in ``tmp``; the
-    log goes there too)."""
+    log goes there too); ``env``: variables set for it beside this process's."""
     tmp = Path(tmp)
     pf = write_params(tmp / f"params_{ns.strip('/')}_{module.rsplit('.', 1)[-1]}.yaml", params or {})
     return Proc(["-m", module, "--ros-args", "-r", f"__ns:={ns}", "--params-file", str(pf)],
-                tmp / f"{ns.strip('/')}_{module.rsplit('.', 1)[-1]}.log", cwd=cwd)
+                tmp / f"{ns.strip('/')}_{module.rsplit('.', 1)[-1]}.log", env=env, cwd=cwd)
 
 
 class Probe:

@@ -8,9 +8,45 @@ import time
 import numpy as np
 import pytest
 
-from rosprobe import start_node, wait_for
+from rosprobe import ROOT, start_node, wait_for
 
 H, W = 64, 112
+
+# mirage_node whose readout backend takes at least PACE s per imagined chunk. A test that needs a
+# goal still running when something happens (a client's death is noticed, goals.max_seconds runs
+# out) cannot rely on how fast the machine imagines: a fast machine finished the 1024 readout
+# frames before a dead client's 2 s DDS lease ran out, so the goal succeeded and no abort came.
+# With the floor, such a goal lasts >= 1024 x PACE s on any machine; what stops it is the node.
+_PACED_NODE = r'''
+import sys, time
+from mirage_ros.ros import node
+from mirage_ros.world_model.backend import ReadoutBackend
+
+PACE = 0.05
+_imagine = ReadoutBackend.imagine
+
+
+def _paced(self, cameras, prompt=None, cancel=None):
+    for chunk in _imagine(self, cameras, prompt=prompt, cancel=cancel):
+        time.sleep(PACE)
+        yield chunk
+
+
+ReadoutBackend.imagine = _paced
+sys.exit(node.main())
+'''
+
+
+def _start_paced_node(tmp_path, ns, params):
+    """``start_node`` running ``_PACED_NODE`` (written to ``tmp_path``, first on its path)."""
+    import os
+
+    from mirage_ros.ros.probe import start_node as raw_start_node
+
+    (tmp_path / "paced_node.py").write_text(_PACED_NODE)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH", "")) if p)
+    return raw_start_node(tmp_path, ns, {"backend": "readout", **params}, module="paced_node", cwd=str(ROOT),
+                          env={"PYTHONPATH": path})
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +191,7 @@ def test_item10_a_goal_whose_client_died_frees_the_worker(tmp_path, probe, scene
     import sys
 
     ns = "/round3_orphan"
-    proc = start_node(tmp_path, ns, {"viz.stats_period": 0.1, "chunk_size": 1, "goals.max_active": 1})
+    proc = _start_paced_node(tmp_path, ns, {"viz.stats_period": 0.1, "chunk_size": 1, "goals.max_active": 1})
     probe.watch(ns)
     try:
         probe.stats(ns, timeout=90)
@@ -177,7 +213,9 @@ def test_item10_a_goal_whose_client_died_frees_the_worker(tmp_path, probe, scene
         client = subprocess.run([sys.executable, str(script), ns, "1024"], capture_output=True, text=True, timeout=300,
                                 env=env)
         assert "FEEDBACK" in client.stdout, client.stdout + client.stderr[-2000:]
-        st = probe.wait_stats(ns, lambda s: s.goals_aborted >= 1, timeout=120, what="the orphaned goal to be aborted")
+        st = probe.wait_stats(ns, lambda s: s.goals_aborted + s.goals_succeeded >= 1, timeout=300,
+                              what="the orphaned goal to end")
+        assert st.goals_aborted == 1 and st.goals_succeeded == 0, "the goal ran to the end: the dead client went unseen"
         assert st.frames_imagined < 1024  # it did not run to the end
         wait_for(lambda: "no action client is left" in proc.log(), 30, what="the reason in the log")
         # the worker is free: the next goal runs
@@ -245,7 +283,7 @@ def test_item10_goals_max_seconds_bounds_a_goal_with_a_live_client(tmp_path, pro
     """Item 10, the other half: another live client hides an orphan, so goals.max_seconds bounds
     every goal's run time (checked after each chunk)."""
     ns = "/round3_deadline"
-    proc = start_node(tmp_path, ns, {"viz.stats_period": 0.1, "chunk_size": 1, "goals.max_seconds": 1.0})
+    proc = _start_paced_node(tmp_path, ns, {"viz.stats_period": 0.1, "chunk_size": 1, "goals.max_seconds": 1.0})
     probe.watch(ns)
     try:
         probe.stats(ns, timeout=90)

@@ -133,6 +133,9 @@ def bootstrap_ci(diffs: np.ndarray, n: int = 10000, seed: int = 0) -> List[float
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
+MAX_SEEDS = 10_000  # a bare number above this is a seed typed as a count (it would run for days)
+
+
 def parse_seeds(text, base: int) -> List[int]:
     """Seeds from ``20`` (the first 20 from ``base``), ``900700-900719`` (inclusive range) or a comma
     list of those forms; an integer argument is a count."""
@@ -152,9 +155,14 @@ def parse_seeds(text, base: int) -> List[int]:
             n = int(part)
             if n < 1:
                 raise ValueError(f"seeds: expected a count >= 1, got {n}")
+            if n > MAX_SEEDS:
+                raise ValueError(f"seeds: {n} is not a count of loops (at most {MAX_SEEDS}); one seed is written "
+                                 f"{n}-{n} or {n},")
             out.extend(range(base, base + n))
         else:
             out.append(int(part))
     if not out:
         raise ValueError(f"seeds: nothing in {text!r}")
+    if len(out) > MAX_SEEDS:
+        raise ValueError(f"seeds: {len(out)} loops asked for, at most {MAX_SEEDS}")
     return out

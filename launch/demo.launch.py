@@ -10,13 +10,14 @@ it statically.
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
 from launch.conditions import IfCondition
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
+
+from launch import LaunchDescription
 
 
 def generate_launch_description():
@@ -25,9 +26,11 @@ def generate_launch_description():
         DeclareLaunchArgument("config", default_value=os.path.join(share, "config", "mirage.yaml"),
                               description="ROS 2 parameter file for mirage_node"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of both nodes"),
-        DeclareLaunchArgument("backend", default_value="", description="shipped | readout | mirage (empty: as in config)"),
+        DeclareLaunchArgument("backend", default_value="", description="shipped | readout | mirage (empty: as in "
+                                                                       "config)"),
         DeclareLaunchArgument("device", default_value="", description="torch device (empty: as in config)"),
-        DeclareLaunchArgument("weights_dir", default_value="", description="folder with model weights (empty: as in config)"),
+        DeclareLaunchArgument("weights_dir", default_value="", description="folder with model weights (empty: as in "
+                                                                           "config)"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock"),
         DeclareLaunchArgument("scene", default_value="room", description="synthetic scene: room | outdoor"),
         DeclareLaunchArgument("moving_object", default_value="false", description="add a dynamic object"),

@@ -10,10 +10,11 @@ suite checks it statically and runs it against stand-in launch classes.
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from launch import LaunchDescription
 
 OVERRIDES = ("backend", "device", "weights_dir")
 
@@ -40,10 +41,13 @@ def generate_launch_description():
     return LaunchDescription([
         DeclareLaunchArgument("config", default_value=os.path.join(share, "config", "mirage.yaml"),
                               description="ROS 2 parameter file for mirage_node"),
-        DeclareLaunchArgument("namespace", default_value="", description="namespace for every topic, service and action"),
-        DeclareLaunchArgument("backend", default_value="", description="shipped | readout | mirage (empty: as in config)"),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace for every topic, service and "
+                                                                         "action"),
+        DeclareLaunchArgument("backend", default_value="", description="shipped | readout | mirage (empty: as in "
+                                                                       "config)"),
         DeclareLaunchArgument("device", default_value="", description="cpu, cuda, cuda:1 ... (empty: as in config)"),
-        DeclareLaunchArgument("weights_dir", default_value="", description="folder with model weights (empty: as in config)"),
+        DeclareLaunchArgument("weights_dir", default_value="", description="folder with model weights (empty: as in "
+                                                                           "config)"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock"),
         OpaqueFunction(function=_mirage_node),
     ])

@@ -15,7 +15,6 @@ on PyPI); the test suite checks it statically and runs it against stand-in launc
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
 from launch.conditions import IfCondition
 from launch.launch_description_sources import PythonLaunchDescriptionSource
@@ -23,22 +22,28 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
+from launch import LaunchDescription
+
 
 def generate_launch_description():
     share = get_package_share_directory("mirage_ros")
     args = [
-        DeclareLaunchArgument("rule", default_value="goal", description="goal (reach a goal view) | explore (most novelty)"),
+        DeclareLaunchArgument("rule", default_value="goal", description="goal (reach a goal view) | explore (most "
+                                                                        "novelty)"),
         DeclareLaunchArgument("k", default_value="8", description="candidate paths per decision"),
         DeclareLaunchArgument("frames", default_value="8", description="poses per candidate"),
-        DeclareLaunchArgument("period", default_value="5.0", description="seconds between plans (0: only on a new goal)"),
+        DeclareLaunchArgument("period", default_value="5.0", description="seconds between plans (0: only on a new "
+                                                                         "goal)"),
         DeclareLaunchArgument("scene", default_value="room", description="synthetic scene: room | outdoor"),
         DeclareLaunchArgument("seed", default_value="0", description="scene seed"),
         DeclareLaunchArgument("config", default_value=os.path.join(share, "config", "mirage.yaml"),
                               description="ROS 2 parameter file for mirage_node"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of every node"),
-        DeclareLaunchArgument("backend", default_value="", description="shipped | readout | mirage (empty: as in config)"),
+        DeclareLaunchArgument("backend", default_value="", description="shipped | readout | mirage (empty: as in "
+                                                                       "config)"),
         DeclareLaunchArgument("device", default_value="", description="torch device (empty: as in config)"),
-        DeclareLaunchArgument("weights_dir", default_value="", description="folder with model weights (empty: as in config)"),
+        DeclareLaunchArgument("weights_dir", default_value="", description="folder with model weights (empty: as in "
+                                                                           "config)"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock"),
         DeclareLaunchArgument("rviz", default_value="false", description="start RViz with config/mirage.rviz"),
     ]
@@ -55,9 +60,11 @@ def generate_launch_description():
         }.items(),
     )
     sim = Node(
-        package="mirage_ros", executable="mirage_sim_node", name="mirage_sim", namespace=LaunchConfiguration("namespace"),
+        package="mirage_ros", executable="mirage_sim_node", name="mirage_sim",
+        namespace=LaunchConfiguration("namespace"),
         output="screen",
-        parameters=[{"scene": LaunchConfiguration("scene"), "seed": ParameterValue(LaunchConfiguration("seed"), value_type=int),
+        parameters=[{"scene": LaunchConfiguration("scene"),
+                     "seed": ParameterValue(LaunchConfiguration("seed"), value_type=int),
                      "use_sim_time": sim_time}],
     )
     planner = Node(
@@ -74,7 +81,8 @@ def generate_launch_description():
         }],
     )
     rviz = Node(
-        package="rviz2", executable="rviz2", name="rviz2", arguments=["-d", os.path.join(share, "config", "mirage.rviz")],
+        package="rviz2", executable="rviz2", name="rviz2",
+        arguments=["-d", os.path.join(share, "config", "mirage.rviz")],
         condition=IfCondition(LaunchConfiguration("rviz")), parameters=[{"use_sim_time": sim_time}],
     )
     return LaunchDescription(args + [sim, mirage, planner, rviz])

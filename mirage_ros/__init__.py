@@ -7,7 +7,7 @@ extending ``__path__`` lets both halves import under one name.
 """
 from pkgutil import extend_path
 
-__path__ = extend_path(__path__, __name__)  # noqa: F821 - merge rosidl-generated subpackages
+__path__ = extend_path(__path__, __name__)
 __version__ = "0.1.0"
 
 

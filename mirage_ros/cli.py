@@ -23,14 +23,22 @@ BENCHMARKS = {
     "perception": ("mirage_ros.bench.perception", "depth and mask providers, ms per frame; scale alignment"),
     "node": ("mirage_ros.bench.node", "ROS node latency, sustained input rate, PointCloud2 build time"),
     "train": ("mirage_ros.bench.train", "training throughput of mirage train: steps/s, samples/s, peak memory"),
-    "imagine": ("mirage_ros.bench.imagine", "closed-loop ablation on held-out scenes: latent vs RGB cache vs no memory"),
-    "multi": ("mirage_ros.bench.multi", "several robots in one mirage_multi_node sharing one model: RSS and latency per extra robot"),
-    "network": ("mirage_ros.bench.network", "robot and GPU host in two network namespaces over a tc-tbf link: latency, fps, bytes on the wire"),
-    "compression": ("mirage_ros.bench.compression", "CompressedImage (jpeg, png, compressedDepth): bytes per frame, encode/decode ms"),
-    "candidates": ("mirage_ros.bench.candidates", "K candidate trajectories per request with the shipped model: seconds for K = 1, 4, 8"),
-    "gpu": ("mirage_ros.bench.gpu", "full-size Mirage and Spatia layouts on a GPU (random bf16 weights): s/frame, peak memory, readout/update"),
-    "spatia": ("mirage_ros.bench.spatia", "Spatia's RGB point-cloud memory vs the latent memory: bytes, insert and readout time, renderer, H.264 round trip"),
-    "plan": ("mirage_ros.bench.plan", "planning by imagination on held-out scenes with a known answer: success rate per arm"),
+    "imagine": ("mirage_ros.bench.imagine", "closed-loop ablation on held-out scenes: latent vs RGB cache vs no "
+                                            "memory"),
+    "multi": ("mirage_ros.bench.multi", "several robots in one mirage_multi_node sharing one model: RSS and latency "
+                                        "per extra robot"),
+    "network": ("mirage_ros.bench.network", "robot and GPU host in two network namespaces over a tc-tbf link: latency, "
+                                            "fps, bytes on the wire"),
+    "compression": ("mirage_ros.bench.compression", "CompressedImage (jpeg, png, compressedDepth): bytes per frame, "
+                                                    "encode/decode ms"),
+    "candidates": ("mirage_ros.bench.candidates", "K candidate trajectories per request with the shipped model: "
+                                                  "seconds for K = 1, 4, 8"),
+    "gpu": ("mirage_ros.bench.gpu", "full-size Mirage and Spatia layouts on a GPU (random bf16 weights): s/frame, peak "
+                                    "memory, readout/update"),
+    "spatia": ("mirage_ros.bench.spatia", "Spatia's RGB point-cloud memory vs the latent memory: bytes, insert and "
+                                          "readout time, renderer, H.264 round trip"),
+    "plan": ("mirage_ros.bench.plan", "planning by imagination on held-out scenes with a known answer: success rate "
+                                      "per arm"),
 }
 
 
@@ -57,6 +65,25 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_) in BENCHMARKS.items():
         _add(bsub, name, module, help_)
     return parser
+
+
+def command_table(parser: argparse.ArgumentParser = None) -> str:
+    """Every subcommand of the argparse tree (``build_parser``) and its help, as a Markdown table
+    (docs/cli.md; ``scripts/gen_docs.py`` writes it, a test keeps it in sync)."""
+    rows = ["| command | what it does |", "| --- | --- |"]
+
+    def walk(p, prefix):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {a.dest: a.help for a in action._choices_actions}
+                for name, child in action.choices.items():
+                    if any(isinstance(a, argparse._SubParsersAction) for a in child._actions):
+                        walk(child, f"{prefix}{name} ")
+                    else:
+                        rows.append(f"| `{prefix}{name}` | {helps.get(name) or ''} |")
+
+    walk(parser or build_parser(), "mirage ")
+    return "\n".join(rows)
 
 
 def main(argv=None) -> int:

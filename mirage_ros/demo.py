@@ -56,7 +56,8 @@ def parse_start_time(text: str) -> int:
             t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"start-time: expected 'now', an ISO 8601 time like {DEFAULT_START} or epoch seconds, got {text!r}") from None
+                f"start-time: expected 'now', an ISO 8601 time like {DEFAULT_START} or epoch seconds, got "
+                f"{text!r}") from None
         if t.tzinfo is None:
             t = t.replace(tzinfo=timezone.utc)
         ns = int(round(t.timestamp() * 1e6)) * 1000
@@ -81,7 +82,8 @@ def _rounds(text: str):
     except ValueError:
         v = ()
     if len(v) != 3:
-        raise argparse.ArgumentTypeError(f"rounds: expected FIRST,LATER,HISTORY frame counts (e.g. 121,81,9), got {text!r}")
+        raise argparse.ArgumentTypeError(f"rounds: expected FIRST,LATER,HISTORY frame counts (e.g. 121,81,9), got "
+                                         f"{text!r}")
     return v
 
 
@@ -90,18 +92,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["shipped", "readout", "spatia"], default="shipped",
                    help="shipped: the small trained world model imagines the loop from the first frame (default); "
                         "readout: the memory alone, updated from observed frames, no generative model; "
-                        "spatia: Spatia's released world model (--weights Wan2.2-TI2V-5B, --side-branch Spatia's files) "
+                        "spatia: Spatia's released world model (--weights Wan2.2-TI2V-5B, --side-branch Spatia's "
+                        "files) "
                         "conditioned on the RGB point-cloud memory")
     p.add_argument("--weights", default=None, help="a model folder for --backend shipped (default: the shipped model); "
                    "for --backend spatia the Wan2.2-TI2V-5B folder (default: random toy weights)")
-    p.add_argument("--side-branch", default=None, help="--backend spatia: Spatia's VACE file, or the folder with it and its LoRA")
-    p.add_argument("--lora", default=None, help="--backend spatia: Spatia's LoRA file (default: the one in --side-branch's folder)")
+    p.add_argument("--side-branch", default=None, help="--backend spatia: Spatia's VACE file, or the folder with it "
+                                                       "and its LoRA")
+    p.add_argument("--lora", default=None, help="--backend spatia: Spatia's LoRA file (default: the one in "
+                                                "--side-branch's folder)")
     p.add_argument("--negative-prompt-file", default=None,
-                   help="--backend spatia: the negative prompt, a text file or Spatia's inference.py (its NEGATIVE_PROMPT)")
+                   help="--backend spatia: the negative prompt, a text file or Spatia's inference.py (its "
+                        "NEGATIVE_PROMPT)")
     p.add_argument("--prompt", default=None, help="--backend spatia: text prompt (needs the UMT5 text encoder)")
-    p.add_argument("--device", default=None, help="--backend spatia: torch device (default cuda when available, else cpu)")
+    p.add_argument("--device", default=None, help="--backend spatia: torch device (default cuda when available, else "
+                                                  "cpu)")
     p.add_argument("--rounds", type=_rounds, default=None, metavar="FIRST,LATER,HISTORY",
-                   help="--backend spatia: frames of the first round, of later rounds and of history (default Spatia's 121,81,9)")
+                   help="--backend spatia: frames of the first round, of later rounds and of history (default Spatia's "
+                        "121,81,9)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's own)")
     p.add_argument("--scene", choices=["room", "outdoor"], default="room")
     p.add_argument("--seed", type=int, default=0)
@@ -213,7 +221,8 @@ def run(args) -> int:
     codec = ThumbnailCodec()
     backend = ReadoutBackend(LatentSpatialMemory(), codec, chunk_size=args.chunk_size)
     print(f"mirage demo: {backend.description}")
-    print(f"scene={args.scene} seed={args.seed} {H}x{W}, {args.chunks} chunks x {args.chunk_size} views on a closed loop -> {out}")
+    print(f"scene={args.scene} seed={args.seed} {H}x{W}, {args.chunks} chunks x {args.chunk_size} views on a closed "
+          f"loop -> {out}")
 
     def observe(i):
         f = sim.render(scene, cameras[i], t=i / args.chunk_size)
@@ -270,7 +279,8 @@ def run(args) -> int:
                                              viz.label_image(frames[i], f"memory readout {i}"),
                                              viz.label_image(viz.mask_to_rgb(m, (H, W)), f"mask m_t {i}")], 1))
                 if k == 0:
-                    strip_rows.append([viz.label_image(f.rgb, f"frame {i}"), viz.label_image(frames[i], f"readout {i}")])
+                    strip_rows.append([viz.label_image(f.rgb, f"frame {i}"),
+                                       viz.label_image(frames[i], f"readout {i}")])
                     mask_tiles.append(viz.mask_to_rgb(m, (H, W)))
                 bar.update(1)
             added = 0
@@ -297,7 +307,8 @@ def run(args) -> int:
 
     _write_outputs(out, backend, stats, strip_rows, mask_tiles, video, growth, rec, t_start, args.fps)
     print(f"memory: {backend.memory.num_points} points, {backend.memory.nbytes / 2**20:.2f} MiB; mean coverage "
-          f"{stats['mean_coverage']:.2f}; {stats['seconds']:.1f} s. NO generative model was loaded: frames are memory readouts.")
+          f"{stats['mean_coverage']:.2f}; {stats['seconds']:.1f} s. NO generative model was loaded: frames are memory "
+          f"readouts.")
     print(f"wrote {', '.join(stats['files'])} to {out}")
     return 0
 
@@ -377,7 +388,8 @@ def run_generative(args) -> int:
     try:
         if args.backend == "spatia":
             device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            backend = make_backend("spatia", weights=args.weights, side_branch=args.side_branch, lora=args.lora, device=device,
+            backend = make_backend("spatia", weights=args.weights, side_branch=args.side_branch, lora=args.lora,
+                                   device=device,
                                    steps=args.steps, keep_imagined=True, depth=oracle.depth_provider(),
                                    masks=oracle.mask_provider(), resolution=args.resolution, rounds=args.rounds,
                                    prompt=args.prompt, negative_prompt_file=args.negative_prompt_file)
@@ -395,7 +407,8 @@ def run_generative(args) -> int:
     codec = backend.codec
     print(f"mirage demo: {backend.description}")
     print(f"the model imagines {n_frames - 1} views of a closed loop from the first frame only "
-          f"(scene={args.scene} seed={args.seed}, {H}x{W}); depth and masks of generated frames from the simulator -> {out}")
+          f"(scene={args.scene} seed={args.seed}, {H}x{W}); depth and masks of generated frames from the simulator -> "
+          f"{out}")
 
     def truth(i):
         f = sim.render(scene, cameras[i], t=i / args.fps)
@@ -427,7 +440,9 @@ def run_generative(args) -> int:
                 ro = g.renders
             else:
                 ro = codec.decode(g.readouts.float())
-                ro = ro * torch.as_tensor(np.asarray(g.masks)).repeat_interleave(codec.stride, 1).repeat_interleave(codec.stride, 2)[:, None]
+                seen = torch.as_tensor(np.asarray(g.masks))
+                seen = seen.repeat_interleave(codec.stride, 1).repeat_interleave(codec.stride, 2)
+                ro = ro * seen[:, None]
                 ro = tensor_to_images(ro)
             r = {"chunk": n, "frames": g.frame_indices, **{f"{k}_s": float(v) for k, v in g.timings.items()},
                  "coverage": [], "psnr_imagined": [], "psnr_imagined_visible": [], "psnr_readout_visible": []}

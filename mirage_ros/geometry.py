@@ -218,7 +218,8 @@ class Camera:
     def resized(self, height: int, width: int) -> "Camera":
         """The same camera for the image resized to ``height`` x ``width``: K's x row scales by
         width / W and its y row by height / H (as ``latent_intrinsics`` does for the latent grid)."""
-        return Camera(latent_intrinsics(self.K, self.height, self.width, height, width), self.world_to_camera, height, width)
+        return Camera(latent_intrinsics(self.K, self.height, self.width, height, width), self.world_to_camera, height,
+                      width)
 
     # -- derived quantities -------------------------------------------------------------------
     @property
@@ -246,7 +247,8 @@ class Camera:
 
     def __repr__(self) -> str:
         c = self.center.tolist()
-        return f"Camera({self.height}x{self.width}, f=({self.K[0, 0]:.1f},{self.K[1, 1]:.1f}), centre=({c[0]:.2f},{c[1]:.2f},{c[2]:.2f}))"
+        return (f"Camera({self.height}x{self.width}, f=({self.K[0, 0]:.1f},{self.K[1, 1]:.1f}), "
+                f"centre=({c[0]:.2f},{c[1]:.2f},{c[2]:.2f}))")
 
 
 def backproject(depth: torch.Tensor, K_l: torch.Tensor, world_to_camera: torch.Tensor) -> torch.Tensor:
@@ -374,7 +376,8 @@ def quaternions_to_matrices(q, name: str = "orientation", tol: float = QUAT_TOL)
     bad = (n - 1.0).abs() > tol
     if bool(bad.any()):
         i = int(bad.nonzero()[0])
-        raise GeometryError(f"{_at(name, i, t.shape[:-1])}: quaternion norm is {float(n[i]):.6g}, expected 1 (within {tol})")
+        raise GeometryError(f"{_at(name, i, t.shape[:-1])}: quaternion norm is {float(n[i]):.6g}, expected 1 (within "
+                            f"{tol})")
     x, y, z, w = (flat / n[:, None]).unbind(1)
     R = torch.stack([
         1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
@@ -503,7 +506,8 @@ def quaternion_to_matrix(q, name: str = "orientation", tol: float = QUAT_TOL) ->
 
 def matrix_to_quaternion(R) -> torch.Tensor:
     """3x3 rotation -> (x, y, z, w) with w >= 0 (torch)."""
-    return torch.as_tensor(matrices_to_quaternions(torch.as_tensor(np.asarray(R, dtype=np.float64) if isinstance(R, np.ndarray) else R, dtype=torch.float64)))
+    R = np.asarray(R, dtype=np.float64) if isinstance(R, np.ndarray) else R
+    return torch.as_tensor(matrices_to_quaternions(torch.as_tensor(R, dtype=torch.float64)))
 
 
 def pose_to_matrix(position, orientation_xyzw, name: str = "pose") -> torch.Tensor:

@@ -53,7 +53,8 @@ def read_ply(path):
     header = data[:end].decode("ascii").splitlines()
     n = int(next(l for l in header if l.startswith("element vertex")).split()[-1])
     has_rgb = any(l.endswith(" red") for l in header)
-    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")] + ([("red", "u1"), ("green", "u1"), ("blue", "u1")] if has_rgb else [])
+    fields = [("x", "<f4"), ("y", "<f4"),
+              ("z", "<f4")] + ([("red", "u1"), ("green", "u1"), ("blue", "u1")] if has_rgb else [])
     rec = np.frombuffer(data[end:], dtype=fields, count=n)
     pts = np.stack([rec["x"], rec["y"], rec["z"]], 1)
     cols = np.stack([rec["red"], rec["green"], rec["blue"]], 1) if has_rgb else None

@@ -146,7 +146,8 @@ class Chromium:
 
     def open(self, url: str) -> None:
         target = self.send("Target.createTarget", {"url": "about:blank"}, session=None)["targetId"]
-        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True}, session=None)["sessionId"]
+        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True},
+                                 session=None)["sessionId"]
         self.send("Page.enable")
         self.send("Runtime.enable")
         self.send("Emulation.setDeviceMetricsOverride", {"width": 1400, "height": 400, "deviceScaleFactor": 1,
@@ -178,7 +179,7 @@ class Chromium:
         for f in (self._w, self._r, self._log):
             try:
                 f.close()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - best effort on the way out
                 pass
         shutil.rmtree(self.profile, ignore_errors=True)
         self.log_path.unlink(missing_ok=True)

@@ -1,6 +1,11 @@
-"""Shared test fixtures."""
+"""Shared test fixtures, and the ``slow`` marker: tests that take seconds each (training runs, the
+shipped model, subprocess CLIs, bag round trips) are left out of ``bash scripts/test.sh --fast``."""
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: seconds or more each; not in the fast tier (scripts/test.sh --fast)")
 
 
 @pytest.fixture(scope="module")

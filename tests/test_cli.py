@@ -10,14 +10,17 @@ from mirage_ros.cli import main
 from mirage_ros.viz import read_ply
 
 
+@pytest.mark.slow
 def test_help_is_fast_and_lists_commands():
     out = subprocess.run([sys.executable, "-m", "mirage_ros", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "demo" in out.stdout and "bench" in out.stdout
     # heavy modules stay unimported for --help
-    code = "import sys; from mirage_ros.cli import build_parser; build_parser(); print('diffusers' in sys.modules, 'rclpy' in sys.modules)"
+    code = ("import sys; from mirage_ros.cli import build_parser; build_parser(); "
+            "print('diffusers' in sys.modules, 'rclpy' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False False"
 
 
+@pytest.mark.slow
 def test_demo_imagines_with_the_shipped_model_by_default(tmp_path, capsys):
     """The README's first command: the shipped model imagines the loop from the first frame; every
     view has ground truth | readout | imagined | visibility, and the run says which model ran."""
@@ -54,34 +57,40 @@ def test_demo_writes_its_outputs(tmp_path, capsys):
     assert pts.shape == (stats["memory_points"], 3) and cols.shape == pts.shape and np.isfinite(pts).all()
 
 
+@pytest.mark.slow
 def test_bench_memory_small_writes_the_documented_keys(tmp_path):
     path = tmp_path / "bench.json"
     args = ["bench", "memory", "--json", str(path), "--resolution", "64x112", "--revisit-resolution", "64x112",
-            "--chunks", "2", "--chunk-size", "3", "--rgb-encoder", "thumbnail", "--scaling", "2000,8000", "--repeats", "1"]
+            "--chunks", "2", "--chunk-size", "3", "--rgb-encoder", "thumbnail", "--scaling", "2000,8000", "--repeats",
+            "1"]
     assert main(args) == 0
     r = json.loads(path.read_text())
     for key in ("resolution", "latent_hw", "chunks", "read_speedup_median", "memory_ratio_final", "scaling",
                 "out_of_view_readout_ratio", "revisit_growth_mib_per_chunk", "revisit_new_point_fraction"):
         assert key in r, key
-    assert set(r["chunks"][0]) >= {"chunk", "latent_read_ms_per_frame", "rgb_read_ms_per_frame", "latent_cache_mib", "rgb_cache_mib"}
+    assert set(r["chunks"][0]) >= {"chunk", "latent_read_ms_per_frame", "rgb_read_ms_per_frame", "latent_cache_mib",
+                                   "rgb_cache_mib"}
     assert set(r["scaling"][0]) >= {"points", "readout_ms", "xyz_pass_ms", "sort_baseline_ms"}
     assert path.with_suffix(".png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_bench_perception_small_writes_the_documented_keys(tmp_path):
     path = tmp_path / "perc.json"
     assert main(["bench", "perception", "--json", str(path), "--resolution", "128x224", "--frames", "2",
                  "--repeats", "1", "--da3-res", "56"]) == 0
     r = json.loads(path.read_text())
     kinds = {p["name"]: p["kind"] for p in r["providers"]}
-    assert {"simulator", "memory", "da3", "labels"} <= set(kinds) and kinds["da3"] == "depth" and kinds["labels"] == "mask"
+    assert {"simulator", "memory", "da3",
+            "labels"} <= set(kinds) and kinds["da3"] == "depth" and kinds["labels"] == "mask"
     assert all(p["ms_per_frame"] is not None and p["ms_per_frame"] > 0 for p in r["providers"])
     sa = r["scale_alignment"]
     assert abs(sa["recovered_scale"] - sa["true_scale"]) / sa["true_scale"] < 0.05
 
 
+@pytest.mark.slow
 def test_house_rules_for_imports():
-    """README: mirage_ros.ros is the only place that imports rclpy; benchmarks share helpers
+    """docs/library.md: mirage_ros.ros is the only place that imports rclpy; benchmarks share helpers
     through mirage_ros.util, not through the demo command."""
     import ast
     from pathlib import Path
@@ -120,16 +129,20 @@ def test_benchmarks_write_strict_json(tmp_path):
     for f in sorted(bench.glob("*.py")):  # every JSON file a benchmark writes goes through write_json
         for node in ast.walk(ast.parse(f.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "write_text":
-                assert "json" not in ast.unparse(node), f"{f.name}: {ast.unparse(node)} (use mirage_ros.util.write_json)"
+                src = ast.unparse(node)
+                assert "json" not in src, f"{f.name}: {src} (use mirage_ros.util.write_json)"
 
 
+@pytest.mark.slow
 def test_openmp_spin_default_is_set_before_torch_and_user_choices_win():
     import os
 
     code = "import os, mirage_ros, torch; print(os.environ.get('GOMP_SPINCOUNT'))"
     base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    run = lambda env: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,  # noqa: E731
-                                     env=env, timeout=120).stdout.strip()
+    def run(env):
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                              timeout=120).stdout.strip()
+
     assert run(base) == "10000"
     assert run(dict(base, GOMP_SPINCOUNT="5")) == "5"
     assert run(dict(base, OMP_WAIT_POLICY="ACTIVE")) == "None"

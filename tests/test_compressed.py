@@ -70,7 +70,8 @@ def test_channel_order_follows_the_target_encoding(rgb):
     assert np.array_equal(cz.compressed_to_rgb(msg(buf.tobytes(), "rgb8; png compressed rgb8")), img)
     grey = img[..., 1].copy()
     ok, buf = cv2.imencode(".png", grey)
-    assert np.array_equal(cz.compressed_to_rgb(msg(buf.tobytes(), "mono8; png compressed ")), np.repeat(grey[..., None], 3, 2))
+    assert np.array_equal(cz.compressed_to_rgb(msg(buf.tobytes(), "mono8; png compressed ")),
+                          np.repeat(grey[..., None], 3, 2))
     bgra = np.concatenate([img[..., ::-1], np.full(img.shape[:2] + (1,), 255, np.uint8)], axis=2)
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(bgra))
     assert np.array_equal(cz.compressed_to_rgb(msg(buf.tobytes(), "bgra8; png compressed bgra8")), img)
@@ -136,7 +137,8 @@ def test_compressed_depth_both_encodings(rgb):
     for bad, why in ((msg(b"\x00" * 12, "32FC1; compressedDepth png"), "shorter"),
                      (msg(bytes(m32.data), "32FC1; compressedDepth rvl"), "not image_transport"),
                      (msg(bytes(m32.data), "rgb8; jpeg compressed bgr8"), "not image_transport"),
-                     (msg(struct.pack("<iff", 3, 1, 1) + bytes(m32.data)[12:], "32FC1; compressedDepth png"), "header format"),
+                     (msg(struct.pack("<iff", 3, 1, 1) + bytes(m32.data)[12:], "32FC1; compressedDepth "
+                                                                               "png"), "header format"),
                      (msg(bytes(m32.data)[:60], "32FC1; compressedDepth png"), "truncated")):
         with pytest.raises(ConversionError, match=why):
             cz.compressed_depth_to_array(bad)
@@ -166,7 +168,8 @@ def test_depth_encoder_writes_what_compressed_depth_image_transport_writes(rgb):
 
 def test_encoder_writes_what_opencv_and_image_transport_read(rgb):
     img, _ = rgb
-    for codec, ext, param in (("jpeg", ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 90]), ("png", ".png", [cv2.IMWRITE_PNG_COMPRESSION, 3])):
+    for codec, ext, param in (("jpeg", ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 90]),
+                              ("png", ".png", [cv2.IMWRITE_PNG_COMPRESSION, 3])):
         data, fmt = cz.encode_rgb(img, codec, jpeg_quality=90, png_level=3)
         assert fmt == f"rgb8; {codec} compressed bgr8"
         ok, ref = cv2.imencode(ext, np.ascontiguousarray(img[..., ::-1]), param)
@@ -217,7 +220,8 @@ def test_bench_compression_writes_consistent_strict_json(tmp_path):
         assert r["ratio"] == pytest.approx(r["raw_bytes"] / r["bytes_per_frame"])
         assert r["decode_ms"] > 0
         if r["codec"] == "png":
-            assert r["lossless"] and r["psnr_db"] is None and r["raw_bytes"] == r["resolution"][0] * r["resolution"][1] * 3
+            assert r["lossless"] and r["psnr_db"] is None
+            assert r["raw_bytes"] == r["resolution"][0] * r["resolution"][1] * 3
             assert r["format"] == "rgb8; png compressed bgr8" and r["encode_ms"] > 0
         if r["codec"] == "jpeg":
             assert not r["lossless"] and r["psnr_db"] > 25 and r["format"] == "rgb8; jpeg compressed bgr8"

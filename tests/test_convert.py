@@ -51,7 +51,8 @@ def test_colour_encodings_give_rgb():
         assert out.dtype == np.uint8 and out.flags.c_contiguous and out.flags.writeable
         assert np.array_equal(out, rgb), enc
     mono = rgb[..., 0].copy()
-    assert np.array_equal(cv.image_to_rgb(wire(cv.image_msg(B, mono, 1, "c", "mono8"))), np.repeat(mono[..., None], 3, 2))
+    assert np.array_equal(cv.image_to_rgb(wire(cv.image_msg(B, mono, 1, "c", "mono8"))),
+                          np.repeat(mono[..., None], 3, 2))
 
 
 def test_row_padding_is_removed():
@@ -87,7 +88,8 @@ def test_depth_invalid_values_become_nan():
 
 @pytest.mark.parametrize("case,needle", [
     (lambda: raw_image(2, 2, "yuv422", bytes(8), 4), "image.encoding: unsupported encoding 'yuv422'"),
-    (lambda: raw_image(2, 2, "rgb8", bytes(11), 6), "image.data: 11 bytes, expected height * step = 2 * 6 = 12 (data is short)"),
+    (lambda: raw_image(2, 2, "rgb8", bytes(11), 6), "image.data: 11 bytes, expected height * step = 2 * 6 = 12 (data "
+                                                    "is short)"),
     (lambda: raw_image(2, 2, "rgb8", bytes(13), 6), "data is too long"),
     (lambda: raw_image(2, 2, "rgb8", bytes(10), 5), "image.step: 5 bytes is less than width * bytes per pixel"),
     (lambda: raw_image(0, 2, "rgb8", b"", 6), "is not a valid image size"),
@@ -145,20 +147,21 @@ def test_uncalibrated_or_nan_camera_info_is_rejected():
     ((300, 1e30, 224, 0, 310, 128, 0, 0, 1), "camera_info.k[1] (skew)"),
 ])
 def test_finite_but_absurd_intrinsics_are_rejected(k, needle):
-    """Defect 5: fx = fy = 1e-38 (or 1e-30) passed as 'positive' and put inf/NaN into the memory."""
+    """fx = fy = 1e-38 (or 1e-30) passed as 'positive' and put inf/NaN into the memory."""
     with pytest.raises(cv.ConversionError) as e:
         cv.camera_info_to_K(wire(cv.camera_info_msg(B, np.array(k, float).reshape(3, 3), 256, 448, 1, "cam")))
     assert needle in str(e.value), str(e.value)
     # the widest and narrowest lenses still pass: fisheye-like 170 deg and a 0.1 deg telescope
     for fov in (170.0, 0.1):
         f = 224 / np.tan(np.radians(fov) / 2)
-        K, _, _ = cv.camera_info_to_K(cv.camera_info_msg(B, np.array([[f, 0, 224], [0, f, 128], [0, 0, 1]]), 256, 448, 1, "c"))
+        K = np.array([[f, 0, 224], [0, f, 128], [0, 0, 1]])
+        K, _, _ = cv.camera_info_to_K(cv.camera_info_msg(B, K, 256, 448, 1, "c"))
         assert K[0, 0] == pytest.approx(f)
 
 
 @pytest.mark.parametrize("xyz", [(1e300, 0, 0), (0, -1e300, 0), (0, 0, 2e5)])
 def test_absurd_positions_are_rejected(xyz):
-    """Defect 5: a pose at 1e300 m is finite, and stored inf points."""
+    """A pose at 1e300 m is finite, and stored inf points."""
     T = np.eye(4)
     T[:3, 3] = xyz
     with pytest.raises(cv.ConversionError, match=r"pose.pose.position: .* beyond"):
@@ -257,7 +260,8 @@ def test_long_path_converts_in_one_vectorised_call(monkeypatch):
     q = rng.normal(size=(10000, 4))
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     T = np.tile(np.eye(4), (10000, 1, 1))
-    T[:, :3, :3] = kornia.geometry.conversions.quaternion_to_rotation_matrix(torch.from_numpy(q[:, [3, 0, 1, 2]])).numpy()
+    T[:, :3,
+      :3] = kornia.geometry.conversions.quaternion_to_rotation_matrix(torch.from_numpy(q[:, [3, 0, 1, 2]])).numpy()
     T[:, :3, 3] = rng.uniform(-100, 100, (10000, 3))
     msg = cv.path_msg(B, T, list(range(10000)), "map")
     calls = []
@@ -278,7 +282,8 @@ def test_pointcloud_xyzrgb_layout_and_decode():
     msg = wire(cv.pointcloud_msg(B, cv.xyzrgb_to_structured(pts, col), 11, "map"))
     assert [(f.name, f.offset, f.datatype, f.count) for f in msg.fields] == [
         ("x", 0, 7, 1), ("y", 4, 7, 1), ("z", 8, 7, 1), ("rgb", 12, 7, 1)]
-    assert (msg.height, msg.width, msg.point_step, msg.row_step, msg.is_bigendian, msg.is_dense) == (1, 1000, 16, 16000, False, True)
+    layout = (msg.height, msg.width, msg.point_step, msg.row_step, msg.is_bigendian, msg.is_dense)
+    assert layout == (1, 1000, 16, 16000, False, True)
     raw = np.frombuffer(msg.data.tobytes(), np.uint8).reshape(1000, 16)
     assert np.array_equal(raw[:, :12].copy().view(np.float32), pts)
     rgb_u32 = raw[:, 12:].copy().view("<u4")[:, 0]
@@ -289,17 +294,20 @@ def test_pointcloud_xyzrgb_layout_and_decode():
 
 
 def test_pointcloud_from_a_structured_array_with_padding_and_counts():
-    dt = np.dtype({"names": ["x", "y", "z", "intensity", "normal"], "formats": ["<f4", "<f4", "<f4", "<u2", ("<f4", (3,))],
+    dt = np.dtype({"names": ["x", "y", "z", "intensity", "normal"],
+                   "formats": ["<f4", "<f4", "<f4", "<u2", ("<f4", (3,))],
                    "offsets": [0, 4, 8, 16, 20], "itemsize": 36})
     a = np.zeros(5, dt)
     a["x"] = np.arange(5)
     a["intensity"] = 7
     a["normal"] = [0, 0, 1]
     msg = wire(cv.pointcloud_msg(B, a, 1, "map"))
-    assert [(f.name, f.offset, f.datatype, f.count) for f in msg.fields][3:] == [("intensity", 16, 4, 1), ("normal", 20, 7, 3)]
+    assert [(f.name, f.offset, f.datatype, f.count) for f in msg.fields][3:] == [("intensity", 16, 4, 1),
+                                                                                 ("normal", 20, 7, 3)]
     assert msg.point_step == 36
     back = cv.pointcloud_to_structured(msg)
-    assert np.array_equal(back["x"], a["x"]) and np.array_equal(back["normal"], a["normal"]) and (back["intensity"] == 7).all()
+    assert np.array_equal(back["x"], a["x"]) and np.array_equal(back["normal"],
+                                                                a["normal"]) and (back["intensity"] == 7).all()
     with pytest.raises(cv.ConversionError, match="structured"):
         cv.structured_to_pointcloud(np.zeros(3))
 
@@ -321,11 +329,14 @@ def test_pointcloud_1m_points_bytes_match_an_independent_packing():
 # -- rclpy (where installed) agrees with rosbags -------------------------------------------------
 
 def _rclpy_serialize():
-    try:
-        from rclpy.serialization import serialize_message
-        import sensor_msgs.msg  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"rclpy / ROS 2 message packages not importable here ({exc}); run `. scripts/ros_env.sh` after `pip install -e .[ros]`")
+    from mirage_ros.ros.probe import why_missing
+
+    why = why_missing("sensor_msgs.msg", "rclpy.serialization:serialize_message")
+    if why is not None:
+        pytest.skip(f"rclpy / ROS 2 message packages not importable here ({why}); run `. scripts/ros_env.sh` after "
+                    f"`pip install -e .[ros]`")
+    from rclpy.serialization import serialize_message
+
     return serialize_message
 
 

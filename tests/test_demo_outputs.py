@@ -1,6 +1,6 @@
 """What `mirage demo` writes, as viewers see it, checked with readers that are not ours.
 
-Issue 8, section 3: the MP4 (PyAV decodes it; headless Chromium plays it), strict JSON, and the
+The MP4 (PyAV decodes it; headless Chromium plays it), strict JSON, and the
 MCAP bag read with the official ``mcap`` reader and its ROS 2 decoder (the path Foxglove takes):
 the imagined camera on /tf and imagined/camera_info, one realistic clock, a memory cloud after
 every chunk, no image stored twice, compressed chunks, one global frame index everywhere.
@@ -48,7 +48,7 @@ def bag(demo):
         reader = make_reader(f, decoder_factories=[DecoderFactory()])
         summary = reader.get_summary()
         schemas = {ch.topic: summary.schemas[ch.schema_id].name for ch in summary.channels.values()}
-        for schema, channel, message, ros_msg in reader.iter_decoded_messages(log_time_order=True):
+        for _schema, channel, message, ros_msg in reader.iter_decoded_messages(log_time_order=True):
             msgs.setdefault(channel.topic, []).append((message.log_time, ros_msg))
             sizes[channel.topic] = sizes.get(channel.topic, 0) + len(message.data)
     return {"msgs": msgs, "schemas": schemas, "sizes": sizes, "summary": summary, "path": path}
@@ -76,6 +76,7 @@ def _quat_to_matrix(q):
 
 # -- JSON --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_stats_json_is_strict_even_where_psnr_is_undefined(tmp_path):
     out = tmp_path / "d"
     # without updates the far side of the loop sees nothing of the first frame: PSNR is undefined there
@@ -165,7 +166,8 @@ v.addEventListener('error', () => { window.err = v.error ? v.error.code + ' ' + 
 def test_bag_places_the_imagined_camera_with_tf_and_camera_info(bag):
     T_req, K_req = _requested()
     m, schemas = bag["msgs"], bag["schemas"]
-    assert schemas["/tf"] == "tf2_msgs/msg/TFMessage" and schemas["/imagined/camera_info"] == "sensor_msgs/msg/CameraInfo"
+    assert schemas["/tf"] == "tf2_msgs/msg/TFMessage"
+    assert schemas["/imagined/camera_info"] == "sensor_msgs/msg/CameraInfo"
     images = [msg for _, msg in m["/imagined/image"]]
     infos = {_ns(i.header.stamp): i for _, i in m["/imagined/camera_info"]}
     tfs = {}
@@ -234,6 +236,7 @@ def test_bag_stores_each_frame_once_and_compresses_its_chunks(bag):
     assert bag["path"].stat().st_size < sum(bag["sizes"].values())
 
 
+@pytest.mark.slow
 def test_rerun_replaces_its_own_bag_with_the_same_clock_and_leaves_a_foreign_folder_alone(demo, bag, tmp_path):
     from mirage_ros.ros.bag import read_messages
 
@@ -246,4 +249,5 @@ def test_rerun_replaces_its_own_bag_with_the_same_clock_and_leaves_a_foreign_fol
     (out / "demo_bag").mkdir(parents=True)
     (out / "demo_bag" / "mine.txt").write_text("keep")
     assert main(["demo", "--out", str(out), *ARGS, "--chunks", "1"]) == 0  # the bag is a bonus: skipped
-    assert (out / "demo_bag" / "mine.txt").read_text() == "keep" and sorted(p.name for p in (out / "demo_bag").iterdir()) == ["mine.txt"]
+    assert (out / "demo_bag" / "mine.txt").read_text() == "keep"
+    assert sorted(p.name for p in (out / "demo_bag").iterdir()) == ["mine.txt"]

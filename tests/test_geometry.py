@@ -209,10 +209,11 @@ def test_finite_but_absurd_cameras_are_rejected_by_name():
     for f in (lo * 0.999, hi * 1.001):
         with pytest.raises(GeometryError, match="K: fx: .* field of view"):
             Camera(torch.tensor([[f, 0, 16], [0, 40, 16], [0, 0, 1]], dtype=torch.float64), torch.eye(4), 32, 32)
-    Camera(torch.tensor([[300, 2, -600], [0, 300, 640], [0, 0, 1]], dtype=torch.float64), torch.eye(4), 9, 9)  # a far off-axis crop
+    # a far off-axis crop
+    Camera(torch.tensor([[300, 2, -600], [0, 300, 640], [0, 0, 1]], dtype=torch.float64), torch.eye(4), 9, 9)
 
 
-# -- the one vectorised set of pose maths (issue 8, section 4), against kornia ----------------------
+# -- the one vectorised set of pose maths, against kornia ----------------------
 
 def _random_quaternions(n, seed):
     g = torch.Generator().manual_seed(seed)
@@ -224,7 +225,8 @@ def test_vectorised_quaternions_match_kornia_and_return_the_callers_array_type()
     from mirage_ros.geometry import matrices_to_quaternions, quaternions_to_matrices
 
     q = _random_quaternions(500, 20)
-    q[:4] = torch.tensor([[0, 0, 0, 1.0], [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]])  # w = 0: Shepperd's other branches
+    # w = 0: Shepperd's other branches
+    q[:4] = torch.tensor([[0, 0, 0, 1.0], [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]])
     R = quaternions_to_matrices(q)
     Rk = kornia.geometry.conversions.quaternion_to_rotation_matrix(q[:, [3, 0, 1, 2]])  # kornia is (w, x, y, z)
     assert R.shape == (500, 3, 3) and torch.allclose(R, Rk, atol=1e-12)
@@ -235,7 +237,8 @@ def test_vectorised_quaternions_match_kornia_and_return_the_callers_array_type()
     assert torch.allclose(q2, torch.where(q[:, 3:] < 0, -q, q), atol=1e-12)  # round trip, w >= 0
     # numpy in, numpy out; any batch shape
     Rn = quaternions_to_matrices(q.numpy().reshape(5, 100, 4))
-    assert isinstance(Rn, np.ndarray) and Rn.shape == (5, 100, 3, 3) and np.allclose(Rn.reshape(-1, 3, 3), R.numpy(), atol=1e-15)
+    assert isinstance(Rn, np.ndarray) and Rn.shape == (5, 100, 3, 3)
+    assert np.allclose(Rn.reshape(-1, 3, 3), R.numpy(), atol=1e-15)
     assert isinstance(matrices_to_quaternions(Rn), np.ndarray)
     # the single-pose helpers are the same maths
     assert torch.allclose(quaternion_to_matrix(q[7]), R[7], atol=1e-15)
@@ -260,13 +263,16 @@ def test_rigid_inverse_and_compose_match_kornia():
     q = _random_quaternions(50, 21)
     t = torch.randn(50, 3, generator=torch.Generator().manual_seed(22), dtype=torch.float64) * 10
     T = poses_to_matrices(t, q)
-    assert torch.allclose(T[:, :3, 3], t) and torch.equal(T[:, 3], torch.tensor([0, 0, 0, 1.0], dtype=torch.float64).expand(50, 4))
+    assert torch.allclose(T[:, :3, 3],
+                          t) and torch.equal(T[:, 3], torch.tensor([0, 0, 0, 1.0], dtype=torch.float64).expand(50, 4))
     assert torch.allclose(invert_rigid(T), kornia.geometry.linalg.inverse_transformation(T), atol=1e-12)
     A, B = T[:25], T[25:]
     assert torch.allclose(compose_rigid(A, B), kornia.geometry.linalg.compose_transformations(A, B), atol=1e-12)
-    assert torch.allclose(compose_rigid(T, invert_rigid(T)), torch.eye(4, dtype=torch.float64).expand(50, 4, 4), atol=1e-12)
+    assert torch.allclose(compose_rigid(T, invert_rigid(T)), torch.eye(4, dtype=torch.float64).expand(50, 4, 4),
+                          atol=1e-12)
     Tn = poses_to_matrices(t.numpy(), q.numpy())
-    assert isinstance(invert_rigid(Tn), np.ndarray) and np.allclose(invert_rigid(Tn), invert_rigid(T).numpy(), atol=1e-15)
+    assert isinstance(invert_rigid(Tn), np.ndarray)
+    assert np.allclose(invert_rigid(Tn), invert_rigid(T).numpy(), atol=1e-15)
     far = t.clone()
     far[4, 2] = 2e6
     with pytest.raises(GeometryError, match=r"path\[4\].position: .*MAX_TRANSLATION"):
@@ -292,7 +298,9 @@ def test_slerp_and_pose_interpolation_match_kornia():
     Ti = interpolate_poses(T, s)
     assert torch.allclose(Ti[[0, 2, 4]], T[[0, 1, 3]], atol=1e-12)
     assert torch.allclose(Ti[1, :3, 3], 0.75 * T[0, :3, 3] + 0.25 * T[1, :3, 3])
-    assert torch.allclose(Ti[3, :3, :3], quaternions_to_matrices(slerp(q0[1], q0[2], torch.tensor(0.5, dtype=torch.float64))), atol=1e-12)
+    assert torch.allclose(Ti[3, :3, :3],
+                          quaternions_to_matrices(slerp(q0[1], q0[2], torch.tensor(0.5, dtype=torch.float64))),
+                          atol=1e-12)
     assert isinstance(interpolate_poses(T.numpy(), s.numpy()), np.ndarray)
 
 
@@ -309,4 +317,5 @@ def test_frustum_corners_match_kornia_unprojection():
     K[0, 1] = 3.0
     c = frustum_corners(K, 256, 448, depth=2.5)
     pix = c @ K.T
-    assert torch.allclose(pix[:, :2] / pix[:, 2:], uv, atol=1e-12) and torch.allclose(c[:, 2], torch.full((4,), 2.5, dtype=torch.float64))
+    assert torch.allclose(pix[:, :2] / pix[:, 2:], uv,
+                          atol=1e-12) and torch.allclose(c[:, 2], torch.full((4,), 2.5, dtype=torch.float64))

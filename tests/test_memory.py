@@ -103,12 +103,14 @@ def assert_readout_matches_reference(r, points, cam, stride, what=""):
         if in_c.any():
             j = np.nonzero(in_c)[0]
             assert (z[i] - tz[i] <= z[j] + tz[j]).all(), f"{what} cell {c}: winner {i} at {z[i]} behind a nearer point"
-        assert first_of[first[i]] == i, f"{what} cell {c}: winner {i} has an identical earlier copy {first_of[first[i]]}"
+        earlier = first_of[first[i]]
+        assert earlier == i, f"{what} cell {c}: winner {i} has an identical earlier copy {earlier}"
         k = ref["index"][c]
         if k != i:
             differ += 1
             near_tie = abs(z[i] - z[k]) <= tz[i] + tz[k]
-            assert near_tie or not (sure[i] and sure[k]), f"{what} cell {c}: winner {i} vs reference {k} is not a near-tie"
+            why = f"{what} cell {c}: winner {i} vs reference {k} is not a near-tie"
+            assert near_tie or not (sure[i] and sure[k]), why
     return differ
 
 
@@ -197,6 +199,7 @@ def test_many_points_per_cell_with_ties_match_the_float64_reference():
     assert np.array_equal(r.index.flatten().numpy(), float64_reference(mem.points, cam, 16)["index"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("occlusion", [True, False])
 def test_indexed_readout_keeps_its_promise_on_a_large_random_memory(occlusion):
     """Block index + culling against a float64 reference, with exact duplicates for the tie rule.
@@ -396,7 +399,7 @@ def test_cuda_keeps_the_same_promise_as_cpu():
 
 
 def test_read_is_robust_to_non_finite_points_in_an_indexed_memory():
-    """Issue 8, defect 5: +inf points (once let in by an absurd pose) made ``read`` raise IndexError
+    """+inf points (once let in by an absurd pose) made ``read`` raise IndexError
     for some views of a memory big enough for occlusion culling (NaN block footprints became
     INT64_MIN indices). insert/load/add_points refuse them; read must not crash if one got in."""
     g = torch.Generator().manual_seed(11)
@@ -418,7 +421,7 @@ def test_read_is_robust_to_non_finite_points_in_an_indexed_memory():
 
 @pytest.mark.parametrize("on_revisit", ["keep", "refresh"])
 def test_insert_refuses_points_that_are_not_finite_and_changes_nothing(on_revisit):
-    """Issue 8, defect 5: finite but absurd input (here a depth of 3e38 m, finite in float32) lifts
+    """Finite but absurd input (here a depth of 3e38 m, finite in float32) lifts
     to +-inf world points; insert must refuse by name before any change (also the refresh of
     re-observed cells, which used to happen before the points were computed)."""
     cam = Camera.from_fov(64, 96, 150, look_at([0, 0, 0], [1, 0, 0]))  # wide: corner rays |x/z| ~ 3
@@ -445,7 +448,8 @@ def test_load_refuses_non_finite_points(tmp_path):
             "feature_dtype": "bfloat16"}
     pts = torch.zeros(5, 3)
     pts[2, 1] = float("inf")
-    save_file({"points": pts, "features": torch.zeros(5, 48, dtype=torch.bfloat16)}, str(tmp_path / "inf.safetensors"), metadata=meta)
+    save_file({"points": pts, "features": torch.zeros(5, 48, dtype=torch.bfloat16)}, str(tmp_path / "inf.safetensors"),
+              metadata=meta)
     with pytest.raises(MemoryFileError, match="NaN or inf"):
         mem.load(tmp_path / "inf.safetensors")
     assert_unchanged(mem, snap)
@@ -464,7 +468,7 @@ def _memory_file(tmp_path, name, n=24, **meta_overrides):
 
 
 def test_load_respects_max_points_and_changes_nothing(tmp_path):
-    """Issue 8, defect 10: load() ignored memory.max_points."""
+    """load() ignored memory.max_points."""
     cam = Camera.from_fov(64, 96, 60, look_at([0, 0, 0], [1, 0, 0]))
     mem = LatentSpatialMemory(max_points=30)
     mem.insert(torch.randn(48, 4, 6), torch.full((64, 96), 2.0), cam)
@@ -477,7 +481,7 @@ def test_load_respects_max_points_and_changes_nothing(tmp_path):
 
 
 def test_load_says_what_a_path_that_is_not_a_file_is(tmp_path):
-    """Issue 8, defect 10: a directory or /dev/zero was reported as 'does not exist'."""
+    """A directory or /dev/zero was reported as 'does not exist'."""
     mem = LatentSpatialMemory()
     with pytest.raises(MemoryFileError, match="is a directory"):
         mem.load(tmp_path)
@@ -491,7 +495,7 @@ def test_load_says_what_a_path_that_is_not_a_file_is(tmp_path):
 
 @pytest.mark.parametrize("field,value", [("channels", "abc"), ("stride", "1.5"), ("channels", "")])
 def test_load_names_a_malformed_metadata_field(tmp_path, field, value):
-    """Issue 8, defect 10: channels='abc' in a file's metadata raised a bare ValueError."""
+    """channels='abc' in a file's metadata raised a bare ValueError."""
     mem = LatentSpatialMemory()
     with pytest.raises(MemoryFileError, match=f"{field}"):
         mem.load(_memory_file(tmp_path, "meta.safetensors", **{field: value}))
@@ -545,13 +549,15 @@ def test_earliest_within_hand_worked_example():
     assert torch.allclose(r.depth, torch.full((2, 2), 2.0))  # the winner's own depth
     mem.insert(torch.full((1, 2, 2), 3.0), torch.full((2, 2), 1.5), cam)
     assert torch.equal(mem.read(cam, earliest_within=0.05).latent, torch.full((1, 2, 2), 3.0))
-    assert torch.equal(LatentSpatialMemory(channels=1, earliest_within=0.05).read(cam).mask, torch.zeros(2, 2, dtype=torch.bool))
+    assert torch.equal(LatentSpatialMemory(channels=1, earliest_within=0.05).read(cam).mask,
+                       torch.zeros(2, 2, dtype=torch.bool))
     with pytest.raises(MemoryError_, match="earliest_within"):
         mem.read(cam, earliest_within=float("nan"))
     with pytest.raises(MemoryError_, match="earliest_within"):
         LatentSpatialMemory(channels=1, earliest_within=-0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("occlusion", [True, False])
 def test_earliest_within_keeps_the_promise_on_a_large_random_memory(occlusion):
     """Block index + culling (both passes) against the float64 observed-first reference: winners

@@ -11,6 +11,8 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Python module -> rosdep key (keys as rosdistro's rosdep/python.yaml spells them)
@@ -25,7 +27,8 @@ PY_KEYS = {
 # Python module -> PyPI distribution, for packages rosdep has no key for
 NO_KEY = {
     "safetensors": "safetensors", "diffusers": "diffusers", "peft": "peft", "accelerate": "accelerate",
-    "tokenizers": "tokenizers", "ftfy": "ftfy", "lmdb": "lmdb", "av": "av", "simplejpeg": "simplejpeg", "depth_anything_3": "depth-anything-3",
+    "tokenizers": "tokenizers", "ftfy": "ftfy", "lmdb": "lmdb", "av": "av", "simplejpeg": "simplejpeg",
+    "depth_anything_3": "depth-anything-3",
     "mcap": "mcap",
 }
 # ROS packages imported from Python that are not *_msgs / *_srvs / *_interfaces
@@ -104,9 +107,11 @@ def _check(imports, allowed, no_key_comment, where):
         elif mod in NO_KEY:
             dist = NO_KEY[mod]
             if dist not in pinned:
-                problems.append(f"{mod} (imported in {f}) has no rosdep key and {dist} is not pinned in requirements.txt")
+                problems.append(f"{mod} (imported in {f}) has no rosdep key and {dist} is not pinned in "
+                                f"requirements.txt")
             if where != "test_depend" and not re.search(rf"(?<![\w-]){re.escape(dist)}(?![\w-])", no_key_comment):
-                problems.append(f"{mod} (imported in {f}) has no rosdep key: name {dist} in package.xml's 'No rosdep key' comment")
+                problems.append(f"{mod} (imported in {f}) has no rosdep key: name {dist} in package.xml's 'No rosdep "
+                                f"key' comment")
         else:
             problems.append(f"{mod} (imported in {f}) is not classified: add it to PY_KEYS, NO_KEY or ROS_PY in "
                             f"tests/test_package_xml.py, and to package.xml")
@@ -116,7 +121,8 @@ def _check(imports, allowed, no_key_comment, where):
 def test_every_dependency_is_declared_once_with_a_well_formed_key():
     tags, _ = _package_xml()
     everything = [k for v in tags.values() for k in v]
-    assert len(everything) == len(set(everything)), f"declared twice: {[k for k in everything if everything.count(k) > 1]}"
+    twice = [k for k in everything if everything.count(k) > 1]
+    assert len(everything) == len(set(everything)), f"declared twice: {twice}"
     for k in everything:
         assert re.fullmatch(r"[a-z0-9][a-z0-9_.+-]*", k), k
 
@@ -134,6 +140,7 @@ def test_cmake_find_package_and_interface_dependencies_are_declared():
     assert "rosidl_default_runtime" in tags["exec_depend"] + tags["depend"]
 
 
+@pytest.mark.slow
 def test_runtime_imports_are_declared():
     tags, comment = _package_xml()
     allowed = set(tags["exec_depend"]) | set(tags["depend"])

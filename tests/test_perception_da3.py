@@ -73,6 +73,7 @@ def test_normalisation_and_umeyama_helpers():
     assert torch.allclose(En, En2, atol=1e-9) and abs(unit2 / unit - 4.0) < 1e-9
 
 
+@pytest.mark.slow
 def test_da3_depth_ignores_the_world_origin_and_follows_the_world_unit(views, small):
     cams, frames = views
     p = DA3Depth(net=small, preset="da3-small", process_res=84)
@@ -91,6 +92,7 @@ def test_da3_depth_ignores_the_world_origin_and_follows_the_world_unit(views, sm
     assert torch.isnan(d).all()
 
 
+@pytest.mark.slow
 def test_da3_metric_preset_takes_no_cameras_scales_by_focal_and_drops_sky(views):
     cams, frames = views
     net = _build("da3metric-large", shrink=True)

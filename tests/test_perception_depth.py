@@ -7,8 +7,15 @@ import torch
 
 from mirage_ros import sim
 from mirage_ros.memory import LatentSpatialMemory, downsample_depth
-from mirage_ros.perception import (AlignedDepth, DA3Depth, MemoryDepth, SimulatorDepth, align_depth,
-                                   decode_depth_image, make_depth_provider)
+from mirage_ros.perception import (
+    AlignedDepth,
+    DA3Depth,
+    MemoryDepth,
+    SimulatorDepth,
+    align_depth,
+    decode_depth_image,
+    make_depth_provider,
+)
 from mirage_ros.world_model.codec import ThumbnailCodec, images_to_tensor
 
 
@@ -56,6 +63,7 @@ def test_simulator_depth_marks_sky_invalid():
     assert torch.allclose(depth[0][near], torch.from_numpy(f.depth)[near], atol=6e-4)
 
 
+@pytest.mark.slow
 def test_memory_depth_is_the_readout_depth(room):
     scene, cams, frames = room
     mem = build_memory(cams, frames, [0])
@@ -98,10 +106,11 @@ def test_unaligned_monocular_depth_would_corrupt_the_memory(room):
     scene, cams, frames = room
     first = [0, 1, 2]
     factor = 2.5  # a monocular model off by this scale
-    wrong = lambda i, f: f.depth / factor if i not in first else f.depth  # noqa: E731
+    def wrong(i, f):
+        return f.depth / factor if i not in first else f.depth
+
     provider = AlignedDepth(SimulatorDepth(lambda c, i: frames[cams.index(c)].depth / factor), mode="scale")
     later = [3, 4, 5]
-    aligned_depths, _ = None, None
     mem_ok = build_memory(cams, frames, first)
     mem_bad = build_memory(cams, frames, first)
     codec = ThumbnailCodec()
@@ -116,10 +125,14 @@ def test_unaligned_monocular_depth_would_corrupt_the_memory(room):
     assert added_bad > 3 * max(1, added_ok)
     probe = cams[8]
     truth = downsample_depth(torch.from_numpy(frames[8].depth), 16)
-    err = lambda m: float(((m.read(probe).depth - truth).abs() / truth)[m.read(probe).mask].median())  # noqa: E731
+    def err(m):
+        r = m.read(probe)
+        return float(((r.depth - truth).abs() / truth)[r.mask].median())
+
     assert err(mem_ok) < 0.05 and err(mem_bad) > 0.3
 
 
+@pytest.mark.slow
 def test_da3_random_weights_shapes_and_safetensors_roundtrip(tmp_path):
     from safetensors.torch import save_file
 

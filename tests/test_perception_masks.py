@@ -1,6 +1,5 @@
 """Mask providers (none / labels / sam3 with Qwen3-VL or fixed entities), entity parsing, tiny real models."""
 import json
-import math
 import warnings
 
 import numpy as np
@@ -11,8 +10,8 @@ import torch.nn.functional as F
 from mirage_ros import sim
 from mirage_ros.geometry import project
 from mirage_ros.memory import LatentSpatialMemory
-from mirage_ros.perception.entities import (EntityParseWarning, FixedEntities, QwenEntityLister, parse_entities)
-from mirage_ros.perception.masks import LabelMasks, NoMasks, Sam3MaskProvider, make_mask_provider
+from mirage_ros.perception.entities import EntityParseWarning, FixedEntities, QwenEntityLister, parse_entities
+from mirage_ros.perception.masks import Sam3MaskProvider, make_mask_provider
 from mirage_ros.perception.sam3 import Sam3Segmenter
 
 warnings.filterwarnings("ignore", message=".*token_id must be.*")

@@ -13,10 +13,23 @@ import torch
 
 from mirage_ros import sim
 from mirage_ros.geometry import Camera, invert_rigid
-from mirage_ros.planning import (GOAL_IMAGINED, GOAL_READOUT, CandidateGoalScores, GoalView, Primitive, camera_pose,
-                                 fan, fan_paths, goto, heading_pitch, pick, primitive_path, scene_free_space,
-                                 view_angle, warp_intrinsics)
-
+from mirage_ros.planning import (
+    GOAL_IMAGINED,
+    GOAL_READOUT,
+    CandidateGoalScores,
+    GoalView,
+    Primitive,
+    camera_pose,
+    fan,
+    fan_paths,
+    goto,
+    heading_pitch,
+    pick,
+    primitive_path,
+    scene_free_space,
+    view_angle,
+    warp_intrinsics,
+)
 
 # -- paths --------------------------------------------------------------------------------------
 
@@ -203,6 +216,7 @@ def test_readout_scores_of_an_observed_view_and_the_readout_backend_agree():
 
 # -- the benchmark --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_bench_plan_tasks_have_one_answer_and_the_json_every_arm(tmp_path, capsys):
     from mirage_ros.bench import plan
     from mirage_ros.cli import main
@@ -226,7 +240,8 @@ def test_bench_plan_tasks_have_one_answer_and_the_json_every_arm(tmp_path, capsy
             assert plan.FIND_KNOWN[0] <= t.goal_known <= plan.FIND_KNOWN[1]
         assert set(plan.subset(t, 4)) <= set(range(8)) and t.correct in plan.subset(t, 4)
     out = tmp_path / "plan.json"
-    assert main(["bench", "plan", "--validation", "--seeds", "800001-800001", "--tasks", "return", "--arms", "readout,random,rgb",
+    assert main(["bench", "plan", "--validation", "--seeds", "800001-800001", "--tasks", "return", "--arms",
+                 "readout,random,rgb",
                  "--rgb-model", str(tmp_path / "no_such_model"), "--json", str(out), "--out", str(tmp_path / "frames"),
                  "--figures", "1", "--bootstrap", "200"]) == 0
     said = capsys.readouterr().out

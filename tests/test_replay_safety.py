@@ -1,6 +1,6 @@
 """`mirage replay` never destroys what it did not write, and bad input bags fail cleanly.
 
-Issue 8, defects 1 and 9: ``--overwrite`` used to ``shutil.rmtree`` whatever ``--out`` named (a
+``--overwrite`` used to ``shutil.rmtree`` whatever ``--out`` named (a
 folder with a thesis, or the input bag itself, exit 0); a truncated or garbage MCAP, or a topic
 recorded with the wrong type, ended in a traceback, exit 1 and a partial output bag.
 """
@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mirage_ros.ros.bag import BagWriter, read_messages
@@ -40,7 +39,8 @@ def _replay(*args):
     """The CLI as a user runs it: a separate process, exit code and stderr. The readout backend:
     these tests are about the files, not the model (the shipped model would add seconds a run)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "mirage_ros", "replay", *map(str, args), "--quiet", "-p", "backend=readout"],
+    return subprocess.run([sys.executable, "-m", "mirage_ros", "replay", *map(str, args), "--quiet", "-p",
+                           "backend=readout"],
                           capture_output=True, text=True, timeout=300, cwd=str(ROOT), env=env)
 
 
@@ -48,8 +48,9 @@ def _tree(path: Path) -> dict:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-# -- defect 1: --overwrite -------------------------------------------------------------------------
+# -- --overwrite -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_overwrite_refuses_a_folder_it_did_not_write(tmp_path, scene):
     src = _input_bag(tmp_path / "in", scene)
     thesis = tmp_path / "thesis"
@@ -62,6 +63,7 @@ def test_overwrite_refuses_a_folder_it_did_not_write(tmp_path, scene):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "thesis"]  # no temporary folder left
 
 
+@pytest.mark.slow
 def test_overwrite_refuses_the_input_bag_and_folders_around_it(tmp_path, scene):
     src = _input_bag(tmp_path / "in", scene)
     before = _tree(src)
@@ -75,6 +77,7 @@ def test_overwrite_refuses_the_input_bag_and_folders_around_it(tmp_path, scene):
     assert r.returncode == 2 and _tree(src) == before
 
 
+@pytest.mark.slow
 def test_overwrite_refuses_a_mirage_bag_with_other_files_in_it(tmp_path, scene):
     src = _input_bag(tmp_path / "in", scene)
     out = tmp_path / "out"
@@ -85,6 +88,7 @@ def test_overwrite_refuses_a_mirage_bag_with_other_files_in_it(tmp_path, scene):
     assert (out / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_a_bag_this_tool_wrote(tmp_path, scene):
     src = _input_bag(tmp_path / "in", scene)
     out = tmp_path / "out"
@@ -115,7 +119,7 @@ def test_bag_writer_writes_into_a_temporary_folder_and_renames_at_the_end(tmp_pa
     assert _tree(target) == old and sorted(p.name for p in tmp_path.iterdir()) == ["bag"]
 
 
-# -- defect 9: bad input bags ----------------------------------------------------------------------
+# -- bad input bags ----------------------------------------------------------------------
 
 def _check_clean_failure(r, tmp_path, out, *names):
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
@@ -127,6 +131,7 @@ def _check_clean_failure(r, tmp_path, out, *names):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_garbage_mcap_fails_cleanly(tmp_path):
     bad = tmp_path / "garbage.mcap"
     bad.write_bytes(b"\x89MCAP0\r\n" + os.urandom(5000))
@@ -134,6 +139,7 @@ def test_garbage_mcap_fails_cleanly(tmp_path):
     _check_clean_failure(_replay(bad, "--out", out), tmp_path, out, "garbage.mcap")
 
 
+@pytest.mark.slow
 def test_truncated_mcap_fails_cleanly(tmp_path, scene):
     src = _input_bag(tmp_path / "in", scene)
     mcap = next(src.glob("*.mcap"))
@@ -144,6 +150,7 @@ def test_truncated_mcap_fails_cleanly(tmp_path, scene):
     _check_clean_failure(_replay(cut, "--out", out), tmp_path, out, "cut.mcap")
 
 
+@pytest.mark.slow
 def test_topic_recorded_with_the_wrong_type_fails_cleanly(tmp_path, scene):
     cams, frames = scene
     src = tmp_path / "in"

@@ -203,12 +203,14 @@ def test_cancel_between_chunks(scene):
     core = make_core(scene, chunk_size=1)
     stop = []
     seen = []
-    for k, chunk in core.imagine_candidates(core.prepare_candidates([path_of(cams[1:6])] * 3), cancel=lambda: bool(stop)):
+    for k, chunk in core.imagine_candidates(core.prepare_candidates([path_of(cams[1:6])] * 3),
+                                            cancel=lambda: bool(stop)):
         seen.append((k, chunk.frame_indices))
         stop.append(1)
     assert len(seen) == 1
 
 
+@pytest.mark.slow
 def test_generative_candidates_batched_memory_unchanged():
     """The mirage backend (tiny, random weights) through the core: every candidate gets all its
     frames from one batched rollout, scores are the memory's readout at the model's cameras, the

@@ -55,6 +55,7 @@ def run_all(core, creq):
     return run
 
 
+@pytest.mark.slow
 def test_goal_image_scores_from_the_readout_and_the_imagined_frames(scene):
     _, cams, frames = scene
     core = make_core(scene)
@@ -77,6 +78,7 @@ def test_goal_image_scores_from_the_readout_and_the_imagined_frames(scene):
     assert fb.goal_source == GOAL_READOUT and len(fb.goal_latent_similarity) == 4 and len(fb.goal_pixel_similarity) == 0
 
 
+@pytest.mark.slow
 def test_a_wider_goal_camera_is_recognised_through_its_camera_info(scene):
     s, cams, _ = scene
     core = make_core(scene)

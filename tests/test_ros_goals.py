@@ -1,4 +1,4 @@
-"""The imagine goal policy without ROS (issue 8, defects 2 and 8): mirage_ros.ros.goals."""
+"""The imagine goal policy without ROS: mirage_ros.ros.goals."""
 import threading
 import time
 

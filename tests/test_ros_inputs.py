@@ -60,6 +60,7 @@ def sensor_msgs(cam, fr, stamp, frame=FRAME):
             cv.image_msg(B, fr.rgb, stamp, frame))
 
 
+@pytest.mark.slow
 def test_tf_only_robot_fills_the_memory_as_the_pose_topic_does(scene):
     cams, frames = scene
     ref = MirageCore({"backend": "readout", "viz.cloud_max_points": 10**6})
@@ -74,7 +75,8 @@ def test_tf_only_robot_fills_the_memory_as_the_pose_topic_does(scene):
         C = cam.camera_to_world.numpy()
         info, depth, img = sensor_msgs(cam, fr, st)
         # the pose-topic robot
-        for m, h in ((info, ref.intake.on_camera_info), (cv.pose_stamped_msg(B, C, st, "map"), ref.intake.on_pose), (depth, ref.intake.on_depth)):
+        for m, h in ((info, ref.intake.on_camera_info), (cv.pose_stamped_msg(B, C, st, "map"), ref.intake.on_pose),
+                     (depth, ref.intake.on_depth)):
             assert h(m) is None
         ref.observe(ref.intake.on_image(img))
         # the tf-only robot: the image comes before the transform covering its stamp
@@ -98,7 +100,8 @@ def test_tf_only_robot_fills_the_memory_as_the_pose_topic_does(scene):
 def test_camera_link_only_with_camera_is_link(scene):
     """Isaac Sim / Gazebo: only map -> camera_link; tf.camera_is_link adds link -> optical."""
     cams, frames = scene
-    core = MirageCore({"backend": "readout", "pose.source": "tf", "tf.camera_frame": "camera_link", "tf.camera_is_link": True})
+    core = MirageCore({"backend": "readout", "pose.source": "tf", "tf.camera_frame": "camera_link",
+                       "tf.camera_is_link": True})
     core.configure()
     C = cams[0].camera_to_world.numpy()
     map_from_link = C @ np.linalg.inv(LINK_FROM_OPTICAL)
@@ -143,7 +146,8 @@ def test_compressed_inputs_give_what_raw_inputs_give(scene):
     cams, frames = scene
     raw = MirageCore({"backend": "readout", "viz.cloud_max_points": 10**6})
     raw.configure()
-    z = MirageCore({"backend": "readout", "input.image_transport": "compressed", "input.depth_transport": "compressedDepth",
+    z = MirageCore({"backend": "readout", "input.image_transport": "compressed",
+                    "input.depth_transport": "compressedDepth",
                     "viz.cloud_max_points": 10**6})
     z.configure()
     import struct
@@ -153,7 +157,8 @@ def test_compressed_inputs_give_what_raw_inputs_give(scene):
         mm = np.nan_to_num(fr.depth * 1000.0, nan=0).astype(np.uint16)  # what a 16UC1 camera sends
         ok, dpng = cv2.imencode(".png", mm)
         head = struct.pack("<iff", 0, 0.0, 0.0)  # compressed_depth_image_transport's header for 16UC1
-        cmsg = B.CompressedImage(format="16UC1; compressedDepth png", data=np.frombuffer(head + dpng.tobytes(), np.uint8))
+        cmsg = B.CompressedImage(format="16UC1; compressedDepth png",
+                                 data=np.frombuffer(head + dpng.tobytes(), np.uint8))
         for c in (raw, z):
             c.intake.on_camera_info(cv.camera_info_msg(B, cam.K.numpy(), H, W, st, FRAME))
             c.intake.on_pose(cv.pose_stamped_msg(B, cam.camera_to_world.numpy(), st, "map"))
@@ -176,6 +181,7 @@ def test_compressed_inputs_give_what_raw_inputs_give(scene):
     assert "truncated" in z.last_rejection and z.backend.memory.num_points == n and z.version == v
 
 
+@pytest.mark.slow
 def test_replay_from_tf_and_compressed_topics_equals_the_pose_topic_replay(tmp_path, scene):
     """A bag recorded from a tf-only robot with compressed cameras (/tf_static, /tf, PNG
     image/compressed, compressedDepth) replays to the memory a pose-topic bag of the same frames

@@ -1,9 +1,8 @@
-"""save_memory / load_memory confinement (issue 8, defect 7), without ROS: mirage_ros.ros.paths
+"""save_memory / load_memory confinement, without ROS: mirage_ros.ros.paths
 and MirageCore.save / load."""
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mirage_ros.ros import convert as cv

@@ -6,7 +6,6 @@ MODEL_CARD.md). These tests run it on CPU at its own resolution (128x224) with a
 import hashlib
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +13,9 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from mirage_ros.world_model.backend import SHIPPED_MODEL, make_backend  # noqa: E402
-from mirage_ros.world_model.checkpoints import CheckpointError  # noqa: E402
-from mirage_ros.world_model.model import MirageWorldModel  # noqa: E402
+from mirage_ros.world_model.backend import SHIPPED_MODEL, make_backend
+from mirage_ros.world_model.checkpoints import CheckpointError
+from mirage_ros.world_model.model import MirageWorldModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,6 +43,7 @@ def test_shipped_files_are_safetensors_under_20_mb_matching_their_recorded_hashe
     assert recipe["seeds"]["held_out"]["first"] == 900_000 and recipe["memory"] == "latent"
 
 
+@pytest.mark.slow
 def test_the_memory_pays_off_on_a_held_out_closed_loop():
     """One held-out seed, a 25-frame closed loop from the first frame only: on the cells the first
     observation covers, the model with its latent memory is closer to the truth than the same model

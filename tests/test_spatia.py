@@ -22,9 +22,19 @@ from safetensors.torch import load_file, save_file
 from mirage_ros.world_model.codec import images_to_tensor
 from mirage_ros.world_model.frame_roles import FrameRoles
 from mirage_ros.world_model.sampler import FlowUniPCSampler
-from mirage_ros.world_model.spatia import (SpatiaSampler, SpatiaSettings, SpatiaWorldModel, classify_side_branch,
-                                           frontmost_visible, intersection_counts, latent_count, match_references,
-                                           read_negative_prompt, spatia_lora_state, spatia_rounds)
+from mirage_ros.world_model.spatia import (
+    SpatiaSampler,
+    SpatiaSettings,
+    SpatiaWorldModel,
+    classify_side_branch,
+    frontmost_visible,
+    intersection_counts,
+    latent_count,
+    match_references,
+    read_negative_prompt,
+    spatia_lora_state,
+    spatia_rounds,
+)
 
 FX = Path(__file__).resolve().parent / "fixtures" / "spatia_toy"
 
@@ -37,7 +47,8 @@ def fx():
 def gen(info, name):
     m = info["inputs"][name]
     a = np.random.RandomState(m["randomstate_seed"]).randint(0, 256, size=m["shape"]).astype(np.uint8)
-    assert hashlib.sha256(a.tobytes()).hexdigest() == m["sha256"], f"{name}: regenerated input differs from the fixture's"
+    digest = hashlib.sha256(a.tobytes()).hexdigest()
+    assert digest == m["sha256"], f"{name}: regenerated input differs from the fixture's"
     return a
 
 
@@ -49,6 +60,7 @@ def toy(one_thread):
 
 # -- files --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_full_size_manifest_loads_on_meta():
     """236 VACE tensors (8 blocks x 29 + before_proj + the 96-channel patch embedding) convert onto the
     Spatia-layout side branch of the full TI2V-5B backbone, and the LoRA's 600 tensors (rank 32 on q, k, v,
@@ -68,7 +80,8 @@ def test_full_size_manifest_loads_on_meta():
         branch = MirageSideBranch(**side_branch_config("spatia", TI2V_5B_TRANSFORMER))
         backbone = WanTransformer3DModel(**TI2V_5B_TRANSFORMER)
     assert list(branch.config.layers) == [0, 4, 8, 12, 16, 20, 24, 28]
-    check_state_dict(branch, convert_official_side_branch(vace), "manifest", what="Spatia VACE")  # raises on any mismatch
+    # raises on any mismatch
+    check_state_dict(branch, convert_official_side_branch(vace), "manifest", what="Spatia VACE")
     assert classify_side_branch(branch) == "spatia"
     state, dropped = spatia_lora_state(lora)
     info = load_lora_state(backbone, state, source="manifest")
@@ -151,6 +164,7 @@ def test_forward_matches_spatia_with_references_history_and_lora(fx, toy):
     assert (ours - d["fwd_out_lora"]).abs().max() < 2e-5
 
 
+@pytest.mark.slow
 def test_rounds_match_spatia_pipeline(fx, toy):
     """Two rounds through Spatia's call_latent_inference (4 UniPC steps, CFG 3.5, seed 20917): round 0 from
     the first image with the LoRA off, round 1 from 9 history frames and 2 references with it on."""
@@ -198,7 +212,8 @@ def test_round_bookkeeping_matches_inference_py(fx):
     assert {f: latent_count(int(f)) for f in b["latents_per_frames"]} == b["latents_per_frames"]
     assert {n: latent_count(int(n)) for n in b["history_latents"]} == b["history_latents"]  # 9 -> 3, 1 -> 1
     s = SpatiaSettings()
-    assert (s.map_stride, s.ref_stride, s.ref_history_stride) == tuple(b["strides_at_24fps"][k] for k in ("map", "ref", "ref_hist"))
+    assert (s.map_stride, s.ref_stride,
+            s.ref_history_stride) == tuple(b["strides_at_24fps"][k] for k in ("map", "ref", "ref_hist"))
     assert s.point_resolution == (294, 518)  # MapAnything's input size for 704 x 1248 frames
     assert abs(s.render_voxel_at(2) - 0.02) < 1e-12
     with pytest.raises(ValueError, match="4k \\+ 1"):
@@ -212,7 +227,9 @@ def test_reference_selection_matches_frustum_culling(fx):
     ref = info["references"]
     H, W = ref["image_size"]
     pts = d["ref_points"].float()
-    unpack = lambda m: torch.from_numpy(np.unpackbits(m.numpy(), axis=1)[:, :pts.shape[0]].astype(bool))  # noqa: E731
+    def unpack(m):
+        return torch.from_numpy(np.unpackbits(m.numpy(), axis=1)[:, :pts.shape[0]].astype(bool))
+
     hist = frontmost_visible(pts, d["ref_hist_w2c"], d["ref_K"].tolist(), H, W)
     new = frontmost_visible(pts, d["ref_new_w2c"], d["ref_K"].tolist(), H, W)
     assert torch.equal(hist, unpack(d["ref_hist_masks"])) and torch.equal(new, unpack(d["ref_new_masks"]))
@@ -238,7 +255,8 @@ def test_renderer_matches_pytorch3d_reference(fx):
         idx, _, d2 = rasterize(ndc_points(pts[:, :3], cam, "spatia"), H, W, r["radius"], r["points_per_pixel"])
         img, score = composite(idx, d2, r["radius"], pts[:, 3:6])
         assert torch.equal(idx, d["render_idx"][v].long())
-        small_chunks, _, _ = rasterize(ndc_points(pts[:, :3], cam, "spatia"), H, W, r["radius"], r["points_per_pixel"], chunk=97)
+        small_chunks, _, _ = rasterize(ndc_points(pts[:, :3], cam, "spatia"), H, W, r["radius"], r["points_per_pixel"],
+                                       chunk=97)
         assert torch.equal(small_chunks, idx)  # the running K best merged chunk by chunk: the same
         assert (img - d["render_rgb"][v]).abs().max() < 1e-5 and (score - d["render_score"][v]).abs().max() < 1e-5
     assert (d["render_idx"][1][..., 0] < 0).any() and (d["render_idx"][1][..., 0] >= 0).any()  # holes and points
@@ -252,4 +270,5 @@ def test_voxel_downsample_is_open3ds():
     p = torch.tensor([[0.0, 0, 0], [0.04, 0, 0], [0.06, 0, 0]])
     c = torch.tensor([[1.0, 0, 0], [0.0, 1, 0], [0.0, 0, 1]])
     q, cc = voxel_downsample(p, c, 0.1)
-    assert torch.allclose(q, torch.tensor([[0.02, 0, 0], [0.06, 0, 0]])) and torch.allclose(cc, torch.tensor([[0.5, 0.5, 0], [0, 0, 1.0]]))
+    assert torch.allclose(q, torch.tensor([[0.02, 0, 0], [0.06, 0, 0]]))
+    assert torch.allclose(cc, torch.tensor([[0.5, 0.5, 0], [0, 0, 1.0]]))

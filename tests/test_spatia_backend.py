@@ -22,6 +22,7 @@ def loop():
     return scene, poses, cams
 
 
+@pytest.mark.slow
 def test_rounds_lora_references_and_memory(loop, one_thread):
     """Four rounds along 39 cameras: round 0 (LoRA off, first frame only), then rounds of 17 frames with 9
     history frames (LoRA on, references from every 4th earlier frame, one per 12th camera); every requested
@@ -47,7 +48,8 @@ def test_rounds_lora_references_and_memory(loop, one_thread):
     assert -1 in chunks[1].references  # the observed frame is a candidate (Spatia's frame 0)
     c = chunks[1]
     assert c.frames.shape == (8, H, W, 3) and c.renders.shape == (8, H, W, 3) and c.masks.shape == (8, 4, 6)
-    assert c.readouts.shape == (8, 48, 4, 6) and {"readout", "references", "denoise", "decode", "update"} <= set(c.timings)
+    assert c.readouts.shape == (8, 48, 4, 6) and {"readout", "references", "denoise", "decode",
+                                                  "update"} <= set(c.timings)
     assert be.memory.num_points == n0  # imagined content stays out of the cache by default
     # the render the model saw is the cache's: black where it holds nothing, the hole mask says where
     assert (c.renders[~np.repeat(np.repeat(c.masks, 16, 1), 16, 2)] < 128).mean() > 0.5
@@ -105,12 +107,14 @@ def test_a_spatia_branch_is_refused_by_the_mirage_backend_and_options_are_checke
         make_backend("spatia", **{**TOY, "rounds": (20, 17, 9)})
 
 
+@pytest.mark.slow
 def test_demo_runs_the_spatia_backend(tmp_path, one_thread):
     from mirage_ros.cli import main
 
     out = tmp_path / "demo"
     assert main(["demo", "--backend", "spatia", "--weights", str(FX / "wan"), "--side-branch", str(FX / "spatia"),
-                 "--resolution", f"{H}x{W}", "--rounds", "21,17,9", "--steps", "1", "--chunks", "3", "--chunk-size", "8",
+                 "--resolution", f"{H}x{W}", "--rounds", "21,17,9", "--steps", "1", "--chunks", "3", "--chunk-size",
+                 "8",
                  "--no-bag", "--out", str(out)]) == 0
     import json
 
@@ -147,6 +151,7 @@ def test_node_core_serves_the_spatia_backend(one_thread):
         MirageCore({"backend": "spatia", "spatia.rounds": [13, 9]})
 
 
+@pytest.mark.slow
 def test_gpu_check_skips_without_cuda_and_its_dry_run_runs(tmp_path):
     """The prepared GPU check: here (no CUDA) the script says why and exits 0; its benchmark runs the same
     code at toy size on the CPU (both layouts), so it is known to run before a GPU session spends minutes."""
@@ -156,7 +161,8 @@ def test_gpu_check_skips_without_cuda_and_its_dry_run_runs(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     if not torch.cuda.is_available():
-        r = subprocess.run(["bash", str(root / "scripts" / "gpu_check.sh")], capture_output=True, text=True, timeout=120,
+        r = subprocess.run(["bash", str(root / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
+                           timeout=120,
                            env={**__import__("os").environ, "PYTHON": sys.executable})
         assert r.returncode == 0 and "skipped, no CUDA device" in r.stdout, r.stdout + r.stderr
     out = tmp_path / "gpu.json"

@@ -12,8 +12,17 @@ import pytest
 import torch
 
 from mirage_ros.geometry import Camera
-from mirage_ros.ros.tf_buffer import (LINK_FROM_OPTICAL, LINK_TO_OPTICAL_Q, Extrapolation, FrameMissing, NotConnected,
-                                      TfInputError, TfPoseQueue, TransformBuffer, transforms_from_msg)
+from mirage_ros.ros.tf_buffer import (
+    LINK_FROM_OPTICAL,
+    LINK_TO_OPTICAL_Q,
+    Extrapolation,
+    FrameMissing,
+    NotConnected,
+    TfInputError,
+    TfPoseQueue,
+    TransformBuffer,
+    transforms_from_msg,
+)
 
 S = 1_000_000_000
 
@@ -230,7 +239,8 @@ def test_pose_queue_waits_for_late_transforms_then_resolves_or_gives_up():
     assert q.request(5 * S, "camera_optical_frame", now_ns=1 * S) == ([], [])
     assert q.poll(1_400_000_000) == ([], [])
     resolved, failed = q.poll(1_500_000_000)
-    assert resolved == [] and failed[0][0] == 5 * S and "after its newest" in failed[0][1] and "waited 0.5 s" in failed[0][1]
+    assert resolved == [] and failed[0][0] == 5 * S
+    assert "after its newest" in failed[0][1] and "waited 0.5 s" in failed[0][1]
     # before the oldest sample: waiting cannot help, refused at once
     resolved, failed = q.request(S // 2, "camera_optical_frame", now_ns=2 * S)
     assert resolved == [] and "before its oldest" in failed[0][1] and not q.pending
@@ -250,8 +260,8 @@ def test_pose_queue_is_bounded_and_needs_a_frame():
         fails += q.request(10 * S + k, "camera_optical_frame", 0)[1]
     assert len(q.pending) == 3 and [s for s, _ in fails] == [10 * S, 10 * S + 1] and "queued" in fails[0][1]
     assert "tf.camera_frame" in q.request(1 * S, "", 0)[1][0][1]
-    assert np.allclose(TfPoseQueue(buf.lookup, "map", camera_frame="camera_optical_frame").request(1 * S, "ignored", 0)[0][0][1],
-                       MAP_FROM_OPTICAL, atol=1e-12)
+    named = TfPoseQueue(buf.lookup, "map", camera_frame="camera_optical_frame")
+    assert np.allclose(named.request(1 * S, "ignored", 0)[0][0][1], MAP_FROM_OPTICAL, atol=1e-12)
     # wait 0: no queue, the reason at once
     r, f = TfPoseQueue(buf.lookup, "map", wait_ns=0).request(3 * S, "camera_optical_frame", 0)
     assert r == [] and "after its newest" in f[0][1]

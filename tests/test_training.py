@@ -19,13 +19,12 @@ import torch
 pytest.importorskip("lmdb")
 pytest.importorskip("diffusers")
 
-from mirage_ros.geometry import Camera  # noqa: E402
-from mirage_ros.memory import LatentSpatialMemory  # noqa: E402
-from mirage_ros.training.clips import ClipSpec, build_clip  # noqa: E402
-from mirage_ros.training.dataset import DatasetError, MirageDataset  # noqa: E402
-from mirage_ros.training.sim_data import generate, render_clip, sim_clip_source  # noqa: E402
-from mirage_ros.training.trainer import TrainConfig, TrainError, Trainer, sample_batch  # noqa: E402
-from mirage_ros.world_model.codec import ThumbnailCodec, images_to_tensor  # noqa: E402
+from mirage_ros.memory import LatentSpatialMemory
+from mirage_ros.training.clips import ClipSpec, build_clip
+from mirage_ros.training.dataset import DatasetError, MirageDataset
+from mirage_ros.training.sim_data import generate, render_clip, sim_clip_source
+from mirage_ros.training.trainer import TrainConfig, Trainer, TrainError, sample_batch
+from mirage_ros.world_model.codec import ThumbnailCodec, images_to_tensor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,7 +62,8 @@ def test_dataset_records_what_algorithm_1_reads(dataset):
     codec = ThumbnailCodec()
     z = codec.encode(images_to_tensor(rgb))
     meta = ds.meta(1)
-    assert meta["seed"] == 12 and torch.allclose(torch.tensor(meta["world_to_camera"], dtype=torch.float64), torch.stack([c.world_to_camera for c in cams]))
+    assert meta["seed"] == 12 and torch.allclose(torch.tensor(meta["world_to_camera"], dtype=torch.float64),
+                                                 torch.stack([c.world_to_camera for c in cams]))
     mem = LatentSpatialMemory()
     for a in range(4):
         mem.insert(z[a], torch.from_numpy(depth[a]), cams[a], exclude=torch.from_numpy(labels[a] != 0))
@@ -162,6 +162,7 @@ def _fixed_loss(t: Trainer) -> float:
     return float(np.mean(losses))
 
 
+@pytest.mark.slow
 def test_loss_falls_on_a_fixed_seed(dataset, tmp_path):
     t = _train(dataset, tmp_path / "run", steps=100, lr=3e-3, warmup=5)
     before = _fixed_loss(t)
@@ -180,6 +181,7 @@ def test_loss_falls_on_a_fixed_seed(dataset, tmp_path):
         assert torch.equal(a, b), n
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(dataset, tmp_path):
     _train(dataset, tmp_path / "a", steps=8).fit()
 
@@ -210,7 +212,11 @@ def test_pinned_training_inputs_and_x0_loss_by_hand(dataset):
     from mirage_ros.training.trainer import flow_matching_inputs, flow_matching_loss
 
     data = MirageDataset(dataset)
-    i = next(k for k in range(len(data)) if data.window(k)["masks"][1:9].any() and not data.window(k)["masks"][1:9].all())
+    def partly_masked(k):
+        m = data.window(k)["masks"][1:9]
+        return m.any() and not m.all()
+
+    i = next(k for k in range(len(data)) if partly_masked(k))
     w = data.window(i)
     base = TrainConfig(config="tiny", data=str(dataset), out="x", readout_dropout=0.0, readout_noise=0.0,
                        context_noise=0.0)
@@ -236,6 +242,7 @@ def test_pinned_training_inputs_and_x0_loss_by_hand(dataset):
     assert torch.allclose(flow_matching_loss(pred, b), (err * wgt).sum() / wgt.sum())
 
 
+@pytest.mark.slow
 def test_ema_run_exports_the_average_and_resumes_bit_for_bit(dataset, tmp_path):
     """EMA: the exported model holds the moving average (not the last weights), the checkpoint
     carries it, and an interrupted run resumed equals the uninterrupted one, EMA included; a
@@ -336,6 +343,7 @@ def test_stage2_trains_only_the_side_branch_and_lora(dataset, tmp_path):
     assert (tmp_path / "s2" / "model" / "transformer" / "lora.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_a_refiner_added_to_a_started_from_model_changes_nothing_until_trained(dataset, tmp_path):
     """--init with --refiner-channels adds a fresh refiner whose last layer is zero: the started-from
     model's loss is unchanged before the first step; after training the refiner has moved and the
@@ -361,11 +369,13 @@ def _env():
     return env
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_stops_cleanly_then_resume_finishes(dataset, tmp_path):
     run = tmp_path / "run"
     base = [sys.executable, "-m", "mirage_ros", "train", "--config", "tiny", "--data", str(dataset), "--out", str(run),
             "--batch", "1", "--checkpoint-every", "100000", "--no-progress", "--threads", "1"]
-    proc = subprocess.Popen(base + ["--steps", "100000"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(base + ["--steps", "100000"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     metrics = run / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and (not metrics.is_file() or len(metrics.read_text().splitlines()) < 2):
@@ -378,11 +388,13 @@ def test_sigterm_saves_and_stops_cleanly_then_resume_finishes(dataset, tmp_path)
     assert summary["interrupted"] and summary["step"] >= 2
     assert (run / "checkpoints" / f"step_{summary['step']:08d}" / "trainable.safetensors").is_file()
     n = summary["step"]
-    r = subprocess.run(base + ["--steps", str(n + 1), "--resume"], env=_env(), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(base + ["--steps", str(n + 1), "--resume"], env=_env(), capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["step"] == n + 1
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_with_the_doubled_batch(dataset, tmp_path):
     """torchrun with 2 CPU (gloo) processes of batch 2 follows the same loss curve as 1 process of
     batch 4: same samples, same noise, gradients averaged. A large learning rate makes every step's
@@ -390,7 +402,8 @@ def test_two_gloo_processes_match_one_with_the_doubled_batch(dataset, tmp_path):
     process of batch 2 (what a missing gradient average amounts to) is off by about 2 %."""
     common = ["--config", "tiny", "--data", str(dataset), "--steps", "6", "--warmup", "1", "--lr", "1e-2",
               "--no-progress", "--threads", "1"]
-    one = subprocess.run([sys.executable, "-m", "mirage_ros", "train", "--out", str(tmp_path / "one"), "--batch", "4"] + common,
+    one = subprocess.run([sys.executable, "-m", "mirage_ros", "train", "--out", str(tmp_path / "one"), "--batch",
+                          "4"] + common,
                          env=_env(), capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -403,7 +416,8 @@ def test_two_gloo_processes_match_one_with_the_doubled_batch(dataset, tmp_path):
     # budget: float32 summation order differs (per-rank means averaged vs one mean), ~1e-7 per step,
     # compounded over 6 steps; a 1e-4 budget stays 100x below the effect of a wrong average
     assert np.allclose(a, b, rtol=1e-4, atol=0), (a, b)
-    half = subprocess.run([sys.executable, "-m", "mirage_ros", "train", "--out", str(tmp_path / "half"), "--batch", "2"] + common,
+    half = subprocess.run([sys.executable, "-m", "mirage_ros", "train", "--out", str(tmp_path / "half"), "--batch",
+                           "2"] + common,
                           env=_env(), capture_output=True, text=True, timeout=600)
     assert half.returncode == 0, half.stderr
     c = _losses(tmp_path / "half")
@@ -414,7 +428,8 @@ def test_cli_data_sim_and_train_one_line_errors(tmp_path, dataset):
     from mirage_ros.cli import main
 
     assert main(["data", "sim", "--out", str(dataset), "--scenes", "1", "--frames", "12", "--resolution", "64x96"]) == 2
-    assert main(["train", "--config", "tiny", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), "--steps", "1"]) == 2
+    assert main(["train", "--config", "tiny", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), "--steps",
+                 "1"]) == 2
     assert not (tmp_path / "r").exists()
 
 
@@ -439,7 +454,8 @@ def test_data_bag_reads_the_demo_bag_like_the_simulator(tmp_path):
     codec = ThumbnailCodec()
     z = codec.encode(images_to_tensor(np.stack([s.rgb for s in shots])))
     meta = ds.meta(0)
-    assert np.allclose(np.array(meta["world_to_camera"]), np.stack([c.world_to_camera.numpy() for c in cams[:12]]), atol=1e-9)
+    assert np.allclose(np.array(meta["world_to_camera"]), np.stack([c.world_to_camera.numpy() for c in cams[:12]]),
+                       atol=1e-9)
     mem = LatentSpatialMemory()
     for a in range(3):
         mem.insert(z[a], torch.from_numpy(shots[a].depth), cams[a], exclude=torch.from_numpy(shots[a].labels != 0))

@@ -11,18 +11,16 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from diffusers import WanTransformer3DModel  # noqa: E402
+from diffusers import WanTransformer3DModel
 
-from mirage_ros.world_model.checkpoints import CheckpointError  # noqa: E402
-from mirage_ros.world_model.configs import TINY_TRANSFORMER, side_branch_config  # noqa: E402
-from mirage_ros.world_model.frame_roles import FrameRoles, segment_rotary_embedding  # noqa: E402
-from mirage_ros.world_model.lora import (LORA_TARGETS, MirageLoRA, add_lora, load_lora,  # noqa: E402
-                                         lora_state_dict, save_lora)
-from mirage_ros.world_model.sampler import FlowUniPCSampler  # noqa: E402
-from mirage_ros.world_model.side_branch import MirageSideBranch  # noqa: E402
-from mirage_ros.world_model.text import PromptEncoder, load_prompt_embeds, save_prompt_embeds  # noqa: E402
-from mirage_ros.world_model.transformer import MirageTransformer  # noqa: E402
-
+from mirage_ros.world_model.checkpoints import CheckpointError
+from mirage_ros.world_model.configs import TINY_TRANSFORMER, side_branch_config
+from mirage_ros.world_model.frame_roles import FrameRoles, segment_rotary_embedding
+from mirage_ros.world_model.lora import LORA_TARGETS, MirageLoRA, add_lora, load_lora, lora_state_dict, save_lora
+from mirage_ros.world_model.sampler import FlowUniPCSampler
+from mirage_ros.world_model.side_branch import MirageSideBranch
+from mirage_ros.world_model.text import PromptEncoder, load_prompt_embeds, save_prompt_embeds
+from mirage_ros.world_model.transformer import MirageTransformer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -268,7 +266,8 @@ def test_memory_pinning_by_hand():
     pasted = FlowUniPCSampler(steps=6, shift=3.0, pin_until=1.0, pin_paste=True).sample(
         predict, noise, clean, known=known, known_mask=mask)
     assert torch.equal(pasted[vis], known[vis]) and torch.equal(pasted[:, :, :1], clean)
-    off = FlowUniPCSampler(steps=6, shift=3.0, pin_until=0.0).sample(predict, noise, clean, known=known, known_mask=mask)
+    off = FlowUniPCSampler(steps=6, shift=3.0, pin_until=0.0).sample(predict, noise, clean, known=known,
+                                                                     known_mask=mask)
     assert torch.equal(off, plain)
 
 
@@ -372,7 +371,8 @@ def test_side_branch_config_round_trips_through_json(layout, in_ch):
     mask = (torch.rand(1, 1, roles.num_conditioned, 4, 6, generator=g) > 0.5).float()
     out = MirageTransformer(bb, branch)(x, ft, text, roles, control, mask)
     assert not torch.allclose(out, MirageTransformer(bb)(x, ft, text, roles), atol=1e-4)  # the branch is live
-    assert torch.equal(MirageTransformer(bb, rebuilt)(x, ft, text, roles, control, mask), out)  # same code, same weights
+    # same code, same weights
+    assert torch.equal(MirageTransformer(bb, rebuilt)(x, ft, text, roles, control, mask), out)
 
 
 @torch.no_grad()

@@ -13,20 +13,22 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from diffusers import AutoencoderKLWan, WanTransformer3DModel  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from safetensors.torch import load_file, save_file
 
-from mirage_ros.world_model.checkpoints import (  # noqa: E402
-    CheckpointError, convert_wan22_vae_to_diffusers, convert_wan_transformer_to_diffusers, detect_layout,
+from mirage_ros.world_model.checkpoints import (
+    CheckpointError,
+    convert_wan22_vae_to_diffusers,
+    convert_wan_transformer_to_diffusers,
+    detect_layout,
     read_state_dict,
 )
-from mirage_ros.world_model.codec import WanVAECodec  # noqa: E402
-from mirage_ros.world_model.configs import TINY_TRANSFORMER, TINY_VAE_OVERRIDES  # noqa: E402
-from mirage_ros.world_model.frame_roles import FrameRoles  # noqa: E402
-from mirage_ros.world_model.model import MirageWorldModel  # noqa: E402
-from mirage_ros.world_model.side_branch import MirageSideBranch  # noqa: E402
-from mirage_ros.world_model.transformer import MirageTransformer  # noqa: E402
-
+from mirage_ros.world_model.codec import WanVAECodec
+from mirage_ros.world_model.configs import TINY_TRANSFORMER, TINY_VAE_OVERRIDES
+from mirage_ros.world_model.frame_roles import FrameRoles
+from mirage_ros.world_model.model import MirageWorldModel
+from mirage_ros.world_model.side_branch import MirageSideBranch
+from mirage_ros.world_model.transformer import MirageTransformer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,9 +44,11 @@ DIT_TOP = {  # diffusers prefix -> Wan2.2 WanModel prefix
     "proj_out": "head.head",
 }
 DIT_BLOCK = {  # inside blocks.N: diffusers -> WanAttentionBlock
-    "attn1.to_q": "self_attn.q", "attn1.to_k": "self_attn.k", "attn1.to_v": "self_attn.v", "attn1.to_out.0": "self_attn.o",
+    "attn1.to_q": "self_attn.q", "attn1.to_k": "self_attn.k", "attn1.to_v": "self_attn.v",
+    "attn1.to_out.0": "self_attn.o",
     "attn1.norm_q": "self_attn.norm_q", "attn1.norm_k": "self_attn.norm_k",
-    "attn2.to_q": "cross_attn.q", "attn2.to_k": "cross_attn.k", "attn2.to_v": "cross_attn.v", "attn2.to_out.0": "cross_attn.o",
+    "attn2.to_q": "cross_attn.q", "attn2.to_k": "cross_attn.k", "attn2.to_v": "cross_attn.v",
+    "attn2.to_out.0": "cross_attn.o",
     "attn2.norm_q": "cross_attn.norm_q", "attn2.norm_k": "cross_attn.norm_k",
     "norm2": "norm3",  # WanAttentionBlock.norm3 is the (affine) cross-attention norm
     "ffn.net.0.proj": "ffn.0", "ffn.net.2": "ffn.2",
@@ -146,7 +150,8 @@ def test_dit_original_keys_convert_to_diffusers_exactly():
     assert set(converted) == set(sd)
     assert all(torch.equal(converted[k], sd[k]) for k in sd)
     with pytest.raises(CheckpointError, match="blocks.0.bogus"):
-        convert_wan_transformer_to_diffusers({**original, "blocks.0.bogus.weight": torch.zeros(1)}, source="x.safetensors")
+        convert_wan_transformer_to_diffusers({**original, "blocks.0.bogus.weight": torch.zeros(1)},
+                                             source="x.safetensors")
 
 
 def test_vae_original_keys_convert_to_diffusers_exactly():
@@ -154,7 +159,8 @@ def test_vae_original_keys_convert_to_diffusers_exactly():
     sd = distinct(vae.state_dict())
     original = vae_to_original(sd, num_res_blocks=TINY_VAE_OVERRIDES["num_res_blocks"])
     for key in ("encoder.conv1.weight", "encoder.downsamples.0.downsamples.0.residual.0.gamma",
-                "encoder.downsamples.0.downsamples.1.resample.1.weight", "encoder.downsamples.1.downsamples.1.time_conv.weight",
+                "encoder.downsamples.0.downsamples.1.resample.1.weight",
+                "encoder.downsamples.1.downsamples.1.time_conv.weight",
                 "encoder.middle.1.to_qkv.weight", "decoder.upsamples.0.upsamples.2.time_conv.weight",
                 "decoder.head.2.weight", "conv1.weight", "conv2.weight"):
         assert key in original, key
@@ -196,7 +202,8 @@ def test_load_original_layout(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({
         "model_type": "ti2v", "dim": 24, "num_heads": 2, "ffn_dim": 64, "num_layers": 4, "text_dim": 32,
         "in_dim": 48, "out_dim": 48, "freq_dim": 256, "eps": 1e-6}))
-    torch.save(vae_to_original({k: v.clone() for k, v in vae.state_dict().items()}, TINY_VAE_OVERRIDES["num_res_blocks"]),
+    torch.save(vae_to_original({k: v.clone() for k, v in vae.state_dict().items()},
+                               TINY_VAE_OVERRIDES["num_res_blocks"]),
                tmp_path / "Wan2.2_VAE.pth")
     assert detect_layout(tmp_path) == "original"
     model = MirageWorldModel.from_pretrained(tmp_path, device="cpu", text_encoder=False)

@@ -11,15 +11,14 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from mirage_ros.geometry import Camera, backproject, look_at  # noqa: E402
-from mirage_ros.memory import LatentSpatialMemory  # noqa: E402
-from mirage_ros.world_model.backend import make_backend  # noqa: E402
-from mirage_ros.world_model.model import MirageWorldModel  # noqa: E402
-from mirage_ros.world_model.providers import as_depth_fn, as_mask_fn, make_provider  # noqa: E402
-from mirage_ros.world_model.references import ReferenceSelector, voxel_iou, voxel_keys  # noqa: E402
-from mirage_ros.world_model.rollout import RolloutConfig, latent_chunks, rollout  # noqa: E402
-from mirage_ros.world_model.sampler import FlowUniPCSampler  # noqa: E402
-
+from mirage_ros.geometry import Camera, backproject, look_at
+from mirage_ros.memory import LatentSpatialMemory
+from mirage_ros.world_model.backend import make_backend
+from mirage_ros.world_model.model import MirageWorldModel
+from mirage_ros.world_model.providers import as_depth_fn, as_mask_fn, make_provider
+from mirage_ros.world_model.references import ReferenceSelector, voxel_iou, voxel_keys
+from mirage_ros.world_model.rollout import RolloutConfig, latent_chunks, rollout
+from mirage_ros.world_model.sampler import FlowUniPCSampler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -62,8 +61,10 @@ def model():
 def run(model, n, seed=0, **kw):
     cams = cameras(n)
     mem = LatentSpatialMemory(48, 16)
-    res = rollout(model, first_image(), cams, mem, first_depth=wall_depth(cams[0]), first_exclude=dynamic_mask(None, cams[:1])[0],
-                  depth_provider=kw.pop("depth_provider", sim_depth), mask_provider=kw.pop("mask_provider", dynamic_mask),
+    res = rollout(model, first_image(), cams, mem, first_depth=wall_depth(cams[0]),
+                  first_exclude=dynamic_mask(None, cams[:1])[0],
+                  depth_provider=kw.pop("depth_provider", sim_depth),
+                  mask_provider=kw.pop("mask_provider", dynamic_mask),
                   config=RolloutConfig(seed=seed, progress=False, **kw))
     return res, mem
 
@@ -88,7 +89,8 @@ def test_three_chunk_rollout_shapes_dtypes_and_no_duplicated_overlap(model):
     assert np.array_equal(res.frames[0], first_image())  # O <- {I_0}
     assert len(res.timings) == 3
     for t in res.timings:
-        assert set(t) >= {"readout", "denoise", "decode", "depth", "masks", "encode", "update"} and all(v >= 0 for v in t.values())
+        assert set(t) >= {"readout", "denoise", "decode", "depth", "masks", "encode",
+                          "update"} and all(v >= 0 for v in t.values())
     assert res.chunks[1]["preceding"] == [6, 7] and res.chunks[2]["preceding"] == [14, 15]
     assert torch.isfinite(res.latents).all()
 

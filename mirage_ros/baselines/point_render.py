@@ -65,7 +65,8 @@ def voxel_downsample(points: torch.Tensor, colors: Optional[torch.Tensor], voxel
 
 
 def _pix_to_ndc(i: torch.Tensor, S1: int, S2: int) -> torch.Tensor:
-    """NDC of pixel index ``i`` along an axis of ``S1`` pixels (the other has ``S2``), PyTorch3D's formula in float32."""
+    """NDC of pixel index ``i`` along an axis of ``S1`` pixels (the other has ``S2``), PyTorch3D's formula in
+    float32."""
     rng = 2.0 if S1 <= S2 else 2.0 * S1 / S2
     off = rng / 2.0
     return -off + (rng * i.float() + off) / S1
@@ -99,7 +100,8 @@ def ndc_points(points: torch.Tensor, camera: Camera, convention: str = "spatia")
     M[:3, :3], M[3, :3] = R, torch.inverse(c2w_p3d)[:3, 3]
     hom = torch.cat([points.float() @ flip.T, torch.ones(points.shape[0], 1, device=dev)], 1)
     view = hom @ M
-    P = torch.tensor([[fxn, 0.0, pxn, 0.0], [0.0, fyn, pyn, 0.0], [0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]], device=dev)
+    P = torch.tensor([[fxn, 0.0, pxn, 0.0], [0.0, fyn, pyn, 0.0], [0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]],
+                     device=dev)
     proj = view @ P.T
     return torch.stack([proj[:, 0] / proj[:, 3], proj[:, 1] / proj[:, 3], view[:, 2]], 1)
 

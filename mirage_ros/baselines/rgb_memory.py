@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 import torch.nn.functional as F
 
 from ..geometry import Camera
@@ -69,7 +68,8 @@ class RGBPointCloudMemory:
 
     stores_pixels = True  # the rollout inserts decoded pixels, not latents
 
-    def __init__(self, encoder, device="cpu", dedup: bool = True, dedup_tolerance: float = 0.05, block_size: float = 1.0,
+    def __init__(self, encoder, device="cpu", dedup: bool = True, dedup_tolerance: float = 0.05,
+                 block_size: float = 1.0,
                  splat: str = "pixel", max_splat: int = 8, fill_iterations: int = 2, coverage_threshold: float = 0.5,
                  max_points=None):
         if splat not in ("pixel", "footprint"):
@@ -138,7 +138,8 @@ class RGBPointCloudMemory:
         pixels); exclude (H, W) or (h, w) bool. Returns points added."""
         img = torch.as_tensor(np.asarray(image))
         if img.dtype != torch.uint8 or tuple(img.shape) != (camera.height, camera.width, 3):
-            raise ValueError(f"image: expected ({camera.height}, {camera.width}, 3) uint8, got {tuple(img.shape)} {img.dtype}")
+            raise ValueError(f"image: expected ({camera.height}, {camera.width}, 3) uint8, got {tuple(img.shape)} "
+                             f"{img.dtype}")
         d = torch.as_tensor(np.asarray(depth) if not isinstance(depth, torch.Tensor) else depth)
         s = self.stride
         if tuple(d.shape) == (camera.height // s, camera.width // s):  # latent-resolution depth (e.g. the memory's own)
@@ -191,7 +192,8 @@ class RGBPointCloudMemory:
         if ix.num_blocks == 0:
             return None
         m = float(self.max_splat)
-        shift = torch.tensor([[1.0, 0.0, m], [0.0, 1.0, m], [0.0, 0.0, 1.0]], device=P.device)  # pixel (u, v) -> (u+m, v+m)
+        # pixel (u, v) -> (u+m, v+m)
+        shift = torch.tensor([[1.0, 0.0, m], [0.0, 1.0, m], [0.0, 0.0, 1.0]], device=P.device)
         vis, _, _ = ix.frustum(shift @ P, H + 2 * self.max_splat, W + 2 * self.max_splat)
         ids = ix.gather(vis.nonzero().squeeze(1))
         if ix.n_indexed < n:
@@ -233,7 +235,8 @@ class RGBPointCloudMemory:
         best = best[: H * W]
         filled = best != _INT64_MAX
         winner = torch.where(filled, best & _LOW32, torch.full_like(best, -1))
-        zbest = torch.where(filled, (best >> 32).to(torch.int32).view(torch.float32), torch.full_like(best, float("inf"), dtype=torch.float32))
+        zbest = torch.where(filled, (best >> 32).to(torch.int32).view(torch.float32),
+                            torch.full_like(best, float("inf"), dtype=torch.float32))
         rgb = torch.zeros(H * W, 3, dtype=torch.uint8, device=dev)
         rgb[filled] = self.cloud.features[winner[filled]]
         rgb, zimg, cover = rgb.view(H, W, 3), zbest.view(H, W), filled.view(H, W)

@@ -32,9 +32,11 @@ TARGET_RATIO_K8 = 3.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", default="mirage_out/bench_candidates.json", help="output JSON (a PNG is written beside it)")
+    p.add_argument("--json", default="mirage_out/bench_candidates.json", help="output JSON (a PNG is written beside "
+                                                                              "it)")
     p.add_argument("--ks", default="1,4,8", help="comma-separated candidate counts K")
-    p.add_argument("--frames", type=int, default=16, help="frames per candidate (up to 32 is one chunk round of the model)")
+    p.add_argument("--frames", type=int, default=16, help="frames per candidate (up to 32 is one chunk round of the "
+                                                          "model)")
     p.add_argument("--spacing", type=int, default=3, help="loop poses between candidate starts")
     p.add_argument("--repeats", type=int, default=3, help="timed requests per K (median reported)")
     p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
@@ -66,7 +68,6 @@ def _one(backend, trajs) -> dict:
 
 
 def run(args) -> int:
-    import numpy as np
     import torch
 
     from .. import sim
@@ -107,7 +108,8 @@ def run(args) -> int:
             s["scores_seconds"] = time.perf_counter() - t
             s["known"] = [float(x["known"]) for x in scores]
             samples[K].append(s)
-            print(f"  repeat {r}: K={K}: {s['seconds']:.2f} s, cpu {s['cpu_seconds']:.2f} s ({s['frames']} frames, first chunk "
+            print(f"  repeat {r}: K={K}: {s['seconds']:.2f} s, cpu {s['cpu_seconds']:.2f} s ({s['frames']} frames, "
+                  f"first chunk "
                   f"{s['first_chunk_seconds']:.2f} s, denoise {s['denoise_seconds']:.2f} s, other stages "
                   f"{s['other_stages_seconds']:.2f} s), load {load0:.1f}", flush=True)
     if backend.memory.num_points != points:

@@ -62,7 +62,8 @@ def run(args) -> int:
         variants = {"rendered": frames}
         if args.noise > 0:
             variants[f"rendered + noise sigma {args.noise:g}"] = [
-                np.clip(f.astype(np.float32) + rng.normal(0, args.noise, f.shape), 0, 255).astype(np.uint8) for f in frames]
+                np.clip(f.astype(np.float32) + rng.normal(0, args.noise, f.shape), 0,
+                        255).astype(np.uint8) for f in frames]
         raw_bytes = H * W * 3
         for variant, imgs in variants.items():
             for codec in ("jpeg", "png"):
@@ -71,7 +72,8 @@ def run(args) -> int:
                     data, fmt = cz.encode_rgb(img, codec, args.jpeg_quality, args.png_level)
                     msg = SimpleNamespace(format=fmt, data=data)
                     sizes.append(int(data.size))
-                    enc_ms.append(_median_ms(lambda: cz.encode_rgb(img, codec, args.jpeg_quality, args.png_level), args.repeats))
+                    enc_ms.append(_median_ms(lambda: cz.encode_rgb(img, codec, args.jpeg_quality, args.png_level),
+                                             args.repeats))
                     dec_ms.append(_median_ms(lambda: cz.compressed_to_rgb(msg), args.repeats))
                     back = cz.compressed_to_rgb(msg).astype(np.float64)
                     mse = float(np.mean((back - img.astype(np.float64)) ** 2))
@@ -104,7 +106,8 @@ def run(args) -> int:
                     img16 = inv.astype(np.uint16)
                     head = struct.pack("<iff", 0, float(qa), float(qb))
                 ok, buf = cv2.imencode(".png", img16, [cv2.IMWRITE_PNG_COMPRESSION, args.png_level])
-                msg = SimpleNamespace(format=f"{enc}; compressedDepth png", data=np.frombuffer(head + buf.tobytes(), np.uint8))
+                msg = SimpleNamespace(format=f"{enc}; compressedDepth png",
+                                      data=np.frombuffer(head + buf.tobytes(), np.uint8))
                 sizes.append(int(msg.data.size))
                 dec_ms.append(_median_ms(lambda: cz.compressed_depth_to_array(msg), args.repeats))
             raw = H * W * (2 if enc == "16UC1" else 4)
@@ -129,8 +132,10 @@ def run(args) -> int:
     pyplot = viz.plt()
     col = [r for r in rows if r["codec"] in ("jpeg", "png")]
     fig, axes = pyplot.subplots(1, 2, figsize=(11, 3.8))
-    labels = [f"{r['resolution'][0]}x{r['resolution'][1]} {r['codec']}{' +noise' if 'noise' in r['input'] else ''}" for r in col]
-    axes[0].barh(labels, [r["bytes_per_frame"] / 1024 for r in col], color=["C0" if r["codec"] == "jpeg" else "C1" for r in col])
+    labels = [f"{r['resolution'][0]}x{r['resolution'][1]} "
+              f"{r['codec']}{' +noise' if 'noise' in r['input'] else ''}" for r in col]
+    axes[0].barh(labels, [r["bytes_per_frame"] / 1024 for r in col],
+                 color=["C0" if r["codec"] == "jpeg" else "C1" for r in col])
     axes[0].set(xlabel="KiB per frame", xscale="log", title="size (raw rgb8: " + ", ".join(
         f"{h}x{w} {h * w * 3 / 1024:.0f} KiB" for h, w in resolutions) + ")")
     y = np.arange(len(col))

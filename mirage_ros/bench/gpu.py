@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layouts", default="mirage,spatia", help="comma-separated: mirage, spatia")
     p.add_argument("--steps", type=int, default=2, help="denoising steps timed (after one warm-up), extrapolated to 40")
     p.add_argument("--device", default="cuda")
-    p.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU (checks the script, measures nothing real)")
+    p.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU (checks the script, measures nothing "
+                                                          "real)")
 
 
 def _sync(dev):
@@ -105,7 +106,11 @@ def bench_mirage(dev, dtype, H, W, steps, config):
     with clock("readout"):
         reads = [memory.read(c) for c in cond]
     h, w = z0.shape[-2:]
-    lat = lambda n: torch.randn(n, model.channels, h, w)  # noqa: E731
+    channels = model.channels
+
+    def lat(n):
+        return torch.randn(n, channels, h, w)
+
     req = dict(clean_targets=lat(1), num_targets=T, readouts=torch.stack([r.latent.float().cpu() for r in reads]),
                masks=torch.stack([r.mask.cpu() for r in reads]), image_size=(H, W),
                prompt_embeds=model.text.empty(), preceding=lat(P), references=lat(R))
@@ -139,9 +144,16 @@ def bench_spatia(dev, dtype, H, W, steps, config, rounds=(121, 81, 9)):
     from ..baselines.point_render import PointRender, voxel_downsample
     from ..baselines.rgb_memory import RGBPointCloudMemory
     from ..world_model.codec import tensor_to_images
-    from ..world_model.spatia import SpatiaSampler, SpatiaSettings, SpatiaWorldModel, frontmost_visible, match_references
+    from ..world_model.spatia import (
+        SpatiaSampler,
+        SpatiaSettings,
+        SpatiaWorldModel,
+        frontmost_visible,
+        match_references,
+    )
 
-    s = SpatiaSettings(height=H, width=W, first_round_frames=rounds[0], round_frames=rounds[1], history_frames=rounds[2])
+    s = SpatiaSettings(height=H, width=W, first_round_frames=rounds[0], round_frames=rounds[1],
+                       history_frames=rounds[2])
     clock = _Clock(dev)
     with clock("build"):
         model = SpatiaWorldModel.build(config, device=dev, dtype=dtype, sampler=SpatiaSampler(steps=1), lora_rank=32)
@@ -172,12 +184,14 @@ def bench_spatia(dev, dtype, H, W, steps, config, rounds=(121, 81, 9)):
         K = cams[0].K
         intr = (float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
         hm = frontmost_visible(ref_pts, torch.stack([cams[i].world_to_camera for i in cand]), intr, H, W)
-        nm = frontmost_visible(ref_pts, torch.stack([c.world_to_camera for c in round_cams[::s.ref_stride]]), intr, H, W)
+        nm = frontmost_visible(ref_pts, torch.stack([c.world_to_camera for c in round_cams[::s.ref_stride]]), intr, H,
+                               W)
         picks = match_references(hm, nm, R)
     refs = [image] * R  # the timing needs R reference images; the picks above are timed, not used
     hist = np.stack([image] * n_hist)
     pos = model.text.empty()
-    kw = dict(control=control, history=hist, references=refs, negative_embeds=torch.zeros_like(pos), seed=s.seed, lora=True,
+    kw = dict(control=control, history=hist, references=refs, negative_embeds=torch.zeros_like(pos), seed=s.seed,
+              lora=True,
               decode=False)
     model.sampler = SpatiaSampler(steps=1)
     with clock("warmup_step"):
@@ -194,7 +208,8 @@ def bench_spatia(dev, dtype, H, W, steps, config, rounds=(121, 81, 9)):
             memory.insert(cv2.resize(video[i - a], (pw, ph), interpolation=cv2.INTER_AREA), depth_of(c), c)
     frames = F - n_hist
     out = _summary("spatia", clock.t, steps, frames, H, W, dtype, model, _memory(dev), mem_weights,
-                   {"frames": F, "history_latents": (n_hist - 1) // 4 + 1, "references": R, "references_matched": len(picks), "cfg": 3.5,
+                   {"frames": F, "history_latents": (n_hist - 1) // 4 + 1, "references": R,
+                    "references_matched": len(picks), "cfg": 3.5,
                     "lora_rank": 32, "memory_points": memory.num_points, "memory_mib": memory.nbytes / 2**20,
                     "rendered_points": int(pts.shape[0])})
     del model, memory, video, z, control
@@ -240,7 +255,8 @@ def run(args) -> int:
         dtype, config = torch.bfloat16, "full"
         sizes = {"mirage": (704, 1280), "spatia": (704, 1248)}
         rounds = (121, 81, 9)
-    result = {"device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (dry run)",
+    result = {"device": str(dev),
+              "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (dry run)",
               "config": config, "weights": "random", "text_encoder": "none (zero prompt embeddings)", "layouts": {},
               "note": "random weights: the timings and memory are real, the pictures are noise; denoise timed over "
                       f"{args.steps} steps after a warm-up and extrapolated to {FULL_STEPS}"}
@@ -259,7 +275,8 @@ def run(args) -> int:
             r = {"layout": name, "error": f"out of memory: {exc}", "memory": _memory(dev)}
         result["layouts"][name] = r
         gc.collect()
-        print(f"{name} {H}x{W}: " + (r.get("error") or f"{r['seconds_per_frame']:.3f} s/frame, {r['seconds_per_step']:.3f} s/step, "
+        print(f"{name} {H}x{W}: " + (r.get("error") or f"{r['seconds_per_frame']:.3f} s/frame, "
+                                                       f"{r['seconds_per_step']:.3f} s/step, "
                                      f"readout {r['readout_s']:.2f} s, update {r['update_s']:.2f} s, peak "
                                      f"{(r['memory'] or {}).get('peak_allocated_gib', float('nan')):.1f} GiB"))
     result["seconds"] = time.perf_counter() - t_all
@@ -287,7 +304,8 @@ def _plot(result, path: Path) -> None:
         bottom = [b + v for b, v in zip(bottom, vals)]
     for i, r in enumerate(rows):
         m = (r.get("memory") or {}).get("peak_allocated_gib")
-        ax.text(i, bottom[i], f"{r['seconds_per_frame']:.2f} s/frame" + (f"\npeak {m:.0f} GiB" if m else ""), ha="center",
+        ax.text(i, bottom[i], f"{r['seconds_per_frame']:.2f} s/frame" + (f"\npeak {m:.0f} GiB" if m else ""),
+                ha="center",
                 va="bottom", fontsize=8)
     ax.set_ylabel("seconds per generated frame")
     ax.set_title(f"{result['device_name']}: {result['config']} models, random weights", fontsize=9)

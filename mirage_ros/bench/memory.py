@@ -22,8 +22,10 @@ from ..util import dumps_json, median_seconds, parse_resolution, psnr, write_jso
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", default="mirage_out/bench_memory.json", help="output JSON path (a PNG is written beside it)")
-    p.add_argument("--resolution", type=parse_resolution, default=(256, 448), help="Figure-5 image size (default 256x448)")
+    p.add_argument("--json", default="mirage_out/bench_memory.json", help="output JSON path (a PNG is written beside "
+                                                                          "it)")
+    p.add_argument("--resolution", type=parse_resolution, default=(256, 448), help="Figure-5 image size (default "
+                                                                                   "256x448)")
     p.add_argument("--revisit-resolution", type=parse_resolution, default=(704, 1280),
                    help="image size of the revisit test (default 704x1280 = the paper's 44x80 latent grid)")
     p.add_argument("--chunks", type=int, default=5)
@@ -33,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rgb-encoder", choices=["wan", "wan-tiny", "thumbnail"], default="wan",
                    help="encoder of the RGB cache: the real Wan2.2 VAE architecture with random weights (default)")
     p.add_argument("--rgb-encode-frames", type=int, default=3,
-                   help="VAE encodes timed per chunk (0 = all; each takes seconds on a CPU); rasterisation is timed for all")
+                   help="VAE encodes timed per chunk (0 = all; each takes seconds on a CPU); rasterisation is timed "
+                        "for all")
     p.add_argument("--scaling", default="10000,30000,100000,300000,1000000", help="point counts for the scaling curve")
     p.add_argument("--repeats", type=int, default=9, help="timing repeats (median reported)")
     p.add_argument("--device", default="cpu")
@@ -74,7 +77,8 @@ def figure5(args, sim, log):
     cams = [sim.default_camera(H, W).with_pose(E) for E in sim.scene_trajectory(scene, "loop", n)]
     thumb = ThumbnailCodec()
     t0 = time.perf_counter()
-    enc = make_codec({"wan": "wan-random", "wan-tiny": "wan-tiny", "thumbnail": "thumbnail"}[args.rgb_encoder], device=args.device)
+    enc = make_codec({"wan": "wan-random", "wan-tiny": "wan-tiny", "thumbnail": "thumbnail"}[args.rgb_encoder],
+                     device=args.device)
     log(f"RGB-cache encoder: {args.rgb_encoder} ({type(enc).__name__}) built in {time.perf_counter() - t0:.1f} s")
     latent_mem = LatentSpatialMemory(device=args.device)
     rgb_mem = RGBPointCloudMemory(enc, device=args.device)
@@ -124,7 +128,8 @@ def figure5(args, sim, log):
         }
         chunks.append(rec)
         log(f"chunk {c}: latent {rec['latent_read_ms_per_frame']:.2f} ms, rgb {rec['rgb_read_ms_per_frame']:.0f} ms, "
-            f"sort {rec['sort_read_ms_per_frame']:.2f} ms; {rec['latent_cache_mib']:.2f} vs {rec['rgb_cache_mib']:.2f} MiB")
+            f"sort {rec['sort_read_ms_per_frame']:.2f} ms; {rec['latent_cache_mib']:.2f} vs {rec['rgb_cache_mib']:.2f} "
+            f"MiB")
     bar.close()
     speedups = [r["rgb_read_ms_per_frame"] / r["latent_read_ms_per_frame"] for r in chunks]
     return {
@@ -160,13 +165,15 @@ def scaling(args, log):
             "points": n,
             "readout_ms": _median_ms(lambda: mem.read(cam), args.repeats),
             "xyz_pass_ms": _median_ms(lambda: torch.addmm(t, xyz, R), args.repeats),
-            "sort_baseline_ms": _median_ms(lambda: sort_assign_readout(xyz, mem.features, cam), max(3, args.repeats // 3)),
+            "sort_baseline_ms": _median_ms(lambda: sort_assign_readout(xyz, mem.features, cam),
+                                           max(3, args.repeats // 3)),
         }
         mem.occlusion_culling = False
         row["readout_no_occlusion_culling_ms"] = _median_ms(lambda: mem.read(cam), args.repeats)
         rows.append(row)
         log(f"{n:>8} points: readout {row['readout_ms']:.2f} ms, xyz pass {row['xyz_pass_ms']:.2f} ms, "
-            f"sort {row['sort_baseline_ms']:.1f} ms, no occlusion culling {row['readout_no_occlusion_culling_ms']:.2f} ms")
+            f"sort {row['sort_baseline_ms']:.1f} ms, no occlusion culling {row['readout_no_occlusion_culling_ms']:.2f} "
+            f"ms")
     return rows
 
 
@@ -248,7 +255,8 @@ def revisit(args, sim, log):
             "final_mib": mem.nbytes / 2**20,
         }
         log(f"revisit ({policy}): lap-2 new/admissible {out[policy]['new_point_fraction_lap2']:.3f}, "
-            f"{out[policy]['growth_mib_per_chunk_lap2']:.3f} MiB/chunk, PSNR lap1 {out[policy]['readout_psnr_lap1']:.2f} "
+            f"{out[policy]['growth_mib_per_chunk_lap2']:.3f} MiB/chunk, PSNR lap1 "
+            f"{out[policy]['readout_psnr_lap1']:.2f} "
             f"lap2 {out[policy]['readout_psnr_lap2']:.2f} dB, final {out[policy]['final_mib']:.2f} MiB")
     return {"resolution": [H, W], "latent_hw": [H // 16, W // 16], **out}
 
@@ -282,7 +290,8 @@ def plot(result, path):
         a = ax[0, 0]
         a.bar([i - 0.27 for i in x], [r["latent_read_ms_per_frame"] for r in ch], 0.27, label="latent memory (ours)")
         a.bar(x, [r["sort_read_ms_per_frame"] for r in ch], 0.27, label="sort-then-assign (official style)")
-        a.bar([i + 0.27 for i in x], [r["rgb_read_ms_per_frame"] for r in ch], 0.27, label="RGB cache: rasterise + VAE encode")
+        a.bar([i + 0.27 for i in x], [r["rgb_read_ms_per_frame"] for r in ch], 0.27, label="RGB cache: rasterise + VAE "
+                                                                                           "encode")
         a.set_yscale("log")
         a.set(xlabel="rollout chunk", ylabel="ms per frame (log)", title="cache read time per frame")
         a.legend(fontsize=7)
@@ -305,7 +314,8 @@ def plot(result, path):
     for policy, style in (("dedup", "o-"), ("no_dedup", "x--")):
         a.plot([r["points"] for r in rv[policy]["chunks"]], style, label=policy)
     a.axvline(len(rv["dedup"]["chunks"]) / 2 - 0.5, color="grey", lw=0.8)
-    a.set(xlabel="chunk (two laps of the loop)", ylabel="points", title=f"revisit growth at {rv['latent_hw'][0]}x{rv['latent_hw'][1]}")
+    a.set(xlabel="chunk (two laps of the loop)", ylabel="points", title=f"revisit growth at "
+                                                                        f"{rv['latent_hw'][0]}x{rv['latent_hw'][1]}")
     a.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -320,7 +330,9 @@ def run(args) -> int:
     torch.manual_seed(0)
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    def log(msg):
+        print(msg, flush=True)
+
     H, W = args.resolution
     result = {"resolution": [H, W], "latent_hw": [H // 16, W // 16], "device": args.device,
               "torch_threads": torch.get_num_threads()}

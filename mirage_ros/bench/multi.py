@@ -38,15 +38,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", default="mirage_out/multi_robot.json", help="output JSON path (a PNG is written beside it)")
+    p.add_argument("--json", default="mirage_out/multi_robot.json", help="output JSON path (a PNG is written beside "
+                                                                         "it)")
     p.add_argument("--robots", default="1,2,4", help="robot counts to measure")
-    p.add_argument("--unshared", default="2", help="robot counts also measured with a model per robot (share_model false)")
+    p.add_argument("--unshared", default="2", help="robot counts also measured with a model per robot (share_model "
+                                                   "false)")
     p.add_argument("--model", choices=("shipped", "small", "readout"), default=None,
                    help="shipped (default where present) | small (random weights, the shipped size) | readout")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the shipped model's 10; small: 2)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the shipped model's 10; small: "
+                                                           "2)")
     p.add_argument("--frames", type=int, default=4, help="frames per goal")
     p.add_argument("--goals", type=int, default=3, help="timed rounds: sequential (each robot in turn) and concurrent")
-    p.add_argument("--resolution", type=parse_resolution, default=(128, 224), help=HELP_RES.replace("256x448", "128x224"))
+    p.add_argument("--resolution", type=parse_resolution, default=(128, 224),
+                   help=HELP_RES.replace("256x448", "128x224"))
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the robots / a goal")
 
 
@@ -62,7 +66,8 @@ def _rss(pid: int) -> dict:
 def _params(model: str, steps: int, frames: int) -> dict:
     from ..world_model.backend import SHIPPED_MODEL
 
-    p = {"chunk_size": max(1, frames), "viz.stats_period": 0.2, "viz.cloud_period": 1.0, "imagined.feedback_frames": False,
+    p = {"chunk_size": max(1, frames), "viz.stats_period": 0.2, "viz.cloud_period": 1.0,
+         "imagined.feedback_frames": False,
          "goals.max_queued": 10}
     if model == "readout":
         p["backend"] = "readout"
@@ -121,7 +126,8 @@ def measure(probe, n: int, share: bool, params: dict, args, tmp: Path, log) -> d
             path = probe.path([cams[(2 * i + 1 + j) % len(cams)] for j in range(args.frames)],
                               [stamp0 + j * 10**8 for j in range(args.frames)])
             t_call = time.perf_counter()
-            r = probe.imagine(ns, path, expect_frames=args.frames, chunk_size=params["chunk_size"], timeout=args.timeout)
+            r = probe.imagine(ns, path, expect_frames=args.frames, chunk_size=params["chunk_size"],
+                              timeout=args.timeout)
             res = r["result"]
             return {"robot": i, "status": int(res.status), "frames": len(r["images"]),
                     "first_frame_ms": 1e3 * (r["t_first_image"] - r["t_accept"]) if r["t_first_image"] else None,
@@ -137,8 +143,9 @@ def measure(probe, n: int, share: bool, params: dict, args, tmp: Path, log) -> d
         for g in range(args.goals):
             out = [None] * n
             t0 = time.perf_counter()
-            threads = [threading.Thread(target=lambda i=i, ns=ns: out.__setitem__(i, goal(i, ns, (500 + 10 * g + i) * 10**9)))
-                       for i, ns in enumerate(robots)]
+            threads = [threading.Thread(
+                target=lambda i=i, ns=ns: out.__setitem__(i, goal(i, ns, (500 + 10 * g + i) * 10**9)))
+                for i, ns in enumerate(robots)]
             for t in threads:
                 t.start()
             for t in threads:
@@ -157,9 +164,12 @@ def measure(probe, n: int, share: bool, params: dict, args, tmp: Path, log) -> d
             row[f"{key}_first_frame_ms_max"] = max(r["first_frame_ms"] for r in rows)
             row[f"{key}_first_frame_ms_p90"] = sorted(r["first_frame_ms"] for r in rows)[int(0.9 * (len(rows) - 1))]
             row[f"{key}_node_total_ms_median"] = statistics.median(r["node_total_ms"] for r in rows)
-        log(f"{n} robot(s), {'one shared model' if share else 'a model each'}: RSS ready {row['rss_ready_mb']:.0f} MiB, "
-            f"observed {row['rss_observed_mb']:.0f} MiB; first frame sequential {row['sequential_first_frame_ms_median']:.0f} ms, "
-            f"concurrent median {row['concurrent_first_frame_ms_median']:.0f} / max {row['concurrent_first_frame_ms_max']:.0f} ms")
+        log(f"{n} robot(s), {'one shared model' if share else 'a model each'}: RSS ready {row['rss_ready_mb']:.0f} "
+            f"MiB, "
+            f"observed {row['rss_observed_mb']:.0f} MiB; first frame sequential "
+            f"{row['sequential_first_frame_ms_median']:.0f} ms, "
+            f"concurrent median {row['concurrent_first_frame_ms_median']:.0f} / max "
+            f"{row['concurrent_first_frame_ms_max']:.0f} ms")
     finally:
         interrupt(proc, 30)
         logf.close()
@@ -176,7 +186,10 @@ def _model_bytes(model: str) -> int:
 
     from ..world_model.backend import SHIPPED_MODEL, make_backend
 
-    b = make_backend("mirage", weights=str(SHIPPED_MODEL)) if model == "shipped" else make_backend("mirage", config="small")
+    if model == "shipped":
+        b = make_backend("mirage", weights=str(SHIPPED_MODEL))
+    else:
+        b = make_backend("mirage", config="small")
     mods = [m for m in vars(b.model).values() if isinstance(m, torch.nn.Module)]
     return int(sum(p.numel() * p.element_size() for m in mods for p in m.parameters()))
 
@@ -195,7 +208,8 @@ def derive(rows: list) -> dict:
             (shared[b]["concurrent_wall_ms_median"] - shared[a]["concurrent_wall_ms_median"]) / (b - a))
     for k, r in unshared.items():
         if k in shared and 1 in shared and k > 1:
-            out[f"rss_per_extra_robot_mb_unshared_at_{k}"] = (r["rss_observed_mb"] - shared[1]["rss_observed_mb"]) / (k - 1)
+            extra = r["rss_observed_mb"] - shared[1]["rss_observed_mb"]
+            out[f"rss_per_extra_robot_mb_unshared_at_{k}"] = extra / (k - 1)
             out[f"rss_saved_by_sharing_mb_at_{k}"] = r["rss_observed_mb"] - shared[k]["rss_observed_mb"]
     return out
 
@@ -211,15 +225,18 @@ def plot(result: dict, path: Path) -> None:
         if rs:
             ax[0].plot([r["robots"] for r in rs], [r["rss_observed_mb"] for r in rs], style,
                        label="one shared model" if share else "a model per robot")
-    ax[0].set(xlabel="robots in one process", ylabel="resident memory (MiB)", title="process RSS after one observation each")
+    ax[0].set(xlabel="robots in one process", ylabel="resident memory (MiB)", title="process RSS after one observation "
+                                                                                    "each")
     ax[0].legend(fontsize=8)
     rs = sorted((r for r in rows if r["share_model"]), key=lambda r: r["robots"])
     x = [r["robots"] for r in rs]
     ax[1].plot(x, [r["sequential_first_frame_ms_median"] for r in rs], "o-", label="one goal at a time")
     ax[1].plot(x, [r["concurrent_first_frame_ms_median"] for r in rs], "s-", label="all robots at once: median")
     ax[1].plot(x, [r["concurrent_first_frame_ms_max"] for r in rs], "^:", label="all robots at once: slowest")
-    ax[1].plot(x, [r["concurrent_wall_ms_median"] for r in rs], "k--", lw=0.8, label="all robots at once: until all done")
-    ax[1].set(xlabel="robots (shared model)", ylabel="ms", title=f"goal accepted -> first frame ({result['frames']} frames)")
+    ax[1].plot(x, [r["concurrent_wall_ms_median"] for r in rs], "k--", lw=0.8, label="all robots at once: until all "
+                                                                                     "done")
+    ax[1].set(xlabel="robots (shared model)", ylabel="ms", title=f"goal accepted -> first frame ({result['frames']} "
+                                                                 f"frames)")
     ax[1].legend(fontsize=8)
     fig.suptitle(f"{result['model']} model, {result['resolution'][0]}x{result['resolution'][1]}, CPU")
     fig.tight_layout()
@@ -243,7 +260,9 @@ def run(args) -> int:
     params = _params(model, steps, args.frames)
     counts = [int(x) for x in args.robots.split(",") if x.strip()]
     unshared = {int(x) for x in args.unshared.split(",") if x.strip()}
-    log = lambda m: print(m, flush=True)  # noqa: E731
+    def log(m):
+        print(m, flush=True)
+
     tmp = Path(tempfile.mkdtemp(prefix="mirage_bench_multi_"))
     probe = Probe("mirage_bench_multi_probe", threads=2)
     rows = []
@@ -258,7 +277,8 @@ def run(args) -> int:
 
     result = {"model": model, "steps": steps, "frames": args.frames, "resolution": list(args.resolution),
               "node_params": params, "model_param_bytes": _model_bytes(model),
-              "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0]},
+              "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                          "python": sys.version.split()[0]},
               "rows": rows, **derive(rows)}
     path = Path(args.json)
     write_json(path, result)

@@ -71,13 +71,13 @@ def netns_unavailable() -> Optional[str]:
     name = f"mirage-check-{os.getpid()}-{random.randrange(16**6):06x}"
     try:
         _sh(["ip", "netns", "add", name])
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure is the reason the check gives
         return f"cannot create a network namespace: {exc}"
     try:
         _sh(["ip", "-n", name, "link", "add", "mchk0", "type", "veth", "peer", "name", "mchk1"])
         _sh(["ip", "netns", "exec", name, "tc", "qdisc", "add", "dev", "mchk0", "root", "tbf", "rate", "10mbit",
              "burst", "32kb", "latency", "50ms"])
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure is the reason the check gives
         return f"cannot make a veth pair with a tbf qdisc in a namespace: {exc}"
     finally:
         _sh(["ip", "netns", "del", name], check=False)
@@ -117,7 +117,8 @@ class TwoHosts:
                 _sh(["ip", "-n", ns, "link", "set", "lo", "up"])
                 _sh(["ip", "-n", ns, "link", "set", dev, "up"])
                 _sh(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf",
-                     "rate", f"{self.rate_mbit:g}mbit", "burst", f"{self.burst_kb}kb", "latency", f"{self.latency_ms}ms"])
+                     "rate", f"{self.rate_mbit:g}mbit", "burst", f"{self.burst_kb}kb", "latency",
+                     f"{self.latency_ms}ms"])
             self.wait_running()
         except BaseException:
             self.down()
@@ -146,7 +147,8 @@ class TwoHosts:
                 return
             if time.monotonic() > t_end:
                 raise RuntimeError(f"veth ends not running after {timeout:g} s: "
-                                   + ", ".join(f"{self.dev[s]} in {self.ns[s]}: operstate {v}" for s, v in states.items()))
+                                   + ", ".join(f"{self.dev[s]} in {self.ns[s]}: operstate "
+                                               f"{v}" for s, v in states.items()))
             time.sleep(0.02)
 
     def exec_prefix(self, side: str) -> List[str]:
@@ -160,7 +162,8 @@ class TwoHosts:
         e.update(env)
         log = open(log_path, "wb")
         try:
-            p = subprocess.Popen(self.exec_prefix(side) + argv, stdout=log, stderr=subprocess.STDOUT, env=e, cwd=str(ROOT))
+            p = subprocess.Popen(self.exec_prefix(side) + argv, stdout=log, stderr=subprocess.STDOUT, env=e,
+                                 cwd=str(ROOT))
         finally:
             log.close()  # the child holds its own descriptor
         p.log_path = Path(log_path)  # type: ignore[attr-defined]
@@ -179,7 +182,7 @@ class TwoHosts:
         for p in reversed(self.procs):
             try:
                 self.stop(p)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - stop the others, then report every problem
                 problems.append(f"process {p.pid}: {exc}")
         self.procs = []
         for ns in list(self._made):
@@ -206,7 +209,8 @@ class TwoHosts:
         return {f"{d}_{k}": int(st[d][k]) for d in ("rx", "tx") for k in ("bytes", "packets", "dropped")}
 
     def qdisc(self, side: str) -> Dict[str, object]:
-        """The tbf qdisc on ``side``'s veth end: kind, rate (bytes/s, as tc reports it), and its sent / dropped / overlimits."""
+        """The tbf qdisc on ``side``'s veth end: kind, rate (bytes/s, as tc reports it), and its sent / dropped /
+        overlimits."""
         out = _sh(["ip", "netns", "exec", self.ns[side], "tc", "-s", "-j", "qdisc", "show", "dev", self.dev[side]])
         q = json.loads(out.stdout)[0]
         opt = q.get("options", {})
@@ -239,7 +243,8 @@ def compressed_params() -> Optional[Dict[str, object]]:
 def _env(hosts: TwoHosts, side: str, discovery: str, domain: int) -> Dict[str, str]:
     env = {"ROS_DOMAIN_ID": str(domain), "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
            "FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE), "FASTRTPS_DEFAULT_PROFILES_FILE": str(PROFILE),
-           "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET", "RMW_FASTRTPS_PUBLICATION_MODE": "AUTO", "PYTHONUNBUFFERED": "1", "RCUTILS_COLORIZED_OUTPUT": "0"}
+           "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET", "RMW_FASTRTPS_PUBLICATION_MODE": "AUTO", "PYTHONUNBUFFERED": "1",
+           "RCUTILS_COLORIZED_OUTPUT": "0"}
     if discovery == "static_peers":
         env["ROS_STATIC_PEERS"] = hosts.ip[hosts.other(side)]
     else:
@@ -303,25 +308,30 @@ def run_scenario(hosts: TwoHosts, tmp: Path, transport: str = "raw", discovery: 
     q0 = {side: hosts.qdisc(side) for side in SIDES}
     try:
         if discovery == "server":
-            server = hosts.spawn("gpu", [_discovery_server(), "-i", "0", "-l", hosts.ip["gpu"], "-p", str(DISCOVERY_PORT)],
+            server = hosts.spawn("gpu",
+                                 [_discovery_server(), "-i", "0", "-l", hosts.ip["gpu"], "-p", str(DISCOVERY_PORT)],
                                  tmp / "discovery_server.log", {})
             procs.append(server)
             _wait_server(server)  # clients started before the server listens lose their first announcements
         node = hosts.spawn("gpu", [sys.executable, "-m", "mirage_ros.ros.node", "--ros-args", "-r", f"__ns:={ns}",
-                                   "--params-file", str(pf)], tmp / f"node_{transport}.log", _env(hosts, "gpu", discovery, domain))
+                                   "--params-file", str(pf)], tmp / f"node_{transport}.log",
+                           _env(hosts, "gpu", discovery, domain))
         sim = hosts.spawn("robot", [sys.executable, "-m", "mirage_ros.ros.sim_node", "--ros-args", "-r", f"__ns:={ns}",
                                     "-p", f"rate:={float(sim_rate)}", "-p", f"num_poses:={int(sim_poses)}",
                                     "-p", f"height:={H}", "-p", f"width:={W}",
-                                    "-p", "publish_labels:=false", "-p", f"compressed:={str(transport == 'compressed').lower()}"],
+                                    "-p", "publish_labels:=false", "-p",
+                                    f"compressed:={str(transport == 'compressed').lower()}"],
                           tmp / f"sim_{transport}.log",
                           _env(hosts, "robot", discovery, domain))
         procs += [node, sim]
         cfg = {"ns": ns, "dev": hosts.dev["robot"], "transport": transport, "goals": goals, "frames": frames,
                "warmup": warmup, "height": H, "width": W, "sensor_window": sensor_window, "cloud_window": cloud_window,
-               "sim_rate": sim_rate, "sim_poses": sim_poses, "timeout": timeout, "out": str(tmp / f"probe_{transport}.json")}
+               "sim_rate": sim_rate, "sim_poses": sim_poses, "timeout": timeout,
+               "out": str(tmp / f"probe_{transport}.json")}
         cfg_path = tmp / f"probe_{transport}_config.json"
         write_json(cfg_path, cfg)
-        probe = hosts.spawn("robot", [sys.executable, "-m", "mirage_ros.bench.network", "--probe-config", str(cfg_path)],
+        probe = hosts.spawn("robot",
+                            [sys.executable, "-m", "mirage_ros.bench.network", "--probe-config", str(cfg_path)],
                             tmp / f"probe_{transport}.log", _env(hosts, "robot", discovery, domain))
         procs.append(probe)
         try:
@@ -368,9 +378,10 @@ def probe_main(cfg_path: str) -> int:
 
     cfg = json.loads(Path(cfg_path).read_text())
     ns, dev, H, W = cfg["ns"], cfg["dev"], cfg["height"], cfg["width"]
+    from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+
     from mirage_ros.action import Imagine
     from mirage_ros.msg import MemoryStats
-    from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 
     pr = Probe("mirage_net_probe", threads=2)
     out: dict = {"transport": cfg["transport"], "resolution": [H, W], "dev": dev}
@@ -387,7 +398,8 @@ def probe_main(cfg_path: str) -> int:
             with pr.lock:
                 seen = pr.received.get(stats_t, [])
             last = seen[-1][1] if seen else None
-            raise TimeoutError(f"{exc}; " + ("no memory/stats reached the robot (discovery across the link)" if last is None else
+            raise TimeoutError(f"{exc}; " + ("no memory/stats reached the robot (discovery across the "
+                                             "link)" if last is None else
                                f"the node's last stats: messages_received {last.messages_received}, sets_completed "
                                f"{last.sets_completed}, frames_observed {last.frames_observed}, inputs_rejected "
                                f"{last.inputs_rejected} ({last.last_rejection!r})")) from None
@@ -423,7 +435,8 @@ def probe_main(cfg_path: str) -> int:
             set_bytes = H * W * 3 + H * W * 4  # rgb8 + 32FC1 (camera_info and pose are a few hundred bytes)
         out["sensors"] = {
             "window_s": dt, "sim_rate_hz": cfg["sim_rate"], "sim_at_rate": at_rate, "payload_bytes_per_set": set_bytes,
-            "robot_to_gpu_bytes": c1["tx_bytes"] - c0["tx_bytes"], "robot_to_gpu_packets": c1["tx_packets"] - c0["tx_packets"],
+            "robot_to_gpu_bytes": c1["tx_bytes"] - c0["tx_bytes"],
+            "robot_to_gpu_packets": c1["tx_packets"] - c0["tx_packets"],
             "robot_to_gpu_bytes_per_s": (c1["tx_bytes"] - c0["tx_bytes"]) / dt,
             "gpu_to_robot_bytes_per_s": (c1["rx_bytes"] - c0["rx_bytes"]) / dt,
             "sets_completed": int(s1.sets_completed - s0.sets_completed),
@@ -473,7 +486,8 @@ def probe_main(cfg_path: str) -> int:
                    "last_frame_ms": 1e3 * (t_last - t_acc) if got else None,
                    "node_first_frame_ms": 1e3 * res.first_frame_latency, "node_total_ms": 1e3 * res.total_time,
                    "fps_delivered": (len(got) - 1) / (t_last - t_first) if len(got) > 1 and t_last > t_first else None,
-                   "gpu_to_robot_bytes": cb["rx_bytes"] - ca["rx_bytes"], "robot_to_gpu_bytes": cb["tx_bytes"] - ca["tx_bytes"],
+                   "gpu_to_robot_bytes": cb["rx_bytes"] - ca["rx_bytes"],
+                   "robot_to_gpu_bytes": cb["tx_bytes"] - ca["tx_bytes"],
                    "gpu_to_robot_packets": cb["rx_packets"] - ca["rx_packets"], "payload_bytes": payload,
                    "stamps_in_order": [cv.stamp_to_ns(m.header.stamp) for _, m in got] == sorted(
                        cv.stamp_to_ns(m.header.stamp) for _, m in got),
@@ -552,7 +566,8 @@ def plot(result: dict, path: Path) -> None:
     ax[3].axhline(rate, color="red", ls="--", label=f"tbf {rate:g} Mbit/s")
     ax[3].set(title=f"robot -> GPU sensors (Mbit/s, sim {result['sim_rate_hz']:g} Hz)")
     ax[3].legend(fontsize=8)
-    fig.suptitle(f"robot <-> GPU host over a {rate:g} Mbit/s veth (tc tbf), {result['resolution'][0]}x{result['resolution'][1]}")
+    fig.suptitle(f"robot <-> GPU host over a {rate:g} Mbit/s veth (tc tbf), "
+                 f"{result['resolution'][0]}x{result['resolution'][1]}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     pyplot.close(fig)
@@ -571,12 +586,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=27, help="frames per goal")
     p.add_argument("--sim-rate", type=float, default=2.0, help="simulator frames/s (image + depth cross the link)")
     p.add_argument("--sim-poses", type=int, default=8,
-                   help="poses of the simulator's loop (each is rendered once, seconds on a CPU, then replayed from a cache)")
+                   help="poses of the simulator's loop (each is rendered once, seconds on a CPU, then replayed from a "
+                        "cache)")
     p.add_argument("--resolution", type=parse_resolution, default=(256, 448), help=HELP_RES)
     p.add_argument("--sensor-window", type=float, default=5.0, help="seconds of sensor streaming measured")
-    p.add_argument("--cloud-window", type=float, default=3.0, help="seconds a robot-side viewer takes memory/points (0: off)")
+    p.add_argument("--cloud-window", type=float, default=3.0, help="seconds a robot-side viewer takes memory/points "
+                                                                   "(0: off)")
     p.add_argument("--backend", default="readout", help="mirage_node backend on the GPU host")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the node's first observation / a result")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the node's first observation / a "
+                                                                "result")
     p.add_argument("--keep-logs", action="store_true", help="keep the processes' logs (their folder is printed)")
 
 
@@ -588,15 +606,19 @@ def run(args) -> int:
         print(f"mirage bench network: cannot run here: {why}", file=sys.stderr)
         return 2
     path = Path(args.json)
-    log = lambda m: print(m, flush=True)  # noqa: E731
+    def log(m):
+        print(m, flush=True)
+
     tmp = Path(tempfile.mkdtemp(prefix="mirage_bench_network_"))
     wanted = [t.strip() for t in args.transports.split(",") if t.strip()]
     hosts = TwoHosts(args.rate_mbit)
-    result = {"link": {"rate_mbit": args.rate_mbit, "qdisc": "tbf", "burst_kb": hosts.burst_kb, "latency_ms": hosts.latency_ms,
+    result = {"link": {"rate_mbit": args.rate_mbit, "qdisc": "tbf", "burst_kb": hosts.burst_kb,
+                       "latency_ms": hosts.latency_ms,
                        "namespaces": dict(hosts.ns), "devices": dict(hosts.dev),
                        "addresses": {"robot": ROBOT_IP, "gpu": GPU_IP}, "delay": "none (netem is not available)"},
               "discovery": args.discovery, "profile": str(PROFILE.relative_to(ROOT)), "backend": args.backend,
-              "resolution": list(args.resolution), "sim_rate_hz": args.sim_rate, "sim_poses": args.sim_poses, "frames_per_goal": args.frames,
+              "resolution": list(args.resolution), "sim_rate_hz": args.sim_rate, "sim_poses": args.sim_poses,
+              "frames_per_goal": args.frames,
               "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "scenarios": {}, "notes": []}
     try:
         hosts.up()
@@ -604,12 +626,14 @@ def run(args) -> int:
             f"{hosts.dev['robot']}<->{hosts.dev['gpu']}, tbf {args.rate_mbit:g} Mbit/s")
         for tr in wanted:
             if tr == "compressed" and compressed_params() is None:
-                result["notes"].append("compressed: not measured, this build of mirage_node has no compressed image output")
+                result["notes"].append("compressed: not measured, this build of mirage_node has no compressed image "
+                                       "output")
                 log(result["notes"][-1])
                 continue
             log(f"-- {tr} --")
             res = run_scenario(hosts, tmp / tr, tr, args.discovery, args.goals, args.frames, 1, args.sim_rate,
-                               args.sim_poses, args.resolution, args.sensor_window, args.cloud_window, {"backend": args.backend},
+                               args.sim_poses, args.resolution, args.sensor_window, args.cloud_window,
+                               {"backend": args.backend},
                                args.timeout, log)
             res["summary"] = summarise(res)
             result["scenarios"][tr] = res

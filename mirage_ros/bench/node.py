@@ -23,7 +23,6 @@ import os
 import random
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -90,7 +89,8 @@ class _Bench:
         self.probe = Probe("mirage_bench_probe", threads=1)
         self.node = self.probe.node
         self.pubs = {k: self.probe.pub(f"{ns}/{k}", t, reliable=True, depth=1)
-                     for k, t in (("image", Image), ("camera_info", CameraInfo), ("pose", PoseStamped), ("depth", Image))}
+                     for k,
+                     t in (("image", Image), ("camera_info", CameraInfo), ("pose", PoseStamped), ("depth", Image))}
         self.image_topic, self.stats_topic = f"{ns}/imagined/image", f"{ns}/memory/stats"
         self.probe.listen(self.image_topic, Image, keep=1000)
         self.probe.listen(self.stats_topic, MemoryStats, keep=5)
@@ -183,12 +183,14 @@ def latency(probe, types, sim, args, log):
     lat = sorted(r["probe_ms"] for r in rows)
     out = {
         "resolution": [256, 448], "frames": 9, "chunk_size": args.chunk_size, "goals": len(rows),
-        "median_ms": statistics.median(lat), "p90_ms": lat[int(0.9 * (len(lat) - 1))], "min_ms": lat[0], "max_ms": lat[-1],
+        "median_ms": statistics.median(lat), "p90_ms": lat[int(0.9 * (len(lat) - 1))], "min_ms": lat[0],
+        "max_ms": lat[-1],
         "node_side_median_ms": statistics.median(r["node_first_frame_ms"] for r in rows),
         "node_total_median_ms": statistics.median(r["node_total_ms"] for r in rows),
         "all_succeeded": all(r["status"] == 0 for r in rows), "samples_ms": [r["probe_ms"] for r in rows],
     }
-    log(f"first-frame latency: median {out['median_ms']:.1f} ms (p90 {out['p90_ms']:.1f}, node side {out['node_side_median_ms']:.1f})")
+    log(f"first-frame latency: median {out['median_ms']:.1f} ms (p90 {out['p90_ms']:.1f}, node side "
+        f"{out['node_side_median_ms']:.1f})")
     return out
 
 
@@ -274,7 +276,8 @@ def pointcloud(probe, args, log):
         time.sleep(0.1)
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     log(f"PointCloud2 of {n} points: build+publish {med['total_ms']:.1f} ms (structured {med['structured_ms']:.1f}, "
-        f"message {med['message_ms']:.1f}, publish {med['publish_ms']:.1f}); delivered after {med['delivered_ms']:.1f} ms")
+        f"message {med['message_ms']:.1f}, publish {med['publish_ms']:.1f}); delivered after {med['delivered_ms']:.1f} "
+        f"ms")
     return {"points": n, "bytes": 16 * n, **{f"median_{k}": v for k, v in med.items()}, "samples": rows}
 
 
@@ -298,10 +301,14 @@ def plot(result, path: Path) -> None:
         pyplot.close(fig)
         return
     sw = result["input"]["sweep"]
-    ax[1].plot([r["offered_hz"] for r in sw], [r["sets_completed"] / max(1e-9, r["sets_offered"]) * r["offered_hz"] for r in sw], "o-", label="completed by the node")
+    ax[1].plot([r["offered_hz"] for r in sw],
+               [r["sets_completed"] / max(1e-9, r["sets_offered"]) * r["offered_hz"] for r in sw], "o-",
+               label="completed by the node")
     ax[1].plot([r["offered_hz"] for r in sw], [r["offered_hz"] for r in sw], "k--", lw=0.8, label="offered")
-    ax[1].plot([r["offered_hz"] for r in sw], [r["frames_observed"] / result["input"]["duration_s"] for r in sw], "s:", label="written to memory")
-    ax[1].set(xlabel="offered sets/s (1280x704 rgb8 + depth)", ylabel="sets/s", title=f"sustained input: {result['sustained_input_hz']:.1f} Hz")
+    ax[1].plot([r["offered_hz"] for r in sw], [r["frames_observed"] / result["input"]["duration_s"] for r in sw], "s:",
+               label="written to memory")
+    ax[1].set(xlabel="offered sets/s (1280x704 rgb8 + depth)", ylabel="sets/s",
+              title=f"sustained input: {result['sustained_input_hz']:.1f} Hz")
     ax[1].legend(fontsize=8)
     pc = result["pointcloud"]
     parts = ["structured", "message", "publish"]
@@ -330,11 +337,12 @@ def run(args) -> int:
 
     from .. import sim
     from ..ros import convert as cv
-    from ..ros.params import PARAMS  # noqa: F401 - the node's parameters
 
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    log = lambda m: print(m, flush=True)  # noqa: E731
+    def log(m):
+        print(m, flush=True)
+
     ns = f"/bench_{os.getpid()}"
     tmp = Path(tempfile.mkdtemp(prefix="mirage_bench_node_"))
     params = tmp / "params.yaml"
@@ -348,7 +356,8 @@ def run(args) -> int:
         probe = _Bench(ns)
         types = cv.RclpyTypes()
         _wait(lambda: probe.stats is not None, 120, "the node to come up (memory/stats)")
-        result = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0]},
+        result = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                              "python": sys.version.split()[0]},
                   "backend": args.backend, "transport": args.transport,
                   "profile": os.environ["FASTDDS_DEFAULT_PROFILES_FILE"]}
         skip = {x.strip() for x in args.skip.split(",") if x.strip()}
@@ -380,6 +389,7 @@ def run(args) -> int:
             print((tmp / "node.log").read_text(errors="replace"))
     write_json(path, result)
     plot(result, path.with_suffix(".png"))
-    log(dumps_json({k: result[k] for k in ("first_frame_latency_ms", "sustained_input_hz", "pointcloud_1m_ms") if k in result}))
+    log(dumps_json({k: result[k] for k in ("first_frame_latency_ms", "sustained_input_hz",
+                                           "pointcloud_1m_ms") if k in result}))
     log(f"wrote {path} and {path.with_suffix('.png')}")
     return 0

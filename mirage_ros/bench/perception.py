@@ -44,7 +44,8 @@ def run(args) -> int:
     frames = np.stack([f.rgb for f in rendered])
     labels = np.stack([f.labels for f in rendered])
     codec, mem = ThumbnailCodec(), LatentSpatialMemory(device=args.device)
-    mem.insert(codec.encode(images_to_tensor(frames[0]))[0], rendered[0].depth, cams[0], exclude=labels[0] != sim.STATIC)
+    mem.insert(codec.encode(images_to_tensor(frames[0]))[0], rendered[0].depth, cams[0],
+               exclude=labels[0] != sim.STATIC)
     T = len(cams)
     rows = []
 
@@ -56,22 +57,26 @@ def run(args) -> int:
             rows.append({"name": name, "kind": kind, "config": config, "device": args.device, "ms_per_frame": None,
                          "error": f"{type(exc).__name__}: {exc}"})
             return
-        rows.append({"name": name, "kind": kind, "config": config, "device": args.device, "ms_per_frame": 1e3 * sec / T})
+        rows.append({"name": name, "kind": kind, "config": config, "device": args.device,
+                     "ms_per_frame": 1e3 * sec / T})
         print(f"{name:>22}: {1e3 * sec / T:8.2f} ms/frame ({config})")
 
     sim_depth = SimulatorDepth(lambda c, i: rendered[i].depth)
     add("simulator", "depth", "32FC1 metres", lambda: sim_depth.estimate(frames, cams))
     mem_depth = make_depth_provider("memory")
     add("memory", "depth", "readout depth, latent grid", lambda: mem_depth.estimate(frames, cams, memory=mem))
-    da3 = make_depth_provider("da3", preset=args.da3_preset, random_weights=True, device=args.device, process_res=args.da3_res)
-    add("da3", "depth", f"{args.da3_preset}, random weights, longer side {args.da3_res}", lambda: da3.estimate(frames, cams))
+    da3 = make_depth_provider("da3", preset=args.da3_preset, random_weights=True, device=args.device,
+                              process_res=args.da3_res)
+    add("da3", "depth", f"{args.da3_preset}, random weights, longer side "
+                        f"{args.da3_res}", lambda: da3.estimate(frames, cams))
     try:
         from ..perception.masks import make_mask_provider
 
         lab = make_mask_provider("labels")
         add("labels", "mask", "simulator labels", lambda: lab.masks(frames, cams, labels=labels))
         fixed = make_mask_provider("sam3", tiny=True, device=args.device)
-        add("sam3 (fixed entities)", "mask", "tiny random Sam3Model, 7 entities + sky", lambda: fixed.masks(frames, cams))
+        add("sam3 (fixed entities)", "mask", "tiny random Sam3Model, 7 entities + "
+                                             "sky", lambda: fixed.masks(frames, cams))
         qwen = make_mask_provider("sam3", entities="qwen", tiny=True, device=args.device)
         add("qwen3-vl -> sam3", "mask", "tiny random Qwen3-VL + Sam3Model", lambda: qwen.masks(frames, cams))
     except ImportError as exc:
@@ -84,7 +89,8 @@ def run(args) -> int:
     result = {
         "resolution": [H, W], "frames_per_batch": T, "device": args.device, "providers": rows,
         "scale_alignment": {"true_scale": args.true_scale, "recovered_scale": res.scale if res else None,
-                            "residual": res.residual if res else None, "residual_before": res.residual_before if res else None,
+                            "residual": res.residual if res else None,
+                            "residual_before": res.residual_before if res else None,
                             "cells": res.cells if res else 0},
     }
     path = Path(args.json)
@@ -93,9 +99,11 @@ def run(args) -> int:
     pyplot = viz.plt()
     ok = [r for r in rows if r["ms_per_frame"] is not None]
     fig, ax = pyplot.subplots(figsize=(7, 3.5))
-    ax.barh([r["name"] for r in ok], [r["ms_per_frame"] for r in ok], color=["C0" if r["kind"] == "depth" else "C1" for r in ok])
+    ax.barh([r["name"] for r in ok], [r["ms_per_frame"] for r in ok],
+            color=["C0" if r["kind"] == "depth" else "C1" for r in ok])
     ax.set_xscale("log")
-    ax.set(xlabel=f"ms per frame ({args.device}, {H}x{W}, log)", title="perception providers (blue depth, orange masks)")
+    ax.set(xlabel=f"ms per frame ({args.device}, {H}x{W}, log)", title="perception providers (blue depth, orange "
+                                                                       "masks)")
     fig.tight_layout()
     fig.savefig(path.with_suffix(".png"), dpi=110)
     pyplot.close(fig)

@@ -24,15 +24,19 @@ WALL_X = 6.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", choices=["tiny", "small", "full"], default="tiny", help="model size (random weights unless --weights)")
+    p.add_argument("--config", choices=["tiny", "small", "full"], default="tiny", help="model size (random weights "
+                                                                                       "unless --weights)")
     p.add_argument("--backend", choices=["random", "shipped"], default="random",
-                   help="shipped: the trained small model shipped in the package (its own resolution and sampler steps)")
+                   help="shipped: the trained small model shipped in the package (its own resolution and sampler "
+                        "steps)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--json", default="mirage_out/bench_rollout.json", help="output JSON path (a PNG is written beside it)")
+    p.add_argument("--json", default="mirage_out/bench_rollout.json", help="output JSON path (a PNG is written beside "
+                                                                           "it)")
     p.add_argument("--resolution", type=parse_resolution, default=None,
                    help="image size HxW (default: 128x224 tiny, 704x1280 full)")
     p.add_argument("--chunks", type=int, default=3, help="chunks of 9 latents (33 frames, 1-latent overlap)")
-    p.add_argument("--steps", type=int, default=None, help="UniPC steps (default 40 as the paper; the official code 20; "
+    p.add_argument("--steps", type=int, default=None, help="UniPC steps (default 40 as the paper; the official code "
+                                                           "20; "
                                                               "the shipped model: its own)")
     p.add_argument("--layout", choices=["paper", "official"], default="paper", help="side-branch layout")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
@@ -63,7 +67,8 @@ def scene(H: int, W: int, n: int):
     def depth_of(cam):
         # z-depth of the plane x = WALL_X: z = (WALL_X - c_x) / (ray_x / ray_z) per pixel
         K = cam.K
-        v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64) + 0.5, torch.arange(W, dtype=torch.float64) + 0.5, indexing="ij")
+        v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64) + 0.5, torch.arange(W, dtype=torch.float64) + 0.5,
+                              indexing="ij")
         rays = torch.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], torch.ones_like(u)], -1)
         R = cam.camera_to_world[:3, :3]
         dx = (rays @ R.T)[..., 0]
@@ -112,8 +117,10 @@ def run(args) -> int:
             model.sampler.steps = int(args.steps)
         args.config = "shipped"
     elif args.weights:
-        model = MirageWorldModel.from_pretrained(args.weights, side_branch=args.side_branch, lora=args.lora, layout=args.layout,
-                                                 device=dev, dtype=dtype, offload=args.offload, vae_tiling=args.vae_tiling,
+        model = MirageWorldModel.from_pretrained(args.weights, side_branch=args.side_branch, lora=args.lora,
+                                                 layout=args.layout,
+                                                 device=dev, dtype=dtype, offload=args.offload,
+                                                 vae_tiling=args.vae_tiling,
                                                  sampler=sampler, text_encoder=False)
     else:
         model = MirageWorldModel.build(args.config, layout=args.layout, device=dev, dtype=dtype, seed=args.seed,
@@ -148,7 +155,8 @@ def run(args) -> int:
     result = {
         "config": args.config,
         "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda"
+                        else platform.processor() or platform.machine()),
         "dtype": str(dtype).replace("torch.", ""),
         "resolution": [H, W],
         "latent_hw": [H // model.stride, W // model.stride],

@@ -24,7 +24,8 @@ from ..util import write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", default="mirage_out/bench_spatia.json", help="output JSON path (a PNG is written beside it)")
+    p.add_argument("--json", default="mirage_out/bench_spatia.json", help="output JSON path (a PNG is written beside "
+                                                                          "it)")
     p.add_argument("--frames", type=int, default=8, help="frames of the loop written into both memories")
     p.add_argument("--scaling", default="100000,300000", help="point counts for the renderer scaling")
     p.add_argument("--repeats", type=int, default=2)
@@ -80,7 +81,8 @@ def run(args) -> int:
         n_rgb = rgb.insert(fr.rgb, fr.depth, small)
         t2 = time.perf_counter()
         rows.append({"frame": 3 * k, "latent_points": n_lat, "latent_insert_ms": 1e3 * (t1 - t0), "rgb_points": n_rgb,
-                     "rgb_insert_ms": 1e3 * (t2 - t1), "latent_mib": latent.nbytes / 2**20, "rgb_mib": rgb.nbytes / 2**20})
+                     "rgb_insert_ms": 1e3 * (t2 - t1), "latent_mib": latent.nbytes / 2**20,
+                     "rgb_mib": rgb.nbytes / 2**20})
         print(f"  frame {3 * k}: latent +{n_lat} ({rows[-1]['latent_insert_ms']:.1f} ms), rgb +{n_rgb} "
               f"({rows[-1]['rgb_insert_ms']:.1f} ms)")
     view = sim.default_camera(H, W).with_pose(poses[1])
@@ -126,7 +128,8 @@ def run(args) -> int:
                 with av.open(str(path)) as c:
                     back = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)][0]
                 if name == "render":
-                    video = {"render_psnr_db": psnr(back, frames[0]), "render_mean_abs": float(np.abs(back.astype(float) - frames[0]).mean())}
+                    video = {"render_psnr_db": psnr(back, frames[0]),
+                             "render_mean_abs": float(np.abs(back.astype(float) - frames[0]).mean())}
                 else:
                     err = np.abs(back[..., 0].astype(float) - score8) / 255.0  # = the error of 1 - score, the hole mask
                     video.update({"hole_mean_abs": float(err.mean()), "hole_max_abs": float(err.max()),
@@ -136,19 +139,24 @@ def run(args) -> int:
     print(f"H.264 round trip (CRF 25, yuv420p): {video}")
     last = rows[-1]
     result = {
-        "device": str(dev), "torch_threads": torch.get_num_threads(), "resolution": [H, W], "point_resolution": [ph, pw],
+        "device": str(dev), "torch_threads": torch.get_num_threads(), "resolution": [H, W],
+        "point_resolution": [ph, pw],
         "frames": rows,
         "per_frame": {"latent_points": statistics.mean(r["latent_points"] for r in rows),
                       "rgb_points": statistics.mean(r["rgb_points"] for r in rows),
-                      "latent_kib": 1024 * last["latent_mib"] / len(rows), "rgb_kib": 1024 * last["rgb_mib"] / len(rows),
+                      "latent_kib": 1024 * last["latent_mib"] / len(rows),
+                      "rgb_kib": 1024 * last["rgb_mib"] / len(rows),
                       "latent_insert_ms": statistics.median(r["latent_insert_ms"] for r in rows),
                       "rgb_insert_ms": statistics.median(r["rgb_insert_ms"] for r in rows)},
-        "memory_mib": {"latent": last["latent_mib"], "rgb": last["rgb_mib"], "ratio": last["rgb_mib"] / max(last["latent_mib"], 1e-9)},
+        "memory_mib": {"latent": last["latent_mib"], "rgb": last["rgb_mib"],
+                       "ratio": last["rgb_mib"] / max(last["latent_mib"], 1e-9)},
         "readout_ms": {"latent_read": read_ms, "spatia_render": render_ms, "render_points_after_voxels": vox,
                        "spatia_81_frame_round_s": 81 * render_ms / 1e3,
-                       "note": "the Spatia readout also VAE-encodes the 81-frame render and hole videos (not timed here)"},
+                       "note": "the Spatia readout also VAE-encodes the 81-frame render and hole videos (not timed "
+                               "here)"},
         "renderer_scaling": scaling, "h264_round_trip": video,
-        "renderer_vs_pytorch3d": "tests/test_spatia.py: the same 5 points per pixel as PyTorch3D's reference rasteriser on a "
+        "renderer_vs_pytorch3d": "tests/test_spatia.py: the same 5 points per pixel as PyTorch3D's reference "
+                                 "rasteriser on a "
                                  "rendered room (both views, indices equal), colour and score within 1e-6",
     }
     out = Path(args.json)
@@ -179,7 +187,8 @@ def _plot(result, path: Path) -> None:
     axes[1].set_ylabel("ms per 704x1248 view")
     for i, v in enumerate([ro["latent_read"], ro["spatia_render"]]):
         axes[1].text(i, v, f"{v:.0f} ms", ha="center", va="bottom", fontsize=8)
-    fig.suptitle(f"Spatia's pixel memory vs the latent memory on {result['device']} ({result['torch_threads']} threads)",
+    fig.suptitle(f"Spatia's pixel memory vs the latent memory on {result['device']} ({result['torch_threads']} "
+                 f"threads)",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

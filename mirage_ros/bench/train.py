@@ -95,10 +95,12 @@ def _plot(png: Path, step_s, result) -> None:
     p = plt()
     fig, ax = p.subplots(figsize=(6, 3))
     ax.plot(range(1, len(step_s) + 1), step_s, marker=".")
-    ax.axhline(result["seconds_per_step_median"], color="grey", ls="--", label=f"median {result['seconds_per_step_median']:.3f} s")
+    ax.axhline(result["seconds_per_step_median"], color="grey", ls="--",
+               label=f"median {result['seconds_per_step_median']:.3f} s")
     if result["target_steps_per_hour"]:
         ax.axhline(3600 / result["target_steps_per_hour"], color="red", ls=":", label="target (5,000 steps/h)")
-    ax.set(xlabel="timed step", ylabel="seconds", title=f"mirage train {result['config']}, batch {result['batch']}, {result['device']}")
+    ax.set(xlabel="timed step", ylabel="seconds", title=f"mirage train {result['config']}, batch {result['batch']}, "
+                                                        f"{result['device']}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(png, dpi=110)

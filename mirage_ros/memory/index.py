@@ -99,13 +99,15 @@ class BlockIndex:
         bound on the z of every point inside (z is linear, the AABB convex). The footprint is the
         bounding rectangle of the projected corners, or the whole grid if a corner is behind.
         """
-        corners = torch.where(_CORNERS.to(self.bmin.device).bool()[None], self.bmax[:, None], self.bmin[:, None])  # (nb, 8, 3)
+        # (nb, 8, 3)
+        corners = torch.where(_CORNERS.to(self.bmin.device).bool()[None], self.bmax[:, None], self.bmin[:, None])
         pix = corners @ P[:, :3].T + P[:, 3]  # (nb, 8, 3): p_u, p_v, z
         pu, pv, z = pix.unbind(-1)
         # a block holding a non-finite point (never admitted, but a corrupt state must not crash
         # the readout) has NaN/inf corners: keep it, nearest depth -inf, footprint the whole grid
         finite = torch.isfinite(pix).all(2).all(1)
-        outside = finite & ((z <= 0).all(1) | (pu < 0).all(1) | (pu >= w * z).all(1) | (pv < 0).all(1) | (pv >= h * z).all(1))
+        outside = finite & ((z <= 0).all(1) | (pu < 0).all(1) | (pu >= w * z).all(1) | (pv < 0).all(1)
+                            | (pv >= h * z).all(1))
         zmin = torch.where(finite, z.min(1).values, torch.full_like(z[:, 0], float("-inf")))
         front = zmin > 0
         zs = torch.where(front[:, None], z, torch.ones_like(z))
@@ -124,7 +126,8 @@ class BlockIndex:
         if total == 0:
             return torch.empty(0, dtype=torch.int64, device=self.order.device)
         seg_start = torch.cumsum(counts, 0) - counts
-        pos = torch.arange(total, device=self.order.device) + torch.repeat_interleave(starts - seg_start, counts, output_size=total)
+        offsets = torch.repeat_interleave(starts - seg_start, counts, output_size=total)
+        pos = torch.arange(total, device=self.order.device) + offsets
         return self.order[pos].to(torch.int64)
 
 

@@ -32,7 +32,7 @@ from typing import Iterator, Optional, Union
 
 import torch
 
-from ..geometry import Camera, GeometryError, backproject
+from ..geometry import Camera, backproject
 from .downsample import DEPTH_DOWNSAMPLE_METHODS, downsample_depth, downsample_mask
 from .index import BlockIndex, rect_max
 
@@ -52,7 +52,8 @@ class MemoryFileError(MemoryError_):
     """A memory file is corrupt, incomplete or does not match this memory. Nothing was changed."""
 
 
-_FILE_DTYPES = {"F32": torch.float32, "F64": torch.float64, "F16": torch.float16, "BF16": torch.bfloat16, "U8": torch.uint8}
+_FILE_DTYPES = {"F32": torch.float32, "F64": torch.float64, "F16": torch.float16, "BF16": torch.bfloat16,
+                "U8": torch.uint8}
 _LOAD_CHUNK_BYTES = 1 << 24
 
 
@@ -69,7 +70,8 @@ def _check_regular_file(path: Path) -> None:
         raise MemoryFileError(f"path: {path} is a directory, not a memory file")
     if not stat.S_ISREG(st.st_mode):
         kind = next((k for test, k in ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
-                                       (stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket")) if test(st.st_mode)), "special file")
+                                       (stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket")) if test(st.st_mode)),
+                    "special file")
         raise MemoryFileError(f"path: {path} is not a regular file (it is a {kind})")
 
 
@@ -219,17 +221,20 @@ class LatentSpatialMemory:
         for name, v in (("channels", channels), ("stride", stride), ("first_round_points", first_round_points)):
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
                 raise MemoryError_(f"{name}: expected a positive integer, got {v!r}")
-        if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, numbers.Integral) or max_points < 0):
+        if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, numbers.Integral)
+                                       or max_points < 0):
             raise MemoryError_(f"max_points: expected None or a non-negative integer, got {max_points!r}")
         self.earliest_within = _check_tolerance("earliest_within", earliest_within)
         if depth_downsample not in DEPTH_DOWNSAMPLE_METHODS:
-            raise MemoryError_(f"depth_downsample: unknown method {depth_downsample!r} (expected one of {DEPTH_DOWNSAMPLE_METHODS})")
+            raise MemoryError_(f"depth_downsample: unknown method {depth_downsample!r} (expected one of "
+                               f"{DEPTH_DOWNSAMPLE_METHODS})")
         if on_revisit not in ("keep", "refresh"):
             raise MemoryError_(f"on_revisit: expected 'keep' or 'refresh', got {on_revisit!r}")
         if isinstance(feature_dtype, str):
             feature_dtype = getattr(torch, feature_dtype)
         if feature_dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.uint8):
-            raise MemoryError_(f"feature_dtype: expected float32, bfloat16, float16 (or uint8 for colour caches), got {feature_dtype}")
+            raise MemoryError_(f"feature_dtype: expected float32, bfloat16, float16 (or uint8 for colour caches), got "
+                               f"{feature_dtype}")
         self.channels, self.stride = int(channels), int(stride)
         self.depth_downsample = depth_downsample
         self.device = torch.device(device)
@@ -308,7 +313,8 @@ class LatentSpatialMemory:
         if not isinstance(latent, torch.Tensor):
             raise MemoryError_(f"latent: expected a torch.Tensor (C, h, w), got {type(latent).__name__}")
         if tuple(latent.shape) != (self.channels, h, w):
-            raise MemoryError_(f"latent: expected shape ({self.channels}, {h}, {w}) for a {camera.height}x{camera.width} camera, got {tuple(latent.shape)}")
+            raise MemoryError_(f"latent: expected shape ({self.channels}, {h}, {w}) for a "
+                               f"{camera.height}x{camera.width} camera, got {tuple(latent.shape)}")
         if not latent.is_floating_point():
             raise MemoryError_(f"latent: expected a floating-point tensor, got {latent.dtype}")
         if not torch.isfinite(latent).all():
@@ -320,7 +326,7 @@ class LatentSpatialMemory:
         if not isinstance(depth, torch.Tensor):
             try:
                 depth = torch.as_tensor(depth)
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - whatever torch refuses is a wrong type
                 raise MemoryError_(f"depth: expected an array (H, W) or (h, w), got {type(depth).__name__}") from None
         if not (depth.is_floating_point() or depth.dtype in (torch.int32, torch.int64, torch.int16, torch.uint8)):
             raise MemoryError_(f"depth: expected real values in metres, got dtype {depth.dtype}")
@@ -329,7 +335,8 @@ class LatentSpatialMemory:
             return downsample_depth(depth, self.stride, self.depth_downsample)
         if tuple(depth.shape) == (h, w):
             return torch.where(torch.isfinite(depth) & (depth > 0), depth, torch.full_like(depth, float("nan")))
-        raise MemoryError_(f"depth: expected shape ({camera.height}, {camera.width}) or ({h}, {w}), got {tuple(depth.shape)}")
+        raise MemoryError_(f"depth: expected shape ({camera.height}, {camera.width}) or ({h}, {w}), got "
+                           f"{tuple(depth.shape)}")
 
     def _latent_exclude(self, exclude, camera: Camera) -> Optional[torch.Tensor]:
         if exclude is None:
@@ -342,7 +349,8 @@ class LatentSpatialMemory:
             return downsample_mask(exclude, self.stride)
         if tuple(exclude.shape) == (h, w):
             return exclude
-        raise MemoryError_(f"exclude: expected shape ({camera.height}, {camera.width}) or ({h}, {w}), got {tuple(exclude.shape)}")
+        raise MemoryError_(f"exclude: expected shape ({camera.height}, {camera.width}) or ({h}, {w}), got "
+                           f"{tuple(exclude.shape)}")
 
     def admissible(self, depth, camera: Camera, exclude=None) -> torch.Tensor:
         """Lambda_t (h, w) bool: finite positive depth and not excluded (dynamic / sky)."""
@@ -373,14 +381,16 @@ class LatentSpatialMemory:
             new = lam & ~same
         n_new = int(new.sum())
         if self.max_points is not None and self._n + n_new > self.max_points:
-            raise MemoryError_(f"max_points: inserting {n_new} points would exceed the cap of {self.max_points} (memory holds {self._n})")
+            raise MemoryError_(f"max_points: inserting {n_new} points would exceed the cap of {self.max_points} "
+                               f"(memory holds {self._n})")
         if n_new:
             pts = backproject(d, camera.latent_K(self.stride), camera.world_to_camera)[new].float()
             bad = ~torch.isfinite(pts).all(1)
             if bool(bad.any()):
                 raise MemoryError_(
                     f"depth: {int(bad.sum())} admissible cells lift to non-finite world points (depth up to "
-                    f"{float(d[new][bad].max()):.3g} m with this camera's K and pose overflows float32); nothing inserted"
+                    f"{float(d[new][bad].max()):.3g} m with this camera's K and pose overflows float32); nothing "
+                    f"inserted"
                 )
         # -- all checks passed: mutate --
         if self.on_revisit == "refresh" and bool(revisited.any()):
@@ -402,7 +412,8 @@ class LatentSpatialMemory:
         if points.ndim != 2 or points.shape[1] != 3:
             raise MemoryError_(f"points: expected shape (N, 3), got {tuple(points.shape)}")
         if features.shape != (points.shape[0], self.channels):
-            raise MemoryError_(f"features: expected shape ({points.shape[0]}, {self.channels}), got {tuple(features.shape)}")
+            raise MemoryError_(f"features: expected shape ({points.shape[0]}, {self.channels}), got "
+                               f"{tuple(features.shape)}")
         if not torch.isfinite(points).all():
             raise MemoryError_("points: contains NaN or inf")
         if features.is_floating_point() and not torch.isfinite(features).all():
@@ -635,7 +646,8 @@ class LatentSpatialMemory:
         except Exception as exc:  # noqa: BLE001 - safetensors raises several types on corruption
             raise MemoryFileError(f"path: {path} is not a readable safetensors memory file ({exc})") from None
         if meta.get("format") != "mirage_ros.LatentSpatialMemory":
-            raise MemoryFileError(f"path: {path} is not a mirage_ros memory file (metadata format={meta.get('format')!r})")
+            raise MemoryFileError(f"path: {path} is not a mirage_ros memory file (metadata "
+                                  f"format={meta.get('format')!r})")
         held = {}
         for field in ("channels", "stride"):
             raw = meta.get(field)
@@ -654,11 +666,13 @@ class LatentSpatialMemory:
             raise MemoryFileError(f"path: {path} has inconsistent shapes points={ps} features={fs}")
         n = ps[0]
         if self.max_points is not None and n > self.max_points:
-            raise MemoryFileError(f"max_points: {path} holds {n} points, more than the cap of {self.max_points}; nothing loaded")
+            raise MemoryFileError(f"max_points: {path} holds {n} points, more than the cap of {self.max_points}; "
+                                  f"nothing loaded")
         data_start = 8 + header_len
         with open(path, "rb") as fh:
             xyz = self._read_rows(fh, path, "points", info["points"], data_start, n, 3, torch.float32)
-            feat = self._read_rows(fh, path, "features", info["features"], data_start, n, self.channels, self.feature_dtype)
+            feat = self._read_rows(fh, path, "features", info["features"], data_start, n, self.channels,
+                                   self.feature_dtype)
         # -- all checks passed: replace --
         self.clear()
         self._xyz, self._feat, self._n = xyz, feat, n
@@ -669,7 +683,8 @@ class LatentSpatialMemory:
         of ``dtype`` on the memory's device, chunk by chunk, refusing NaN / inf."""
         file_dtype = _FILE_DTYPES.get(info.get("dtype"))
         if file_dtype is None:
-            raise MemoryFileError(f"path: {path} stores {name} as {info.get('dtype')!r}, expected one of {sorted(_FILE_DTYPES)}")
+            raise MemoryFileError(f"path: {path} stores {name} as {info.get('dtype')!r}, expected one of "
+                                  f"{sorted(_FILE_DTYPES)}")
         item = torch.empty((), dtype=file_dtype).element_size()
         begin, end = info.get("data_offsets", (0, -1))
         if end - begin != n * cols * item:

@@ -5,8 +5,15 @@ Masks: ``make_mask_provider("sam3" | "labels" | "none")``. Providers load lazily
 another device than the world model. Nothing here imports rclpy.
 """
 from .align import AlignResult, align_depth, align_to_memory
-from .depth import (AlignedDepth, DA3Depth, DepthProvider, MemoryDepth, SimulatorDepth, decode_depth_image,
-                    make_depth_provider)
+from .depth import (
+    AlignedDepth,
+    DA3Depth,
+    DepthProvider,
+    MemoryDepth,
+    SimulatorDepth,
+    decode_depth_image,
+    make_depth_provider,
+)
 
 __all__ = ["AlignResult", "align_depth", "align_to_memory", "AlignedDepth", "DA3Depth", "DepthProvider", "MemoryDepth",
            "SimulatorDepth", "decode_depth_image", "make_depth_provider", "make_mask_provider"]

@@ -84,7 +84,8 @@ def align_depth(pred: torch.Tensor, ref: torch.Tensor, mode: str = "scale", stri
     elif tuple(pred.shape) == (h * stride, w * stride):
         p = downsample_depth(pred, stride, "bilinear")
     else:
-        raise ValueError(f"pred: shape {tuple(pred.shape)} matches neither the readout grid {(h, w)} nor its x{stride} image")
+        raise ValueError(f"pred: shape {tuple(pred.shape)} matches neither the readout grid {(h, w)} nor its x{stride} "
+                         f"image")
     both = torch.isfinite(p) & torch.isfinite(ref) & (ref > 0)
     res = fit_scale_shift(p[both], ref[both], mode, trim, iters, min_cells, "cells")
     return (pred * res.scale + res.shift if res.ok else pred), res

@@ -88,7 +88,8 @@ class DepthProvider:
             raise ValueError(f"cameras: {len(cameras)} cameras for {a.shape[0]} frames")
         for c in cameras:
             if (c.height, c.width) != tuple(a.shape[1:3]):
-                raise ValueError(f"cameras: camera size {c.height}x{c.width} does not match frames {tuple(a.shape[1:3])}")
+                raise ValueError(f"cameras: camera size {c.height}x{c.width} does not match frames "
+                                 f"{tuple(a.shape[1:3])}")
 
 
 class SimulatorDepth(DepthProvider):
@@ -194,14 +195,19 @@ class DA3Depth(DepthProvider):
         self.metric = "metric" in preset or "nested" in preset or use_cameras
         self.last_metric: List[bool] = []  # per frame of the last call: was its depth in metres?
 
-    @property
-    def net(self):
-        """The network, built on first use (providers load lazily)."""
+    def load(self):
+        """Build and load the network now (``net`` does it on first use); returns it in eval mode on the
+        provider's device and dtype."""
         if self._net is None:
             self._net = self._loader()
         if next(self._net.parameters()).device != self.device or next(self._net.parameters()).dtype != self.dtype:
             self._net = self._net.to(device=self.device, dtype=self.dtype)
         return self._net.eval()
+
+    @property
+    def net(self):
+        """The network, built on first use (providers load lazily)."""
+        return self.load()
 
     @staticmethod
     def build_net(preset: str):
@@ -233,7 +239,8 @@ class DA3Depth(DepthProvider):
         cfg_file = folder / "config.json"
         if preset is None:
             if not cfg_file.is_file():
-                raise FileNotFoundError(f"weights folder: {folder} has no config.json naming the preset (or pass preset=)")
+                raise FileNotFoundError(f"weights folder: {folder} has no config.json naming the preset (or pass "
+                                        f"preset=)")
             cfg = json.loads(cfg_file.read_text())
             preset = cfg.get("preset") or cfg.get("model_name")
             if not preset:
@@ -243,7 +250,7 @@ class DA3Depth(DepthProvider):
             raise FileNotFoundError(f"weights folder: {folder} has no model.safetensors")
         provider = cls(preset=preset, loader=lambda: cls._load(preset, weights), **kw)
         if not lazy:
-            provider.net  # noqa: B018 - build and load now
+            provider.load()
         return provider
 
     @classmethod
@@ -253,14 +260,15 @@ class DA3Depth(DepthProvider):
         net = cls.build_net(preset)
         try:
             state = load_file(str(weights))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types; one error names the file
             raise ValueError(f"weights: {weights} is not a readable safetensors file ({exc})") from None
         state = {k[len("model."):] if k.startswith("model.") else k: v for k, v in state.items()}
         missing, unexpected = net.load_state_dict(state, strict=False)
         if missing:
             raise KeyError(f"weights: {weights} lacks {len(missing)} keys of {preset}, e.g. {missing[:5]}")
         if unexpected:
-            warnings.warn(f"weights: {weights} has {len(unexpected)} keys the {preset} net does not use, e.g. {unexpected[:3]}")
+            warnings.warn(f"weights: {weights} has {len(unexpected)} keys the {preset} net does not use, e.g. "
+                          f"{unexpected[:3]}", stacklevel=2)
         return net
 
     def _size(self, H: int, W: int):
@@ -352,7 +360,8 @@ class AlignedDepth(DepthProvider):
             self.last_alignment.append(res)
             if (res is None or not res.ok) and not metric[i]:
                 warnings.warn(f"depth: frame {i} of {self.inner.name} has no metric scale and could not be aligned "
-                              f"to the memory ({0 if res is None else res.cells} shared cells); marked invalid")
+                              f"to the memory ({0 if res is None else res.cells} shared cells); marked invalid",
+                              stacklevel=2)
                 d = torch.full_like(d, float("nan"))
             out.append(d)
         return torch.stack(out), conf

@@ -16,7 +16,7 @@ import json
 import re
 import warnings
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -98,7 +98,7 @@ def parse_entities(text, max_items: int = MAX_ITEMS) -> List[str]:
     """
     try:
         return _parse(text, max_items)
-    except Exception as e:  # never crash the perception loop on a model's answer
+    except Exception as e:  # noqa: BLE001 - never crash the perception loop on a model's answer
         warnings.warn(f"could not parse entities from {str(text)[:80]!r}: {e}", EntityParseWarning, stacklevel=2)
         return []
 

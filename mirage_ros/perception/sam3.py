@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import cv2

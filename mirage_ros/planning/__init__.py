@@ -9,10 +9,29 @@
 The node (``imagine_candidates`` with a goal image), the example planner and ``mirage bench plan``
 all use these, so what the benchmark measures is what a planner gets.
 """
-from .goal import (DEFAULT_METRIC, GOAL_IMAGINED, GOAL_NONE, GOAL_READOUT, METRICS, CandidateGoalScores, GoalView,
-                   pick, warp_intrinsics)
-from .paths import (Primitive, camera_pose, fan, fan_paths, goto, heading_pitch, path_is_free, primitive_path,
-                    scene_free_space, view_angle)
+from .goal import (
+                   DEFAULT_METRIC,
+                   GOAL_IMAGINED,
+                   GOAL_NONE,
+                   GOAL_READOUT,
+                   METRICS,
+                   CandidateGoalScores,
+                   GoalView,
+                   pick,
+                   warp_intrinsics,
+)
+from .paths import (
+                   Primitive,
+                   camera_pose,
+                   fan,
+                   fan_paths,
+                   goto,
+                   heading_pitch,
+                   path_is_free,
+                   primitive_path,
+                   scene_free_space,
+                   view_angle,
+)
 
 __all__ = ["GoalView", "CandidateGoalScores", "pick", "warp_intrinsics", "METRICS", "DEFAULT_METRIC", "GOAL_NONE",
            "GOAL_READOUT", "GOAL_IMAGINED", "Primitive", "camera_pose", "fan", "fan_paths", "goto", "heading_pitch",

@@ -23,7 +23,7 @@ similarity, ``explore`` the one with the most ``novelty``.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -76,7 +76,8 @@ class GoalView:
     resized). Raises ``ValueError`` naming ``goal_image`` when it is unusable.
     """
 
-    def __init__(self, rgb: np.ndarray, codec, size: Tuple[int, int], K: np.ndarray, goal_K: Optional[np.ndarray] = None):
+    def __init__(self, rgb: np.ndarray, codec, size: Tuple[int, int], K: np.ndarray,
+                 goal_K: Optional[np.ndarray] = None):
         import torch
 
         from ..world_model.codec import images_to_tensor

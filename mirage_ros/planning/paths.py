@@ -50,7 +50,8 @@ class Primitive:
         if self.kind not in ("straight", "arc", "turn"):
             raise ValueError(f"kind: expected straight, arc or turn, got {self.kind!r}")
         if not (math.isfinite(self.length) and math.isfinite(self.turn)) or self.length < 0:
-            raise ValueError(f"length / turn: expected a finite length >= 0 and a finite turn, got {self.length}, {self.turn}")
+            raise ValueError(f"length / turn: expected a finite length >= 0 and a finite turn, got {self.length}, "
+                             f"{self.turn}")
 
     def describe(self) -> str:
         if self.kind == "turn":

@@ -139,7 +139,8 @@ def interface_dir() -> Path:
     for c in cands:
         if all((c / "msg" / f"{n}.msg").is_file() for n in _CUSTOM):
             return c
-    raise FileNotFoundError("mirage_ros msg/ definitions not found (looked in: " + ", ".join(str(c) for c in cands) + ")")
+    looked = ", ".join(str(c) for c in cands)
+    raise FileNotFoundError(f"mirage_ros msg/ definitions not found (looked in: {looked})")
 
 
 _TYPESTORE = None
@@ -237,8 +238,9 @@ class BagWriter:
     be, contain or lie inside a ``protect``ed path (the inputs). The bag is written into a hidden
     temporary folder beside ``path`` and renamed into place by ``close()``; ``abort()`` or an
     exception in a ``with`` block leaves ``path`` as it was and nothing behind. MCAP chunks are
-    zstd-compressed unless ``compress=False``. Use as a context manager or call ``close()``. Every ``add_*`` takes stamps in integer nanoseconds; the bag's receive
-    time is the stamp (or ``log_ns`` where given).
+    zstd-compressed unless ``compress=False``. Use as a context manager or call ``close()``.
+    Every ``add_*`` takes stamps in integer nanoseconds; the bag's receive time is the stamp (or
+    ``log_ns`` where given).
     """
 
     def __init__(self, path: Union[str, Path], storage: str = "mcap", namespace: str = "/",
@@ -291,7 +293,8 @@ class BagWriter:
         key = (name, msgtype)
         conn = self._conns.get(key)
         if conn is None:
-            conn = self._writer.add_connection(name, msgtype, typestore=self.store, offered_qos_profiles=[rosbags_qos(qos)])
+            conn = self._writer.add_connection(name, msgtype, typestore=self.store,
+                                               offered_qos_profiles=[rosbags_qos(qos)])
             self._conns[key] = conn
         self._writer.write(conn, int(stamp_ns), self.store.serialize_cdr(msg, msgtype))
         self.counts[name] = self.counts.get(name, 0) + 1
@@ -306,7 +309,8 @@ class BagWriter:
         if conn is None:
             if msgtype not in self.store.types:
                 return False
-            conn = self._writer.add_connection(name, msgtype, typestore=self.store, offered_qos_profiles=[rosbags_qos(qos)])
+            conn = self._writer.add_connection(name, msgtype, typestore=self.store,
+                                               offered_qos_profiles=[rosbags_qos(qos)])
             self._conns[key] = conn
         self._writer.write(conn, int(stamp_ns), bytes(raw))
         self.counts[name] = self.counts.get(name, 0) + 1
@@ -364,7 +368,8 @@ class BagWriter:
             self.abort()
 
     # -- inputs (a recording of a run) --------------------------------------------------------
-    def add_image(self, topic: str, image: np.ndarray, stamp_ns: int, frame_id: str, encoding: Optional[str] = None) -> None:
+    def add_image(self, topic: str, image: np.ndarray, stamp_ns: int, frame_id: str,
+                  encoding: Optional[str] = None) -> None:
         self.write(topic, cv.image_msg(self.types, image, stamp_ns, frame_id, encoding), stamp_ns, "sensor")
 
     def add_depth(self, topic: str, depth_m: np.ndarray, stamp_ns: int, frame_id: str) -> None:

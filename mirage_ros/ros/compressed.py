@@ -137,9 +137,11 @@ def _decode(buf: np.ndarray, field: str, expect_codec: Optional[str], max_pixels
         try:
             img = cv2.imdecode(np.ascontiguousarray(buf), cv2.IMREAD_UNCHANGED)
         except cv2.error as exc:
-            raise ConversionError(f"{field}.data: the {codec} does not decode ({' '.join(str(exc).split())[:200]})") from None
+            raise ConversionError(f"{field}.data: the {codec} does not decode "
+                                  f"({' '.join(str(exc).split())[:200]})") from None
         if img is None:
-            raise ConversionError(f"{field}.data: the {codec} does not decode (libpng refused it: truncated or corrupt)")
+            raise ConversionError(f"{field}.data: the {codec} does not decode (libpng refused it: truncated or "
+                                  f"corrupt)")
     if img.shape[:2] != (H, W):
         raise ConversionError(f"{field}.data: decoded {img.shape[0]} x {img.shape[1]}, the header says {H} x {W}")
     return img
@@ -158,7 +160,8 @@ def _decode_jpeg(buf: np.ndarray, field: str) -> np.ndarray:
         gray = str(space).lower() == "gray"
         img = simplejpeg.decode_jpeg(data, colorspace="GRAY" if gray else "BGR", strict=True)
     except ValueError as exc:
-        raise ConversionError(f"{field}.data: the jpeg does not decode without error ({' '.join(str(exc).split())[:200]})") from None
+        raise ConversionError(f"{field}.data: the jpeg does not decode without error "
+                              f"({' '.join(str(exc).split())[:200]})") from None
     return img[..., 0] if gray else img
 
 
@@ -168,7 +171,8 @@ def compressed_to_rgb(msg, field: str = "image", max_pixels: Optional[int] = Non
     ``max_pixels`` / ``expect_size``: see ``check_area`` (checked on the file header, before decoding)."""
     enc, codec, target = parse_format(getattr(msg, "format", ""))
     if codec not in CODECS and codec != "":
-        raise ConversionError(f"{field}.format: {msg.format!r} is not a jpeg or png image (supported: image_transport's "
+        raise ConversionError(f"{field}.format: {msg.format!r} is not a jpeg or png image (supported: "
+                              f"image_transport's "
                               "'compressed' jpeg and png)")
     img = _decode(_buffer(msg.data, f"{field}.data"), field, codec or None, max_pixels, expect_size)
     if img.dtype != np.uint8:
@@ -184,7 +188,8 @@ def compressed_to_rgb(msg, field: str = "image", max_pixels: Optional[int] = Non
 
 
 def compressed_depth_to_array(msg, field: str = "depth", mm_scale: float = 0.001, max_pixels: Optional[int] = None,
-                              expect_size: Optional[Tuple[int, int]] = None, max_depth: Optional[float] = None) -> np.ndarray:
+                              expect_size: Optional[Tuple[int, int]] = None,
+                              max_depth: Optional[float] = None) -> np.ndarray:
     """A ``compressedDepth`` CompressedImage -> (H, W) float32 metres; no return -> NaN (as
     ``convert.image_to_depth``; so is depth beyond ``max_depth``). ``max_pixels`` / ``expect_size``:
     see ``check_area`` (checked on the PNG header, before decoding)."""
@@ -198,13 +203,15 @@ def compressed_depth_to_array(msg, field: str = "depth", mm_scale: float = 0.001
         raise ConversionError(f"{field}.format: depth encoding {enc!r} (expected 16UC1 or 32FC1)")
     buf = _buffer(msg.data, f"{field}.data")
     if buf.size <= DEPTH_HEADER_BYTES:
-        raise ConversionError(f"{field}.data: {buf.size} bytes, shorter than the {DEPTH_HEADER_BYTES}-byte compressedDepth header")
+        raise ConversionError(f"{field}.data: {buf.size} bytes, shorter than the {DEPTH_HEADER_BYTES}-byte "
+                              f"compressedDepth header")
     kind, qa, qb = struct.unpack("<iff", bytes(buf[:DEPTH_HEADER_BYTES]))
     if kind != 0:
         raise ConversionError(f"{field}.data: compressedDepth header format {kind} (expected 0, inverse depth)")
     img = _decode(buf[DEPTH_HEADER_BYTES:], field, "png", max_pixels, expect_size)
     if img.dtype != np.uint16 or img.ndim != 2:
-        raise ConversionError(f"{field}: the compressedDepth PNG is {img.dtype} with shape {img.shape}, expected 16-bit mono")
+        raise ConversionError(f"{field}: the compressedDepth PNG is {img.dtype} with shape {img.shape}, expected "
+                              f"16-bit mono")
     if enc == "32FC1":
         if not (np.isfinite(qa) and np.isfinite(qb)):
             raise ConversionError(f"{field}.data: compressedDepth quantisation ({qa}, {qb}) is not finite")

@@ -26,7 +26,7 @@ Everything raises ``ConversionError`` (a ``ValueError``) whose message names the
 from __future__ import annotations
 
 import array
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -163,7 +163,8 @@ def image_to_array(msg, field: str = "image", max_pixels: Optional[int] = None,
     """
     enc = str(msg.encoding)
     if enc not in IMAGE_ENCODINGS:
-        raise ConversionError(f"{field}.encoding: unsupported encoding {enc!r} (supported: {', '.join(IMAGE_ENCODINGS)})")
+        raise ConversionError(f"{field}.encoding: unsupported encoding {enc!r} (supported: "
+                              f"{', '.join(IMAGE_ENCODINGS)})")
     dtype, ch = IMAGE_ENCODINGS[enc]
     H, W, step = int(msg.height), int(msg.width), int(msg.step)
     if H <= 0 or W <= 0 or H > MAX_IMAGE_SIDE or W > MAX_IMAGE_SIDE:
@@ -174,7 +175,8 @@ def image_to_array(msg, field: str = "image", max_pixels: Optional[int] = None,
         check_area(H, W, field, max_pixels, expect_size)
     row = W * ch * dtype.itemsize
     if step < row:
-        raise ConversionError(f"{field}.step: {step} bytes is less than width * bytes per pixel = {W} * {ch * dtype.itemsize} = {row}")
+        raise ConversionError(f"{field}.step: {step} bytes is less than width * bytes per pixel = {W} * "
+                              f"{ch * dtype.itemsize} = {row}")
     buf = _buffer(msg.data, f"{field}.data")
     if buf.size != H * step:
         raise ConversionError(
@@ -228,7 +230,8 @@ def image_to_depth(msg, field: str = "depth", mm_scale: float = 0.001, max_pixel
     if enc not in IMAGE_ENCODINGS:
         image_to_array(msg, field)  # raises "unsupported encoding"
     if enc not in DEPTH_ENCODINGS:
-        raise ConversionError(f"{field}.encoding: {enc!r} is not a depth encoding (supported: {', '.join(DEPTH_ENCODINGS)})")
+        raise ConversionError(f"{field}.encoding: {enc!r} is not a depth encoding (supported: "
+                              f"{', '.join(DEPTH_ENCODINGS)})")
     a = image_to_array(msg, field, max_pixels, expect_size)
     if enc == "32FC1":
         d = a.astype(np.float32, copy=True)
@@ -257,7 +260,8 @@ def array_to_image(arr: np.ndarray, encoding: Optional[str] = None) -> Dict[str,
         a = a[..., 0]
     if encoding is None:
         if a.dtype == np.uint8:
-            encoding = {2: "mono8", 3: "rgb8", 4: "rgba8"}.get(a.ndim if a.ndim == 2 else a.shape[2] if a.shape[2] in (3, 4) else -1)
+            encoding = {2: "mono8", 3: "rgb8",
+                        4: "rgba8"}.get(a.ndim if a.ndim == 2 else a.shape[2] if a.shape[2] in (3, 4) else -1)
         elif a.dtype == np.float32:
             encoding = "32FC1"
         elif a.dtype == np.uint16:
@@ -444,7 +448,8 @@ def path_to_matrices(msg, field: str = "path") -> Tuple[np.ndarray, np.ndarray, 
     for i, ps in enumerate(poses):
         f = str(ps.header.frame_id)
         if f and frame and f != frame:
-            raise ConversionError(f"{field}.poses[{i}].header.frame_id: {f!r} differs from {field}.header.frame_id {frame!r}")
+            raise ConversionError(f"{field}.poses[{i}].header.frame_id: {f!r} differs from {field}.header.frame_id "
+                                  f"{frame!r}")
         if f and not frame:
             frame = f
     stamps = np.fromiter((stamp_to_ns(ps.header.stamp) for ps in poses), dtype=np.int64, count=len(poses))
@@ -501,7 +506,8 @@ def xyzrgb_to_structured(points: np.ndarray, colors: Optional[np.ndarray] = None
         raise ConversionError(f"points: expected shape (N, 3), got {pts.shape}")
     n = pts.shape[0]
     if colors is None:
-        out = np.empty(n, dtype=np.dtype({"names": ["x", "y", "z"], "formats": ["<f4"] * 3, "offsets": [0, 4, 8], "itemsize": 12}))
+        out = np.empty(n, dtype=np.dtype({"names": ["x", "y", "z"], "formats": ["<f4"] * 3, "offsets": [0, 4, 8],
+                                          "itemsize": 12}))
         raw = out.view(np.float32).reshape(n, 3) if n else np.empty((0, 3), np.float32)
         raw[...] = pts
         return out
@@ -581,6 +587,7 @@ def pointcloud_to_structured(msg, field: str = "cloud") -> np.ndarray:
     H, W, row = int(msg.height), int(msg.width), int(msg.row_step)
     buf = _buffer(msg.data, f"{field}.data")
     if row < W * step or buf.size < H * row:
-        raise ConversionError(f"{field}.data: {buf.size} bytes, expected height * row_step = {H} * {row} with row_step >= width * point_step = {W * step}")
+        raise ConversionError(f"{field}.data: {buf.size} bytes, expected height * row_step = {H} * {row} with row_step "
+                              f">= width * point_step = {W * step}")
     rows = buf[: H * row].reshape(H, row)[:, : W * step]
     return np.ascontiguousarray(rows).reshape(-1).view(dtype)

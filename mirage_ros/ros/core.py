@@ -26,8 +26,15 @@ import numpy as np
 
 from . import convert as cv
 from . import paths, requests
-from .goals import (STATUS_CANCELED, STATUS_FAILED, STATUS_INVALID_GOAL, STATUS_NAMES, STATUS_NOT_READY,
-                    STATUS_SUCCEEDED, GoalError)
+from .goals import (
+    STATUS_CANCELED,
+    STATUS_FAILED,
+    STATUS_INVALID_GOAL,
+    STATUS_NAMES,
+    STATUS_NOT_READY,
+    STATUS_SUCCEEDED,
+    GoalError,
+)
 from .intake import Intake
 from .observer import UpdatePolicy
 from .params import validate
@@ -347,7 +354,8 @@ class MirageCore:
         out.update({
             "backend": b.name if b is not None else "", "generative": bool(b.generative) if b is not None else False,
             "description": b.description if b is not None else "not configured",
-            "num_points": b.memory.num_points if b is not None else 0, "nbytes": b.memory.nbytes if b is not None else 0,
+            "num_points": b.memory.num_points if b is not None else 0,
+            "nbytes": b.memory.nbytes if b is not None else 0,
             "channels": b.memory.channels if b is not None else 0, "stride": b.memory.stride if b is not None else 0,
             "last_rejection": self.last_rejection,
         })

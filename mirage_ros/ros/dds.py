@@ -43,7 +43,8 @@ def running_interfaces(sys_class_net: str | os.PathLike = "/sys/class/net") -> O
     return out
 
 
-def network_warning(env: Mapping[str, str] = os.environ, sys_class_net: str | os.PathLike = "/sys/class/net") -> Optional[str]:
+def network_warning(env: Mapping[str, str] = os.environ,
+                    sys_class_net: str | os.PathLike = "/sys/class/net") -> Optional[str]:
     """A warning when Fast DDS, networked, starts with no running interface besides loopback; else None.
 
     "Running" is what Fast DDS asks for (IFF_RUNNING): operstate ``up``, or ``unknown`` for

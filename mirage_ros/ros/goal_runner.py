@@ -25,8 +25,16 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 
 from . import outputs as out
-from .goals import (STATUS_CANCELED, STATUS_FAILED, STATUS_NAMES, STATUS_NOT_READY, STATUS_SUCCEEDED, GoalError,
-                    GoalQueue, candidates_reason)
+from .goals import (
+    STATUS_CANCELED,
+    STATUS_FAILED,
+    STATUS_NAMES,
+    STATUS_NOT_READY,
+    STATUS_SUCCEEDED,
+    GoalError,
+    GoalQueue,
+    candidates_reason,
+)
 from .requests import NOT_ACTIVE
 
 __all__ = ["GoalRunner", "GoalBook", "StopCheck", "ClientWatch", "publish_request", "terminal_state"]
@@ -178,7 +186,8 @@ class GoalRunner:
             return self.finish(result, STATUS_CANCELED, f"canceled after {done} of {total} frames", what, t0)
         if done < total:
             return self.finish(result, STATUS_NOT_READY if not self.active() else STATUS_FAILED,
-                               f"stopped after {done} of {total} frames ({stop.reason or 'node deactivated'})", what, t0)
+                               f"stopped after {done} of {total} frames "
+                               f"({stop.reason or 'node deactivated'})", what, t0)
         return None
 
     # -- imagine ---------------------------------------------------------------------------------
@@ -236,7 +245,8 @@ class GoalRunner:
         try:
             creq = core.prepare_candidates(goal.candidates, int(goal.num_frames), goal.prompt or None, self.now_ns())
             creq = core.prepare_goal(creq, getattr(goal, "goal_image", None), getattr(goal, "goal_camera_info", None),
-                                     getattr(goal, "goal_metric", ""))  # getattr: interfaces built before the goal image
+                                     # getattr: interfaces built before the goal image
+                                     getattr(goal, "goal_metric", ""))
             run = core.imagine_candidates(creq, stop)
         except GoalError as exc:
             return self.finish(result, exc.status, exc.message, what, t0)

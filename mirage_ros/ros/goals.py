@@ -105,7 +105,8 @@ class GoalQueue:
                     reason = "the node is shutting down"
                 elif self._admitted >= self.max_active + self.max_queued:
                     reason = (f"busy: {self._running} goal(s) running and {self._admitted - self._running} waiting "
-                              f"(goals.max_active = {self.max_active}, goals.max_queued = {self.max_queued}); retry later")
+                              f"(goals.max_active = {self.max_active}, goals.max_queued = {self.max_queued}); retry "
+                              f"later")
                 else:
                     self._admitted += 1
                     self.counts["admitted"] += 1

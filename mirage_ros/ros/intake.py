@@ -148,7 +148,8 @@ class Intake:
     def _check_frame(self, kind: str, frame: str) -> bool:
         world = self.p["world_frame"]
         if frame and frame != world:
-            self.reject(kind, f"header.frame_id {frame!r} is not the world frame {world!r} (set the world_frame parameter)")
+            self.reject(kind, f"header.frame_id {frame!r} is not the world frame {world!r} (set the world_frame "
+                              f"parameter)")
             return False
         return True
 
@@ -234,7 +235,8 @@ class Intake:
     def on_depth(self, msg) -> Optional[SyncedSet]:
         self.report.add("messages_received")
         try:
-            d = cv.image_to_depth(msg, "depth", self.p["depth.mm_scale"], self._depth_pixels(), None, self.p["depth.max"])
+            d = cv.image_to_depth(msg, "depth", self.p["depth.mm_scale"], self._depth_pixels(), None,
+                                  self.p["depth.max"])
         except cv.ConversionError as exc:
             return self.reject("depth", str(exc))
         return self._add("depth", cv.stamp_to_ns(msg.header.stamp), d)
@@ -279,14 +281,16 @@ class Intake:
         if rgb.shape[:2] != (H, W):
             return self.reject("image", f"image is {rgb.shape[0]}x{rgb.shape[1]} but camera_info says {H}x{W}")
         if stride and (H % stride or W % stride):
-            return self.reject("image", f"image {H}x{W} is not divisible by the VAE stride {stride}; crop or resize upstream")
+            return self.reject("image", f"image {H}x{W} is not divisible by the VAE stride {stride}; crop or resize "
+                                        f"upstream")
         try:
             cam = Camera(K, invert_rigid(T), H, W)
         except GeometryError as exc:
             return self.reject("pose", str(exc))
         depth = s.get("depth")
         if depth is None and need_depth:
-            return self.reject("depth", f"no depth for the set at {s.stamp_ns} ns (depth.provider={self.p['depth.provider']})")
+            return self.reject("depth", f"no depth for the set at {s.stamp_ns} ns "
+                                        f"(depth.provider={self.p['depth.provider']})")
         if depth is not None and not self.depth_ok(depth, H, W, stride, s.stamp_ns):
             return None
         labels = s.get("labels")

@@ -2,15 +2,15 @@
 
 The node creates its publishers and subscriptions from ``TOPICS`` (``active(p)`` says whether the
 parameters ``p`` ask for one), ``tests/test_rviz_config.py`` checks RViz's displays against it and
-``markdown_table()`` is the README's table (a test keeps it in sync). Names are relative, so a
-namespace or a remap moves them, except tf2's absolute ``/tf`` and ``/tf_static``. ``type`` is a
+``markdown_table()`` is the table of docs/node.md and README.md (a test keeps them in sync). Names
+are relative, so a namespace or a remap moves them, except tf2's absolute ``/tf`` and ``/tf_static``. ``type`` is a
 short name of ``convert.MSGTYPES``; ``qos`` a kind of ``qos.SPECS`` (sensors take
 ``qos.sensor_reliability`` / ``qos.sensor_depth``, results ``qos.results_depth``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 __all__ = ["Topic", "TOPICS", "SERVICES", "ACTIONS", "inputs", "outputs", "markdown_table"]
 
@@ -45,7 +45,8 @@ def _builtin_tf(p):  # tf2_ros, where installed, subscribes /tf itself (tf.liste
 TOPICS: List[Topic] = [
     Topic("image", "image", "Image", "sensor", "in", "camera image (rgb8, bgr8, rgba8, bgra8, mono8)", _raw_image),
     Topic("compressed_image", "image/compressed", "CompressedImage", "sensor", "in",
-          "jpeg / png as image_transport publishes it (input.image_transport: compressed)", lambda p: not _raw_image(p)),
+          "jpeg / png as image_transport publishes it (input.image_transport: "
+          "compressed)", lambda p: not _raw_image(p)),
     Topic("camera_info", "camera_info", "CameraInfo", "sensor", "in", "intrinsics of the images"),
     Topic("pose", "pose", "PoseStamped", "sensor", "in",
           "the camera OPTICAL frame in world_frame (camera_to_world; pose.source: pose)",
@@ -69,7 +70,8 @@ TOPICS: List[Topic] = [
     Topic("chunk", "imagined/chunk", "ImaginedChunk", "results", "out",
           "per chunk: frame indices, poses, intrinsics, visibility, timings (not the images)"),
     Topic("path", "imagined/path", "Path", "results", "out", "the trajectory being imagined"),
-    Topic("points", "memory/points", "PointCloud2", "latched", "out", "the memory as xyz + rgb (latched, rate-limited)"),
+    Topic("points", "memory/points", "PointCloud2", "latched", "out", "the memory as xyz + rgb (latched, "
+                                                                      "rate-limited)"),
     Topic("frustums", "memory/frustums", "MarkerArray", "latched", "out", "observed and imagined cameras (latched)"),
     Topic("stats", "memory/stats", "MemoryStats", "results", "out", "memory size and input / goal counters"),
 ]
@@ -90,10 +92,12 @@ def outputs(p: dict) -> List[Topic]:
     return [t for t in TOPICS if t.direction == "out" and t.active(p)]
 
 
-def markdown_table() -> str:
-    """The node's topics, services and actions as a Markdown table (README)."""
+def markdown_table(p: Optional[dict] = None) -> str:
+    """The node's topics, services and actions as a Markdown table: every one (docs/node.md), or
+    with parameters ``p`` only the topics they use (README: the defaults). ``scripts/gen_docs.py``
+    writes both; a test keeps them in sync."""
     rows = ["| | name | type | what |", "| --- | --- | --- | --- |"]
-    for t in TOPICS:
+    for t in TOPICS if p is None else [t for t in TOPICS if t.active(p)]:
         rows.append(f"| {'sub' if t.direction == 'in' else 'pub'} | `{t.name}` | {t.type} | {t.what} |")
     for kind, items in (("service", SERVICES), ("action", ACTIONS)):
         for name, typ, what in items:

@@ -18,8 +18,9 @@ and two robots configured with one folder get a warning), and, as robot_state_pu
 and the imagined frame it publishes: ``robot1/mirage_imagined_optical_frame``).
 
 Parameters of this process's own node ``mirage_multi``: ``robots`` (string array, required),
-``share_model`` (bool) and ``frame_prefix`` (bool, default true). Node parameters come from the parameter file as usual: a ``/**`` section
-applies to every robot, a ``/robot1/mirage`` section to one. Do not remap ``__ns`` (it would
+``share_model`` (bool) and ``frame_prefix`` (bool, default true). Node parameters come from the
+parameter file as usual: a ``/**`` section applies to every robot, a ``/robot1/mirage`` section
+to one. Do not remap ``__ns`` (it would
 move every robot into one namespace); the namespaces are the ``robots`` entries.
 """
 from __future__ import annotations
@@ -51,7 +52,8 @@ def make_robots(robots, share_model: bool = True, frame_prefix: bool = True, **n
 
             d = str(paths.memory_dir(n.core.p["memory.save_dir"], create=False, namespace=n.core.namespace))
             if d in folders:
-                n.get_logger().warning(f"memory.save_dir: {d} is also {folders[d]}'s save folder: the robots can load and "
+                n.get_logger().warning(f"memory.save_dir: {d} is also {folders[d]}'s save folder: the robots can load "
+                                       f"and "
                                        "replace each other's memory files (use {namespace} in it, or leave it empty)")
             folders.setdefault(d, n.get_namespace())
     return nodes
@@ -91,7 +93,8 @@ def make_host():
 
     host = rclpy.create_node("mirage_multi")
     host.declare_parameter("robots", Parameter.Type.STRING_ARRAY,
-                           ParameterDescriptor(description="robot namespaces served by this process, e.g. [robot1, robot2]"))
+                           ParameterDescriptor(description="robot namespaces served by this process, e.g. [robot1, "
+                                                           "robot2]"))
     host.declare_parameter("share_model", True, ParameterDescriptor(
         description="robots with the same backend parameters share the first robot's loaded model"))
     host.declare_parameter("frame_prefix", True, ParameterDescriptor(

@@ -23,10 +23,10 @@ import threading
 import time
 from typing import Optional
 
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 
 from . import convert as cv
 from . import interfaces, qos
@@ -58,7 +58,8 @@ class MirageNode(LifecycleNode):
         for p in PARAMS:
             bounds = p.bounds().replace(chr(92), "")
             desc = f"{p.description} [{bounds}; settable {p.mode.replace('launch', 'at launch only')}]"
-            self.declare_parameter(p.name, p.default, ParameterDescriptor(description=desc, read_only=p.mode == "launch"))
+            self.declare_parameter(p.name, p.default,
+                                   ParameterDescriptor(description=desc, read_only=p.mode == "launch"))
         self._launch_values = {p.name: _plain(self.get_parameter(p.name).value) for p in PARAMS if p.mode == "launch"}
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.core: Optional[MirageCore] = None
@@ -149,7 +150,8 @@ class MirageNode(LifecycleNode):
         if isinstance(self._tf, TfThread):
             self._tf.start()
         self._book.queue.start()
-        self.get_logger().info(f"configured: backend={p['backend']} device={p['device']} world_frame={p['world_frame']} "
+        self.get_logger().info(f"configured: backend={p['backend']} device={p['device']} "
+                               f"world_frame={p['world_frame']} "
                                f"inputs: {', '.join(t.name for t in interfaces.inputs(p) if t.key != 'plan')}")
         return TransitionCallbackReturn.SUCCESS
 
@@ -242,8 +244,9 @@ class MirageNode(LifecycleNode):
             self._pubs[t.key] = self.create_lifecycle_publisher(cls, t.name, q)
 
     def _create_inputs(self, p: dict) -> None:
-        from mirage_ros.srv import LoadMemory, SaveMemory
         from std_srvs.srv import Trigger
+
+        from mirage_ros.srv import LoadMemory, SaveMemory
 
         intake = self.core.intake
         sensor = qos.profile("sensor", reliability=p["qos.sensor_reliability"], depth=p["qos.sensor_depth"])
@@ -298,7 +301,7 @@ class MirageNode(LifecycleNode):
             self._ents.append(self.create_timer(0.02, lambda: self._observer.offer(intake.poll_tf())))
             how = "tf2_ros"
         else:
-            msg_type = getattr(self._types, "TFMessage")
+            msg_type = self._types.TFMessage
             self._tf = TfThread(intake, lambda raw: deserialize_message(raw, msg_type), self._observer.offer)
         self.get_logger().info(
             f"pose from tf: {p['world_frame']} <- {p['tf.camera_frame'] or 'each image header.frame_id'}"
@@ -311,6 +314,7 @@ class MirageNode(LifecycleNode):
         length, and a huge path must not stall the sensor and service executor meanwhile. The
         actions keep the names this node resolves (its namespace and remaps apply)."""
         import rclpy
+
         from mirage_ros.action import Imagine, ImagineCandidates
 
         self._goal_node = rclpy.create_node(f"{self.get_name()}_imagine", namespace=self.get_namespace(),

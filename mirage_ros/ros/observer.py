@@ -37,7 +37,8 @@ class UpdatePolicy:
             if last is not None and stamp_ns < last - self.jump_ns:
                 self.last_stamp = None
                 self.report.add("time_jumps")
-                self.report.log("warn", f"time jumped back {(last - stamp_ns) / 1e9:.3f} s (from {last} to {stamp_ns} ns: "
+                self.report.log("warn", f"time jumped back {(last - stamp_ns) / 1e9:.3f} s (from {last} to {stamp_ns} "
+                                        f"ns: "
                                         "a bag looped, a simulator restarted, or a stray stamp): updates carry on from "
                                         "the new time; the memory is kept (call reset to clear it)")
         if memory_empty or self.last_stamp is None:

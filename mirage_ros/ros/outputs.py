@@ -194,7 +194,8 @@ def frustum_markers(types, observed: Sequence[np.ndarray], imagined: Sequence[np
 def _marker(types, stamp_ns, frame, ns, mid, action, mtype=5, rgba=(1.0, 1.0, 1.0, 1.0), points=()):
     return types.Marker(
         header=cv.header_msg(types, stamp_ns, frame), ns=ns, id=int(mid), type=int(mtype), action=int(action),
-        pose=types.Pose(position=types.Point(x=0.0, y=0.0, z=0.0), orientation=types.Quaternion(x=0.0, y=0.0, z=0.0, w=1.0)),
+        pose=types.Pose(position=types.Point(x=0.0, y=0.0, z=0.0),
+                        orientation=types.Quaternion(x=0.0, y=0.0, z=0.0, w=1.0)),
         scale=types.Vector3(x=0.01, y=0.0, z=0.0),
         color=types.ColorRGBA(r=float(rgba[0]), g=float(rgba[1]), b=float(rgba[2]), a=float(rgba[3])),
         points=list(points),

@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 import sys
 import threading
-from typing import Optional
 
 from . import convert as cv
 
@@ -65,7 +64,7 @@ class PlannerExample:
         from .probe import action_client  # rclpy's ActionClient, keeping goal answers that arrive early
 
         self.node = node = Node(node_name)
-        for name, (default, desc) in PLANNER_PARAMS.items():
+        for name, (default, _desc) in PLANNER_PARAMS.items():
             node.declare_parameter(name, default)
         self.p = {name: node.get_parameter(name).value for name in PLANNER_PARAMS}
         if self.p["rule"] not in ("goal", "explore"):
@@ -91,7 +90,8 @@ class PlannerExample:
         node.create_service(Trigger, "capture_goal", self._capture_goal)
         if float(self.p["period"]) > 0:
             node.create_timer(float(self.p["period"]), self.plan)
-        node.get_logger().info(f"planner ready: rule {self.p['rule']}, {self.p['k']} candidates of {self.p['frames']} poses"
+        node.get_logger().info(f"planner ready: rule {self.p['rule']}, {self.p['k']} candidates of {self.p['frames']} "
+                               f"poses"
                                + (f", collision-free in the simulator's {self.p['sim_scene']}" if self.is_free else ""))
 
     # -- goals ------------------------------------------------------------------------------------
@@ -169,7 +169,8 @@ class PlannerExample:
                     else f"novelty {scores[k]['novelty']:.2f}")
             others = ", ".join(f"{s['goal_similarity']:.3f}" if self.p["rule"] == "goal" else f"{s['novelty']:.2f}"
                                for s in scores)
-            self.node.get_logger().info(f"chose candidate {k} of {len(msgs)} ({prims[k].describe()}; {what}; all: {others}) "
+            self.node.get_logger().info(f"chose candidate {k} of {len(msgs)} ({prims[k].describe()}; {what}; all: "
+                                        f"{others}) "
                                         f"with the {result.backend} backend in {result.total_time:.2f} s")
         finally:
             self._done()

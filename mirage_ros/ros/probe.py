@@ -19,19 +19,28 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-__all__ = ["wait_for", "get_result", "Proc", "write_params", "start_node", "Probe", "ros_unavailable"]
+__all__ = ["wait_for", "get_result", "Proc", "write_params", "start_node", "Probe", "ros_unavailable", "why_missing"]
+
+
+def why_missing(*names: str) -> Optional[str]:
+    """None if every ``module`` or ``module:Name`` imports here, else why the first one does not."""
+    import importlib
+
+    try:
+        for spec in names:
+            module, _, name = spec.partition(":")
+            m = importlib.import_module(module)
+            if name:
+                getattr(m, name)
+    except Exception as exc:  # noqa: BLE001 - whatever an import raises is the reason
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def ros_unavailable() -> Optional[str]:
     """None if rclpy and mirage_ros' generated interfaces import here, else why not."""
-    try:
-        import rclpy  # noqa: F401
-
-        from mirage_ros.action import Imagine  # noqa: F401
-        from mirage_ros.msg import ImaginedChunk, MemoryStats  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
-        return f"{type(exc).__name__}: {exc}"
-    return None
+    return why_missing("rclpy", "mirage_ros.action:Imagine", "mirage_ros.msg:ImaginedChunk",
+                       "mirage_ros.msg:MemoryStats")
 
 
 def wait_for(pred: Callable[[], object], timeout: float = 10.0, every: float = 0.02, what: str = "condition"):
@@ -220,7 +229,8 @@ class Probe:
 
         key = (topic, msg_type)
         if key not in self._pubs:
-            q = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+            q = QoSProfile(depth=depth,
+                           reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
             self._pubs[key] = self.node.create_publisher(msg_type, topic, q)
         return self._pubs[key]
 
@@ -256,10 +266,11 @@ class Probe:
 
     # -- the node's interfaces ---------------------------------------------------------------------
     def watch(self, ns: str):
-        from mirage_ros.msg import ImaginedChunk, MemoryStats
         from nav_msgs.msg import Path as PathMsg
         from sensor_msgs.msg import Image, PointCloud2
         from visualization_msgs.msg import MarkerArray
+
+        from mirage_ros.msg import ImaginedChunk, MemoryStats
 
         self.listen(f"{ns}/memory/stats", MemoryStats, keep=50)
         self.listen(f"{ns}/imagined/image", Image)

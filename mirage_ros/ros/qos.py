@@ -59,7 +59,8 @@ def profile(kind: str, **overrides):
     s = spec(kind, **overrides)
     return QoSProfile(
         reliability=ReliabilityPolicy.RELIABLE if s["reliability"] == "reliable" else ReliabilityPolicy.BEST_EFFORT,
-        durability=DurabilityPolicy.TRANSIENT_LOCAL if s["durability"] == "transient_local" else DurabilityPolicy.VOLATILE,
+        durability=(DurabilityPolicy.TRANSIENT_LOCAL if s["durability"] == "transient_local"
+                    else DurabilityPolicy.VOLATILE),
         history=HistoryPolicy.KEEP_LAST,
         depth=int(s["depth"]),
     )

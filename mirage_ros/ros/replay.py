@@ -3,11 +3,12 @@
 Reads a rosbag2 (MCAP or sqlite3; rosbags' AnyReader) in time order and feeds image (or
 image/compressed), camera_info, pose / odom / tf (/tf + /tf_static with ``pose.source: tf``;
 an image waits ``tf.wait`` of bag time for its transform), depth (or depth/compressedDepth) and
-labels to the same ``MirageCore`` the node uses (same parameters, same pairing, same validation). Plans (nav_msgs/Path on ``plan``) are imagined when
-they arrive; a bag without plans is imagined along its own recorded poses at the end
-(``--imagine recorded``). Writes imagined/image, imagined/chunk, imagined/path, memory/points,
-memory/stats and memory/frustums (and /tf, imagined/camera_info, imagined/image/compressed) to an
-MCAP rosbag2 (``ros2 bag play`` / Foxglove).
+labels to the same ``MirageCore`` the node uses (same parameters, same pairing, same
+validation). Plans (nav_msgs/Path on ``plan``) are imagined when they arrive; a bag without
+plans is imagined along its own recorded poses at the end (``--imagine recorded``). Writes
+imagined/image, imagined/chunk, imagined/path, memory/points, memory/stats and memory/frustums
+(and /tf, imagined/camera_info, imagined/image/compressed) to an MCAP rosbag2 (``ros2 bag play``
+/ Foxglove).
 """
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def _guarded(src, iterable):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", metavar="INPUT_BAG", help="rosbag2 folder or .mcap / .db3 file")
-    p.add_argument("--out", required=True, metavar="OUTPUT_BAG", help="output rosbag2 folder (MCAP unless --storage sqlite3)")
+    p.add_argument("--out", required=True, metavar="OUTPUT_BAG", help="output rosbag2 folder (MCAP unless --storage "
+                                                                      "sqlite3)")
     p.add_argument("--config", default=None, help="ROS 2 parameter file (like config/mirage.yaml)")
     p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                    help="override a node parameter (YAML value), e.g. -p observe.update=false")
@@ -78,7 +80,8 @@ def _parse_overrides(items):
         try:
             out[k.strip()] = yaml.safe_load(v)
         except yaml.YAMLError as exc:
-            raise ValueError(f"--param {it!r}: the value is not valid YAML ({' '.join(str(exc).split())[:160]})") from None
+            raise ValueError(f"--param {it!r}: the value is not valid YAML "
+                             f"({' '.join(str(exc).split())[:160]})") from None
     return out
 
 
@@ -141,7 +144,8 @@ def replay(input_bag, out_bag, params=None, namespace="/", topics=None, imagine=
         if tf_src and names["tf"] not in present and names["tf_static"] not in present:
             missing.append(f"tf ({names['tf']} or {names['tf_static']})")
         if missing:
-            raise ValueError(f"input bag {src} lacks {', '.join(missing)}; it has: {', '.join(sorted(present)) or 'no topics'}"
+            raise ValueError(f"input bag {src} lacks {', '.join(missing)}; it has: "
+                             f"{', '.join(sorted(present)) or 'no topics'}"
                              " (use --topic KIND=TOPIC or --namespace)")
         by_topic = {names[k]: k for k in INPUT_KINDS if names[k] in present}
         for c in reader.connections:
@@ -182,7 +186,7 @@ def replay(input_bag, out_bag, params=None, namespace="/", topics=None, imagine=
             t_last = max(t_last, t)
             try:
                 msg = reader.deserialize(raw, conn.msgtype)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - any decoder failure: one error naming the message
                 raise BagReadError(f"input bag {src}: a {conn.msgtype} message on {conn.topic} at {t} ns does not "
                                    f"decode ({_one_line(exc)})") from None
             if copy_inputs:

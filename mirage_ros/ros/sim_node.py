@@ -15,7 +15,6 @@ Frames are rendered once and cached, so the rate holds on a CPU.
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 from rclpy.node import Node
@@ -43,7 +42,8 @@ SIM_PARAMS = {
     "loop": (True, "start over at the end of the trajectory (false: stop publishing)"),
     "plan_horizon": (0, "poses per published plan (0: no plans)"),
     "plan_period": (0.0, "seconds between plans"),
-    "compressed": (False, "also publish image/compressed (jpeg) and depth/compressedDepth (png), as image_transport does"),
+    "compressed": (False, "also publish image/compressed (jpeg) and depth/compressedDepth (png), as image_transport "
+                          "does"),
     "jpeg_quality": (90, "JPEG quality of image/compressed"),
 }
 
@@ -55,7 +55,9 @@ class SimNode(Node):
 
         for name, (default, desc) in SIM_PARAMS.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=desc))
-        g = lambda n: self.get_parameter(n).value  # noqa: E731
+        def g(n):
+            return self.get_parameter(n).value
+
         self.p = {n: g(n) for n in SIM_PARAMS}
         from geometry_msgs.msg import PoseStamped
         from nav_msgs.msg import Path
@@ -73,7 +75,8 @@ class SimNode(Node):
         self.types = cv.RclpyTypes()
         q = qos.profile("results", depth=1)
         self.pubs = {
-            "image": self.create_publisher(Image, "image", q), "camera_info": self.create_publisher(CameraInfo, "camera_info", q),
+            "image": self.create_publisher(Image, "image", q),
+            "camera_info": self.create_publisher(CameraInfo, "camera_info", q),
             "depth": self.create_publisher(Image, "depth", q), "pose": self.create_publisher(PoseStamped, "pose", q),
         }
         if self.p["publish_labels"]:
@@ -139,7 +142,8 @@ class SimNode(Node):
         Ts = np.stack([self.cam0.with_pose(self.traj[k]).camera_to_world.numpy() for k in idx])
         now = self.get_clock().now().nanoseconds
         period = int(1e9 / float(self.p["rate"]))
-        self.pubs["plan"].publish(cv.path_msg(self.types, Ts, [now + k * period for k in range(h)], self.p["world_frame"], now))
+        self.pubs["plan"].publish(cv.path_msg(self.types, Ts, [now + k * period for k in range(h)],
+                                              self.p["world_frame"], now))
 
 
 def main(argv=None) -> int:

@@ -26,10 +26,10 @@ this is the small exact/tolerant pairing mirage_node uses:
 from __future__ import annotations
 
 from collections import deque
-
-import numpy as np
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, Iterable, Optional, Tuple
+
+import numpy as np
 
 __all__ = ["Synchronizer", "SyncedSet"]
 

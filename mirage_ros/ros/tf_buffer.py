@@ -14,9 +14,9 @@ through their nearest common ancestor, and interpolates each dynamic edge at the
   and at most ``max_samples`` per edge; in all at most ``max_frames`` frames and ``max_bytes``
   (estimated: ``SAMPLE_BYTES`` a sample, ``FRAME_BYTES`` a frame, measured). Beyond either, the
   least recently updated or looked-up frames are evicted first (dynamic before static ones), so a
-  flood of junk frames evicts junk, never a frame the camera's chain uses (10,100 junk frames used to lock the camera frame
-  out for good). A chain deeper than ``MAX_DEPTH`` frames (a loop of any length included) is
-  refused when it would be made.
+  flood of junk frames evicts junk, never a frame the camera's chain uses (without eviction,
+  10,100 junk frames locked the camera frame out for good). A chain deeper than ``MAX_DEPTH``
+  frames (a loop of any length included) is refused when it would be made.
 - A sample older than its edge's newest by more than ``jump_ns`` (a bag looped, a simulator
   restarted) clears that edge's history first (``resets``).
 - Errors say what is missing (``TfError`` with ``retry``: could waiting for more data help?):
@@ -41,7 +41,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import OrderedDict, deque
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 

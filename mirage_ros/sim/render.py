@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..geometry import Camera, project_pixels
-from .scenes import CHECKER, DYNAMIC, NOISE_SIZE, PLAIN, SKY, STATIC, STRIPES_A, STRIPES_B, Box, Scene
+from .scenes import CHECKER, NOISE_SIZE, SKY, STATIC, STRIPES_A, STRIPES_B, Box, Scene
 
 __all__ = ["Frame", "render", "render_depth_only", "GROUND_ID", "SKY_ID", "MOVING_ID"]
 
@@ -77,7 +77,8 @@ def _pixel_rect(box: Box, camera: Camera, E: torch.Tensor) -> Optional[Tuple[int
     """Pixel rows/cols (v0, v1, u0, u1) that may see ``box``; None when it is wholly behind."""
     H, W = camera.height, camera.width
     lo, hi = box.lo, box.hi
-    corners = torch.stack(torch.meshgrid(*[torch.stack([lo[k], hi[k]]) for k in range(3)], indexing="ij"), -1).reshape(8, 3)
+    corners = torch.stack(torch.meshgrid(*[torch.stack([lo[k], hi[k]]) for k in range(3)], indexing="ij"),
+                          -1).reshape(8, 3)
     u, v, z = project_pixels(corners, camera.K, E)
     if (z <= _EPS).all():
         return None
@@ -162,7 +163,7 @@ def _material_table(scene: Scene, objects: List[Box]):
             m = obj.materials[f]
             rows.append((m, 0.72 + 0.28 * max(0.0, normal * light_dir[axis]), obj.label))
     g = scene.ground
-    for f in range(6):  # the ground: only its top face (z = 0 seen from above) is ever hit
+    for _ in range(6):  # the ground: only its top face (z = 0 seen from above) is ever hit
         rows.append((g if g is not None else objects[0].materials[0], 0.72 + 0.28 * light_dir[2], STATIC))
     colA = torch.stack([r[0].color.float() for r in rows])
     colB = torch.stack([r[0].color2.float() for r in rows])
@@ -250,7 +251,8 @@ def _shade(scene: Scene, camera: Camera, best, slot, D, O, objects, antialias: b
                      torch.where(pat == STRIPES_A, 0.5 + 0.5 * wa,
                                  torch.where(pat == STRIPES_B, 0.5 + 0.5 * wb, torch.full_like(wa, 0.5))))
     base = torch.lerp(colA[row], colB[row], octaves[0][:, None])
-    gain = (1 + contrast[row] * (pv - 0.5)) * (1 + 0.3 * (octaves[1] - 0.5) + 0.22 * (octaves[2] - 0.5) + 0.16 * (octaves[3] - 0.5)) * light[row]
+    grain = 1 + 0.3 * (octaves[1] - 0.5) + 0.22 * (octaves[2] - 0.5) + 0.16 * (octaves[3] - 0.5)
+    gain = (1 + contrast[row] * (pv - 0.5)) * grain * light[row]
     rgb = (base * gain[:, None]).clamp_(0, 1)
     normal = torch.zeros(t.shape[0], 3)
     normal.scatter_(1, axis[:, None], -torch.sign(dax)[:, None])
@@ -267,7 +269,8 @@ def _sky(scene: Scene, D: List[torch.Tensor], miss: torch.Tensor) -> torch.Tenso
     h = 1.0 / (elev.clamp(min=0) + 0.25)  # clouds on a dome: denser towards the horizon
     norm = torch.sqrt(dx * dx + dy * dy).clamp(min=1e-9)
     cx, cy = dx / norm * (1 - elev.clamp(min=0)) * h * 3.0, dy / norm * (1 - elev.clamp(min=0)) * h * 3.0
-    c = _value_noise(scene.noise, cx + 11.0, cy + 23.0) * 0.65 + _value_noise(scene.noise, 2.7 * cx + 5.0, 2.7 * cy) * 0.35
+    c = (_value_noise(scene.noise, cx + 11.0, cy + 23.0) * 0.65
+         + _value_noise(scene.noise, 2.7 * cx + 5.0, 2.7 * cy) * 0.35)
     cover = ((c - 0.55) * 3.0).clamp(0, 1)[:, None] * (elev > 0)[:, None]
     return torch.lerp(col, torch.tensor([0.96, 0.96, 0.97]), cover * 0.8)
 

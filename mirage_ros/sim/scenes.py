@@ -151,7 +151,8 @@ def _material(rng: np.random.Generator, hue=None, sat=(0.3, 0.75), val=(0.5, 0.9
 
 def _overlaps(lo, hi, others, margin: float) -> bool:
     for b in others:
-        if (lo[:2] < b.hi[:2] + margin).all() and (hi[:2] > b.lo[:2] - margin).all() and lo[2] < b.hi[2] and hi[2] > b.lo[2]:
+        overlap_xy = (lo[:2] < b.hi[:2] + margin).all() and (hi[:2] > b.lo[:2] - margin).all()
+        if overlap_xy and lo[2] < b.hi[2] and hi[2] > b.lo[2]:
             return True
     return False
 
@@ -170,7 +171,8 @@ def _room(rng: np.random.Generator) -> List[Box]:
                        scale=(0.25, 0.7), patterns=(STRIPES_A, STRIPES_B), contrast=(0.2, 0.4)) for k in range(4)]
     floor = _material(rng, hue=rng.uniform(0.03, 0.12), sat=(0.35, 0.6), val=(0.45, 0.7), scale=(0.4, 0.6),
                       patterns=(CHECKER,), contrast=(0.35, 0.5))
-    ceiling = _material(rng, sat=(0.05, 0.15), val=(0.85, 0.95), scale=(1.0, 1.5), patterns=(CHECKER,), contrast=(0.1, 0.15))
+    ceiling = _material(rng, sat=(0.05, 0.15), val=(0.85, 0.95), scale=(1.0, 1.5), patterns=(CHECKER,),
+                        contrast=(0.1, 0.15))
     boxes = [Box(_vec(-L, -Wd, 0.0), _vec(L, Wd, Hc), walls + [floor, ceiling], STATIC, inside=True)]
     clear = 2.0
     eps = 1e-3  # furniture does not touch the walls exactly (no coplanar faces)
@@ -191,7 +193,8 @@ def _room(rng: np.random.Generator) -> List[Box]:
                     lo, hi = _vec(x - w / 2, y0, 0.0), _vec(x + w / 2, y0 + d, h)
             else:  # cabinet / table / crate, free-standing
                 sx, sy, h = rng.uniform(0.4, 1.3), rng.uniform(0.4, 1.0), rng.uniform(0.4, 1.1)
-                cx, cy = rng.uniform(-L + sx / 2 + 0.05, L - sx / 2 - 0.05), rng.uniform(-Wd + sy / 2 + 0.05, Wd - sy / 2 - 0.05)
+                cx = rng.uniform(-L + sx / 2 + 0.05, L - sx / 2 - 0.05)
+                cy = rng.uniform(-Wd + sy / 2 + 0.05, Wd - sy / 2 - 0.05)
                 lo, hi = _vec(cx - sx / 2, cy - sy / 2, 0.0), _vec(cx + sx / 2, cy + sy / 2, h)
             if _clear_of_centre(lo, hi, clear) and not _overlaps(lo, hi, furniture, 0.15):
                 furniture.append(Box(lo, hi, _material(rng)))

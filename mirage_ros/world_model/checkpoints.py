@@ -128,7 +128,7 @@ def read_metadata(path: PathLike) -> Dict[str, str]:
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types; one error names the file
         raise CheckpointError(path, note=f"not a readable safetensors file ({exc})") from None
 
 
@@ -199,7 +199,8 @@ def _convert_block_key(rest: str) -> Optional[str]:
     return None
 
 
-def convert_wan_transformer_to_diffusers(state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> Dict[str, torch.Tensor]:
+def convert_wan_transformer_to_diffusers(state: Mapping[str, torch.Tensor],
+                                         source: str = "checkpoint") -> Dict[str, torch.Tensor]:
     """Original Wan2.2 DiT keys (``blocks.0.self_attn.q.weight``, ``head.modulation`` ...) -> diffusers
     ``WanTransformer3DModel`` keys. Unknown keys raise ``CheckpointError``."""
     out, unknown = {}, []
@@ -260,7 +261,8 @@ def _residual(rest: str) -> Optional[str]:
     return None
 
 
-def convert_wan22_vae_to_diffusers(state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> Dict[str, torch.Tensor]:
+def convert_wan22_vae_to_diffusers(state: Mapping[str, torch.Tensor],
+                                   source: str = "checkpoint") -> Dict[str, torch.Tensor]:
     """Original Wan2.2 VAE keys -> diffusers ``AutoencoderKLWan`` (``is_residual=True``) keys.
 
     encoder/decoder ``conv1`` -> ``conv_in``; ``middle.{0,2}`` -> ``mid_block.resnets.{0,1}``;
@@ -346,7 +348,8 @@ def convert_wan_t5_to_umt5(state: Mapping[str, torch.Tensor], source: str = "che
 
 # -- side branch ------------------------------------------------------------------------------------
 
-def convert_official_side_branch(state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> Dict[str, torch.Tensor]:
+def convert_official_side_branch(state: Mapping[str, torch.Tensor],
+                                 source: str = "checkpoint") -> Dict[str, torch.Tensor]:
     """Official Mirage VACE keys (``vace_blocks.k.self_attn.q.weight``, ``before_proj``, ``after_proj``,
     ``vace_patch_embedding``; prefixes ``pipe.vace.`` / ``vace.`` / ``module.`` / ``model.``) -> ours."""
     out, unknown = {}, []

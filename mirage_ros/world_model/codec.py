@@ -234,7 +234,8 @@ class LinearBlockCodec(Codec):
         basis, mean = torch.as_tensor(basis, dtype=torch.float32), torch.as_tensor(mean, dtype=torch.float32)
         d = 3 * stride * stride
         if basis.ndim != 2 or basis.shape[1] != d or basis.shape[0] > d or basis.shape[0] < 1:
-            raise CodecError(f"basis: expected (C, {d}) with 1 <= C <= {d} for stride {stride}, got {tuple(basis.shape)}")
+            raise CodecError(f"basis: expected (C, {d}) with 1 <= C <= {d} for stride {stride}, got "
+                             f"{tuple(basis.shape)}")
         if tuple(mean.shape) != (d,):
             raise CodecError(f"mean: expected ({d},), got {tuple(mean.shape)}")
         if not (torch.isfinite(basis).all() and torch.isfinite(mean).all()):
@@ -379,14 +380,16 @@ class WanVAECodec(Codec):
         return cls(vae, device=device, dtype=dtype)
 
     @classmethod
-    def from_pretrained(cls, folder: Union[str, Path], device=None, dtype=torch.float32, tiling: bool = False) -> "WanVAECodec":
+    def from_pretrained(cls, folder: Union[str, Path], device=None, dtype=torch.float32,
+                        tiling: bool = False) -> "WanVAECodec":
         from diffusers import AutoencoderKLWan
 
         folder = Path(folder)
         if (folder / "vae").is_dir():
             folder = folder / "vae"
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"weights folder: {folder} has no config.json (expected a diffusers-layout Wan2.2 VAE folder)")
+            raise FileNotFoundError(f"weights folder: {folder} has no config.json (expected a diffusers-layout Wan2.2 "
+                                    f"VAE folder)")
         if not any(folder.glob("*.safetensors")):
             raise FileNotFoundError(f"weights folder: {folder} has no *.safetensors weights")
         vae = AutoencoderKLWan.from_pretrained(str(folder), torch_dtype=dtype, use_safetensors=True)
@@ -451,7 +454,8 @@ class WanVAECodec(Codec):
 def _read_codec_config(folder: Path) -> dict:
     path = Path(folder) / CODEC_CONFIG
     if not path.is_file():
-        raise CodecError(f"codec: {path} is missing" + (f" ({folder} is not a folder)" if not Path(folder).is_dir() else ""))
+        raise CodecError(f"codec: {path} is missing" + (f" ({folder} is not a "
+                                                        f"folder)" if not Path(folder).is_dir() else ""))
     try:
         cfg = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

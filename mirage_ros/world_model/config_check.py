@@ -128,12 +128,14 @@ def check_config(kind: str, cfg: Any, path) -> None:
             raise CheckpointError(path, what=what, note=f"field sampler: expected a JSON object, got {sampler!r}")
         for k, v in sampler.items():  # every number a sampler carries is finite and sane
             if isinstance(v, (int, float)) and not isinstance(v, bool) and not (math.isfinite(v) and abs(v) <= 1e6):
-                raise CheckpointError(path, what=what, note=f"field sampler.{k}: {v!r} is not a finite number within 1e6")
+                raise CheckpointError(path, what=what, note=f"field sampler.{k}: {v!r} is not a finite number within "
+                                                            f"1e6")
         res = cfg.get("resolution")
         if res:
             h, w = (int(x) for x in res)
             if h * w > 4096 * 4096:
-                raise CheckpointError(path, what=what, note=f"field resolution: {h} x {w} is more than 4096 x 4096 pixels")
+                raise CheckpointError(path, what=what, note=f"field resolution: {h} x {w} is more than 4096 x 4096 "
+                                                            f"pixels")
     if kind in ("backbone", "side_branch"):
         d = int(cfg.get("num_attention_heads", 1)) * int(cfg.get("attention_head_dim", 1))
         if d > 16384:

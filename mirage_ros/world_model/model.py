@@ -54,14 +54,16 @@ class MirageWorldModel:
         from .codec import Codec
 
         if not isinstance(codec, Codec):
-            raise TypeError(f"codec: expected a mirage_ros Codec (encode/decode, video mode), got {type(codec).__name__}")
+            raise TypeError(f"codec: expected a mirage_ros Codec (encode/decode, video mode), got "
+                            f"{type(codec).__name__}")
         self.transformer, self.codec, self.text = transformer, codec, text
         self.sampler = sampler or FlowUniPCSampler()
         self.device = torch.device(device)
         self.offload = offload
         self.description = description
         # (H, W) a trained model expects (the backend resizes other requests); None: any
-        self.resolution: Optional[Tuple[int, int]] = None if resolution is None else (int(resolution[0]), int(resolution[1]))
+        self.resolution: Optional[Tuple[int, int]] = (None if resolution is None
+                                                      else (int(resolution[0]), int(resolution[1])))
         self._score_cache: Dict[Tuple[int, int, int], torch.Tensor] = {}
         bb = transformer.backbone.config
         if text.text_dim != bb.text_dim:
@@ -156,7 +158,8 @@ class MirageWorldModel:
         from .transformer import MirageTransformer
 
         if is_mirage_folder(weights):
-            return cls._from_mirage_folder(Path(weights), side_branch=side_branch, lora=lora, device=device, dtype=dtype,
+            return cls._from_mirage_folder(Path(weights), side_branch=side_branch, lora=lora, device=device,
+                                           dtype=dtype,
                                            sampler=sampler)
         dtype = dtype or default_dtype_for(device)
         home = "cpu" if offload else device
@@ -166,7 +169,8 @@ class MirageWorldModel:
 
         backbone = load_backbone(folder / "transformer" if kind == "diffusers" else folder, device=home, dtype=dtype,
                                  layout="diffusers" if kind == "diffusers" else "original")
-        codec = _load_vae(folder, kind, home, torch.float32 if torch.device(device).type == "cpu" else dtype, vae_tiling)
+        codec = _load_vae(folder, kind, home, torch.float32 if torch.device(device).type == "cpu" else dtype,
+                          vae_tiling)
         if text_encoder:
             text = PromptEncoder.from_pretrained(folder, device=home, dtype=dtype)
         else:
@@ -290,7 +294,8 @@ class MirageWorldModel:
         roles = FrameRoles(T, P, R, k)
         for r in requests:
             if r["readouts"].shape[0] != roles.num_conditioned:
-                raise ValueError(f"readouts: {r['readouts'].shape[0]} frames, expected targets + preceding = {roles.num_conditioned}")
+                raise ValueError(f"readouts: {r['readouts'].shape[0]} frames, expected targets + preceding = "
+                                 f"{roles.num_conditioned}")
         B = len(requests)
         tr = self.transformer
         with self.on_device(tr):
@@ -303,7 +308,8 @@ class MirageWorldModel:
             control = None if parts[0][0] is None else torch.cat([c for c, _ in parts])
             cmask = None if parts[0][1] is None else torch.cat([m for _, m in parts])
             cond = prompt_embeds.to(dev, dt).expand(B, -1, -1)
-            uncond = (negative_embeds if negative_embeds is not None else torch.zeros_like(prompt_embeds)).to(dev, dt).expand(B, -1, -1)
+            negative = negative_embeds if negative_embeds is not None else torch.zeros_like(prompt_embeds)
+            uncond = negative.to(dev, dt).expand(B, -1, -1)
 
             noise = torch.cat([torch.randn((1, C, T, h, w), generator=r.get("generator"), dtype=torch.float32)
                                for r in requests]).to(dev)
@@ -353,7 +359,8 @@ class MirageWorldModel:
         return parts[0], parts[1:], ctx_t
 
     # -- our folders -----------------------------------------------------------------------------
-    def save_pretrained(self, folder: Union[str, Path], save_backbone: bool = True, extra: Optional[Dict] = None) -> Path:
+    def save_pretrained(self, folder: Union[str, Path], save_backbone: bool = True,
+                        extra: Optional[Dict] = None) -> Path:
         """Write ``folder``: ``model_index.json`` (format, text and sampler settings, ``extra``),
         ``transformer/`` (``MirageTransformer.save_pretrained``) and ``codec/``; ``from_pretrained``
         reads it back exactly."""
@@ -391,7 +398,8 @@ class MirageWorldModel:
             raise CheckpointError(index_path, what="Mirage world model",
                                   note=f"version {index.get('version')} (this build reads {MODEL_VERSION})")
         dtype = dtype or default_dtype_for(device)
-        transformer = MirageTransformer.from_pretrained(folder / index.get("transformer", "transformer"), device=device, dtype=dtype)
+        transformer = MirageTransformer.from_pretrained(folder / index.get("transformer", "transformer"), device=device,
+                                                        dtype=dtype)
         if side_branch is not None:
             transformer.side_branch = MirageSideBranch.from_pretrained(side_branch, backbone=transformer.backbone,
                                                                        device=device, dtype=dtype)
@@ -418,7 +426,8 @@ class MirageWorldModel:
         return {
             "description": self.description,
             "layout": self.layout,
-            "side_branch_layers": list(self.transformer.side_branch.config.layers) if self.transformer.side_branch is not None else [],
+            "side_branch_layers": (list(self.transformer.side_branch.config.layers)
+                                   if self.transformer.side_branch is not None else []),
             "parameters": {**n, "codec": _codec_parameters(self.codec)},
             "codec": self.codec.config(),
             "sampler": self.sampler.config(),

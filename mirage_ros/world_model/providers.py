@@ -88,7 +88,8 @@ def as_depth_fn(provider) -> DepthFn:
     elif callable(provider):
         base = provider
     else:
-        raise TypeError(f"depth provider: expected None, an object with .estimate or a callable, got {type(provider).__name__}")
+        raise TypeError(f"depth provider: expected None, an object with .estimate or a callable, got "
+                        f"{type(provider).__name__}")
 
     def fn(frames, cameras, memory):
         return _to_tensor(base(frames, cameras, memory), "depth", len(cameras)).float()
@@ -110,7 +111,8 @@ def as_mask_fn(provider) -> MaskFn:
     elif callable(provider):
         base = provider
     else:
-        raise TypeError(f"mask provider: expected None, an object with .masks or a callable, got {type(provider).__name__}")
+        raise TypeError(f"mask provider: expected None, an object with .masks or a callable, got "
+                        f"{type(provider).__name__}")
 
     def fn(frames, cameras):
         out = base(frames, cameras)

@@ -48,7 +48,8 @@ class ReferenceSelector:
     """Keeps per-frame voxel sets and picks references for a chunk."""
 
     def __init__(self, max_references: int = 4, iou_threshold: float = 0.04, voxel_size: float = 0.1):
-        self.max_references, self.iou_threshold, self.voxel_size = int(max_references), float(iou_threshold), float(voxel_size)
+        self.max_references, self.iou_threshold = int(max_references), float(iou_threshold)
+        self.voxel_size = float(voxel_size)
         self.frames: Dict[int, torch.Tensor] = {}
 
     def remember(self, frame: int, points: torch.Tensor) -> None:

@@ -148,7 +148,8 @@ class MirageSideBranch(ModelMixin, ConfigMixin):
         if copy_weights:
             for layer, block in zip(branch.config.layers, branch.blocks):
                 missing, unexpected = block.load_state_dict(backbone.blocks[layer].state_dict(), strict=False)
-                assert not unexpected and all(k.startswith(("proj_in", "proj_out")) for k in missing), (missing, unexpected)
+                only_projections = all(k.startswith(("proj_in", "proj_out")) for k in missing)
+                assert not unexpected and only_projections, (missing, unexpected)
             if branch.patch_embedding is not None:
                 # own patch embedding: the readout half starts as the backbone's, the rest at zero
                 w = torch.zeros_like(branch.patch_embedding.weight)
@@ -173,7 +174,8 @@ class MirageSideBranch(ModelMixin, ConfigMixin):
 
         from .checkpoints import SIDE_BRANCH_METADATA_KEY
 
-        cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(self.config).items() if not k.startswith("_")}
+        cfg = {k: (list(v) if isinstance(v, tuple) else v) for k,
+               v in dict(self.config).items() if not k.startswith("_")}
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(path),
                   metadata={"format": "pt", SIDE_BRANCH_METADATA_KEY: json.dumps(cfg)})
@@ -191,8 +193,14 @@ class MirageSideBranch(ModelMixin, ConfigMixin):
         import json
         from pathlib import Path
 
-        from .checkpoints import (SIDE_BRANCH_METADATA_KEY, CheckpointError, check_state_dict,
-                                  convert_official_side_branch, read_metadata, read_state_dict)
+        from .checkpoints import (
+            SIDE_BRANCH_METADATA_KEY,
+            CheckpointError,
+            check_state_dict,
+            convert_official_side_branch,
+            read_metadata,
+            read_state_dict,
+        )
         from .configs import side_branch_config
 
         path = Path(path)
@@ -219,7 +227,8 @@ class MirageSideBranch(ModelMixin, ConfigMixin):
                 stride = -(-n_layers // n_blocks)
                 layers = list(range(0, n_layers, stride))
                 if len(layers) != n_blocks:
-                    raise CheckpointError(path, what=what, note=f"{n_blocks} blocks cannot be spread evenly over {n_layers} backbone layers")
+                    raise CheckpointError(path, what=what, note=f"{n_blocks} blocks cannot be spread evenly over "
+                                                                f"{n_layers} backbone layers")
                 if "patch_embedding.weight" not in state:
                     raise CheckpointError(path, missing=["vace_patch_embedding.weight"], what=what)
                 cfg = side_branch_config("official", dict(backbone.config), layers)
@@ -237,7 +246,8 @@ class MirageSideBranch(ModelMixin, ConfigMixin):
         branch.load_state_dict(state, assign=True, strict=True)
         if backbone is not None:
             dim = backbone.config.num_attention_heads * backbone.config.attention_head_dim
-            if branch.blocks[0].attn1.inner_dim != dim or branch.config.num_backbone_layers != backbone.config.num_layers:
+            if (branch.blocks[0].attn1.inner_dim != dim
+                    or branch.config.num_backbone_layers != backbone.config.num_layers):
                 raise CheckpointError(src, what=what, note="its hidden size or depth does not match the backbone")
             device = device if device is not None else backbone.device
             dtype = dtype if dtype is not None else backbone.dtype
@@ -249,6 +259,7 @@ class MirageSideBranch(ModelMixin, ConfigMixin):
         """Non-zero ``proj_out`` / mask embedding (tests, benchmarks: a branch that visibly acts)."""
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            for m in [b.proj_out for b in self.blocks] + ([self.mask_embedding] if self.mask_embedding is not None else []):
+            extra = [self.mask_embedding] if self.mask_embedding is not None else []
+            for m in [b.proj_out for b in self.blocks] + extra:
                 for p in m.parameters():
                     p.copy_(torch.randn(p.shape, generator=g) * std)

@@ -52,7 +52,8 @@ from .model import MirageWorldModel
 from .sampler import SAMPLERS, FlowUniPCSampler
 
 __all__ = ["SpatiaSettings", "SpatiaSampler", "SpatiaWorldModel", "spatia_rounds", "latent_count", "frontmost_visible",
-           "intersection_counts", "match_references", "classify_side_branch", "spatia_lora_state", "read_negative_prompt",
+           "intersection_counts", "match_references", "classify_side_branch", "spatia_lora_state",
+           "read_negative_prompt",
            "PROMPT_SUFFIX", "VACE_STRIDE"]
 
 _LOG = logging.getLogger("mirage_ros.spatia")
@@ -93,9 +94,11 @@ class SpatiaSettings:
             if not isinstance(v, int) or v < 1 or (v - 1) % 4:
                 raise ValueError(f"spatia.{name}: expected 4k + 1 frames (the VAE's temporal stride), got {v!r}")
         if self.round_frames <= self.history_frames:
-            raise ValueError(f"spatia.round_frames: {self.round_frames} must exceed history_frames {self.history_frames}")
+            raise ValueError(f"spatia.round_frames: {self.round_frames} must exceed history_frames "
+                             f"{self.history_frames}")
         if self.height % 32 or self.width % 32:
-            raise ValueError(f"spatia resolution: {self.height}x{self.width} must be multiples of 32 (VAE stride 16, patch 2)")
+            raise ValueError(f"spatia resolution: {self.height}x{self.width} must be multiples of 32 (VAE stride 16, "
+                             f"patch 2)")
         if self.references < 0:
             raise ValueError(f"spatia.references: expected >= 0, got {self.references}")
 
@@ -160,7 +163,8 @@ class SpatiaSampler(FlowUniPCSampler):
     the rest of UniPC is diffusers', equal to Spatia's to 1.4e-6 over 40 steps, tested) with Spatia's
     defaults: 40 steps, shift 5, CFG 3.5."""
 
-    def __init__(self, steps: int = 40, shift: float = 5.0, guidance_scale: float = 3.5, sigma_grid: str = "wan", **kwargs):
+    def __init__(self, steps: int = 40, shift: float = 5.0, guidance_scale: float = 3.5, sigma_grid: str = "wan",
+                 **kwargs):
         super().__init__(steps=steps, shift=shift, guidance_scale=guidance_scale, sigma_grid=sigma_grid, **kwargs)
 
 
@@ -257,7 +261,9 @@ def read_negative_prompt(path: Union[str, Path]) -> str:
         except SyntaxError as exc:
             raise ValueError(f"negative prompt: {path} is not valid Python ({exc})") from None
         for node in tree.body:
-            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "NEGATIVE_PROMPT" for t in node.targets):
+            if isinstance(node,
+                          ast.Assign) and any(isinstance(t,
+                                                         ast.Name) and t.id == "NEGATIVE_PROMPT" for t in node.targets):
                 value = ast.literal_eval(node.value)
                 if isinstance(value, str):
                     return value
@@ -394,27 +400,36 @@ class SpatiaWorldModel(MirageWorldModel):
 
         vace, lora = find_spatia_files(side_branch, lora)
         if vace is None:
-            raise FileNotFoundError("side_branch: the Spatia layout needs Spatia's VACE file (e.g. step-8500.safetensors)")
+            raise FileNotFoundError("side_branch: the Spatia layout needs Spatia's VACE file (e.g. "
+                                    "step-8500.safetensors)")
         folder = Path(weights)
         if text_encoder == "auto":
             kind = detect_layout(folder)
-            text_encoder = (folder / "text_encoder").is_dir() if kind == "diffusers" else any(folder.glob("models_t5_umt5-xxl-enc*.pth"))
-        model = super().from_pretrained(folder, side_branch=vace, lora=None, layout="spatia", device=device, dtype=dtype,
+            text_encoder = ((folder / "text_encoder").is_dir() if kind == "diffusers"
+                            else any(folder.glob("models_t5_umt5-xxl-enc*.pth")))
+        model = super().from_pretrained(folder, side_branch=vace, lora=None, layout="spatia", device=device,
+                                        dtype=dtype,
                                         offload=offload, vae_tiling=vae_tiling, text_encoder=bool(text_encoder),
                                         sampler=sampler or SpatiaSampler())
         found = classify_side_branch(model.transformer.side_branch)
         if found != "spatia":
             raise CheckpointError(vace, what="Spatia side branch (VACE)",
-                                  note=f"its layout is {found!r} (blocks after layers {list(model.transformer.side_branch.config.layers)}, "
-                                       f"{model.transformer.side_branch.config.in_channels} channels), not Spatia's (a block "
-                                       "every 4th layer, 96 channels): use backend mirage with layout official/paper for it")
+                                  note=f"its layout is {found!r} (blocks after layers "
+                                       f"{list(model.transformer.side_branch.config.layers)}, "
+                                       f"{model.transformer.side_branch.config.in_channels} channels), not Spatia's (a "
+                                       f"block "
+                                       "every 4th layer, 96 channels): use backend mirage with layout official/paper "
+                                       "for it")
         lora_note = "none"
         if lora is not None:
             state, dropped = spatia_lora_state(read_state_dict(lora))
             info = load_lora_state(model.transformer.backbone, state, source=str(lora))
-            lora_note = f"{lora} (rank {info['rank']}, {len(info['targets'])} modules{f', {dropped} non-DiT keys ignored' if dropped else ''})"
-        model.description = (f"Spatia world model: Wan2.2-TI2V-5B from {folder}, Spatia VACE branch {vace} (layout spatia: "
-                             f"blocks after layers {list(model.transformer.side_branch.config.layers)}), LoRA {lora_note}")
+            ignored = f", {dropped} non-DiT keys ignored" if dropped else ""
+            lora_note = f"{lora} (rank {info['rank']}, {len(info['targets'])} modules{ignored})"
+        model.description = (f"Spatia world model: Wan2.2-TI2V-5B from {folder}, Spatia VACE branch {vace} (layout "
+                             f"spatia: "
+                             f"blocks after layers {list(model.transformer.side_branch.config.layers)}), LoRA "
+                             f"{lora_note}")
         _LOG.info("loaded %s", model.description)
         model.set_lora(False)
         return model
@@ -443,11 +458,13 @@ def find_spatia_files(side_branch, lora) -> Tuple[Optional[Path], Optional[Path]
                 raise CheckpointError(f, note=f"not a readable safetensors file ({exc})") from None
             if any(k.split(".")[0] in ("vace_blocks", "vace_patch_embedding") for k in keys):
                 if vace is not None:
-                    raise CheckpointError(folder, what="Spatia weights", note=f"two VACE files: {vace.name}, {f.name}; name one")
+                    raise CheckpointError(folder, what="Spatia weights", note=f"two VACE files: {vace.name}, {f.name}; "
+                                                                              f"name one")
                 vace = f
             elif any("lora_" in k for k in keys):
                 if found_lora is not None and lora is None:
-                    raise CheckpointError(folder, what="Spatia weights", note=f"two LoRA files: {found_lora.name}, {f.name}; name one")
+                    raise CheckpointError(folder, what="Spatia weights", note=f"two LoRA files: {found_lora.name}, "
+                                                                              f"{f.name}; name one")
                 found_lora = f
         if vace is None:
             raise CheckpointError(folder, what="Spatia weights", note="no safetensors file with vace_blocks.* keys")

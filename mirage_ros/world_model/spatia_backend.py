@@ -35,8 +35,16 @@ from ..geometry import Camera
 from .backend import Backend, ImaginedChunk, _resize_frames
 from .codec import tensor_to_images
 from .providers import as_depth_fn, as_mask_fn, make_provider
-from .spatia import (SpatiaSampler, SpatiaSettings, SpatiaWorldModel, frontmost_visible, latent_count, match_references,
-                     read_negative_prompt, spatia_rounds)
+from .spatia import (
+    SpatiaSampler,
+    SpatiaSettings,
+    SpatiaWorldModel,
+    frontmost_visible,
+    latent_count,
+    match_references,
+    read_negative_prompt,
+    spatia_rounds,
+)
 
 __all__ = ["SpatiaBackend", "make_spatia_backend"]
 
@@ -52,7 +60,8 @@ class SpatiaBackend(Backend):
                  negative_prompt: str = "", keep_imagined: bool = False, renderer: Optional[PointRender] = None):
         self.settings = settings or SpatiaSettings()
         # the latent memory's options that mean the same for a point cloud (the rest concern latent features)
-        mem_opts = {k: v for k, v in (memory or {}).items() if k in ("dedup", "dedup_tolerance", "block_size", "max_points")}
+        mem_opts = {k: v for k,
+                    v in (memory or {}).items() if k in ("dedup", "dedup_tolerance", "block_size", "max_points")}
         super().__init__(RGBPointCloudMemory(model.codec, device=device, **mem_opts), model.codec)
         self.model = model
         s = self.settings
@@ -63,10 +72,14 @@ class SpatiaBackend(Backend):
         self._last: Optional[Tuple[np.ndarray, Camera]] = None
         self._embeds: Dict[str, torch.Tensor] = {}
         text = "UMT5 prompts with Spatia's suffix" if model.text.has_model else "no text encoder (zero prompt, CFG off)"
-        self.description = (f"spatia backend ({model.description}); {s.height}x{s.width}, rounds of {s.first_round_frames} "
-                            f"then {s.round_frames} frames ({s.history_frames} history), up to {s.references} references, "
-                            f"{model.sampler.steps} steps, CFG {model.sampler.guidance_scale}, {text}; memory: RGB point "
-                            f"cloud, depth of generated frames from {getattr(as_depth_fn(depth_provider), 'name', 'memory')}")
+        self.description = (f"spatia backend ({model.description}); {s.height}x{s.width}, rounds of "
+                            f"{s.first_round_frames} "
+                            f"then {s.round_frames} frames ({s.history_frames} history), up to {s.references} "
+                            f"references, "
+                            f"{model.sampler.steps} steps, CFG {model.sampler.guidance_scale}, {text}; memory: RGB "
+                            f"point "
+                            f"cloud, depth of generated frames from "
+                            f"{getattr(as_depth_fn(depth_provider), 'name', 'memory')}")
 
     @property
     def resolution(self) -> Tuple[int, int]:
@@ -100,7 +113,8 @@ class SpatiaBackend(Backend):
         import cv2
 
         if tuple(np.shape(image)[:2]) != (camera.height, camera.width):
-            raise ValueError(f"image: shape {np.shape(image)} does not match the camera's {camera.height}x{camera.width}")
+            raise ValueError(f"image: shape {np.shape(image)} does not match the camera's "
+                             f"{camera.height}x{camera.width}")
         n = self._lift(self.memory, image, depth, camera, exclude)
         H, W = self.resolution
         img = np.asarray(image, dtype=np.uint8)
@@ -213,7 +227,8 @@ class SpatiaBackend(Backend):
                 refs = [frames[i] for i in ref_ids]
             tick = _lap(t, "references", tick)
             kw = dict(first_image=frames[0]) if r == 0 else dict(history=np.stack(frames[-s.history_frames:]))
-            z, _ = model.generate_round(None, None, pos, control=control, references=refs, negative_embeds=neg, seed=s.seed,
+            z, _ = model.generate_round(None, None, pos, control=control, references=refs, negative_embeds=neg,
+                                        seed=s.seed,
                                         lora=plan["lora"], decode=False, **kw)
             tick = _lap(t, "denoise", tick)
             video = tensor_to_images(model.decode_video(z))  # (F, H, W, 3)
@@ -232,7 +247,7 @@ class SpatiaBackend(Backend):
                 tick = _lap(t, "depth", tick)
                 exclude = mask_fn(small, small_cams)
                 tick = _lap(t, "masks", tick)
-                for j, i in enumerate(upd):
+                for j in range(len(upd)):
                     memory.insert(small[j], depth[j], small_cams[j], exclude=None if exclude is None else exclude[j])
             _lap(t, "update", tick)
             t["total"] = sum(t.values())
@@ -253,7 +268,8 @@ class SpatiaBackend(Backend):
             frames = _resize_frames(frames, out_h, out_w)
             renders = _resize_frames(renders, out_h, out_w)
         idx = [g - 1 for g in new_ids]
-        return ImaginedChunk(index=r, cameras=[cameras[i] for i in idx], frame_indices=idx, frames=np.ascontiguousarray(frames),
+        return ImaginedChunk(index=r, cameras=[cameras[i] for i in idx], frame_indices=idx,
+                             frames=np.ascontiguousarray(frames),
                              masks=masks, readouts=readouts, latents=z[latent_count(n_hist) if r else 1:].clone(),
                              timings=dict(timings), renders=np.ascontiguousarray(renders),
                              references=[i - 1 for i in ref_ids])
@@ -265,7 +281,8 @@ def _full_res(a: np.ndarray, camera: Camera, stride: int) -> np.ndarray:
         return a
     if a.shape == (camera.height // stride, camera.width // stride):
         return np.repeat(np.repeat(a, stride, 0), stride, 1)
-    raise ValueError(f"depth / exclude: shape {a.shape} fits neither {camera.height}x{camera.width} nor the latent grid")
+    raise ValueError(f"depth / exclude: shape {a.shape} fits neither {camera.height}x{camera.width} nor the latent "
+                     f"grid")
 
 
 def _lap(t: Dict[str, float], stage: str, tick: float) -> float:
@@ -309,21 +326,24 @@ def make_spatia_backend(weights: Optional[str] = None, side_branch: Optional[str
     sampler = SpatiaSampler(steps=steps or settings.steps, shift=settings.shift,
                             guidance_scale=settings.guidance_scale if guidance_scale is None else guidance_scale)
     if weights:
-        model = SpatiaWorldModel.from_pretrained(weights, side_branch=side_branch, lora=lora, device=device, dtype=dtype,
+        model = SpatiaWorldModel.from_pretrained(weights, side_branch=side_branch, lora=lora, device=device,
+                                                 dtype=dtype,
                                                  offload=offload, vae_tiling=vae_tiling, sampler=sampler)
     else:
         if side_branch or lora:
             raise ValueError("side_branch / lora: give weights (the Wan2.2-TI2V-5B folder) too")
         model = SpatiaWorldModel.build(config, device=device, dtype=dtype, seed=seed, sampler=sampler, lora_rank=4)
     if not model.text.has_model and model.sampler.cfg:
-        model.sampler = SpatiaSampler.from_config(model.sampler.config(), guidance_scale=1.0)  # zero prompts: CFG is a no-op
+        # zero prompts: CFG is a no-op
+        model.sampler = SpatiaSampler.from_config(model.sampler.config(), guidance_scale=1.0)
     neg = negative_prompt or ""
     if negative_prompt_file:
         neg = read_negative_prompt(negative_prompt_file)
     if model.text.has_model and model.sampler.cfg and not neg:
         logging.getLogger("mirage_ros.spatia").warning(
             "spatia: no negative prompt given; Spatia's is in its inference.py (negative_prompt_file)")
-    be = SpatiaBackend(model, settings, device=device, memory=memory, depth_provider=make_provider("depth", depth, device),
+    be = SpatiaBackend(model, settings, device=device, memory=memory,
+                       depth_provider=make_provider("depth", depth, device),
                        mask_provider=make_provider("masks", masks, device), prompt=prompt, negative_prompt=neg,
                        keep_imagined=keep_imagined)
     logging.getLogger("mirage_ros.spatia").info("backend spatia, layout spatia: %s", be.description)

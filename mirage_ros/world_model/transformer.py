@@ -41,11 +41,13 @@ class MirageTransformer(nn.Module):
         self.rope_layout = rope_layout
         self.refiner = refiner
         if refiner is not None and refiner.config["channels"] != backbone.config.out_channels:
-            raise ValueError(f"refiner: {refiner.config['channels']} channels, the backbone outputs {backbone.config.out_channels}")
+            raise ValueError(f"refiner: {refiner.config['channels']} channels, the backbone outputs "
+                             f"{backbone.config.out_channels}")
         if side_branch is not None:
             n = backbone.config.num_layers
             if side_branch.config.num_backbone_layers != n:
-                raise ValueError(f"side branch: built for {side_branch.config.num_backbone_layers} backbone blocks, the backbone has {n}")
+                raise ValueError(f"side branch: built for {side_branch.config.num_backbone_layers} backbone blocks, "
+                                 f"the backbone has {n}")
             if side_branch.blocks[0].attn1.inner_dim != backbone.blocks[0].attn1.inner_dim:
                 raise ValueError("side branch: hidden size differs from the backbone's")
 
@@ -151,7 +153,8 @@ class MirageTransformer(nn.Module):
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder, backbone=None, device="cpu", dtype: Optional[torch.dtype] = None) -> "MirageTransformer":
+    def from_pretrained(cls, folder, backbone=None, device="cpu",
+                        dtype: Optional[torch.dtype] = None) -> "MirageTransformer":
         """Load what ``save_pretrained`` wrote. ``backbone``: the backbone to use when the folder holds
         none (a pretrained Wan2.2 loaded by the caller); errors name the file (``CheckpointError``)."""
         from .checkpoints import CheckpointError
@@ -175,7 +178,8 @@ class MirageTransformer(nn.Module):
                                   note="it holds no backbone (a pretrained one was used): pass backbone=")
         side = None
         if info.get("side_branch"):
-            side = MirageSideBranch.from_pretrained(folder / "side_branch", backbone=backbone, device=device, dtype=dtype)
+            side = MirageSideBranch.from_pretrained(folder / "side_branch", backbone=backbone, device=device,
+                                                    dtype=dtype)
         if info.get("lora"):
             load_lora(backbone, folder / "lora.safetensors")
         refiner = None
@@ -203,8 +207,13 @@ def load_backbone(folder, device="cpu", dtype: Optional[torch.dtype] = None, lay
     from accelerate import init_empty_weights
     from diffusers import WanTransformer3DModel
 
-    from .checkpoints import (CheckpointError, check_state_dict, convert_wan_transformer_to_diffusers,
-                              original_transformer_config, read_state_dict)
+    from .checkpoints import (
+        CheckpointError,
+        check_state_dict,
+        convert_wan_transformer_to_diffusers,
+        original_transformer_config,
+        read_state_dict,
+    )
     from .config_check import check_config
     from .dtypes import cast_keep_fp32, default_dtype_for
 
@@ -222,8 +231,8 @@ def load_backbone(folder, device="cpu", dtype: Optional[torch.dtype] = None, lay
         state = read_state_dict(folder)
     elif layout == "original":
         cfg = original_transformer_config(json.loads(cfg_path.read_text()) if cfg_path.is_file() else {})
-        state = convert_wan_transformer_to_diffusers(read_state_dict(sorted(folder.glob("diffusion_pytorch_model*.safetensors"))),
-                                                     source=str(folder))
+        files = sorted(folder.glob("diffusion_pytorch_model*.safetensors"))
+        state = convert_wan_transformer_to_diffusers(read_state_dict(files), source=str(folder))
     else:
         raise ValueError(f"layout: expected 'diffusers' or 'original', got {layout!r}")
     if layout == "original":

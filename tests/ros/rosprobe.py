@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mirage_ros.ros.probe import Probe, Proc, wait_for, write_params  # noqa: F401
+from mirage_ros.ros.probe import Probe, Proc, wait_for, write_params
 from mirage_ros.ros.probe import start_node as _start_node
+
+__all__ = ["Probe", "Proc", "wait_for", "write_params", "start_node", "ROOT"]
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -20,7 +20,8 @@ def _strict(text):
 
 def test_bench_node_small(tmp_path):
     path = tmp_path / "bench_node.json"
-    out = subprocess.run([sys.executable, "-m", "mirage_ros", "bench", "node", "--json", str(path), "--goals", str(GOALS),
+    out = subprocess.run([sys.executable, "-m", "mirage_ros", "bench", "node", "--json", str(path), "--goals",
+                          str(GOALS),
                           "--rates", str(RATE), "--duration", str(DURATION), "--points", str(POINTS),
                           "--repeats", str(REPEATS)],
                          capture_output=True, text=True, timeout=300, cwd=str(ROOT))
@@ -53,7 +54,8 @@ def test_bench_node_small(tmp_path):
     assert pc["points"] == POINTS and pc["bytes"] == 16 * POINTS and len(pc["samples"]) == REPEATS
     for smp in pc["samples"]:
         assert all(math.isfinite(v) and v >= 0 for v in smp.values())
-        assert math.isclose(smp["total_ms"], smp["structured_ms"] + smp["message_ms"] + smp["publish_ms"], rel_tol=1e-9, abs_tol=1e-9)
+        assert math.isclose(smp["total_ms"], smp["structured_ms"] + smp["message_ms"] + smp["publish_ms"], rel_tol=1e-9,
+                            abs_tol=1e-9)
         assert smp["delivered_ms"] >= smp["structured_ms"] + smp["message_ms"]  # received after publish began
     assert r["pointcloud_1m_ms"] == pc["median_total_ms"]
 

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
+from rosprobe import wait_for, write_params
 
 from mirage_ros.ros.probe import interrupt
-from rosprobe import wait_for, write_params
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("MIRAGE_ROS_BUILD", ROOT / ".ros_build"))
@@ -165,7 +165,8 @@ def test_node_from_the_install_space_answers_a_real_peer(install, probe, room_lo
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["prefix"] == str(install / "mirage_ros")
-    assert [Path(p).resolve() for p in got["pkg"]] == [next((install / "mirage_ros" / "lib").glob("python3*/site-packages")).resolve() / "mirage_ros"]
+    site = next((install / "mirage_ros" / "lib").glob("python3*/site-packages")).resolve()
+    assert [Path(p).resolve() for p in got["pkg"]] == [site / "mirage_ros"]
     for k in ("node", "msg", "action"):
         assert Path(got[k]).resolve().is_relative_to(install / "mirage_ros"), (k, got[k])
     if not (Path(os.environ.get("VIRTUAL_ENV", "/nonexistent")) / "share" / "tf2_msgs" / "package.xml").is_file():

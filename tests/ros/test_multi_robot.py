@@ -202,6 +202,7 @@ def test_bench_multi_writes_consistent_strict_json(tmp_path):
         assert 0 < x["rss_ready_mb"] and 0 < x["rss_observed_mb"] <= x["rss_peak_mb"]
     one, two = r["rows"]
     assert r["rss_per_extra_robot_mb_shared"] == two["rss_observed_mb"] - one["rss_observed_mb"]
-    assert r["concurrent_wall_ms_per_extra_robot"] == two["concurrent_wall_ms_median"] - one["concurrent_wall_ms_median"]
+    extra = two["concurrent_wall_ms_median"] - one["concurrent_wall_ms_median"]
+    assert r["concurrent_wall_ms_per_extra_robot"] == extra
     assert r["model"] == "readout" and r["model_param_bytes"] == 0
     assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

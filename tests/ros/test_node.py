@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-
 from rosprobe import start_node, wait_for
 
 H, W = 128, 224
@@ -56,9 +55,10 @@ def next_stamp():
 # -- end to end ------------------------------------------------------------------------------------
 
 def test_end_to_end_goal(e2e, probe, scene):
+    from rclpy.serialization import serialize_message
+
     from mirage_ros.ros import convert as cv
     from mirage_ros.ros.bag import typestore
-    from rclpy.serialization import serialize_message
 
     cams, frames = scene
     n = 10
@@ -66,7 +66,8 @@ def test_end_to_end_goal(e2e, probe, scene):
     r = probe.imagine(NS, probe.path(cams[:n], stamps), expect_frames=n, chunk_size=CHUNK)
     res = r["result"]
     assert res.status == 0, res.message
-    assert res.num_frames == n and res.num_chunks == math.ceil(n / CHUNK) and res.backend == "readout" and not res.generative
+    assert res.num_frames == n and res.num_chunks == math.ceil(n / CHUNK)
+    assert res.backend == "readout" and not res.generative
     assert "no generative model" in res.message and 0 < res.mean_coverage <= 1
     # imagined/image: one per pose, stamped with its pose time, in order
     imgs = r["images"]
@@ -76,12 +77,14 @@ def test_end_to_end_goal(e2e, probe, scene):
     assert first.mean() > 10  # the observed view is in memory: frame 0 is not black
     # feedback: one per chunk, carrying frames, poses and coverage
     fb = r["feedback"]
-    assert [f.frames_done for f in fb] == [min(n, CHUNK * (i + 1)) for i in range(len(fb))] and len(fb) == res.num_chunks
+    assert [f.frames_done for f in fb] == [min(n,
+                                               CHUNK * (i + 1)) for i in range(len(fb))] and len(fb) == res.num_chunks
     assert all(f.frames_total == n for f in fb)
     assert [list(f.chunk.frame_indices) for f in fb] == [list(range(i, min(n, i + CHUNK))) for i in range(0, n, CHUNK)]
     c0 = fb[0].chunk
     assert len(c0.frames) == len(c0.masks) == len(c0.poses) == len(c0.coverage) == CHUNK
-    assert c0.coverage[0] > 0.9 and c0.masks[0].encoding == "mono8" and (c0.masks[0].height, c0.masks[0].width) == (H // 16, W // 16)
+    assert c0.coverage[0] > 0.9 and c0.masks[0].encoding == "mono8"
+    assert (c0.masks[0].height, c0.masks[0].width) == (H // 16, W // 16)
     assert c0.camera_info.k[0] == pytest.approx(cams[0].K[0, 0].item())
     T0 = cv.pose_stamped_to_matrix(c0.poses[0])[2]
     assert np.allclose(T0, cams[0].camera_to_world.numpy(), atol=1e-6)
@@ -96,7 +99,8 @@ def test_end_to_end_goal(e2e, probe, scene):
                      what="a memory/points cloud with every memory point")[-1]
     ts = typestore()
     rb = ts.deserialize_cdr(bytes(serialize_message(cloud)), "sensor_msgs/msg/PointCloud2")
-    assert [(f.name, f.offset, f.datatype, f.count) for f in rb.fields] == [("x", 0, 7, 1), ("y", 4, 7, 1), ("z", 8, 7, 1), ("rgb", 12, 7, 1)]
+    assert [(f.name, f.offset, f.datatype, f.count) for f in rb.fields] == [("x", 0, 7, 1), ("y", 4, 7, 1),
+                                                                            ("z", 8, 7, 1), ("rgb", 12, 7, 1)]
     a = cv.pointcloud_to_structured(rb)
     xyz = np.stack([a["x"], a["y"], a["z"]], 1)
     assert np.isfinite(xyz).all()
@@ -122,7 +126,8 @@ def test_resampled_goal_and_first_frame_latency(e2e, probe, scene):
     # frames stream out per chunk: the first is published before the goal's last chunk is done
     # (ordering, not a wall-clock limit; `mirage bench node` measures the latency itself)
     res = r["result"]
-    assert res.num_chunks == 3 and 0 < res.first_frame_latency < res.total_time, (res.first_frame_latency, res.total_time)
+    assert res.num_chunks == 3
+    assert 0 < res.first_frame_latency < res.total_time, (res.first_frame_latency, res.total_time)
     assert r["t_first_image"] is not None
 
 
@@ -145,13 +150,15 @@ def test_plan_topic_streams_imagined_frames(e2e, probe, scene):
 # -- services ----------------------------------------------------------------------------------------
 
 def test_reset_save_load_round_trip(e2e, probe, scene):
-    from mirage_ros.srv import LoadMemory, SaveMemory
     from std_srvs.srv import Trigger
+
+    from mirage_ros.srv import LoadMemory, SaveMemory
 
     proc, tmp = e2e
     before = probe.wait_stats(NS, lambda s: s.num_points > 0)
     saved = probe.call(f"{NS}/save_memory", SaveMemory, SaveMemory.Request(path=str(tmp / "mem.safetensors")))
-    assert saved.success and saved.num_points == before.num_points and (tmp / "mem.safetensors").is_file(), saved.message
+    assert saved.success and saved.num_points == before.num_points, saved.message
+    assert (tmp / "mem.safetensors").is_file()
     auto = probe.call(f"{NS}/save_memory", SaveMemory, SaveMemory.Request(path=""))
     assert auto.success and auto.path.startswith(str(tmp)), auto.message
     r = probe.call(f"{NS}/reset", Trigger, Trigger.Request())
@@ -238,7 +245,8 @@ def test_bad_input_is_rejected_and_memory_unchanged(e2e, probe, scene, make):
     time.sleep(0.3)  # anything wrongly accepted would reach the memory now
     after = probe.stats(NS, fresh_after=time.perf_counter())
     assert reason in after.last_rejection, after.last_rejection
-    assert (after.num_points, after.nbytes, after.frames_observed) == (before.num_points, before.nbytes, before.frames_observed)
+    assert (after.num_points, after.nbytes, after.frames_observed) == (before.num_points, before.nbytes,
+                                                                       before.frames_observed)
     wait_for(lambda: reason in proc.log(), 5, what=f"the node to log {reason!r}")
     assert proc.alive()
     r = probe.imagine(NS, probe.path(cams[:1], [t]))  # keeps serving
@@ -257,7 +265,7 @@ def test_empty_path_is_aborted_with_its_reason(e2e, probe, scene):
 
 
 def test_oversized_goal_is_rejected_at_the_door(e2e, probe, scene):
-    """Defect 8: a goal longer than imagined.max_frames is rejected in the goal callback from the
+    """A goal longer than imagined.max_frames is rejected in the goal callback from the
     list's length (it used to be accepted and then held with its poses until its result expired);
     the node logs why and keeps serving."""
     from mirage_ros.action import Imagine
@@ -290,7 +298,8 @@ def test_bad_quaternion_and_wrong_frame_in_a_goal(e2e, probe, scene):
 def test_cancelled_goal(e2e, probe, scene):
     cams, _ = scene
     idx = [i % len(cams) for i in range(1024)]
-    r = probe.imagine(NS, probe.path([cams[i] for i in idx], [10**9 + i for i in range(1024)]), cancel_after_feedback=True)
+    r = probe.imagine(NS, probe.path([cams[i] for i in idx], [10**9 + i for i in range(1024)]),
+                      cancel_after_feedback=True)
     res = r["result"]
     assert res.status == 1 and "canceled after" in res.message, res.message  # CANCELED
     assert 0 < res.num_frames < 1024
@@ -407,7 +416,8 @@ def test_soak_10000_sensor_messages(tmp_path, probe):
         mem_mib = (end.nbytes - warm.nbytes) / 2**20
         print(f"soak: {sent} messages in {elapsed:.1f} s, node received {received}, sets "
               f"{end.sets_completed - warm.sets_completed}, observed {end.frames_observed - warm.frames_observed}; RSS "
-              f"{rss_warm / 2**20:.1f} -> {rss_end / 2**20:.1f} MiB; memory {warm.num_points} -> {end.num_points} points")
+              f"{rss_warm / 2**20:.1f} -> {rss_end / 2**20:.1f} MiB; memory {warm.num_points} -> {end.num_points} "
+              f"points")
         assert received >= 10000 and end.sets_completed - warm.sets_completed > 1000
         assert end.inputs_rejected == 0 and proc.alive()
         assert end.num_points == warm.num_points  # the same 4 views again and again: dedup, no growth
@@ -430,7 +440,7 @@ def test_runtime_parameters(e2e, probe):
     r = setp("imagined.feedback_frames", False)
     assert r.successful, r.reason
     r = setp("backend", "mirage")
-    assert not r.successful and "read-only" in r.reason  # fixed at launch (issue 15, item 3)
+    assert not r.successful and "read-only" in r.reason  # fixed at launch
     r = setp("masks.provider", "labels")
     assert not r.successful and "takes effect at configure" in r.reason
     r = setp("masks.provider", "nope")

@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 import pytest
+from rosprobe import ROOT, start_node, wait_for
 
 from mirage_ros.ros.probe import action_client, get_result
 from mirage_ros.ros.probe import start_node as raw_start_node
-from rosprobe import ROOT, start_node, wait_for
 
 H, W = 128, 224
 
@@ -22,6 +22,7 @@ def send(probe, ns, candidates, num_frames=0, return_frames=False, scores_only=F
          timeout=120.0):
     """One ImagineCandidates goal; returns dict(accepted, result, status, feedback)."""
     from action_msgs.msg import GoalStatus
+
     from mirage_ros.action import ImagineCandidates
 
     key = ("candidates", ns)
@@ -83,8 +84,11 @@ def test_candidates_readout_node(tmp_path, probe, scene):
     try:
         probe.stats(ns, timeout=60)
         observe_first(probe, ns, cams, frames)
-        stamps = lambda n: [3 * 10**9 + i * 10**8 for i in range(n)]  # noqa: E731
-        paths = [probe.path(cams[0:5], stamps(5)), probe.path(cams[4:12], stamps(8)), probe.path(cams[20:24], stamps(4))]
+        def stamps(n):
+            return [3 * 10**9 + i * 10**8 for i in range(n)]
+
+        paths = [probe.path(cams[0:5], stamps(5)), probe.path(cams[4:12], stamps(8)),
+                 probe.path(cams[20:24], stamps(4))]
         before = probe.stats(ns)
         probe.clear(f"{ns}/imagined/image")
         probe.clear(f"{ns}/imagined/chunk")
@@ -115,7 +119,8 @@ def test_candidates_readout_node(tmp_path, probe, scene):
             assert cand.known == pytest.approx(np.mean(cov), abs=1e-6) and cand.novelty == pytest.approx(1 - cand.known)
             mine = [probe.cv.image_to_rgb(m, "image") for m in cand.frames]
             theirs = [probe.cv.image_to_rgb(m, "image") for m in single["images"]]
-            assert len(mine) == len(theirs) == len(path.poses) and all(np.array_equal(a, b) for a, b in zip(mine, theirs))
+            assert len(mine) == len(theirs) == len(path.poses)
+            assert all(np.array_equal(a, b) for a, b in zip(mine, theirs))
             assert [(m.header.stamp.sec, m.header.stamp.nanosec) for m in cand.frames] == \
                    [(t.sec, t.nanosec) for t in cand.stamps] == [(3, i * 10**8) for i in range(len(path.poses))]
         # the loop turns away from the observed view and comes back to it: a planner can rank them

@@ -1,4 +1,4 @@
-"""Compressed images in and out of a live mirage_node (issue 11).
+"""Compressed images in and out of a live mirage_node.
 
 The probe publishes image/compressed (JPEG, as image_transport's compressed plugin writes it:
 BGR through cv2.imencode, format "rgb8; jpeg compressed bgr8") and depth/compressedDepth (the
@@ -14,7 +14,6 @@ import struct
 import cv2
 import numpy as np
 import pytest
-
 from rosprobe import start_node, wait_for
 
 H, W = 64, 112

@@ -1,4 +1,4 @@
-"""mirage_node under adversarial use (issue 8), as its own process, driven by real rclpy peers.
+"""mirage_node under adversarial use, as its own process, driven by real rclpy peers.
 
 Each test states the defect it guards. No wall-clock limits are asserted: conditions are waited
 for with generous timeouts, so a loaded 2-core machine only makes them slower.
@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-
 from rosprobe import start_node, wait_for
 
 H, W = 64, 112
@@ -30,7 +29,7 @@ def _observe(probe, ns, cam, frame, stamp, pred, timeout=30.0, what="the set to 
                 raise TimeoutError(f"timed out waiting for {what}") from None
 
 
-# -- defect 3: use_sim_time, the simulator restarts (/clock jumps back) -----------------------------
+# -- use_sim_time, the simulator restarts (/clock jumps back) -----------------------------
 
 def test_sim_time_restart_keeps_updating_the_memory(tmp_path, probe, scene):
     from rclpy.qos import QoSProfile
@@ -57,7 +56,7 @@ def test_sim_time_restart_keeps_updating_the_memory(tmp_path, probe, scene):
     th.start()
     try:
         probe.stats(ns, timeout=90)
-        st = _observe(probe, ns, cams[0], frames[0], sim_now[0], lambda s: s.frames_observed >= 1)
+        _observe(probe, ns, cams[0], frames[0], sim_now[0], lambda s: s.frames_observed >= 1)
         _observe(probe, ns, cams[3], frames[3], sim_now[0] + 10**8, lambda s: s.frames_observed >= 2)
         # the stats are stamped with the simulator's time
         wait_for(lambda: cv.stamp_to_ns(probe.stats(ns).header.stamp) >= 100 * 10**9, 30, what="sim-time stats")
@@ -130,12 +129,13 @@ def _refused(probe, cam, frame, replace, needle):
     time.sleep(0.3)  # anything wrongly accepted would reach the memory now
     after = probe.stats(NS, fresh_after=time.perf_counter())
     assert needle in after.last_rejection, after.last_rejection
-    assert (after.num_points, after.nbytes, after.frames_observed) == (before.num_points, before.nbytes, before.frames_observed)
+    assert (after.num_points, after.nbytes, after.frames_observed) == (before.num_points, before.nbytes,
+                                                                       before.frames_observed)
     return before, after
 
 
 def test_absurd_pose_and_intrinsics_are_refused_and_change_nothing(hard, probe, scene):
-    """Defect 5: pose at 1e300 m, fx = fy = 1e-38, one CameraInfo with fx = 1e-30: each refused
+    """Pose at 1e300 m, fx = fy = 1e-38, one CameraInfo with fx = 1e-30: each refused
     with its reason, the memory unchanged, and later goals still use the good K."""
     proc, _ = hard
     cams, frames = scene
@@ -154,7 +154,7 @@ def test_absurd_pose_and_intrinsics_are_refused_and_change_nothing(hard, probe, 
     bad.k = k
     _refused(probe, cams[6], frames[6], {"camera_info": bad}, "camera_info.k[0] (fx): 1e-30 px")
     for needle in ("rejected pose: pose.pose.position", "rejected camera_info: camera_info.k[0] (fx)"):
-        wait_for(lambda: needle in proc.log(), 10, what=f"{needle!r} in the node's log")  # noqa: B023
+        wait_for(lambda: needle in proc.log(), 10, what=f"{needle!r} in the node's log")
     r = probe.imagine(NS, probe.path(cams[:2], [1, 2]), expect_frames=2, chunk_size=4)
     assert r["result"].status == 0 and r["result"].mean_coverage > 0.5, r["result"].message
     assert r["chunks"][0].camera_info.k[0] == pytest.approx(cams[0].K[0, 0].item())
@@ -166,7 +166,7 @@ def test_absurd_pose_and_intrinsics_are_refused_and_change_nothing(hard, probe, 
 
 @pytest.mark.parametrize("fill", [float("nan"), -1.0, 0.0])
 def test_depth_without_a_valid_pixel_is_logged_not_observed(hard, probe, scene, fill):
-    """Defect 10: an all-NaN / negative / zero depth counted as observed, with no log line."""
+    """An all-NaN / negative / zero depth counted as observed, with no log line."""
     proc, _ = hard
     cams, frames = scene
     d = probe.cv.image_msg(probe.types, np.full((H, W), fill, np.float32), 0, "camera_optical_frame", "32FC1")
@@ -175,7 +175,7 @@ def test_depth_without_a_valid_pixel_is_logged_not_observed(hard, probe, scene, 
 
 
 def test_save_and_load_are_confined_to_the_memory_folder(hard, probe):
-    """Defect 7: save_memory wrote anywhere (../, ~, absolute paths, over files and folders),
+    """save_memory wrote anywhere (../, ~, absolute paths, over files and folders),
     left <dir>.tmp behind, and named files by the second, relative to the working directory."""
     from mirage_ros.srv import LoadMemory, SaveMemory
 
@@ -238,7 +238,7 @@ def _max_threads(pid, stop, out):
 
 
 def test_goal_and_cancel_bursts_all_get_answers_with_bounded_threads(tmp_path, probe, scene):
-    """Defect 2: 50 goals at once gave 10 results (119 threads); 30 goals + 30 cancels gave 17
+    """50 goals at once gave 10 results (119 threads); 30 goals + 30 cancels gave 17
     goal responses and 10 honoured cancels. Now every goal is accepted (queued) or rejected at
     once, every accepted goal ends in a terminal status, every accepted cancel is honoured, and
     goals run on a fixed worker (no thread per goal)."""
@@ -307,10 +307,10 @@ def test_goal_and_cancel_bursts_all_get_answers_with_bounded_threads(tmp_path, p
     assert rc == 0, proc.log()[-2000:]
 
 
-# -- defect 6: SIGINT while a goal runs ---------------------------------------------------------------
+# -- SIGINT while a goal runs ---------------------------------------------------------------
 
 def test_sigint_while_a_goal_runs_exits_cleanly(tmp_path, probe, room_loop):
-    """Defect 6: SIGINT during a goal killed the node with SIGABRT (exit -6, 'terminate called
+    """SIGINT during a goal killed the node with SIGABRT (exit -6, 'terminate called
     without an active exception'; here 2 of 4 runs at 256x448 before the fix): the goal worker
     is stopped before the node and the context go; exit 0. Three runs, each a fresh node."""
     import signal

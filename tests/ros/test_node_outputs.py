@@ -1,4 +1,4 @@
-"""A live mirage_node places its imagined camera for viewers (issue 8, section 3).
+"""A live mirage_node places its imagined camera for viewers.
 
 Per imagined frame the node publishes /tf (world -> imagined optical frame, the requested pose),
 imagined/camera_info (same header as the image) and imagined/image; imagined/chunk carries the
@@ -6,7 +6,6 @@ indices, poses and visibility but not the images again; the action's feedback do
 """
 import numpy as np
 import pytest
-
 from rosprobe import start_node, wait_for
 
 H, W = 64, 112

@@ -1,13 +1,13 @@
-"""mirage_node under hostile input, round 3 (issue 15), as its own process, driven by real rclpy peers.
+"""mirage_node under hostile input, as its own process, driven by real rclpy peers.
 
-Each test names the item it guards. No wall-clock limits are asserted.
+docs/NOTES.md ("Hostile input, round 3") lists each attack and the test that repeats it
+(test_item<N>_*). No wall-clock limits are asserted.
 """
 import math
 import time
 
 import numpy as np
 import pytest
-
 from rosprobe import ROOT, start_node, wait_for
 
 H, W = 64, 112
@@ -93,10 +93,11 @@ def _transition(probe, node, tid):
 
 
 def test_item3_a_peer_cannot_move_the_save_folder_through_the_lifecycle(tmp_path, probe, scene):
-    """Item 3: deactivate + cleanup, set memory.save_dir elsewhere, configure + activate, then
+    """Deactivate + cleanup, set memory.save_dir elsewhere, configure + activate, then
     save_memory overwrite=true replaced a file outside the folder. Folders and files are fixed at
     launch in every lifecycle state; runtime parameters refuse NaN / inf / 1e308 / negatives."""
     from lifecycle_msgs.msg import Transition
+
     from mirage_ros.srv import SaveMemory
 
     ns, node = "/round3_lc", "/round3_lc/mirage"
@@ -185,7 +186,7 @@ os._exit(9)  # the client dies mid-goal: no cancel, no result request
 
 
 def test_item10_a_goal_whose_client_died_frees_the_worker(tmp_path, probe, scene):
-    """Item 10: a client that died mid-goal left its 1024-frame goal running, and the next goal
+    """A client that died mid-goal left its 1024-frame goal running, and the next goal
     timed out. The node sees that no action client is left and aborts the goal after its chunk."""
     import subprocess
     import sys
@@ -228,7 +229,7 @@ def test_item10_a_goal_whose_client_died_frees_the_worker(tmp_path, probe, scene
 
 
 def test_item5_junk_tf_frames_and_a_huge_tf_message_do_not_lock_the_camera_out(tmp_path, probe, scene):
-    """Item 5: 10,100 junk frames locked a camera frame first seen after them out for good, and one
+    """10,100 junk frames locked a camera frame first seen after them out for good, and one
     100k-transform message blocked the executor 4.5 s. Junk is evicted; the huge message is refused
     before it is deserialised; observations and services go on."""
     from lifecycle_msgs.srv import GetState
@@ -247,7 +248,8 @@ def test_item5_junk_tf_frames_and_a_huge_tf_message_do_not_lock_the_camera_out(t
         probe.wait_matched(tf)
         eye = np.eye(4)
         for k in range(11):  # 11,000 junk frames, 1,000 a message
-            tf.publish(out.tf_msg(T, [out.transform_stamped_msg(T, eye, 10**9, "map", f"junk{k}_{i}") for i in range(1000)]))
+            tf.publish(out.tf_msg(T, [out.transform_stamped_msg(T, eye, 10**9, "map",
+                                                                f"junk{k}_{i}") for i in range(1000)]))
         huge = out.tf_msg(T, [out.transform_stamped_msg(T, eye, 10**9, "map", f"huge{i}") for i in range(100_000)])
         tf.publish(huge)
         st = probe.call(f"{ns}/mirage/get_state", GetState, GetState.Request())  # the executor answers
@@ -272,7 +274,8 @@ def test_item5_junk_tf_frames_and_a_huge_tf_message_do_not_lock_the_camera_out(t
                 break
             except TimeoutError:
                 assert time.monotonic() - t0 < 120, proc.log()[-3000:]
-        wait_for(lambda: "dropped" in proc.log() or "refused whole" in proc.log(), 30, what="the huge message's refusal")
+        wait_for(lambda: "dropped" in proc.log() or "refused whole" in proc.log(), 30, what="the huge message's "
+                                                                                            "refusal")
         assert proc.alive()
     finally:
         rc = proc.stop()
@@ -280,7 +283,7 @@ def test_item5_junk_tf_frames_and_a_huge_tf_message_do_not_lock_the_camera_out(t
 
 
 def test_item10_goals_max_seconds_bounds_a_goal_with_a_live_client(tmp_path, probe, scene):
-    """Item 10, the other half: another live client hides an orphan, so goals.max_seconds bounds
+    """Another live client hides an orphan, so goals.max_seconds bounds
     every goal's run time (checked after each chunk)."""
     ns = "/round3_deadline"
     proc = _start_paced_node(tmp_path, ns, {"viz.stats_period": 0.1, "chunk_size": 1, "goals.max_seconds": 1.0})

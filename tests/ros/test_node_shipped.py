@@ -5,9 +5,9 @@ import shutil
 
 import numpy as np
 import pytest
+from rosprobe import ROOT
 
 from mirage_ros.ros.probe import start_node as raw_start_node
-from rosprobe import ROOT
 
 H, W = 128, 224
 

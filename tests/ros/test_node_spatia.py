@@ -29,7 +29,8 @@ def test_spatia_backend_through_the_node(tmp_path, probe, room_loop):
         assert res.status == 0 and res.generative and res.backend == "spatia", res.message
         imgs = [probe.cv.image_to_rgb(m, "image") for m in out["images"]]
         assert len(imgs) == 19 and all(i.shape == (64, 128, 3) for i in imgs)
-        assert len(out["chunks"]) == 3 and "references" in list(out["chunks"][1].timing_names)  # rounds of 13, 9, 9 frames
+        # rounds of 13, 9, 9 frames
+        assert len(out["chunks"]) == 3 and "references" in list(out["chunks"][1].timing_names)
     finally:
         rc = proc.stop()
         print(proc.log()[-3000:])

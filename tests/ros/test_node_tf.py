@@ -1,4 +1,4 @@
-"""A tf-only robot fills a live mirage_node's memory (issue 11).
+"""A tf-only robot fills a live mirage_node's memory.
 
 The peer (the probe, a real rclpy node) publishes no pose topic: /tf_static (latched, published
 BEFORE the node starts: base -> camera_link -> camera_optical_frame, map -> odom), /tf (odom ->
@@ -11,14 +11,14 @@ import time
 
 import numpy as np
 import pytest
-
 from rosprobe import start_node, wait_for
 
 H, W = 64, 112
 NS = "/tfbot"
 S = 1_000_000_000
 # unique frame names: /tf is shared by every node of the test session
-WORLD, ODOM, BASE, LINK, OPT = "tfbot_map", "tfbot_odom", "tfbot_base", "tfbot_camera_link", "tfbot_camera_optical_frame"
+WORLD, ODOM, BASE = "tfbot_map", "tfbot_odom", "tfbot_base"
+LINK, OPT = "tfbot_camera_link", "tfbot_camera_optical_frame"
 
 
 def rigid(yaw_deg, t):
@@ -85,13 +85,12 @@ def setup(tmp_path_factory, probe):
 
 
 def test_tf_only_robot_fills_the_memory_with_the_pose_topic_poses(setup, probe, scene):
+    from tf2_msgs.msg import TFMessage
+
     from mirage_ros.ros import convert as cv
     from mirage_ros.ros import outputs as out
     from mirage_ros.ros.bag import RosbagsTypes
     from mirage_ros.ros.core import MirageCore
-    from sensor_msgs.msg import PointCloud2
-    from tf2_msgs.msg import TFMessage
-    from visualization_msgs.msg import MarkerArray
 
     proc, pubs, _ = setup
     cams, frames = scene
@@ -114,7 +113,8 @@ def test_tf_only_robot_fills_the_memory_with_the_pose_topic_poses(setup, probe, 
             d = np.eye(4)
             d[0, 3] = 0.05
             ob = odom_from_base(C)
-            msgs = [_tf(probe, ODOM, BASE, st - 40_000_000, ob @ np.linalg.inv(d)), _tf(probe, ODOM, BASE, st + 40_000_000, ob @ d)]
+            msgs = [_tf(probe, ODOM, BASE, st - 40_000_000, ob @ np.linalg.inv(d)),
+                    _tf(probe, ODOM, BASE, st + 40_000_000, ob @ d)]
         else:
             msgs = [_tf(probe, ODOM, BASE, st, odom_from_base(C))]
         pubs["tf"].publish(TFMessage(transforms=msgs))
@@ -138,7 +138,9 @@ def test_tf_only_robot_fills_the_memory_with_the_pose_topic_poses(setup, probe, 
         return None
 
     got, = wait_for(cloud, 20, what="memory/points of the whole memory")
-    xyz = lambda c: np.stack([c["x"], c["y"], c["z"]], 1)  # noqa: E731
+    def xyz(c):
+        return np.stack([c["x"], c["y"], c["z"]], 1)
+
     np.testing.assert_allclose(xyz(got), xyz(ref_cloud), atol=1e-4)
     assert np.array_equal(got["rgb"].view(np.uint32), ref_cloud["rgb"].view(np.uint32))
 
@@ -156,8 +158,9 @@ def test_tf_only_robot_fills_the_memory_with_the_pose_topic_poses(setup, probe, 
 
 
 def test_bad_and_missing_transforms_are_logged_and_dropped(setup, probe, scene):
-    from mirage_ros.ros import convert as cv
     from tf2_msgs.msg import TFMessage
+
+    from mirage_ros.ros import convert as cv
 
     proc, pubs, _ = setup
     cams, frames = scene

@@ -12,12 +12,12 @@ import threading
 import time
 
 import numpy as np
+from rosprobe import start_node, wait_for
 
 from mirage_ros import sim
 from mirage_ros.geometry import invert_rigid
 from mirage_ros.planning import GOAL_IMAGINED, GOAL_READOUT, fan_paths, scene_free_space
 from mirage_ros.ros.probe import action_client, get_result
-from rosprobe import start_node, wait_for
 
 H, W, N_POSES, K, FRAMES = 128, 224, 24, 4, 4
 TARGET = 0  # the candidate whose end view is the goal: the arc turning -90 degrees
@@ -41,9 +41,10 @@ def matrices(path_msg):
 
 
 def test_planner_example_chooses_the_path_to_the_goal_view(tmp_path, probe):
-    from mirage_ros.action import ImagineCandidates
     from nav_msgs.msg import Path
     from sensor_msgs.msg import CameraInfo, Image
+
+    from mirage_ros.action import ImagineCandidates
 
     ns = "/planex"
     scene, cam, paths, goal = candidates()
@@ -115,11 +116,12 @@ def test_planner_example_chooses_the_path_to_the_goal_view(tmp_path, probe):
 
         pose_pub = probe.pub(f"{ns}/pose", PoseStamped)  # the walk is over: tell the new planner where the robot is
         probe.wait_matched(pose_pub, 2)  # the planner and the node
-        pose_pub.publish(probe.cv.pose_stamped_msg(T, invert_rigid(sim.scene_trajectory(scene, "loop", N_POSES)[-1]).numpy(),
-                                                   10**9, "map"))
+        last = invert_rigid(sim.scene_trajectory(scene, "loop", N_POSES)[-1]).numpy()
+        pose_pub.publish(probe.cv.pose_stamped_msg(T, last, 10**9, "map"))
         chosen = wait_for(lambda: probe.msgs(f"{ns}/plan/chosen"), 60, what="an explored path")[0]
         novelty = [c.novelty for c in res.candidates]  # the same candidates, the same memory
-        assert np.allclose(matrices(chosen), paths[int(np.argmax(novelty))], atol=1e-4), (novelty, planner.log()[-1000:])
+        best = paths[int(np.argmax(novelty))]
+        assert np.allclose(matrices(chosen), best, atol=1e-4), (novelty, planner.log()[-1000:])
         assert "novelty" in planner.log()
     finally:
         rcs = [p.stop() for p in (planner, node) + ((sim_node,) if sim_node else ())]

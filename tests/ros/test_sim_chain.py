@@ -3,10 +3,8 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
-
 from rosprobe import ROOT, start_node, wait_for
 
 

@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import torch
-
 from rosprobe import start_node, wait_for
 
 H, W = 64, 96

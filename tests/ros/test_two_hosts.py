@@ -18,9 +18,9 @@ import subprocess
 import sys
 
 import pytest
+from rosprobe import ROOT
 
 from mirage_ros.bench import network as net
-from rosprobe import ROOT
 
 WHY = net.netns_unavailable()
 needs_netns = pytest.mark.skipif(WHY is not None, reason=f"cannot build two hosts here: {WHY}")
@@ -95,7 +95,8 @@ def test_the_link(hosts):
 
     before = hosts.counters("robot")
     recv = subprocess.Popen(hosts.exec_prefix("gpu") + [sys.executable, "-c",
-                            "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('10.77.0.2', 47123));"
+                            "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('10.77.0.2', "
+                            "47123));"
                             "s.settimeout(20); print(len(s.recvfrom(65535)[0]))"], stdout=subprocess.PIPE, text=True)
     send = ("import socket, time\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
             "for _ in range(40):\n    s.sendto(b'x' * 1000, ('10.77.0.2', 47123)); time.sleep(0.1)")
@@ -257,7 +258,7 @@ def test_bench_network_writes_consistent_strict_json(bench):
     assert r["cleanup"] == {"removed": True, "problems": []}
     assert not set(r["link"]["namespaces"].values()) & set(net.TwoHosts.namespaces())  # nothing left behind
     assert r["link"]["rate_mbit"] == 50 and r["profile"] == "config/fastdds_two_hosts.xml"
-    for name, sc in r["scenarios"].items():
+    for sc in r["scenarios"].values():
         rows, s = sc["goals"], sc["summary"]
         assert len(rows) == 1 == s["goals"] and s["all_succeeded"] and s["frames_delivered_fraction"] == 1.0
         assert s["first_frame_ms_median"] == statistics.median(x["first_frame_ms"] for x in rows)

@@ -50,13 +50,14 @@ def test_item3_every_number_is_bounded_and_nan_inf_are_refused():
         validate({"pose.base_to_camera": [0, 0, 0, 0, 0, 0, 2]})
 
 
-def test_item3_readme_parameter_table_is_generated_from_params():
+def test_item3_the_parameter_table_is_generated_from_params():
     from mirage_ros.ros.params import PARAMS, markdown_table
 
-    readme = (ROOT / "README.md").read_text()
-    assert markdown_table() in readme, "README's parameter table differs from params.markdown_table()"
+    reference = (ROOT / "docs" / "node.md").read_text()
+    assert markdown_table() in reference, ("docs/node.md's parameter table differs from params.markdown_table() "
+                                           "(python scripts/gen_docs.py)")
     for p in PARAMS:
-        assert f"| `{p.name}` |" in readme
+        assert f"| `{p.name}` |" in reference
 
 
 # -- items 1, 2, 11, 12: decompression bombs, huge observations, depth, incomplete JPEGs --------------

@@ -13,23 +13,9 @@ import torch
 
 from mirage_ros import sim
 from mirage_ros.geometry import Camera, invert_rigid
-from mirage_ros.planning import (
-    GOAL_IMAGINED,
-    GOAL_READOUT,
-    CandidateGoalScores,
-    GoalView,
-    Primitive,
-    camera_pose,
-    fan,
-    fan_paths,
-    goto,
-    heading_pitch,
-    pick,
-    primitive_path,
-    scene_free_space,
-    view_angle,
-    warp_intrinsics,
-)
+from mirage_ros.planning import scene_free_space, view_angle
+from mirage_ros.planning.goal import GOAL_IMAGINED, GOAL_READOUT, CandidateGoalScores, GoalView, pick, warp_intrinsics
+from mirage_ros.planning.paths import Primitive, camera_pose, fan, fan_paths, goto, heading_pitch, primitive_path
 
 # -- paths --------------------------------------------------------------------------------------
 

@@ -319,26 +319,16 @@ class TfThread:
     sets this completes."""
 
     def __init__(self, intake: Intake, deserialize: Callable[[bytes], object], offer: Callable[[SyncedSet], None]):
+        from .slot import Loop
         from .tf_buffer import TfQueue
 
         self.intake, self.deserialize, self.offer = intake, deserialize, offer
         self.queue = TfQueue()
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._loop = Loop("mirage-tf", self.step)
+        self.start, self.stop = self._loop.start, self._loop.stop
 
     def put(self, raw: bytes, static: bool) -> None:
         self.queue.put(raw, static)
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="mirage-tf", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
 
     def step(self, timeout: float = 0.02) -> None:
         """One message (or, after ``timeout`` s without one, a retry of the waiting images)."""
@@ -357,7 +347,3 @@ class TfThread:
             intake.reject("tf", f"{q.take_dropped()} /tf messages dropped: more than {q.max_bytes} bytes waited")
         if s is not None:
             self.offer(s)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.step()

@@ -12,7 +12,6 @@ intrinsics, visibility and timings, not the images (those are on imagined/image)
 """
 from __future__ import annotations
 
-import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -214,8 +213,7 @@ class PeriodicOutputs:
             core, types, publish, now_ns, active, clock
         self.last_stats = self.last_cloud = -float("inf")
         self.published_version = -1
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._loop = None
 
     def republish(self) -> None:
         """Send the cloud again at the next tick (a viewer may have missed it: activation)."""
@@ -243,21 +241,19 @@ class PeriodicOutputs:
         return time.perf_counter() - t0
 
     def start(self, on_error: Callable[[BaseException], None]) -> None:
-        def run():
-            while not self._stop.wait(0.02):
-                if not self.active():
-                    continue
-                try:
-                    self.tick()
-                except Exception as exc:  # noqa: BLE001 - keep publishing
-                    on_error(exc)
+        from .slot import Loop
 
-        self._stop.clear()
-        self._thread = threading.Thread(target=run, name="mirage-outputs", daemon=True)
-        self._thread.start()
+        def step():
+            if self._loop.wait(0.02) or not self.active():
+                return
+            try:
+                self.tick()
+            except Exception as exc:  # noqa: BLE001 - keep publishing
+                on_error(exc)
+
+        self._loop = Loop("mirage-outputs", step)
+        self._loop.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        if self._loop is not None:
+            self._loop.stop(timeout)

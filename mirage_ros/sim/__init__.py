@@ -7,13 +7,13 @@ from .oracle import SceneOracle
 from .render import GROUND_ID, MOVING_ID, SKY_ID, Frame, render, render_depth_only
 from .scenes import CHECKER, DYNAMIC, PLAIN, SKY, STATIC, STRIPES_A, STRIPES_B, Box, Material, Scene, make_scene
 from .trajectories import (
-                     TRAJECTORY_KINDS,
-                     closed_loop,
-                     default_camera,
-                     forward_walk,
-                     orbit,
-                     random_trajectory,
-                     scene_trajectory,
+    TRAJECTORY_KINDS,
+    closed_loop,
+    default_camera,
+    forward_walk,
+    orbit,
+    random_trajectory,
+    scene_trajectory,
 )
 
 __all__ = [

@@ -259,3 +259,14 @@ def test_candidates_batch_like_alone_and_never_touch_the_memory():
         assert s["novelty"] == pytest.approx(1 - np.mean(vis))
     with pytest.raises(ValueError, match="no candidates"):
         list(b.imagine_candidates([]))
+
+
+def test_the_wan_path_pins_the_memory_unless_told_not_to():
+    """A Wan2.2-sized path without a model folder of its own samples with the paper's grid plus
+    pinning and paste (PAPER_SAMPLER); sampler.pin_until 0 / pin_paste off switch each one off alone."""
+    from mirage_ros.world_model.backend import make_backend
+
+    s = make_backend("mirage", config="tiny", steps=2, side_branch_init="random").model.sampler
+    assert (s.steps, s.shift, s.sigma_grid, s.pin_until, s.pin_paste) == (2, 5.0, "wan", 1.0, True)
+    off = make_backend("mirage", config="tiny", steps=2, side_branch_init="random", pin_until=0.0).model.sampler
+    assert (off.pin_until, off.pin_paste, off.shift) == (0.0, True, 5.0)

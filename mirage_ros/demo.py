@@ -193,109 +193,191 @@ def renumber(chunk, index: int, frame_indices):
     return g
 
 
+def _make_backend(args, scene, poses, chunk_size: int):
+    """The demo's backend: the memory alone (``readout``, analytic thumbnail codec), or a world
+    model whose generated frames get the simulator's depth and labels (``shipped``, ``spatia``)."""
+    from . import sim
+    from .world_model.backend import make_backend
+
+    if args.backend == "readout":
+        from .memory import LatentSpatialMemory
+        from .world_model.backend import ReadoutBackend
+        from .world_model.codec import ThumbnailCodec
+
+        return ReadoutBackend(LatentSpatialMemory(), ThumbnailCodec(), chunk_size=chunk_size)
+    oracle = sim.SceneOracle(scene, poses, frame_period=1.0 / args.fps)
+    perception = {"keep_imagined": True, "depth": oracle.depth_provider(), "masks": oracle.mask_provider()}
+    if args.backend == "spatia":
+        import torch
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return make_backend("spatia", weights=args.weights, side_branch=args.side_branch, lora=args.lora,
+                            device=device, steps=args.steps, resolution=args.resolution, rounds=args.rounds,
+                            prompt=args.prompt, negative_prompt_file=args.negative_prompt_file, **perception)
+    return make_backend("shipped", weights=args.weights, steps=args.steps, **perception)
+
+
+def _requests(backend, cameras, chunks: int, size: int):
+    """(row, chunks of the backend renumbered to the loop's frame indices): one row per demo chunk
+    for a memory that is updated from observations between chunks (each chunk one request), one row
+    per backend chunk for a world model that imagines the whole loop in one request."""
+    if not backend.generative:
+        n = 0
+        for c in range(chunks):
+            idx = list(range(1 + c * size, 1 + (c + 1) * size))
+            got = []
+            for chunk in backend.imagine([cameras[i] for i in idx]):  # any backend, any chunking
+                got.append(renumber(chunk, n, [idx[j] for j in chunk.frame_indices]))
+                n += 1
+            yield c, got
+        return
+    for n, chunk in enumerate(backend.imagine(cameras[1:])):
+        yield n, [renumber(chunk, n, [1 + i for i in chunk.frame_indices])]
+
+
 def run(args) -> int:
+    """The loop (see module docstring): observe frame 0, then per chunk imagine, compare with the
+    ground truth, record, and (memory alone) observe the chunk's frames."""
     import numpy as np
+    import torch
     from tqdm import tqdm
 
     from . import sim, viz
-    from .memory import LatentSpatialMemory
-    from .world_model.backend import ReadoutBackend
-    from .world_model.codec import ThumbnailCodec, images_to_tensor, tensor_to_images
+    from .world_model.codec import images_to_tensor, tensor_to_images
 
-    if args.backend in ("shipped", "spatia"):
-        return run_generative(args)
-    args.resolution = args.resolution or (256, 448)
-    args.chunks = args.chunks or 6
-    args.chunk_size = args.chunk_size or 9
+    generative = args.backend != "readout"
     t_start = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    H, W = args.resolution
     scene = sim.make_scene(args.scene, seed=args.seed, moving_object=not args.no_moving_object)
-    n_frames = args.chunks * args.chunk_size + 1
+    chunks, size = args.chunks or (5 if generative else 6), args.chunk_size or (8 if generative else 9)
+    n_frames = chunks * size + 1
     poses = sim.scene_trajectory(scene, "loop", n_frames)
+    try:
+        backend = _make_backend(args, scene, poses, size)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"mirage demo: {exc}")
+        return 2
+    H, W = args.resolution or (getattr(backend, "resolution", None) or (128, 224) if generative else (256, 448))
     base = sim.default_camera(H, W)
     cameras = [base.with_pose(E) for E in poses]
     period_ns = int(round(1e9 / args.fps))
     stamps = [args.start_time + i * period_ns for i in range(n_frames)]
-    codec = ThumbnailCodec()
-    backend = ReadoutBackend(LatentSpatialMemory(), codec, chunk_size=args.chunk_size)
+    codec = backend.codec
     print(f"mirage demo: {backend.description}")
-    print(f"scene={args.scene} seed={args.seed} {H}x{W}, {args.chunks} chunks x {args.chunk_size} views on a closed "
-          f"loop -> {out}")
+    if generative:
+        print(f"the model imagines {n_frames - 1} views of a closed loop from the first frame only "
+              f"(scene={args.scene} seed={args.seed}, {H}x{W}); depth and masks of generated frames from the "
+              f"simulator -> {out}")
+    else:
+        print(f"scene={args.scene} seed={args.seed} {H}x{W}, {chunks} chunks x {size} views on a closed "
+              f"loop -> {out}")
+    clock_t = (lambda i: i / args.fps) if generative else (lambda i: i / size)  # the moving object's time
 
-    def observe(i):
-        f = sim.render(scene, cameras[i], t=i / args.chunk_size)
-        exclude = f.labels != sim.STATIC
-        return f, exclude
+    def truth(i):
+        f = sim.render(scene, cameras[i], t=clock_t(i))
+        return f, f.labels != sim.STATIC
 
-    f0, ex0 = observe(0)
+    f0, ex0 = truth(0)
     backend.observe(f0.rgb, f0.depth, cameras[0], exclude=ex0)
-    observed, imagined = 1, 0
-    first_truth = f0
     start_iso = datetime.fromtimestamp(args.start_time / 1e9, timezone.utc).isoformat().replace("+00:00", "Z")
-    stats = {"description": backend.description, "scene": args.scene, "seed": args.seed, "resolution": [H, W],
-             "latent_hw": list(base.latent_size(16)),
-             "clock": {"start_ns": args.start_time, "start": start_iso, "fps": args.fps, "frame_period_ns": period_ns,
-                       "frames": "frame i is stamped start_ns + i * frame_period_ns; frame 0 is the first observation"},
-             "chunks": []}
+    clock = {"start_ns": args.start_time, "start": start_iso, "fps": args.fps, "frame_period_ns": period_ns,
+             "frames": "frame i is stamped start_ns + i * frame_period_ns; frame 0 is the "
+                       + ("only observation" if generative else "first observation")}
+    if generative:
+        stats = {"description": backend.description, "backend": args.backend,
+                 "model": str(backend.model.description), "scene": args.scene, "seed": args.seed,
+                 "resolution": [H, W],
+                 "model_resolution": list(backend.resolution) if backend.resolution else None,
+                 "sampler": {"steps": backend.model.sampler.steps, "shift": backend.model.sampler.shift},
+                 "perception_of_generated_frames": "simulator depth and labels (oracle)", "clock": clock,
+                 "chunks": []}
+    else:
+        stats = {"description": backend.description, "scene": args.scene, "seed": args.seed, "resolution": [H, W],
+                 "latent_hw": list(base.latent_size(16)), "clock": clock, "chunks": []}
     growth = [(0, backend.memory.num_points, backend.memory.nbytes)]
-    strip_rows, video = [], []
-    mask_tiles = []
+    strip_rows, video, mask_tiles = [], [], []
+    observed, imagined = 1, 0
     rec = _start_bag(out, cameras, stamps, backend, not args.no_bag)
     if rec is not None:
-        rec.ground_truth(0, first_truth)
-    bar = tqdm(total=n_frames - 1, desc="demo", unit="view")
-    n_chunks = 0
+        rec.ground_truth(0, f0)
+    bar = tqdm(total=n_frames - 1, desc="demo (imagining)" if generative else "demo", unit="view")
     try:
-        for c in range(args.chunks):
-            idx = list(range(1 + c * args.chunk_size, 1 + (c + 1) * args.chunk_size))
-            frames, masks, timings = {}, {}, {}
-            for chunk in backend.imagine([cameras[i] for i in idx]):  # any backend, any chunking
-                g = renumber(chunk, n_chunks, [idx[j] for j in chunk.frame_indices])
-                n_chunks += 1
-                for j, i in enumerate(g.frame_indices):
-                    frames[i], masks[i] = g.frames[j], np.asarray(g.masks[j])
-                for k, v in g.timings.items():
-                    timings[k] = timings.get(k, 0.0) + float(v)
+        for row, got in _requests(backend, cameras, chunks, size):
+            idx = [i for g in got for i in g.frame_indices]
+            frames, masks, readouts, timings = {}, {}, {}, {}
+            for g in got:
                 if rec is not None:
                     rec.chunk(g)
-                imagined += len(g.frame_indices)
-            truth = {i: observe(i) for i in idx}
+                for k, v in g.timings.items():
+                    timings[k] = timings.get(k, 0.0) + float(v)
+                if g.renders is not None:  # a pixel-space memory (spatia): the render the model was conditioned on
+                    ro = g.renders
+                elif generative:
+                    seen = torch.as_tensor(np.asarray(g.masks))
+                    seen = seen.repeat_interleave(codec.stride, 1).repeat_interleave(codec.stride, 2)
+                    ro = tensor_to_images(codec.decode(g.readouts.float()) * seen[:, None])
+                else:  # the memory alone: its frame is the readout
+                    ro = g.frames
+                for j, i in enumerate(g.frame_indices):
+                    frames[i], masks[i], readouts[i] = g.frames[j], np.asarray(g.masks[j]), _fit(ro[j], H, W)
+            imagined += len(idx)
+            gt = {i: truth(i) for i in idx}
             if rec is not None:
                 for i in idx:
-                    rec.ground_truth(i, truth[i][0])
-            r = {"chunk": c, "frames": idx, **{f"{k}_ms_per_view": 1e3 * v / len(idx) for k, v in timings.items()},
-                 "coverage": [], "psnr_visible": [], "psnr_codec_bound": []}
+                    rec.ground_truth(i, gt[i][0])
+            if generative:
+                r = {"chunk": row, "frames": idx, **{f"{k}_s": v for k, v in timings.items()},
+                     "coverage": [], "psnr_imagined": [], "psnr_imagined_visible": [], "psnr_readout_visible": []}
+            else:
+                per_view = {f"{k}_ms_per_view": 1e3 * v / len(idx) for k, v in timings.items()}
+                r = {"chunk": row, "frames": idx, **per_view, "coverage": [], "psnr_visible": [],
+                     "psnr_codec_bound": []}
             for k, i in enumerate(idx):
-                f, ex = truth[i]
+                f, ex = gt[i]
                 m = masks[i]
-                pix = np.repeat(np.repeat(m, 16, 0), 16, 1)
-                best = tensor_to_images(codec.decode(codec.encode(images_to_tensor(f.rgb))))[0]
+                pix = _fit(np.repeat(np.repeat(m.astype(np.uint8), codec.stride, 0), codec.stride, 1), H, W) > 0
                 r["coverage"].append(float(m.mean()))
-                r["psnr_visible"].append(psnr(frames[i], f.rgb, pix & ~ex))  # NaN -> null in stats.json
-                r["psnr_codec_bound"].append(psnr(best, f.rgb, pix & ~ex))
-                video.append(np.concatenate([viz.label_image(f.rgb, f"observed {i}"),
-                                             viz.label_image(frames[i], f"memory readout {i}"),
-                                             viz.label_image(viz.mask_to_rgb(m, (H, W)), f"mask m_t {i}")], 1))
-                if k == 0:
-                    strip_rows.append([viz.label_image(f.rgb, f"frame {i}"),
-                                       viz.label_image(frames[i], f"readout {i}")])
-                    mask_tiles.append(viz.mask_to_rgb(m, (H, W)))
+                vis = viz.mask_to_rgb(m, (H, W))
+                if generative:
+                    r["psnr_imagined"].append(psnr(frames[i], f.rgb))
+                    r["psnr_imagined_visible"].append(psnr(frames[i], f.rgb, pix & ~ex))
+                    r["psnr_readout_visible"].append(psnr(readouts[i], f.rgb, pix & ~ex))
+                    video.append(np.concatenate([viz.label_image(f.rgb, f"ground truth {i}"),
+                                                 viz.label_image(readouts[i], f"memory readout {i}"),
+                                                 viz.label_image(frames[i], f"imagined {i}"),
+                                                 viz.label_image(vis, f"visibility m_t {i}")], 1))
+                    if k == len(idx) - 1:
+                        strip_rows.append([viz.label_image(f.rgb, f"truth {i}"),
+                                           viz.label_image(readouts[i], f"readout {i}"),
+                                           viz.label_image(frames[i], f"imagined {i}")])
+                        mask_tiles.append(vis)
+                else:
+                    best = tensor_to_images(codec.decode(codec.encode(images_to_tensor(f.rgb))))[0]
+                    r["psnr_visible"].append(psnr(frames[i], f.rgb, pix & ~ex))  # NaN -> null in stats.json
+                    r["psnr_codec_bound"].append(psnr(best, f.rgb, pix & ~ex))
+                    video.append(np.concatenate([viz.label_image(f.rgb, f"observed {i}"),
+                                                 viz.label_image(frames[i], f"memory readout {i}"),
+                                                 viz.label_image(vis, f"mask m_t {i}")], 1))
+                    if k == 0:
+                        strip_rows.append([viz.label_image(f.rgb, f"frame {i}"),
+                                           viz.label_image(frames[i], f"readout {i}")])
+                        mask_tiles.append(vis)
                 bar.update(1)
-            added = 0
-            if not args.no_update:
-                for i in idx:
-                    f, ex = truth[i]
-                    added += backend.observe(f.rgb, f.depth, cameras[i], exclude=ex)
-                    observed += 1
+            if not generative:
+                added = 0
+                if not args.no_update:
+                    for i in idx:
+                        f, ex = gt[i]
+                        added += backend.observe(f.rgb, f.depth, cameras[i], exclude=ex)
+                        observed += 1
+                r["points_added"] = added
             if rec is not None:  # the memory after this chunk, at its last frame's stamp
-                rec.memory(stamps[idx[-1]], observed, imagined)
-            r["points_added"] = added
+                rec.memory(stamps[idx[-1]], observed, imagined if not generative else idx[-1])
             r["memory_points"] = backend.memory.num_points
             r["memory_mib"] = backend.memory.nbytes / 2**20
             stats["chunks"].append(r)
-            growth.append((c + 1, backend.memory.num_points, backend.memory.nbytes))
+            growth.append((row + 1, backend.memory.num_points, backend.memory.nbytes))
             bar.set_postfix(points=backend.memory.num_points, cov=f"{np.mean(r['coverage']):.2f}")
     except BaseException:
         if rec is not None:
@@ -304,11 +386,16 @@ def run(args) -> int:
     bar.close()
     if rec is not None:
         rec.close()
-
+    if generative:
+        stats["final_frame_psnr"] = stats["chunks"][-1]["psnr_imagined"][-1]
     _write_outputs(out, backend, stats, strip_rows, mask_tiles, video, growth, rec, t_start, args.fps)
-    print(f"memory: {backend.memory.num_points} points, {backend.memory.nbytes / 2**20:.2f} MiB; mean coverage "
-          f"{stats['mean_coverage']:.2f}; {stats['seconds']:.1f} s. NO generative model was loaded: frames are memory "
-          f"readouts.")
+    if generative:
+        print(f"{n_frames - 1} views imagined in {stats['seconds']:.1f} s; final frame (the first frame's pose) PSNR "
+              f"{stats['final_frame_psnr']:.1f} dB; memory {backend.memory.num_points} points.")
+    else:
+        print(f"memory: {backend.memory.num_points} points, {backend.memory.nbytes / 2**20:.2f} MiB; mean coverage "
+              f"{stats['mean_coverage']:.2f}; {stats['seconds']:.1f} s. NO generative model was loaded: frames are "
+              f"memory readouts.")
     print(f"wrote {', '.join(stats['files'])} to {out}")
     return 0
 
@@ -365,127 +452,6 @@ def _start_bag(out: Path, cameras, stamps, backend, enabled: bool):
             rec.abort()
         rec = None
     return rec
-
-
-def run_generative(args) -> int:
-    """The shipped world model imagines the loop from the first frame only (see module docstring)."""
-    import numpy as np
-    import torch
-    from tqdm import tqdm
-
-    from . import sim, viz
-    from .world_model.backend import make_backend
-    from .world_model.codec import tensor_to_images
-
-    t_start = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    scene = sim.make_scene(args.scene, seed=args.seed, moving_object=not args.no_moving_object)
-    chunks, size = args.chunks or 5, args.chunk_size or 8
-    n_frames = chunks * size + 1
-    poses = sim.scene_trajectory(scene, "loop", n_frames)
-    oracle = sim.SceneOracle(scene, poses, frame_period=1.0 / args.fps)
-    try:
-        if args.backend == "spatia":
-            device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            backend = make_backend("spatia", weights=args.weights, side_branch=args.side_branch, lora=args.lora,
-                                   device=device,
-                                   steps=args.steps, keep_imagined=True, depth=oracle.depth_provider(),
-                                   masks=oracle.mask_provider(), resolution=args.resolution, rounds=args.rounds,
-                                   prompt=args.prompt, negative_prompt_file=args.negative_prompt_file)
-        else:
-            backend = make_backend("shipped", weights=args.weights, steps=args.steps, keep_imagined=True,
-                                   depth=oracle.depth_provider(), masks=oracle.mask_provider())
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"mirage demo: {exc}")
-        return 2
-    H, W = args.resolution or backend.resolution or (128, 224)
-    base = sim.default_camera(H, W)
-    cameras = [base.with_pose(E) for E in poses]
-    period_ns = int(round(1e9 / args.fps))
-    stamps = [args.start_time + i * period_ns for i in range(n_frames)]
-    codec = backend.codec
-    print(f"mirage demo: {backend.description}")
-    print(f"the model imagines {n_frames - 1} views of a closed loop from the first frame only "
-          f"(scene={args.scene} seed={args.seed}, {H}x{W}); depth and masks of generated frames from the simulator -> "
-          f"{out}")
-
-    def truth(i):
-        f = sim.render(scene, cameras[i], t=i / args.fps)
-        return f, f.labels != sim.STATIC
-
-    f0, ex0 = truth(0)
-    backend.observe(f0.rgb, f0.depth, cameras[0], exclude=ex0)
-    start_iso = datetime.fromtimestamp(args.start_time / 1e9, timezone.utc).isoformat().replace("+00:00", "Z")
-    stats = {"description": backend.description, "backend": args.backend, "model": str(backend.model.description),
-             "scene": args.scene, "seed": args.seed, "resolution": [H, W],
-             "model_resolution": list(backend.resolution) if backend.resolution else None,
-             "sampler": {"steps": backend.model.sampler.steps, "shift": backend.model.sampler.shift},
-             "perception_of_generated_frames": "simulator depth and labels (oracle)",
-             "clock": {"start_ns": args.start_time, "start": start_iso, "fps": args.fps, "frame_period_ns": period_ns,
-                       "frames": "frame i is stamped start_ns + i * frame_period_ns; frame 0 is the only observation"},
-             "chunks": []}
-    growth = [(0, backend.memory.num_points, backend.memory.nbytes)]
-    strip_rows, video, mask_tiles = [], [], []
-    rec = _start_bag(out, cameras, stamps, backend, not args.no_bag)
-    if rec is not None:
-        rec.ground_truth(0, f0)
-    bar = tqdm(total=n_frames - 1, desc="demo (imagining)", unit="view")
-    try:
-        for n, chunk in enumerate(backend.imagine(cameras[1:])):
-            g = renumber(chunk, n, [1 + i for i in chunk.frame_indices])
-            if rec is not None:
-                rec.chunk(g)
-            if g.renders is not None:  # a pixel-space memory (spatia): the render the model was conditioned on
-                ro = g.renders
-            else:
-                ro = codec.decode(g.readouts.float())
-                seen = torch.as_tensor(np.asarray(g.masks))
-                seen = seen.repeat_interleave(codec.stride, 1).repeat_interleave(codec.stride, 2)
-                ro = ro * seen[:, None]
-                ro = tensor_to_images(ro)
-            r = {"chunk": n, "frames": g.frame_indices, **{f"{k}_s": float(v) for k, v in g.timings.items()},
-                 "coverage": [], "psnr_imagined": [], "psnr_imagined_visible": [], "psnr_readout_visible": []}
-            for j, i in enumerate(g.frame_indices):
-                f, ex = truth(i)
-                if rec is not None:
-                    rec.ground_truth(i, f)
-                m = np.asarray(g.masks[j])
-                readout = _fit(ro[j], H, W)
-                pix = _fit(np.repeat(np.repeat(m.astype(np.uint8), codec.stride, 0), codec.stride, 1), H, W) > 0
-                r["coverage"].append(float(m.mean()))
-                r["psnr_imagined"].append(psnr(g.frames[j], f.rgb))
-                r["psnr_imagined_visible"].append(psnr(g.frames[j], f.rgb, pix & ~ex))
-                r["psnr_readout_visible"].append(psnr(readout, f.rgb, pix & ~ex))
-                vis = viz.mask_to_rgb(m, (H, W))
-                video.append(np.concatenate([viz.label_image(f.rgb, f"ground truth {i}"),
-                                             viz.label_image(readout, f"memory readout {i}"),
-                                             viz.label_image(g.frames[j], f"imagined {i}"),
-                                             viz.label_image(vis, f"visibility m_t {i}")], 1))
-                if j == len(g.frame_indices) - 1:
-                    strip_rows.append([viz.label_image(f.rgb, f"truth {i}"), viz.label_image(readout, f"readout {i}"),
-                                       viz.label_image(g.frames[j], f"imagined {i}")])
-                    mask_tiles.append(vis)
-                bar.update(1)
-            if rec is not None:
-                rec.memory(stamps[g.frame_indices[-1]], 1, g.frame_indices[-1])
-            r["memory_points"] = backend.memory.num_points
-            r["memory_mib"] = backend.memory.nbytes / 2**20
-            stats["chunks"].append(r)
-            growth.append((n + 1, backend.memory.num_points, backend.memory.nbytes))
-    except BaseException:
-        if rec is not None:
-            rec.abort()
-        raise
-    bar.close()
-    if rec is not None:
-        rec.close()
-    stats["final_frame_psnr"] = stats["chunks"][-1]["psnr_imagined"][-1]
-    _write_outputs(out, backend, stats, strip_rows, mask_tiles, video, growth, rec, t_start, args.fps)
-    print(f"{n_frames - 1} views imagined in {stats['seconds']:.1f} s; final frame (the first frame's pose) PSNR "
-          f"{stats['final_frame_psnr']:.1f} dB; memory {backend.memory.num_points} points.")
-    print(f"wrote {', '.join(stats['files'])} to {out}")
-    return 0
 
 
 def _fit(img, H: int, W: int):

@@ -64,15 +64,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depths", default=",".join(DEPTHS), help="oracle,memory (depth of generated frames)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's own)")
     p.add_argument("--pin-until", type=float, default=None,
-                   help="memory pinning: fraction of sampler steps with visible cells pinned (default: the model's own; 0 = off)")
-    p.add_argument("--pin-paste", default=None, choices=["on", "off"], help="paste the readout into visible cells after sampling")
+                   help="memory pinning: fraction of sampler steps with visible cells pinned "
+                        "(default: the model's own; 0 = off)")
+    p.add_argument("--pin-paste", default=None, choices=["on", "off"], help="paste the readout "
+                                                                            "into visible cells after sampling")
     p.add_argument("--context-sigma", type=float, default=None,
                    help="noise level of generated context frames (default: the model's own; 0 = clean)")
     p.add_argument("--earliest-within", type=float, default=None,
                    help="observed-first readout tolerance (default: the rollout's, 0.05; 0 = plain frontmost-wins)")
     p.add_argument("--tag", default="", help="a label stored in the JSON (e.g. the sweep point)")
     p.add_argument("--noise-seed", type=int, default=None,
-                   help="one sampler seed for every loop (default: derived from each loop's observation, as the node does)")
+                   help="one sampler seed for every loop (default: derived from each loop's "
+                        "observation, as the node does)")
     p.add_argument("--bootstrap", type=int, default=10000)
     p.add_argument("--threads", type=int, default=None)
 
@@ -90,7 +93,7 @@ def _scene_loop(seed: int, frames: int, H: int, W: int):
 def _oracle(cams, depth, labels, exclude_dynamic: bool):
     """Simulator depth / label providers for generated frames: the scene's exact values at the
     frame's camera and time (looked up by camera)."""
-    from ..sim import STATIC, SKY
+    from ..sim import SKY, STATIC
 
     index = {id(c): i for i, c in enumerate(cams)}
 
@@ -114,7 +117,7 @@ def _rollout(model, arm: str, depth_mode: str, rgb0, cams, depth, labels, steps,
 
     from ..baselines.rgb_memory import RGBPointCloudMemory
     from ..memory import LatentSpatialMemory
-    from ..sim import STATIC, SKY
+    from ..sim import SKY, STATIC
     from ..world_model.rollout import RolloutConfig, rollout
 
     nomask = arm == "latent_nomask"
@@ -170,7 +173,8 @@ def _load_png(path: Path) -> np.ndarray:
     return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
-def _metrics(gt: np.ndarray, out: np.ndarray, vis: np.ndarray, stride: int, final_png: Path, final_gt_png: Path) -> Dict:
+def _metrics(gt: np.ndarray, out: np.ndarray, vis: np.ndarray, stride: int, final_png: Path,
+             final_gt_png: Path) -> Dict:
     """Per-seed metrics (``evaluation.region_metrics``); the final-frame PSNR/SSIM are recomputed
     from the written PNGs."""
     m = region_metrics(gt, out, vis, stride)
@@ -280,7 +284,8 @@ def run(args) -> int:
                 folder = out / (arm if d == "oracle" else f"memory_depth/{arm}") / str(seed)
                 _write_frames(folder, frames)
                 n = len(frames) - 1
-                row = _metrics(gt, frames, vis, codec.stride, folder / f"{n:04d}.png", out / "gt" / str(seed) / f"{n:04d}.png")
+                row = _metrics(gt, frames, vis, codec.stride, folder / f"{n:04d}.png",
+                               out / "gt" / str(seed) / f"{n:04d}.png")
                 row.update(seed=seed, scene=src["scene"], seconds_per_chunk=sec)
                 per_seed[d][arm].append(row)
         print(f"bench imagine: seed {seed} ({src['scene']}) done [{k + 1}/{len(seeds)}]: " + ", ".join(

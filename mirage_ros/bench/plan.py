@@ -84,18 +84,21 @@ MAX_OVERLAP = 0.5
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default="mirage_out/bench_plan.json", help="output JSON (PNGs beside it)")
     p.add_argument("--out", default="mirage_out/bench_plan", help="folder for the decisions' frames (PNG)")
-    p.add_argument("--seeds", default="8", help="held-out seeds: a count from 900000 (default 8, each gives one decision "
+    p.add_argument("--seeds", default="8", help="held-out seeds: a count from 900000 (default "
+                                                "8, each gives one decision "
                    "per task), a range 900000-900019 or a comma list")
     p.add_argument("--validation", action="store_true", help="use the validation block (800000+) instead: for tuning "
                    "the rule, never for reported figures")
     p.add_argument("--frames", type=int, default=8, help="poses per candidate (default 8: one chunk of the model)")
-    p.add_argument("--observed", type=int, default=18, help="observed poses of the robot's past loop (default 18 of 30)")
+    p.add_argument("--observed", type=int, default=18, help="observed poses of the robot's past "
+                                                            "loop (default 18 of 30)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
     p.add_argument("--tasks", default=",".join(TASKS), help="return,find")
     p.add_argument("--metric", default=None, choices=["latent", "pixel"],
                    help="similarity the pick uses (default: planning.DEFAULT_METRIC)")
     p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
-    p.add_argument("--rgb-model", default=None, help="the RGB-cache arm's model folder (default: <model>_rgb beside it)")
+    p.add_argument("--rgb-model", default=None, help="the RGB-cache arm's model folder (default: "
+                                                     "<model>_rgb beside it)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's own)")
     p.add_argument("--check-k4", type=int, default=2, help="decisions per model arm also imagined as a separate K=4 "
                    "request (timing and the subset check; default 2)")
@@ -212,7 +215,8 @@ def make_task(sc: Scene, mem, task: str, k: int, n: int, rng: np.random.Generato
 
     def random_pose(pitch, z):
         r, a = R * math.sqrt(rng.uniform()), rng.uniform(0, 2 * math.pi)
-        return camera_pose([centre[0] + r * math.cos(a), centre[1] + r * math.sin(a), z], rng.uniform(0, 2 * math.pi), pitch)
+        return camera_pose([centre[0] + r * math.cos(a), centre[1] + r * math.sin(a), z], rng.uniform(0, 2 * math.pi),
+                           pitch)
 
     def distractor(pitch, z, skip):
         """Half the draws anywhere in the free disc, half near an observed pose (up to 0.3 m and 20
@@ -258,7 +262,8 @@ def make_task(sc: Scene, mem, task: str, k: int, n: int, rng: np.random.Generato
             T = distractor(g_pitch, float(goal_T[2, 3]), gi)
             kn = _coverage(mem, cam_of(T))
             up = kn >= g_known  # ties (fully known views) count as above
-            if abs(kn - g_known) > KNOWN_TOLERANCE or (up and above >= want_above) or (not up and below >= k - 1 - want_above):
+            full = (up and above >= want_above) or (not up and below >= k - 1 - want_above)
+            if abs(kn - g_known) > KNOWN_TOLERANCE or full:
                 continue
             path = goto(now, T, n)
             if max(view_overlap(gcam, shot.depth, cam_of(P)) for P in path) > MAX_OVERLAP:
@@ -271,7 +276,8 @@ def make_task(sc: Scene, mem, task: str, k: int, n: int, rng: np.random.Generato
     else:
         return None
     info.update(goal_view_angle_from_now_deg=math.degrees(view_angle(goal_T, now)),
-                goal_distance_from_now_m=float(np.linalg.norm(goal_T[:3, 3] - now[:3, 3])), distractors_above=want_above)
+                goal_distance_from_now_m=float(np.linalg.norm(goal_T[:3, 3] - now[:3, 3])),
+                distractors_above=want_above)
     paths = [goto(now, T, n) for T in ends]
     if not all(free(p[:, :3, 3]).all() for p in paths):
         raise RuntimeError(f"seed {sc.seed}: a candidate path left free space (the free disc should be clear)")
@@ -308,10 +314,11 @@ def load_arms(arms, model_dir: Path, rgb_dir: Path, device: str, steps: Optional
             print(f"bench plan: arm {arm!r} skipped: no model at {folder}")
             continue
         if arm == "readout":
-            from ..world_model.codec import load_codec
+            import json
+
             from ..memory import LatentSpatialMemory
             from ..world_model.backend import ReadoutBackend
-            import json
+            from ..world_model.codec import load_codec
 
             codec = load_codec(folder / json.loads((folder / "model_index.json").read_text()).get("codec", "codec"))
             out[arm] = ReadoutBackend(LatentSpatialMemory(channels=codec.channels, stride=codec.stride, device=device),
@@ -472,8 +479,10 @@ def run(args) -> int:
     rng_pick = np.random.default_rng(18)
     checked = {a: 0 for a in arms}
     t_start = time.perf_counter()
-    print(f"bench plan: {len(seeds)} {block} seeds x tasks {tasks}, K = {list(KS)}, arms {arms}, {args.frames} poses per "
-          f"candidate, metric {metric}, torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"bench plan: {len(seeds)} {block} seeds x tasks {tasks}, K = {list(KS)}, arms {arms}, "
+          f"{args.frames} poses per "
+          f"candidate, metric {metric}, torch threads {torch.get_num_threads()}, load "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
     for si, seed in enumerate(seeds):
         sc = make_scene(seed, H, W, args.observed)
         mem = _memory_of(sc, codec)
@@ -484,7 +493,8 @@ def run(args) -> int:
                 print(f"bench plan: seed {seed}: no {task} task in this scene (skipped)")
         made = [(task, t) for task, t in made if t is not None]
         for task, t in made:
-            tasks_info.append({"seed": seed, "scene": sc.kind, "task": task, "correct": t.correct, "goal_known": t.goal_known,
+            tasks_info.append({"seed": seed, "scene": sc.kind, "task": task, "correct": t.correct,
+                               "goal_known": t.goal_known,
                                "known": t.known, "goal_pose": t.goal_T.tolist(),
                                **{k: v for k, v in t.info.items() if k not in ("finals", "picks")}})
             for K in KS:
@@ -527,12 +537,13 @@ def run(args) -> int:
                     t.info.setdefault("picks", {})[arm] = decide(res["sims"], all_ids, f"{metric}_best")[0]
                 decisions.append({"seed": seed, "task": task, "arm": arm, "seconds": res["seconds"],
                                   "similarities": {str(i): s for i, s in res["sims"].items()}})
-        for task, t in made:
+        for _task, t in made:
             if "finals" in t.info and len(figures) < args.figures:
                 figures.append((seed, sc.kind, t))
         done = {a: sum(r["success"] for r in rows[f"{metric}_best"][a] if r["K"] == 8) for a in arms}
         n8 = sum(1 for r in rows[f"{metric}_best"][arms[0]] if r["K"] == 8) if arms else 0
-        print(f"bench plan: seed {seed} ({sc.kind}) done [{si + 1}/{len(seeds)}, {time.perf_counter() - t_start:.0f} s]: "
+        print(f"bench plan: seed {seed} ({sc.kind}) done [{si + 1}/{len(seeds)}, "
+              f"{time.perf_counter() - t_start:.0f} s]: "
               f"K=8 successes so far " + ", ".join(f"{a} {done[a]}/{n8}" for a in arms), flush=True)
 
     main = f"{metric}_best"
@@ -564,7 +575,8 @@ def run(args) -> int:
                        "distractor_known_tolerance": KNOWN_TOLERANCE, "distractor_max_overlap": MAX_OVERLAP},
         "none_arm": "the shipped model with its readout zeroed (trained with readout dropout), not a separate model",
         "k4": "the correct candidate and the first 3 distractors of the K = 8 rollout (see k4_subset_check)",
-        "ci95": "bootstrap over scenes (evaluation.bootstrap_ci of per-scene success); wilson95 assumes independent decisions",
+        "ci95": "bootstrap over scenes (evaluation.bootstrap_ci of per-scene success); wilson95 "
+                "assumes independent decisions",
         "arms": summary,
         "coverage_rules": {name: rate(r, args.bootstrap) for name, r in coverage_rows.items()},
         "tasks_made": tasks_info,
@@ -584,9 +596,11 @@ def run(args) -> int:
     for arm in arms:
         d = summary[arm]
         lo, hi = d["ci95"]
-        print(f"  {arm:8s} success {d['success_rate']:.2f} (95 % {lo:.2f}..{hi:.2f}, n={d['n']}, chance {d['chance']:.2f}); "
+        print(f"  {arm:8s} success {d['success_rate']:.2f} (95 % {lo:.2f}..{hi:.2f}, n={d['n']}, chance "
+              f"{d['chance']:.2f}); "
               + ", ".join(f"{k} {v['success_rate']:.2f}" for k, v in d["by"].items() if v["n"])
-              + (f"; {d['seconds_per_decision']['k8']:.1f} s per K=8 decision" if d["seconds_per_decision"]["k8"] else ""))
+              + (f"; {d['seconds_per_decision']['k8']:.1f} s per K=8 decision"
+                 if d["seconds_per_decision"]["k8"] else ""))
     print(f"bench plan: -> {path}")
     return 0
 
@@ -635,7 +649,7 @@ def _plot_decisions(png: Path, figures, arms, out: Path) -> None:
 
     p = plt()
     rows = []
-    for seed, kind, t in figures:
+    for seed, _kind, t in figures:
         folder = out / f"{seed}_{t.task}"
         folder.mkdir(parents=True, exist_ok=True)
         write_png(folder / "goal.png", t.goal_rgb)

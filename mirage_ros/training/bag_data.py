@@ -72,12 +72,14 @@ def iter_synced_frames(bag, topics: Dict[str, str], depth_from_bag: bool = True,
         need = ["image", "camera_info", pose_kind] + (["depth"] if has_depth else [])
         missing = [f"{k} ({names[k]})" for k in need if names[k] not in present]
         if missing:
-            raise ValueError(f"bag: {src} lacks {', '.join(missing)}; it has: {', '.join(sorted(present)) or 'no topics'} "
+            raise ValueError(f"bag: {src} lacks {', '.join(missing)}; it has: "
+                             f"{', '.join(sorted(present)) or 'no topics'} "
                              "(use --topic KIND=TOPIC, or --depth da3 without a depth topic)")
         params = {"depth.provider": "topic" if has_depth else "memory",
                   "masks.provider": "labels" if has_labels else "none",
                   "sync.tolerance": float(tolerance), "pose.source": "pose" if pose_kind == "pose" else "odometry"}
-        core = MirageCore(params, log=lambda level, msg: log(f"[{level}] {msg}") if level in ("warn", "error") else None)
+        core = MirageCore(params,
+                          log=lambda level, msg: log(f"[{level}] {msg}") if level in ("warn", "error") else None)
         info.update(pose_kind=pose_kind, exclude_labels=list(core.p["masks.exclude_labels"]), rejected=0, paired=0,
                     has_depth=has_depth, has_labels=has_labels, core=core)
         intake = core.intake
@@ -89,7 +91,8 @@ def iter_synced_frames(bag, topics: Dict[str, str], depth_from_bag: bool = True,
         for c in reader.connections:
             kind = by_topic.get(c.topic)
             if kind is not None and c.msgtype != INPUT_TYPES[kind]:
-                raise ValueError(f"bag: {src}: topic {c.topic} ({kind}) was recorded as {c.msgtype}, expected {INPUT_TYPES[kind]}")
+                raise ValueError(f"bag: {src}: topic {c.topic} ({kind}) was recorded as {c.msgtype}, expected "
+                                 f"{INPUT_TYPES[kind]}")
         conns = [c for c in reader.connections if c.topic in by_topic]
         for conn, t, raw in _guarded(src, reader.messages(connections=conns)):
             try:
@@ -203,11 +206,14 @@ def generate_from_bag(args) -> Dict:
                                      f"{W // codec.stride * codec.stride})")
                 header = {
                     "source": "bag", "bag": str(Path(args.bag).resolve()), "command": " ".join(sys.argv),
-                    "codec": codec.config(), "resolution": [H, W], "latent_grid": [H // codec.stride, W // codec.stride],
+                    "codec": codec.config(), "resolution": [H, W],
+                    "latent_grid": [H // codec.stride, W // codec.stride],
                     "channels": codec.channels, "temporal_stride": codec.temporal_stride,
                     "chunk_latents": spec.chunk_latents, "preceding_latents": spec.preceding_latents,
-                    "max_references": spec.max_references, "frame_roles": "targets (first clean) | preceding | references",
-                    "memory": spec.memory, "window_stride": spec.window_stride, "frames_per_clip": F, "depth": args.depth,
+                    "max_references": spec.max_references, "frame_roles": "targets (first clean) | preceding | "
+                                                                          "references",
+                    "memory": spec.memory, "window_stride": spec.window_stride, "frames_per_clip": F,
+                    "depth": args.depth,
                     "masks": "labels " + str(info["exclude_labels"]) if info["has_labels"] else "none",
                     "seeds": {"train": None, "held_out": None},
                 }
@@ -244,7 +250,8 @@ def _write_clip(writer, items, codec, spec, info) -> None:
     exclude = None
     if info["has_labels"]:
         exclude = np.stack([np.isin(f["labels"], np.asarray(info["exclude_labels"])) for f in fr])
-    frames, windows, meta = build_clip(np.stack([f["rgb"] for f in fr]), np.stack([f["depth"] for f in fr]).astype(np.float32),
+    frames, windows, meta = build_clip(np.stack([f["rgb"] for f in fr]),
+                                       np.stack([f["depth"] for f in fr]).astype(np.float32),
                                        [c for _, _, c in items], codec, exclude=exclude, spec=spec)
     meta.update(source="bag", first_frame=first, stamps_ns=[int(f["stamp"]) for f in fr])
     writer.add_clip(meta, frames, windows)

@@ -30,7 +30,8 @@ class TrainCheckpointError(ValueError):
 def _save(tensors: Dict[str, torch.Tensor], path: Path, meta: Optional[Dict[str, str]] = None) -> None:
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=meta or {"format": "pt"})
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path),
+              metadata=meta or {"format": "pt"})
 
 
 def _load(path: Path) -> Dict[str, torch.Tensor]:
@@ -68,7 +69,8 @@ def tensors_to_optimizer(optimizer: torch.optim.Optimizer, names: List[str], ten
         state.setdefault(index[name], {})[k] = v
     groups = info.get("param_groups", [])
     if len(groups) != len(sd["param_groups"]):
-        raise TrainCheckpointError(f"checkpoint: {source}: {len(groups)} parameter groups, the optimiser has {len(sd['param_groups'])}")
+        raise TrainCheckpointError(f"checkpoint: {source}: {len(groups)} parameter groups, the optimiser has "
+                                   f"{len(sd['param_groups'])}")
     for g, cur in zip(groups, sd["param_groups"]):
         if sorted(g["params"]) != sorted(cur["params"]):
             raise TrainCheckpointError(f"checkpoint: {source}: parameter groups differ from this run's")
@@ -157,14 +159,16 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, fi
     diff = sorted(k for k in set(theirs) | set(fingerprint) if theirs.get(k) != fingerprint.get(k))
     if diff:
         raise TrainCheckpointError(f"checkpoint: {path} belongs to a different run configuration (differs in {diff}); "
-                                   "resume with the same --config, --recipe, --data and model settings, or start a new --out")
+                                   "resume with the same --config, --recipe, --data and model "
+                                   "settings, or start a new --out")
     trainable = _load(path / "trainable.safetensors")
     opt_t = _load(path / "optimizer.safetensors")
     rng = _load(path / "rng.safetensors")
     params = dict((n, p) for n, p in model.named_parameters() if p.requires_grad)
     missing, unexpected = sorted(set(params) - set(trainable)), sorted(set(trainable) - set(params))
     if missing or unexpected:
-        raise TrainCheckpointError(f"checkpoint: {path / 'trainable.safetensors'}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise TrainCheckpointError(f"checkpoint: {path / 'trainable.safetensors'}: missing {missing[:5]}, unexpected "
+                                   f"{unexpected[:5]}")
     bad = [n for n in params if tuple(trainable[n].shape) != tuple(params[n].shape)]
     if bad:
         raise TrainCheckpointError(f"checkpoint: {path / 'trainable.safetensors'}: shape mismatch for {bad[:5]}")
@@ -211,7 +215,8 @@ def _check_state(state, sp: Path) -> None:
     for key in ("last_epoch", "_step_count"):
         if key in sch and not (isinstance(sch[key], int) and not isinstance(sch[key], bool)):
             bad(f"scheduler.{key}", f"is {sch[key]!r}, expected an integer")
-    groups = (state.get("optimizer") or {}).get("param_groups", []) if isinstance(state.get("optimizer", {}), dict) else None
+    opt = state.get("optimizer", {})
+    groups = (state.get("optimizer") or {}).get("param_groups", []) if isinstance(opt, dict) else None
     if not isinstance(groups, list):
         bad("optimizer.param_groups", "is not a list")
     for i, g in enumerate(groups):
@@ -220,7 +225,8 @@ def _check_state(state, sp: Path) -> None:
         for key in ("lr", "weight_decay", "eps"):
             if key in g and not finite(g[key]):
                 bad(f"optimizer.param_groups[{i}].{key}", f"is {g[key]!r}, expected a finite number")
-        if "betas" in g and not (isinstance(g["betas"], list) and len(g["betas"]) == 2 and all(finite(x) for x in g["betas"])):
+        if "betas" in g and not (isinstance(g["betas"],
+                                            list) and len(g["betas"]) == 2 and all(finite(x) for x in g["betas"])):
             bad(f"optimizer.param_groups[{i}].betas", f"is {g['betas']!r}, expected two finite numbers")
 
 
@@ -231,12 +237,15 @@ def _check_tensors(trainable, opt_t, rng, params, state, path: Path) -> None:
         name, _, k = key.partition("::")
         p = params.get(name)
         if p is None:
-            raise TrainCheckpointError(f"checkpoint: {path / 'optimizer.safetensors'}: optimiser state for unknown parameter {name!r}")
+            raise TrainCheckpointError(f"checkpoint: {path / 'optimizer.safetensors'}: optimiser state for unknown "
+                                       f"parameter {name!r}")
         if k == "step":
             if v.numel() != 1:
-                raise TrainCheckpointError(f"checkpoint: {path / 'optimizer.safetensors'}: {key} has shape {tuple(v.shape)}, expected one number")
+                raise TrainCheckpointError(f"checkpoint: {path / 'optimizer.safetensors'}: {key} has shape "
+                                           f"{tuple(v.shape)}, expected one number")
         elif tuple(v.shape) != tuple(p.shape):
-            raise TrainCheckpointError(f"checkpoint: {path / 'optimizer.safetensors'}: {key} has shape {tuple(v.shape)}, "
+            raise TrainCheckpointError(f"checkpoint: {path / 'optimizer.safetensors'}: {key} has shape "
+                                       f"{tuple(v.shape)}, "
                                        f"the parameter {tuple(p.shape)}")
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise TrainCheckpointError(f"checkpoint: {path / 'optimizer.safetensors'}: {key} holds NaN or inf")
@@ -247,8 +256,10 @@ def _check_tensors(trainable, opt_t, rng, params, state, path: Path) -> None:
     ref = torch.get_rng_state()
     if cpu is None or cpu.dtype != ref.dtype or tuple(cpu.shape) != tuple(ref.shape):
         raise TrainCheckpointError(f"checkpoint: {path / 'rng.safetensors'}: torch_cpu is "
-                                   f"{None if cpu is None else (cpu.dtype, tuple(cpu.shape))}, expected {ref.dtype} {tuple(ref.shape)}")
+                                   f"{None if cpu is None else (cpu.dtype, tuple(cpu.shape))}, expected {ref.dtype} "
+                                   f"{tuple(ref.shape)}")
     try:  # torch refuses some byte patterns: try on a scratch generator, never on the global one
         torch.Generator().set_state(cpu)
     except (RuntimeError, ValueError) as exc:
-        raise TrainCheckpointError(f"checkpoint: {path / 'rng.safetensors'}: torch_cpu is not a generator state ({exc})") from None
+        raise TrainCheckpointError(f"checkpoint: {path / 'rng.safetensors'}: torch_cpu is not a "
+                                   f"generator state ({exc})") from None

@@ -11,7 +11,6 @@ import sys
 
 from ..util import parse_resolution as _resolution
 
-
 # -- mirage data -----------------------------------------------------------------------------------
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,9 +35,11 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                        "simulator -> the same dataset format, through the node's pairing and conversions.")
     b.add_argument("bag", help="rosbag2 folder or .mcap file")
     b.add_argument("--out", required=True, help="dataset folder (LMDB)")
-    b.add_argument("--namespace", default="/", help="namespace of the input topics (default /; the demo's bag: /ground_truth)")
+    b.add_argument("--namespace", default="/", help="namespace of the input topics (default /; "
+                                                    "the demo's bag: /ground_truth)")
     b.add_argument("--topic", action="append", default=[], metavar="KIND=TOPIC",
-                   help="image, camera_info, pose, odom, depth, labels (default: the node's topic names in --namespace)")
+                   help="image, camera_info, pose, odom, depth, labels (default: the "
+                        "node's topic names in --namespace)")
     b.add_argument("--frames", type=int, default=41, help="RGB frames per clip (default 41)")
     b.add_argument("--clip-stride", type=int, default=None, help="frames between clip starts (default: --frames)")
     b.add_argument("--depth", choices=["bag", "da3"], default="bag",
@@ -75,7 +76,8 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 
     d = sub.add_parser("fit-deblocker", help="learn a convolutional decoder for a dataset's block-PCA codec",
                        description="RefinedBlockCodec: the dataset's linear-block encoder with a learned decoder that "
-                                   "sees across block borders (seams) and smooths generated latents; JSON + PNG in OUT.")
+                                   "sees across block borders (seams) and smooths generated "
+                                   "latents; JSON + PNG in OUT.")
     d.add_argument("data", help="dataset folder whose codec is linear-block")
     d.add_argument("--out", required=True, help="codec folder to write")
     d.add_argument("--steps", type=int, default=3000)
@@ -133,7 +135,7 @@ def run_data(args) -> int:
     except (DatasetError, ValueError, OSError) as exc:  # OSError: a full disk (the dataset folder is removed)
         print(f"mirage data: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except Exception as exc:  # noqa: BLE001 - lmdb reports a full disk or map as lmdb.Error
+    except Exception as exc:
         if type(exc).__module__.split(".")[0] != "lmdb":
             raise
         print(f"mirage data: {_one_line(exc)}", file=sys.stderr)
@@ -168,7 +170,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shift", type=float, default=3.0, help="flow shift of the noise-level distribution (and of sampling)")
+    p.add_argument("--shift", type=float, default=3.0, help="flow shift of the noise-level "
+                                                            "distribution (and of sampling)")
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--keep-checkpoints", type=int, default=3)
     p.add_argument("--readout-dropout", type=float, default=0.15)
@@ -176,7 +179,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--readout-noise", type=float, default=0.1)
     p.add_argument("--text-dropout", type=float, default=0.2)
     p.add_argument("--pin-prob", type=float, default=0.0,
-                   help="fraction of samples trained as pinned sampling sees them: visible target cells = noised readout")
+                   help="fraction of samples trained as pinned sampling sees them: visible "
+                        "target cells = noised readout")
     p.add_argument("--pin-until", type=float, default=0.0, help="the exported sampler's pinning schedule (0 = off)")
     p.add_argument("--visible-weight", type=float, default=1.0, help="loss weight of readout-visible target cells")
     p.add_argument("--context-readout-prob", type=float, default=0.0,
@@ -203,7 +207,7 @@ def run_train(args) -> int:
 
     from .checkpoint import TrainCheckpointError
     from .dataset import DatasetError
-    from .trainer import TrainConfig, TrainError, Trainer
+    from .trainer import TrainConfig, Trainer, TrainError
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -104,9 +104,11 @@ class DatasetWriter:
             raise DatasetError(f"out: {self.path} exists and is not a folder")
         if self.path.is_dir() and any(self.path.iterdir()):
             if not overwrite:
-                raise DatasetError(f"out: {self.path} is not empty (pass --overwrite to replace a dataset written by this tool)")
+                raise DatasetError(f"out: {self.path} is not empty (pass --overwrite to replace a "
+                                   f"dataset written by this tool)")
             if not (self.path / "data.mdb").is_file():
-                raise DatasetError(f"out: {self.path} is not empty and is not a mirage_ros dataset; refusing to replace it")
+                raise DatasetError(f"out: {self.path} is not empty and is not a mirage_ros "
+                                   f"dataset; refusing to replace it")
             _check_is_dataset(self.path)
             for name in ("data.mdb", "lock.mdb"):
                 (self.path / name).unlink(missing_ok=True)
@@ -162,7 +164,8 @@ class DatasetWriter:
         """Write the index and the final header; returns the header."""
         idx = torch.tensor(self.windows, dtype=torch.int32).view(-1, 4)
         self.header.update(extra, complete=True,
-                           counts={"clips": self.num_clips, "latent_frames": self.num_frames, "windows": len(self.windows)})
+                           counts={"clips": self.num_clips, "latent_frames": self.num_frames,
+                                   "windows": len(self.windows)})
         self._put({"index": _pack({"windows": idx}), "header": json.dumps(self.header).encode()})
         self.env.sync()
         self.env.close()
@@ -224,7 +227,8 @@ class MirageDataset:
 
         self.path = Path(path)
         if not self.path.is_dir():
-            raise DatasetError(f"data: {self.path} is not a folder" if self.path.exists() else f"data: {self.path} does not exist")
+            raise DatasetError(f"data: {self.path} is not a folder" if self.path.exists() else f"data: {self.path} "
+                                                                                               f"does not exist")
         if not (self.path / "data.mdb").is_file():
             raise DatasetError(f"data: {self.path} holds no LMDB (data.mdb is missing)")
         try:
@@ -241,18 +245,22 @@ class MirageDataset:
     def _validate(self) -> None:
         raw = self._get("header", required=False)
         if raw is None:
-            raise DatasetError(f"header: {self.path} has no 'header' key: not a mirage_ros dataset (an empty or foreign LMDB)")
+            raise DatasetError(f"header: {self.path} has no 'header' key: not a mirage_ros "
+                               f"dataset (an empty or foreign LMDB)")
         try:
             self.header = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DatasetError(f"header: {self.path}: not valid JSON ({exc})") from None
         if not isinstance(self.header, dict) or self.header.get("format") != FORMAT:
-            raise DatasetError(f"header: {self.path}: format is {self.header.get('format') if isinstance(self.header, dict) else None!r}, "
+            raise DatasetError(f"header: {self.path}: format is "
+                               f"{self.header.get('format') if isinstance(self.header, dict) else None!r}, "
                                f"expected {FORMAT!r} (a foreign LMDB)")
         if int(self.header.get("version", -1)) != VERSION:
-            raise DatasetError(f"header: {self.path}: version {self.header.get('version')} (this build reads {VERSION})")
+            raise DatasetError(f"header: {self.path}: version {self.header.get('version')} "
+                               f"(this build reads {VERSION})")
         if not self.header.get("complete"):
-            raise DatasetError(f"index: {self.path} is incomplete (the writer did not finish: interrupted?); regenerate it")
+            raise DatasetError(f"index: {self.path} is incomplete (the writer did not "
+                               f"finish: interrupted?); regenerate it")
         missing = [k for k in self.REQUIRED_HEADER if k not in self.header]
         if missing:
             raise DatasetError(f"header: {self.path}: missing fields {missing}")
@@ -323,7 +331,8 @@ class MirageDataset:
         H, W = self.header["resolution"]
         lat = rec.get("latent")
         if lat is None or tuple(lat.shape) != (C, h, w):
-            raise DatasetError(f"{key}: 'latent' must be ({C}, {h}, {w}), got {None if lat is None else tuple(lat.shape)}")
+            raise DatasetError(f"{key}: 'latent' must be ({C}, {h}, {w}), got "
+                               f"{None if lat is None else tuple(lat.shape)}")
         for name, shape in (("depth", (H, W)), ("exclude", (H, W))):
             if name in rec and tuple(rec[name].shape) != tuple(shape):
                 raise DatasetError(f"{key}: '{name}' must be {tuple(shape)}, got {tuple(rec[name].shape)}")

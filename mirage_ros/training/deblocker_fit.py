@@ -38,7 +38,8 @@ def _perturb(z, std, g, torch):
     s_cell = torch.rand(B, 1, 1, 1, generator=g) * 0.4
     s_tok = torch.rand(B, 1, 1, 1, generator=g) * 0.6
     cell = torch.randn(z.shape, generator=g)
-    tok = torch.randn(B, C, -(-h // 2), -(-w // 2), generator=g).repeat_interleave(2, 2).repeat_interleave(2, 3)[:, :, :h, :w]
+    tok = torch.randn(B, C, -(-h // 2), -(-w // 2), generator=g)
+    tok = tok.repeat_interleave(2, 2).repeat_interleave(2, 3)[:, :, :h, :w]
     return z + std.view(1, C, 1, 1) * (s_cell * cell + s_tok * tok)
 
 
@@ -57,7 +58,8 @@ def fit_deblocker(data: str, out: str, steps: int = 3000, batch: int = 8, lr: fl
     ds = MirageDataset(data)
     base = load_codec(Path(data) / "codec")
     if type(base) is not LinearBlockCodec:
-        raise ValueError(f"data: the dataset's codec is {base.config()['codec']!r}; a deblocker refines a linear-block codec")
+        raise ValueError(f"data: the dataset's codec is {base.config()['codec']!r}; a deblocker "
+                         f"refines a linear-block codec")
     codec = RefinedBlockCodec.from_linear(base, **deblocker_config)
     net = codec.deblocker.train().requires_grad_(True)
     clips = list(ds.iter_clips())
@@ -90,7 +92,8 @@ def fit_deblocker(data: str, out: str, steps: int = 3000, batch: int = 8, lr: fl
                 "blockiness32": blockiness(rec, 32) / blockiness(val_rgb, 32)}, rec
 
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt,
+                                              lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     history, best, best_rec = [], None, None
     out = Path(out)
     from tqdm.auto import tqdm
@@ -118,7 +121,8 @@ def fit_deblocker(data: str, out: str, steps: int = 3000, batch: int = 8, lr: fl
                 net.train()
     net.eval().requires_grad_(False)
     result = {
-        "codec": codec.config(), "data": str(data), "steps": steps, "batch": batch, "lr": lr, "perturb_prob": perturb_prob,
+        "codec": codec.config(), "data": str(data), "steps": steps, "batch": batch, "lr": lr,
+        "perturb_prob": perturb_prob,
         "validation": "validation seed block, 6 frames per seed", "validation_seeds": validation_seeds,
         "linear": {"psnr_db": psnr(val_rgb, lin_val), "blockiness16": blockiness(lin_val, 16) / blockiness(val_rgb, 16),
                    "blockiness32": blockiness(lin_val, 32) / blockiness(val_rgb, 32)},

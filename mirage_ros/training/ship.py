@@ -70,7 +70,8 @@ def ship(run: Path, out: Path, checkpoint: Optional[str] = None, name: Optional[
     else:
         src = run / "model"
         if not (src / "model_index.json").is_file():
-            raise ValueError(f"run: {src} holds no exported model (is the run finished? use --checkpoint step_XXXXXXXX)")
+            raise ValueError(f"run: {src} holds no exported model (is the run finished? "
+                             f"use --checkpoint step_XXXXXXXX)")
     wm = MirageWorldModel.from_pretrained(src, device="cpu", dtype=torch.float32)
     if codec is not None:
         from ..world_model.codec import load_codec
@@ -80,19 +81,21 @@ def ship(run: Path, out: Path, checkpoint: Optional[str] = None, name: Optional[
         same = all(hasattr(c, "basis") for c in (new, old)) and torch.equal(new.basis, old.basis) \
             and torch.equal(new.mean, old.mean) and new.scale == old.scale
         if not same:
-            raise ValueError(f"codec: {codec} does not encode like the run's codec (another basis): the model's latents would not match")
+            raise ValueError(f"codec: {codec} does not encode like the run's codec (another basis): the model's "
+                             f"latents would not match")
         wm.codec = new
     wm.transformer.half()
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     index = json.loads((src / "model_index.json").read_text())
-    extra = {k: v for k, v in index.items() if k not in ("_class_name", "format", "version", "transformer", "codec", "text", "sampler")}
+    extra = {k: v for k, v in index.items() if k not in ("_class_name", "format", "version", "transformer", "codec",
+                                                         "text", "sampler")}
     if name:
         extra["name"] = name
     extra["weights_dtype"] = "float16"
-    wm.save_pretrained(tmp, save_backbone=RECIPES[json.loads((run / "run.json").read_text())["config"]["recipe"]]["trains"] == "all",
-                       extra=extra)
+    recipe = json.loads((run / "run.json").read_text())["config"]["recipe"]
+    wm.save_pretrained(tmp, save_backbone=RECIPES[recipe]["trains"] == "all", extra=extra)
     for f in ("data_recipe.json",):
         shutil.copy2(src / f, tmp / f)
     shutil.copy2(run / "run.json", tmp / "run.json")

@@ -40,7 +40,8 @@ def render_clip(src: Dict, height: int, width: int, moving_object: bool = True):
     from ..geometry import Camera
 
     scene = sim.make_scene(src["scene"], seed=src["seed"], moving_object=moving_object)
-    poses, params = sim.random_trajectory(scene, np.random.default_rng(src["traj_rng"]), src["frames"], src["trajectory"])
+    poses, params = sim.random_trajectory(scene, np.random.default_rng(src["traj_rng"]), src["frames"],
+                                          src["trajectory"])
     base = Camera.from_fov(height, width, src["fov_x_deg"])
     cams = [base.with_pose(E) for E in poses]
     shots = [sim.render(scene, c, t=src["frame_period"] * i) for i, c in enumerate(cams)]
@@ -116,13 +117,15 @@ def generate(out, scenes: int, frames: int, resolution: Tuple[int, int], seed: i
             with ctx.Pool(workers, initializer=_worker_init) as pool:
                 for meta, fr, win in pool.imap(_one, jobs, chunksize=1):
                     writer.add_clip(meta, fr, win)
-                    kinds[f"{meta['scene']}/{meta['trajectory']}"] = kinds.get(f"{meta['scene']}/{meta['trajectory']}", 0) + 1
+                    kind = f"{meta['scene']}/{meta['trajectory']}"
+                    kinds[kind] = kinds.get(kind, 0) + 1
                     bar.update(1)
         else:
             for job in jobs:
                 meta, fr, win = _one(job)
                 writer.add_clip(meta, fr, win)
-                kinds[f"{meta['scene']}/{meta['trajectory']}"] = kinds.get(f"{meta['scene']}/{meta['trajectory']}", 0) + 1
+                kind = f"{meta['scene']}/{meta['trajectory']}"
+                kinds[kind] = kinds.get(kind, 0) + 1
                 bar.update(1)
     finally:
         bar.close()

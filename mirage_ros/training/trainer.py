@@ -313,7 +313,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.resolved_lr, betas=cfg.resolved_betas,
                                            weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.fingerprint = {"train": cfg.fingerprint(), "data": self.data.fingerprint(), "world_batch": cfg.batch * self.world}
+        self.fingerprint = {"train": cfg.fingerprint(), "data": self.data.fingerprint(),
+                            "world_batch": cfg.batch * self.world}
         self.step = 0
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         if resume:
@@ -346,7 +347,8 @@ class Trainer:
                 raise TrainError(f"resume: {self.run} was started with different settings ({', '.join(diff)}); "
                                  "use the original settings or a new --out")
         elif self.run.exists() and any(self.run.iterdir()):
-            raise TrainError(f"out: {self.run} already holds a run (pass --resume to continue it, or choose a new --out)")
+            raise TrainError(f"out: {self.run} already holds a run (pass --resume to continue it, "
+                             f"or choose a new --out)")
 
     def _build_model(self):
         """-> (MirageTransformer with requires_grad set by the recipe, codec folder, text settings)."""
@@ -360,12 +362,14 @@ class Trainer:
         codec_folder = Path(cfg.data) / "codec"
         codec = load_codec(codec_folder)
         if codec.channels != data.channels:
-            raise TrainError(f"data: the dataset's codec has {codec.channels} channels, its header says {data.channels}")
+            raise TrainError(f"data: the dataset's codec has {codec.channels} channels, "
+                             f"its header says {data.channels}")
         if cfg.init:
             init = MirageWorldModel.from_pretrained(cfg.init, device="cpu", dtype=torch.float32)
             if not _same_codec(init.codec, codec):
                 raise TrainError(f"init: {cfg.init} was trained with codec {init.codec.config()}, the dataset uses "
-                                 f"{codec.config()}: regenerate the data with that codec (--codec-weights {cfg.init}/codec)")
+                                 f"{codec.config()}: regenerate the data with that codec (--codec-weights "
+                                 f"{cfg.init}/codec)")
             tr = init.transformer
             text = {"text_dim": init.text.text_dim, "max_length": init.text.max_length}
         elif cfg.weights:
@@ -377,14 +381,16 @@ class Trainer:
             text = {"text_dim": tr.backbone.config.text_dim, "max_length": text_tokens(cfg.config)}
         else:
             if cfg.recipe != "scratch":
-                raise TrainError(f"recipe {cfg.recipe!r} freezes a pretrained backbone: pass --weights (a Wan2.2-TI2V-5B "
+                raise TrainError(f"recipe {cfg.recipe!r} freezes a pretrained backbone: "
+                                 f"pass --weights (a Wan2.2-TI2V-5B "
                                  "folder) or --init (a model folder), or use --recipe scratch")
             wm = MirageWorldModel.build(cfg.config, layout=cfg.layout, dtype=torch.float32, seed=cfg.seed,
                                         rope_layout=cfg.rope_layout, codec=codec, refiner_channels=cfg.refiner_channels)
             tr = wm.transformer
             text = {"text_dim": wm.text.text_dim, "max_length": wm.text.max_length}
         if tr.backbone.config.in_channels != data.channels:
-            raise TrainError(f"data: {data.channels}-channel latents, the {cfg.config} backbone takes {tr.backbone.config.in_channels}")
+            raise TrainError(f"data: {data.channels}-channel latents, the {cfg.config} backbone takes "
+                             f"{tr.backbone.config.in_channels}")
         p_h, p_w = tr.backbone.config.patch_size[1:]
         h, w = data.latent_grid
         if h % p_h or w % p_w:
@@ -418,7 +424,7 @@ class Trainer:
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
 
     # -- the loop ------------------------------------------------------------------------------------
-    def _request_stop(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+    def _request_stop(self, signum, frame) -> None:
         self._stop = True
 
     def _stop_all(self) -> bool:
@@ -454,7 +460,8 @@ class Trainer:
         self.step += 1
         if self.ema is not None:
             self.ema.update(self.model, self.step)
-        mean_loss = self.acc.reduce(loss.detach().float(), reduction="mean") if self.world > 1 else loss.detach().float()
+        mean_loss = self.acc.reduce(loss.detach().float(),
+                                    reduction="mean") if self.world > 1 else loss.detach().float()
         dt = time.perf_counter() - t0
         roles = batch["roles"]
         return StepLog(self.step, float(mean_loss), float(lr), cfg.batch * self.world / dt,
@@ -464,7 +471,8 @@ class Trainer:
     def save(self) -> Optional[Path]:
         path = None
         if self.acc.is_main_process:
-            path = save_checkpoint(self.run, self.step, self.model, self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
+            path = save_checkpoint(self.run, self.step, self.model,
+                                   self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
                                    self.scheduler, self.fingerprint, keep=self.cfg.keep_checkpoints,
                                    extra={"ema": self.ema.state} if self.ema is not None else None)
             self._plot()
@@ -479,7 +487,8 @@ class Trainer:
         main = self.acc.is_main_process
         def write_run_json():  # temp file + rename: a crash or a full disk never leaves half a run.json
             tmp = self.run / f".run.json.{os.getpid()}.tmp"
-            tmp.write_text(dumps_json({"fingerprint": cfg.fingerprint(), "config": asdict(cfg), "data_header": self.data.header,
+            tmp.write_text(dumps_json({"fingerprint": cfg.fingerprint(), "config": asdict(cfg),
+                                       "data_header": self.data.header,
                                        "world_size": self.world, "parameters": self._parameter_counts()}) + "\n")
             os.replace(tmp, self.run / "run.json")
 
@@ -556,7 +565,8 @@ class Trainer:
         return folder
 
     def _plot(self) -> None:
-        plot_losses(self.run / "metrics.jsonl", self.run / "loss.png", title=f"mirage train {self.cfg.config}/{self.cfg.recipe}")
+        plot_losses(self.run / "metrics.jsonl", self.run / "loss.png",
+                    title=f"mirage train {self.cfg.config}/{self.cfg.recipe}")
 
 
 class EMA:

@@ -28,7 +28,8 @@ from .codec import Codec, WanVAECodec, images_to_tensor, make_codec, pca_colors,
 from .providers import as_depth_fn, as_mask_fn, make_provider
 from .rollout import RolloutConfig, iter_rollout_batch
 
-__all__ = ["ImaginedChunk", "Backend", "ReadoutBackend", "MirageBackend", "make_backend", "register_backend", "BACKENDS",
+__all__ = ["ImaginedChunk", "Backend", "ReadoutBackend", "MirageBackend", "make_backend", "register_backend",
+           "BACKENDS",
            "SHIPPED_MODEL"]
 
 MAX_FRAMES_PER_REQUEST = 4096
@@ -87,7 +88,8 @@ class Backend:
         """Encode a real RGB frame (H, W, 3) uint8 and lift its admissible cells into the memory (a
         pixel memory, the RGB point-cloud cache, takes the frame itself)."""
         if tuple(np.shape(image)[:2]) != (camera.height, camera.width):
-            raise ValueError(f"image: shape {np.shape(image)} does not match the camera's {camera.height}x{camera.width}")
+            raise ValueError(f"image: shape {np.shape(image)} does not match the camera's "
+                             f"{camera.height}x{camera.width}")
         if getattr(self.memory, "stores_pixels", False):
             return self.memory.insert(np.asarray(image, dtype=np.uint8), depth, camera, exclude=exclude)
         latent = self.codec.encode(images_to_tensor(image, self.memory.device))[0]
@@ -134,7 +136,8 @@ class Backend:
             d = {"visibility": vis, "known": known, "novelty": 1.0 - known}
             if gs is not None:
                 lat = torch.stack([r.latent for r in reads]).float()
-                frames = decode_readout(self.codec, lat, torch.stack([r.mask for r in reads])) if goal_metric == "pixel" else None
+                frames = decode_readout(self.codec, lat,
+                                        torch.stack([r.mask for r in reads])) if goal_metric == "pixel" else None
                 gs.add(k, range(len(cams)), frames, lat)
                 d["goal"] = gs.result(k, goal_metric)
             out.append(d)
@@ -271,7 +274,8 @@ class MirageBackend(Backend):
         self.prompt, self.prompt_embeds, self.keep_imagined = prompt, prompt_embeds, keep_imagined
         self._last: Optional[Tuple[np.ndarray, Camera]] = None
         self.readout_scale = 1.0  # what the side branch sees of the readout (0: the model without memory, an ablation)
-        self.description = (f"generative backend ({model.description}; side-branch layout {model.layout}); depth of generated frames from "
+        self.description = (f"generative backend ({model.description}; side-branch layout {model.layout}); depth of "
+                            f"generated frames from "
                             f"{getattr(as_depth_fn(depth_provider), 'name', 'memory')}, masks from "
                             f"{getattr(as_mask_fn(mask_provider), 'name', 'none')}")
 
@@ -319,7 +323,8 @@ class MirageBackend(Backend):
         it = iter_rollout_batch(self.model, image, [[cam0] + n for n in natives], memories,
                                 prompt=prompt if prompt is not None else self.prompt,
                                 prompt_embeds=None if prompt is not None else self.prompt_embeds,
-                                depth_provider=self.depth_provider, mask_provider=self.mask_provider, config=self.config,
+                                depth_provider=self.depth_provider, mask_provider=self.mask_provider,
+                                config=self.config,
                                 readout_scale=self.readout_scale)
         for k, chunk in it:
             if cancel is not None and cancel():
@@ -393,7 +398,8 @@ def _make_mirage(config: str = "tiny", weights: Optional[str] = None, side_branc
     overrides = dict(steps=steps, shift=shift, guidance_scale=guidance_scale, pin_until=pin_until, pin_paste=pin_paste,
                      context_sigma=context_sigma)
     if weights and is_mirage_folder(weights):
-        model = MirageWorldModel.from_pretrained(weights, side_branch=side_branch, lora=lora, device=device, dtype=dtype)
+        model = MirageWorldModel.from_pretrained(weights, side_branch=side_branch, lora=lora, device=device,
+                                                 dtype=dtype)
         model.sampler = FlowUniPCSampler.from_config(model.sampler.config(), **overrides)
     else:
         sampler = FlowUniPCSampler.from_config(PAPER_SAMPLER, **overrides)
@@ -408,7 +414,8 @@ def _make_mirage(config: str = "tiny", weights: Optional[str] = None, side_branc
     mem = LatentSpatialMemory(channels=model.channels, stride=model.stride, device=device, **(memory or {}))
     cfg = RolloutConfig(**{"progress": False, "seed": noise_seed, **(rollout or {})})
     return MirageBackend(mem, model, cfg, depth_provider=make_provider("depth", depth, device),
-                         mask_provider=make_provider("masks", masks, device), prompt=prompt, keep_imagined=keep_imagined)
+                         mask_provider=make_provider("masks", masks, device), prompt=prompt,
+                         keep_imagined=keep_imagined)
 
 
 def _make_shipped(weights: Optional[str] = None, **kwargs) -> MirageBackend:
@@ -433,7 +440,8 @@ def _refuse_spatia_branch(model, side_branch) -> None:
 
     sb = model.transformer.side_branch
     if side_branch is not None and sb is not None and classify_side_branch(sb) == "spatia":
-        raise ValueError(f"side_branch: {side_branch} is Spatia's VACE branch (blocks after layers {list(sb.config.layers)}, "
+        raise ValueError(f"side_branch: {side_branch} is Spatia's VACE branch (blocks after layers "
+                         f"{list(sb.config.layers)}, "
                          "96 channels of rendered point cloud + hole mask): use backend spatia")
 
 

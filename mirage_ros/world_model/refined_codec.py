@@ -154,7 +154,8 @@ class RefinedBlockCodec(LinearBlockCodec):
         except Exception as exc:  # noqa: BLE001 - safetensors raises several types on corrupt files
             raise CodecError(f"codec: {path} is corrupt ({exc})") from None
         expected = deb.state_dict()
-        bad = sorted(set(expected) ^ set(state)) + sorted(k for k in expected if k in state and state[k].shape != expected[k].shape)
+        misshapen = sorted(k for k in expected if k in state and state[k].shape != expected[k].shape)
+        bad = sorted(set(expected) ^ set(state)) + misshapen
         if bad:
             raise CodecError(f"codec: {path} does not fit its config (keys {bad[:4]})")
         if not all(torch.isfinite(v).all() for v in state.values()):

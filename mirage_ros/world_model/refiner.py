@@ -66,7 +66,8 @@ class LatentRefiner(nn.Module):
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder: Union[str, Path], device="cpu", dtype: Optional[torch.dtype] = None) -> "LatentRefiner":
+    def from_pretrained(cls, folder: Union[str, Path], device="cpu",
+                        dtype: Optional[torch.dtype] = None) -> "LatentRefiner":
         """Load what ``save_pretrained`` wrote; errors name the file (``CheckpointError``)."""
         from .checkpoints import CheckpointError, check_state_dict, read_state_dict
 

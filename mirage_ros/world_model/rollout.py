@@ -34,7 +34,8 @@ from .codec import images_to_tensor, tensor_to_images
 from .providers import as_depth_fn, as_mask_fn
 from .references import ReferenceSelector, visible_points
 
-__all__ = ["RolloutConfig", "ChunkResult", "RolloutResult", "latent_chunks", "iter_rollout", "iter_rollout_batch", "rollout",
+__all__ = ["RolloutConfig", "ChunkResult", "RolloutResult", "latent_chunks", "iter_rollout", "iter_rollout_batch",
+           "rollout",
            "STAGES"]
 
 STAGES = ("readout", "denoise", "decode", "depth", "masks", "encode", "update")
@@ -75,7 +76,8 @@ class RolloutConfig:
         if self.chunk_latents < 2:
             raise ValueError(f"chunk_latents: expected >= 2 (one overlap + one new), got {self.chunk_latents}")
         if self.earliest_within is not None and not 0.0 <= float(self.earliest_within) <= 1.0:
-            raise ValueError(f"earliest_within: expected None or a relative tolerance in [0, 1], got {self.earliest_within}")
+            raise ValueError(f"earliest_within: expected None or a relative tolerance in [0, 1], got "
+                             f"{self.earliest_within}")
         if self.update_source not in ("reencode", "denoised"):
             raise ValueError(f"update_source: expected 'reencode' or 'denoised', got {self.update_source!r}")
 
@@ -149,7 +151,8 @@ class _Track:
         if any((c.height, c.width) != (H, W) for c in cams):
             raise ValueError("cameras: all cameras of a rollout must share one image size")
         if memory.channels != model.channels or memory.stride != model.stride:
-            raise ValueError(f"memory: {memory.channels} channels / stride {memory.stride}, the model has {model.channels} / {model.stride}")
+            raise ValueError(f"memory: {memory.channels} channels / stride {memory.stride}, the model has "
+                             f"{model.channels} / {model.stride}")
         self.model, self.cams, self.memory, self.cfg = model, cams, memory, cfg
         self.N, self.H, self.W, self.ts = N, H, W, model.temporal_stride
         self.readout_scale, self.depth_fn, self.mask_fn = readout_scale, depth_fn, mask_fn
@@ -216,7 +219,8 @@ class _Track:
 
         # Lines 14-17: depth, masks, encode and insert the new latent-aligned frames.
         upd = [j for j in new if ts * j < N]
-        upd_frames = tensor_to_images(video[[ts * (j - a) for j in upd]]) if upd else np.zeros((0, self.H, self.W, 3), np.uint8)
+        empty = np.zeros((0, self.H, self.W, 3), np.uint8)
+        upd_frames = tensor_to_images(video[[ts * (j - a) for j in upd]]) if upd else empty
         upd_cams = [self.cam_of(j) for j in upd]
         depth = self.depth_fn(upd_frames, upd_cams, memory) if upd else None
         tick = _lap(t, "depth", tick)
@@ -231,7 +235,7 @@ class _Track:
             feats = torch.stack([self.latents[j] for j in upd])
         tick = _lap(t, "encode", tick)
         added = 0
-        for i, j in enumerate(upd):
+        for i in range(len(upd)):
             item = upd_frames[i] if pixels else feats[i].to(memory.device)
             added += memory.insert(item, depth[i], upd_cams[i], exclude=None if exclude is None else exclude[i])
         for j in upd:
@@ -270,7 +274,8 @@ def iter_rollout_batch(
     cfg = config or RolloutConfig()
     trajs = [list(t) for t in trajectories]
     if not trajs or len(trajs) != len(memories):
-        raise ValueError(f"trajectories / memories: expected one memory per trajectory, got {len(trajs)} and {len(memories)}")
+        raise ValueError(f"trajectories / memories: expected one memory per trajectory, got "
+                         f"{len(trajs)} and {len(memories)}")
     H, W = trajs[0][0].height, trajs[0][0].width
     if tuple(np.shape(first_frame)) != (H, W, 3):
         raise ValueError(f"first_frame: shape {np.shape(first_frame)} does not match the camera's {H}x{W}x3")
@@ -286,7 +291,8 @@ def iter_rollout_batch(
             memory.insert(first, first_depth, cams[0], exclude=first_exclude)
     tracks = [_Track(model, cams, mem, z0, cfg, readout_scale, depth_fn, mask_fn) for cams, mem in zip(trajs, memories)]
     rounds = max(len(tr.schedule) for tr in tracks)
-    bar = _tqdm(total=sum(len(tr.schedule) for tr in tracks), desc="mirage rollout", unit="chunk", disable=not cfg.progress)
+    bar = _tqdm(total=sum(len(tr.schedule) for tr in tracks), desc="mirage rollout", unit="chunk",
+                disable=not cfg.progress)
     for c in range(rounds):
         live = [i for i, tr in enumerate(tracks) if c < len(tr.schedule)]
         requests = {i: tracks[i].plan(c) for i in live}
@@ -299,7 +305,11 @@ def iter_rollout_batch(
         out, secs = {}, {}
         for ids in groups.values():
             tick = time.perf_counter()
-            steps = lambda it: _tqdm(iterable=it, desc=f"chunk {c} denoise x{len(ids)}", leave=False, disable=not cfg.progress)  # noqa: E731
+
+            def steps(it, c=c, ids=ids):
+                return _tqdm(iterable=it, desc=f"chunk {c} denoise x{len(ids)}", leave=False,
+                             disable=not cfg.progress)
+
             zs = model.denoise_batch([requests[i] for i in ids], (H, W), emb, neg, progress=steps)
             dt = time.perf_counter() - tick
             for i, z in zip(ids, zs):

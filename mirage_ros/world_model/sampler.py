@@ -40,8 +40,8 @@ SIGMA_GRIDS = ("diffusers", "wan")
 
 
 def _wan_grid_scheduler():
-    from diffusers import UniPCMultistepScheduler
     import numpy as np
+    from diffusers import UniPCMultistepScheduler
 
     class WanGridUniPC(UniPCMultistepScheduler):
         def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None):
@@ -65,7 +65,8 @@ class FlowUniPCSampler:
     ``context_sigma``: the noise level of generated context frames (0 = clean); ``sigma_grid``:
     ``diffusers`` | ``wan`` (``SIGMA_GRIDS``)."""
 
-    def __init__(self, steps: int = 40, shift: float = 5.0, guidance_scale: float = 1.0, num_train_timesteps: int = 1000,
+    def __init__(self, steps: int = 40, shift: float = 5.0, guidance_scale: float = 1.0,
+                 num_train_timesteps: int = 1000,
                  pin_until: float = 0.0, pin_paste: bool = False, context_sigma: float = 0.0,
                  sigma_grid: str = "diffusers"):
         for name, v, lo, hi in (("steps", steps, 1, 1000), ("num_train_timesteps", num_train_timesteps, 1, 100000)):

@@ -270,3 +270,31 @@ def test_the_wan_path_pins_the_memory_unless_told_not_to():
     assert (s.steps, s.shift, s.sigma_grid, s.pin_until, s.pin_paste) == (2, 5.0, "wan", 1.0, True)
     off = make_backend("mirage", config="tiny", steps=2, side_branch_init="random", pin_until=0.0).model.sampler
     assert (off.pin_until, off.pin_paste, off.shift) == (0.0, True, 5.0)
+
+
+def test_generated_frames_write_the_sky_dome_only_when_told():
+    """The wall's upper half is "sky" (+inf) in every frame; the camera turns as it slides, so each
+    generated frame shows sky directions the observation did not. By default only the observation
+    writes the dome; ``generated_sky=True`` lets the generated frames add theirs."""
+    tiny = MirageWorldModel.build("tiny", layout="paper", side_branch_init="random", sampler=FlowUniPCSampler(steps=2))
+    cams = [Camera.from_fov(H, W, 70.0, look_at((0.0, 0.1 * i, 1.0), (WALL_X, 0.1 * i + 0.08 * i, 1.0)))
+            for i in range(40)]
+
+    def depth_of(c):
+        d = wall_depth(c).clone()
+        d[: H // 2] = float("inf")
+        return d
+
+    def sky_depth(frames, cs, memory):
+        return torch.stack([depth_of(c) for c in cs])
+
+    sizes = {}
+    for gen in (False, True):
+        mem = LatentSpatialMemory(48, 16, sky=True)
+        rollout(tiny, first_image(), cams, mem, first_depth=depth_of(cams[0]), depth_provider=sky_depth,
+                config=RolloutConfig(seed=0, progress=False, generated_sky=gen))
+        sizes[gen] = len(mem.sky)
+    first = LatentSpatialMemory(48, 16, sky=True)
+    first.insert(torch.zeros(48, H // 16, W // 16), depth_of(cams[0]), cams[0])
+    assert sizes[False] == len(first.sky) == 2 * (W // 16)
+    assert sizes[True] > sizes[False]

@@ -19,6 +19,12 @@ first observation of a surface is usually the real camera frame or the least-dri
 one, and keeping it makes revisits reproduce what was seen (the paper's closed-loop test);
 ``"refresh"`` overwrites it with the newest feature (for scenes that change slowly).
 
+Sky (``sky=True``, off by default): cells with no point whose pixels are at least ``sky_fraction``
+at depth +inf (nothing within range; the simulator's sky) are kept in a ``SkyDome`` as world
+directions, read by the camera's rotation alone and placed behind every point (``sky.py``).
+``exclude`` governs points; of the dome's cells it vetoes those with an excluded pixel of finite
+depth (a dynamic object in front of the sky).
+
 Layouts: latent (C, h, w); depth (H, W) or (h, w) metres (z-depth); exclude (H, W) or (h, w) bool;
 points (N, 3) float32 world; features (N, C) in ``feature_dtype`` (bfloat16 by default).
 """
@@ -35,6 +41,7 @@ import torch
 from ..geometry import Camera, backproject
 from .downsample import DEPTH_DOWNSAMPLE_METHODS, downsample_depth, downsample_mask
 from .index import BlockIndex, rect_max
+from .sky import SkyDome
 
 __all__ = ["LatentSpatialMemory", "Readout", "MemoryError_", "MemoryFileError", "READ_RTOL"]
 
@@ -79,14 +86,16 @@ class Readout:
     """Result of ``LatentSpatialMemory.read``: unpacks as ``latent, mask``.
 
     latent (C, h, w) readout z_hat_t (zeros where empty); mask (h, w) bool m_t; depth (h, w)
-    float32 camera z of the winning point (+inf where empty); index (h, w) int64 storage index of
-    the winning point (-1 where empty).
+    float32 camera z of the winning point (+inf where empty or sky); index (h, w) int64 storage
+    index of the winning point (-1 where empty or sky); sky (h, w) bool: cells filled from the
+    sky dome (a subset of ``mask``; all False without one).
     """
 
-    __slots__ = ("latent", "mask", "depth", "index")
+    __slots__ = ("latent", "mask", "depth", "index", "sky")
 
-    def __init__(self, latent, mask, depth, index):
+    def __init__(self, latent, mask, depth, index, sky=None):
         self.latent, self.mask, self.depth, self.index = latent, mask, depth, index
+        self.sky = torch.zeros_like(mask) if sky is None else sky
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         yield self.latent
@@ -200,6 +209,11 @@ class LatentSpatialMemory:
         occlusion_culling: skip index blocks hidden behind already-read points (exact).
         first_round_points: points read in the first near-to-far round of the readout.
         earliest_within: default of ``read``'s observed-first rule (0 = plain frontmost-wins).
+        sky: keep all-+inf-depth cells in a sky dome read by rotation only (``sky.py``).
+        sky_reach: how far (in target cell pitches) a dome read reaches for a stored direction.
+        sky_fraction: share of a cell's pixels at +inf that makes a cell with no point a dome cell
+            (0.25: a horizon or tree-top cell that is a quarter sky or more and has no point goes to
+            the dome; 1.0: only pure sky).
     """
 
     def __init__(
@@ -217,6 +231,9 @@ class LatentSpatialMemory:
         occlusion_culling: bool = True,
         first_round_points: int = 32768,
         earliest_within: float = 0.0,
+        sky: bool = False,
+        sky_reach: float = 0.75,
+        sky_fraction: float = 0.25,
     ):
         for name, v in (("channels", channels), ("stride", stride), ("first_round_points", first_round_points)):
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
@@ -248,6 +265,14 @@ class LatentSpatialMemory:
         self._n = 0
         self._arange = torch.empty(0, dtype=torch.int64, device=self.device)
         self.last_insert: dict = {}
+        if not isinstance(sky, bool):
+            raise MemoryError_(f"sky: expected a bool, got {sky!r}")
+        if isinstance(sky_reach, bool) or not isinstance(sky_reach, numbers.Real) or not 0.0 < sky_reach <= 4.0:
+            raise MemoryError_(f"sky_reach: expected a number of cell pitches in (0, 4], got {sky_reach!r}")
+        if isinstance(sky_fraction, bool) or not isinstance(sky_fraction, numbers.Real) or not 0.0 < sky_fraction <= 1:
+            raise MemoryError_(f"sky_fraction: expected a fraction of a cell's pixels in (0, 1], got {sky_fraction!r}")
+        self.sky_fraction = float(sky_fraction)
+        self.sky = SkyDome(self.channels, self.feature_dtype, self.device, float(sky_reach)) if sky else None
 
     # -- state ----------------------------------------------------------------------------------
     @property
@@ -271,13 +296,15 @@ class LatentSpatialMemory:
     def nbytes(self) -> int:
         """Bytes held for the stored points: positions + features + spatial index."""
         per_point = 3 * 4 + self.channels * self._feat.element_size()
-        return self._n * per_point + self.index.nbytes
+        return self._n * per_point + self.index.nbytes + (self.sky.nbytes if self.sky is not None else 0)
 
     def clear(self) -> None:
         self._xyz = self._xyz[:0].clone()
         self._feat = self._feat[:0].clone()
         self._n = 0
         self.index.clear()
+        if self.sky is not None:
+            self.sky.clear()
 
     def fork(self) -> "LatentSpatialMemory":
         """A memory that reads as this one does now and that a rollout may write into without
@@ -301,10 +328,12 @@ class LatentSpatialMemory:
         other._forked = False
         other.index = copy.copy(self.index)  # rebuild() assigns new tensors, never writes the shared ones
         other.last_insert = dict(self.last_insert)
+        other.sky = copy.copy(self.sky)  # the dome never writes its tensors in place
         return other
 
     def __repr__(self) -> str:
-        return (f"LatentSpatialMemory(points={self._n}, channels={self.channels}, stride={self.stride}, "
+        dome = f", sky={len(self.sky)}" if self.sky is not None else ""
+        return (f"LatentSpatialMemory(points={self._n}{dome}, channels={self.channels}, stride={self.stride}, "
                 f"{self.nbytes / 2**20:.2f} MiB, device={self.device})")
 
     # -- insert (Eq. 4) -------------------------------------------------------------------------
@@ -359,8 +388,9 @@ class LatentSpatialMemory:
         ex = self._latent_exclude(exclude, camera)
         return ok if ex is None else ok & ~ex
 
-    def insert(self, latent: torch.Tensor, depth, camera: Camera, exclude=None) -> int:
+    def insert(self, latent: torch.Tensor, depth, camera: Camera, exclude=None, sky: bool = True) -> int:
         """Add the points of Lambda_t; returns how many were added (re-observations add none).
+        ``sky=False`` keeps this frame out of the sky dome (e.g. a generated frame).
 
         Raises ``MemoryError_`` / ``GeometryError`` naming the argument on bad input, before any
         change. ``self.last_insert`` holds the counts (admissible, revisited, added).
@@ -371,6 +401,7 @@ class LatentSpatialMemory:
         d = self._latent_depth(depth, camera)
         ex = self._latent_exclude(exclude, camera)
         lam = torch.isfinite(d) if ex is None else torch.isfinite(d) & ~ex
+        sky_cells = self._sky_cells(depth, camera, d, exclude) if self.sky is not None and sky else None
         n_adm = int(lam.sum())
         new = lam
         revisited = torch.zeros_like(lam)
@@ -402,7 +433,35 @@ class LatentSpatialMemory:
             feats = latent.permute(1, 2, 0)[new].to(self.feature_dtype)
             self._append(pts, feats)
         self.last_insert = {"admissible": n_adm, "revisited": int(revisited.sum()), "added": n_new}
+        if sky_cells is not None:
+            s_new, s_seen = self.sky.insert(latent, sky_cells, camera, self.stride, self.on_revisit == "refresh")
+            self.last_insert.update(sky_added=s_new, sky_revisited=s_seen)
         return n_new
+
+    def _sky_cells(self, depth, camera: Camera, point_depth: torch.Tensor, exclude) -> torch.Tensor:
+        """(h, w) bool, the dome's cells: no point (``point_depth`` not finite), at least
+        ``sky_fraction`` of the pixels at +inf, and no excluded pixel of finite depth (a dynamic
+        object in front of the sky vetoes its cell; excluded sky pixels do not). Inputs checked."""
+        d = torch.as_tensor(depth).to(self.device)
+        d = d.float() if d.is_floating_point() else torch.zeros(d.shape, device=self.device)
+        inf = torch.isposinf(d)
+        s, full = self.stride, tuple(inf.shape) == (camera.height, camera.width)
+
+        def cells_of(x):  # (H, W) -> (h, w) share of True pixels; (h, w) unchanged
+            if not full:
+                return x.float()
+            return x.reshape(camera.height // s, s, camera.width // s, s).float().mean(dim=(1, 3))
+
+        frac = cells_of(inf)
+        cells = ~torch.isfinite(point_depth) & (frac >= self.sky_fraction)
+        if exclude is not None:
+            ex = torch.as_tensor(exclude, device=self.device)
+            if tuple(ex.shape) == tuple(inf.shape):
+                veto = cells_of(ex & ~inf) > 0
+            else:  # a latent-resolution mask beside full-resolution depth: any excluded cell not all sky
+                veto = ex & (frac < 1)
+            cells = cells & ~veto
+        return cells
 
     def add_points(self, points: torch.Tensor, features: torch.Tensor) -> int:
         """Append raw points (N, 3) world and features (N, C) without de-duplication (imports,
@@ -493,7 +552,16 @@ class LatentSpatialMemory:
         latent = torch.zeros((self.channels, h * w), dtype=out_dtype, device=self.device)
         if bool(filled.any()):
             latent[:, filled] = self._feat[winner[filled]].T.to(out_dtype)
-        return Readout(latent.view(self.channels, h, w), filled.view(h, w), zbest.view(h, w), winner.view(h, w))
+        sky = None
+        if self.sky is not None and len(self.sky) and not bool(filled.all()):
+            j = self.sky.lookup(camera, self.stride)
+            sky = ~filled & (j >= 0)  # the dome lies behind every point
+            if bool(sky.any()):
+                latent[:, sky] = self.sky.features[j[sky]].T.to(out_dtype)
+                filled = filled | sky
+            sky = sky.view(h, w)
+        return Readout(latent.view(self.channels, h, w), filled.view(h, w), zbest.view(h, w), winner.view(h, w),
+                       sky)
 
     def _frontmost(self, P: torch.Tensor, h: int, w: int, tol: float = 0.0):
         """Winner storage index (h*w,) int64 (-1 empty) and its z (h*w,) float32 (inf empty).
@@ -599,10 +667,15 @@ class LatentSpatialMemory:
 
     # -- persistence ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"points": self.points.contiguous().cpu(), "features": self.features.contiguous().cpu()}
+        out = {"points": self.points.contiguous().cpu(), "features": self.features.contiguous().cpu()}
+        if self.sky is not None and len(self.sky):
+            out.update(sky_directions=self.sky.directions.contiguous().cpu(),
+                       sky_features=self.sky.features.contiguous().cpu())
+        return out
 
     def save(self, path: Union[str, Path]) -> None:
-        """Write points and features to a safetensors file (atomic: temp file + rename)."""
+        """Write points and features (and the sky dome's directions and features, if any) to a
+        safetensors file (atomic: temp file + rename)."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -623,7 +696,9 @@ class LatentSpatialMemory:
 
         Refuses: a path that is not a regular file (says what it is), a corrupt or truncated file,
         metadata of another format or with malformed / different ``channels`` or ``stride``,
-        inconsistent shapes, more points than ``max_points``, NaN or inf anywhere. The tensors
+        inconsistent shapes, more points than ``max_points``, NaN or inf anywhere, a sky dome
+        (``sky_directions`` / ``sky_features``) that is half there, of wrong shape, not unit vectors,
+        or loaded into a memory made without ``sky=True`` (its directions would be lost). The tensors
         are read straight into the memory's own storage in 16 MiB chunks (no mmap, no full-size
         temporaries: peak RSS is the loaded memory plus its index, see scripts/measure_load_rss.py).
         """
@@ -669,14 +744,39 @@ class LatentSpatialMemory:
             raise MemoryFileError(f"max_points: {path} holds {n} points, more than the cap of {self.max_points}; "
                                   f"nothing loaded")
         data_start = 8 + header_len
+        sky_keys = {"sky_directions", "sky_features"} & keys
+        if sky_keys and sky_keys != {"sky_directions", "sky_features"}:
+            raise MemoryFileError(f"path: {path} holds {sorted(sky_keys)} without its pair; a sky dome needs both "
+                                  f"sky_directions and sky_features")
+        if sky_keys and self.sky is None:
+            raise MemoryFileError(f"sky: {path} holds a sky dome; this memory was made with sky=False, which would "
+                                  f"drop it (make it with sky=True)")
+        m = 0
+        if sky_keys:
+            sd, sf = (tuple(header.get(k, {}).get("shape", ())) for k in ("sky_directions", "sky_features"))
+            if len(sd) != 2 or sd[1] != 3 or sf != (sd[0], self.channels):
+                raise MemoryFileError(f"path: {path} has inconsistent sky shapes sky_directions={sd} "
+                                      f"sky_features={sf}")
+            m = sd[0]
         with open(path, "rb") as fh:
             xyz = self._read_rows(fh, path, "points", info["points"], data_start, n, 3, torch.float32)
             feat = self._read_rows(fh, path, "features", info["features"], data_start, n, self.channels,
                                    self.feature_dtype)
+            if m:
+                sdir = self._read_rows(fh, path, "sky_directions", header["sky_directions"], data_start, m, 3,
+                                       torch.float32)
+                sfeat = self._read_rows(fh, path, "sky_features", header["sky_features"], data_start, m,
+                                        self.channels, self.feature_dtype)
+                norm = sdir.double().norm(dim=1)
+                if not bool(((norm - 1).abs() <= 1e-4).all()):
+                    raise MemoryFileError(f"sky_directions: {path} holds vectors that are not unit length "
+                                          f"(norms {float(norm.min()):.6g} .. {float(norm.max()):.6g})")
         # -- all checks passed: replace --
         self.clear()
         self._xyz, self._feat, self._n = xyz, feat, n
         self.index.rebuild(self.points)
+        if m:
+            self.sky.replace(sdir, sfeat)
 
     def _read_rows(self, fh, path: Path, name: str, info: dict, data_start: int, n: int, cols: int, dtype: torch.dtype):
         """Read tensor ``name`` (n, cols) from an open safetensors file into a new (n, cols) tensor
@@ -712,6 +812,7 @@ class LatentSpatialMemory:
             "nbytes": self.nbytes,
             "mib": self.nbytes / 2**20,
             "blocks": self.index.num_blocks,
+            "sky_directions": len(self.sky) if self.sky is not None else None,
             "bounds_min": pts.min(0).values.tolist() if self._n else None,
             "bounds_max": pts.max(0).values.tolist() if self._n else None,
         }

@@ -106,7 +106,7 @@ def align_to_memory(pred: torch.Tensor, memory, camera, mode: str = "scale", tri
         return align_depth(pred, readout.depth.float().cpu(), mode=mode, stride=H // readout.depth.shape[0],
                            trim=trim, iters=iters, min_cells=min_cells)
     pred = pred.float()
-    idx = readout.index[readout.mask].cpu()
+    idx = readout.index[readout.mask & ~readout.sky].cpu()  # sky cells have no point
     P = memory.points.cpu()[idx].double()
     u, v, z = project_pixels(P, camera.K, camera.world_to_camera)  # centre of pixel i at i + 0.5
     grid = torch.stack([u / W * 2 - 1, v / H * 2 - 1], -1).float()[None, None]

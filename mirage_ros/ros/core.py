@@ -100,6 +100,7 @@ class MirageCore:
             "dedup": p["memory.dedup"], "dedup_tolerance": p["memory.dedup_tolerance"],
             "on_revisit": p["memory.on_revisit"], "block_size": p["memory.block_size"],
             "max_points": p["memory.max_points"] or None,
+            "sky": p["memory.sky"], "sky_fraction": p["memory.sky_fraction"],
         }
 
     def provider_spec(self, kind: str, generated: bool):

@@ -178,6 +178,12 @@ PARAMS: List[Param] = [
     Param("memory.on_revisit", "keep",
           "re-observed surface: keep the stored feature | refresh it",
           ("keep", "refresh")),
+    Param("memory.sky", False,
+          "keep cells with no point and at least memory.sky_fraction of +inf depth (REP 118: nothing within range) "
+          "in a sky dome read by rotation only; turn on where +inf means sky (simulators' depth cameras outdoors), "
+          "not where it means beyond a sensor's range indoors; generated frames never write it"),
+    Param("memory.sky_fraction", 0.25, "share of a cell's pixels at +inf that makes it a sky-dome cell (memory.sky)",
+          lo=0.01, hi=1.0),
     Param("memory.block_size", 1.0, "edge of the spatial index blocks (m)", lo=0.01, hi=1000.0),
     Param("memory.max_points", 0,
           "hard cap on stored points (0: none); inserts beyond it are refused",

@@ -59,6 +59,11 @@ class RolloutConfig:
         (one fixed seed for every scene made unseen space of different scenes correlate: r = 0.38
         over validation loops, 0.11 with per-scene noise, ground truth 0.04); an integer fixes it.
         Candidate trajectories from one observation share it (common random numbers for ranking).
+    generated_sky: whether generated frames also write into a memory's sky dome
+        (``LatentSpatialMemory(sky=True)``). Off by default: a generated frame's "sky" cells are
+        where the depth provider says nothing is, whatever the model painted there, and the dome,
+        lying behind everything, would pin that paint at every later pose (measured on validation
+        loops: purple "sky" carried from chunk to chunk). Observed frames always write it.
     """
 
     chunk_latents: int = 9
@@ -71,6 +76,7 @@ class RolloutConfig:
     seed: Optional[int] = None
     progress: bool = True
     negative_prompt: Optional[str] = None
+    generated_sky: bool = False
 
     def __post_init__(self):
         if self.chunk_latents < 2:
@@ -235,9 +241,11 @@ class _Track:
             feats = torch.stack([self.latents[j] for j in upd])
         tick = _lap(t, "encode", tick)
         added = 0
+        dome = {"sky": False} if getattr(memory, "sky", None) is not None and not self.cfg.generated_sky else {}
         for i in range(len(upd)):
             item = upd_frames[i] if pixels else feats[i].to(memory.device)
-            added += memory.insert(item, depth[i], upd_cams[i], exclude=None if exclude is None else exclude[i])
+            added += memory.insert(item, depth[i], upd_cams[i], exclude=None if exclude is None else exclude[i],
+                                   **dome)
         for j in upd:
             self.selector.remember(j, visible_points(memory, [memory.read(self.cam_of(j))]))
         _lap(t, "update", tick)

@@ -71,7 +71,7 @@ class RGBPointCloudMemory:
     def __init__(self, encoder, device="cpu", dedup: bool = True, dedup_tolerance: float = 0.05,
                  block_size: float = 1.0,
                  splat: str = "pixel", max_splat: int = 8, fill_iterations: int = 2, coverage_threshold: float = 0.5,
-                 max_points=None):
+                 max_points=None, sky: bool = False, sky_fraction: float = 0.25):
         if splat not in ("pixel", "footprint"):
             raise ValueError(f"splat: expected 'pixel' or 'footprint', got {splat!r}")
         self.encoder = encoder
@@ -81,12 +81,18 @@ class RGBPointCloudMemory:
         self.fill_iterations, self.coverage_threshold = int(fill_iterations), float(coverage_threshold)
         self.cloud = LatentSpatialMemory(channels=3, stride=1, device=device, feature_dtype=torch.uint8,
                                          dedup=dedup, dedup_tolerance=dedup_tolerance, block_size=block_size,
-                                         max_points=max_points)
+                                         max_points=max_points, sky=sky, sky_fraction=sky_fraction)
         self.pitch = torch.empty(0, dtype=torch.float32, device=self.cloud.device)  # world metres per pixel, per point
 
     @property
     def device(self):
         return self.cloud.device
+
+    @property
+    def sky(self):
+        """The cloud's per-pixel sky dome (``LatentSpatialMemory(sky=True)`` at stride 1), or None:
+        the RGB cache gets the same sky memory as the latent one, so the comparison stays fair."""
+        return self.cloud.sky
 
     def fork(self) -> "RGBPointCloudMemory":
         """A cache that reads as this one and takes inserts of its own, sharing the points, colours
@@ -133,7 +139,7 @@ class RGBPointCloudMemory:
     def nbytes(self) -> int:
         return self.cloud.nbytes
 
-    def insert(self, image, depth, camera: Camera, exclude=None) -> int:
+    def insert(self, image, depth, camera: Camera, exclude=None, sky: bool = True) -> int:
         """image (H, W, 3) uint8 RGB; depth (H, W) metres (or (h, w) per latent cell, spread over its
         pixels); exclude (H, W) or (h, w) bool. Returns points added."""
         img = torch.as_tensor(np.asarray(image))
@@ -149,7 +155,7 @@ class RGBPointCloudMemory:
             if tuple(ex.shape) == (camera.height // s, camera.width // s):
                 exclude = ex.repeat_interleave(s, 0).repeat_interleave(s, 1)
         n0 = self.cloud.num_points
-        added = self.cloud.insert(img.permute(2, 0, 1).float(), depth, camera, exclude=exclude)
+        added = self.cloud.insert(img.permute(2, 0, 1).float(), depth, camera, exclude=exclude, sky=sky)
         new = self.cloud.points[n0:]
         E = camera.world_to_camera.to(new.device, torch.float32)
         z = new @ E[2, :3] + E[2, 3]  # depth in the source camera
@@ -240,6 +246,14 @@ class RGBPointCloudMemory:
         rgb = torch.zeros(H * W, 3, dtype=torch.uint8, device=dev)
         rgb[filled] = self.cloud.features[winner[filled]]
         rgb, zimg, cover = rgb.view(H, W, 3), zbest.view(H, W), filled.view(H, W)
+        dome = self.cloud.sky
+        if dome is not None and len(dome) and not bool(cover.all()):
+            # behind every point; before the pinhole fill, so that a silhouette against the sky is not
+            # dilated by the fill (its z stays +inf, so the fill never copies from it either)
+            j = dome.lookup(camera, 1).view(H, W)
+            fill = ~cover & (j >= 0)
+            rgb[fill] = dome.features[j[fill]]
+            cover = cover | fill
         rgb, zimg, cover, winner = _fill_holes(rgb, zimg, cover, winner.view(H, W), self.fill_iterations)
         if with_index:
             return rgb, cover, zimg, winner

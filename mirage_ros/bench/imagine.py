@@ -73,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--earliest-within", type=float, default=None,
                    help="observed-first readout tolerance (default: the rollout's, 0.05; 0 = plain frontmost-wins)")
     p.add_argument("--sky", default="on", choices=["on", "off"],
-                   help="latent memories keep a sky dome (directions at infinity read by rotation; the revisited "
+                   help="the memories (latent and RGB cache) keep a sky dome (directions at infinity read by rotation; the revisited "
                         "region then includes the seen sky); default on")
     p.add_argument("--sky-fraction", type=float, default=0.25,
                    help="share of +inf pixels that sends a cell with no point to the dome (default 0.25)")
@@ -129,7 +129,7 @@ def _rollout(model, arm: str, depth_mode: str, rgb0, cams, depth, labels, steps,
     first_ex = torch.from_numpy(labels[0] == SKY if nomask else labels[0] != STATIC)
     depth_fn, mask_fn = _oracle(cams, depth, labels, exclude_dynamic=not nomask)
     if arm == "rgb":
-        memory = RGBPointCloudMemory(model.codec, splat="footprint")
+        memory = RGBPointCloudMemory(model.codec, splat="footprint", sky=sky, sky_fraction=sky_fraction)
     else:
         memory = LatentSpatialMemory(channels=model.channels, stride=model.stride, sky=sky, sky_fraction=sky_fraction)
     rcfg = RolloutConfig(progress=False, seed=noise_seed)

@@ -28,7 +28,7 @@ from ..geometry import Camera
 
 __all__ = ["SkyDome"]
 
-_CHUNK = 4096  # stored directions per dot-product block (bounds the (h*w, chunk) temporary)
+_BLOCK = 1 << 22  # elements of one (rays, directions) dot-product block: 16 MiB of float32
 
 
 class SkyDome:
@@ -75,8 +75,9 @@ class SkyDome:
         f = float(max(K[0, 0], K[1, 1]))
         cos_limit = float(torch.cos(torch.tensor(self.reach / f, dtype=torch.float64)))
         best = torch.full((h * w,), -2.0, dtype=torch.float32, device=self.device)
-        for a in range(0, len(self), _CHUNK):
-            dots = rays @ self.directions[a : a + _CHUNK].T
+        chunk = max(64, _BLOCK // (h * w))
+        for a in range(0, len(self), chunk):
+            dots = rays @ self.directions[a : a + chunk].T
             val, idx = dots.max(dim=1)  # first maximal index on ties
             better = val > best  # strict: an earlier chunk keeps a tie
             best = torch.where(better, val, best)

@@ -73,8 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--earliest-within", type=float, default=None,
                    help="observed-first readout tolerance (default: the rollout's, 0.05; 0 = plain frontmost-wins)")
     p.add_argument("--sky", default="on", choices=["on", "off"],
-                   help="the memories (latent and RGB cache) keep a sky dome (directions at infinity read by rotation; the revisited "
-                        "region then includes the seen sky); default on")
+                   help="the memories (latent and RGB cache) keep a sky dome (directions at infinity read by "
+                        "rotation; the revisited region then includes the seen sky); default on")
     p.add_argument("--sky-fraction", type=float, default=0.25,
                    help="share of +inf pixels that sends a cell with no point to the dome (default 0.25)")
     p.add_argument("--tag", default="", help="a label stored in the JSON (e.g. the sweep point)")

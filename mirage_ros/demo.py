@@ -95,6 +95,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "spatia: Spatia's released world model (--weights Wan2.2-TI2V-5B, --side-branch Spatia's "
                         "files) "
                         "conditioned on the RGB point-cloud memory")
+    p.add_argument("--sky", choices=["on", "off"], default="on",
+                   help="shipped / readout: keep the sky in a sky dome (the simulator's +inf depth is sky); on by "
+                        "default (held-out loops: docs/results/bench_imagine.json)")
     p.add_argument("--weights", default=None, help="a model folder for --backend shipped (default: the shipped model); "
                    "for --backend spatia the Wan2.2-TI2V-5B folder (default: random toy weights)")
     p.add_argument("--side-branch", default=None, help="--backend spatia: Spatia's VACE file, or the folder with it "
@@ -204,7 +207,7 @@ def _make_backend(args, scene, poses, chunk_size: int):
         from .world_model.backend import ReadoutBackend
         from .world_model.codec import ThumbnailCodec
 
-        return ReadoutBackend(LatentSpatialMemory(), ThumbnailCodec(), chunk_size=chunk_size)
+        return ReadoutBackend(LatentSpatialMemory(sky=args.sky == "on"), ThumbnailCodec(), chunk_size=chunk_size)
     oracle = sim.SceneOracle(scene, poses, frame_period=1.0 / args.fps)
     perception = {"keep_imagined": True, "depth": oracle.depth_provider(), "masks": oracle.mask_provider()}
     if args.backend == "spatia":
@@ -214,7 +217,8 @@ def _make_backend(args, scene, poses, chunk_size: int):
         return make_backend("spatia", weights=args.weights, side_branch=args.side_branch, lora=args.lora,
                             device=device, steps=args.steps, resolution=args.resolution, rounds=args.rounds,
                             prompt=args.prompt, negative_prompt_file=args.negative_prompt_file, **perception)
-    return make_backend("shipped", weights=args.weights, steps=args.steps, **perception)
+    return make_backend("shipped", weights=args.weights, steps=args.steps, memory={"sky": args.sky == "on"},
+                        **perception)
 
 
 def _requests(backend, cameras, chunks: int, size: int):

@@ -298,7 +298,9 @@ def test_item10_goals_max_seconds_bounds_a_goal_with_a_live_client(tmp_path, pro
         many = [sim.default_camera(H, W).with_pose(E) for E in sim.scene_trajectory(s, "loop", 1024)]
         r = probe.imagine(ns, probe.path(many, [10**9 + i for i in range(1024)]), timeout=300)
         assert r["result"].status == 4 and "goals.max_seconds" in r["result"].message, r["result"].message
-        assert 0 < r["result"].num_frames < 1024
+        # bounded, whatever the machine's load: how many chunks fit in 1 s is wall-clock dependent (on a
+        # 2-core machine with four jobs running not even the first did), so only the bound is asserted
+        assert r["result"].num_frames < 1024
     finally:
         rc = proc.stop()
     assert rc == 0, proc.log()[-3000:]

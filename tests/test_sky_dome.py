@@ -115,6 +115,15 @@ def test_mixed_cells_follow_sky_fraction_and_dynamic_pixels_veto():
         assert bool(r.sky[2, 0]) == (frac == 0.5) and not r.sky[2, 3]
         assert not r.sky[2].any() or r.mask[2].sum() >= 9
     assert counts == {0.5: 20 + 9, 0.6: 20, 1.0: 20}
+    # the same veto with depth and mask at different resolutions (latent depth, pixel mask and back)
+    mem = LatentSpatialMemory(channels=C, stride=S, feature_dtype=torch.float32, sky=True, sky_fraction=0.5)
+    lat_depth = torch.where(torch.arange(H // S)[:, None] < 2, float("inf"), 4.0).expand(H // S, W // S).clone()
+    mem.insert(lat, lat_depth, cam, exclude=ex)
+    assert len(mem.sky) == 20  # cell (0, 0): its excluded pixels are sky (all +inf at latent level): no veto
+    mem = LatentSpatialMemory(channels=C, stride=S, feature_dtype=torch.float32, sky=True, sky_fraction=0.5)
+    mem.insert(lat, depth, cam, exclude=torch.zeros(H // S, W // S, dtype=torch.bool).index_put_(
+        (torch.tensor([2]), torch.tensor([3])), torch.tensor(True)))
+    assert len(mem.sky) == 20 + 9 and not mem.read(cam).sky[2, 3]
 
 
 def test_reobserved_sky_adds_nothing():

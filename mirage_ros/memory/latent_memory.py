@@ -458,8 +458,8 @@ class LatentSpatialMemory:
             ex = torch.as_tensor(exclude, device=self.device)
             if tuple(ex.shape) == tuple(inf.shape):
                 veto = cells_of(ex & ~inf) > 0
-            else:  # a latent-resolution mask beside full-resolution depth: any excluded cell not all sky
-                veto = ex & (frac < 1)
+            else:  # mask and depth at different resolutions: an excluded cell that is not all sky
+                veto = self._latent_exclude(exclude, camera) & (frac < 1)
             cells = cells & ~veto
         return cells
 

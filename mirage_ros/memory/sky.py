@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from ..geometry import Camera
+from ..geometry import Camera, backproject
 
 __all__ = ["SkyDome"]
 
@@ -55,22 +55,18 @@ class SkyDome:
     def cell_rays(camera: Camera, stride: int) -> torch.Tensor:
         """(h*w, 3) float32 world unit directions of the latent cells' centre rays (row-major)."""
         h, w = camera.latent_size(stride)
-        K = camera.latent_K(stride).double()
-        E = camera.world_to_camera.double()
-        v, u = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
-                              indexing="ij")
-        pix = torch.stack([u.reshape(-1) + 0.5, v.reshape(-1) + 0.5, torch.ones(h * w, dtype=torch.float64)], 1)
-        cam = pix @ torch.linalg.inv(K).T
-        world = cam @ E[:3, :3]  # R^T d, as row vectors
-        return torch.nn.functional.normalize(world, dim=1).float()
+        ones = torch.ones((h, w), dtype=torch.float64)  # Eq. 4 at unit depth: the cell-centre convention
+        world = backproject(ones, camera.latent_K(stride), camera.world_to_camera) - camera.center.double()
+        return torch.nn.functional.normalize(world.reshape(-1, 3), dim=1).float()
 
-    def lookup(self, camera: Camera, stride: int) -> torch.Tensor:
-        """(h*w,) int64: per cell the nearest stored direction within ``reach`` pitches, -1 if none."""
+    def lookup(self, camera: Camera, stride: int, rays=None) -> torch.Tensor:
+        """(h*w,) int64: per cell the nearest stored direction within ``reach`` pitches, -1 if none.
+        ``rays``: the camera's ``cell_rays`` if the caller already has them."""
         h, w = camera.latent_size(stride)
         out = torch.full((h * w,), -1, dtype=torch.int64, device=self.device)
         if len(self) == 0:
             return out
-        rays = self.cell_rays(camera, stride).to(self.device)
+        rays = (self.cell_rays(camera, stride) if rays is None else rays).to(self.device)
         K = camera.latent_K(stride)
         f = float(max(K[0, 0], K[1, 1]))
         cos_limit = float(torch.cos(torch.tensor(self.reach / f, dtype=torch.float64)))
@@ -90,7 +86,8 @@ class SkyDome:
         Returns (added, revisited)."""
         if not bool(cells.any()):
             return 0, 0
-        hit = self.lookup(camera, stride)
+        rays = self.cell_rays(camera, stride).to(self.device)
+        hit = self.lookup(camera, stride, rays)
         flat = cells.reshape(-1).to(self.device)
         seen = flat & (hit >= 0)
         new = flat & (hit < 0)
@@ -105,7 +102,6 @@ class SkyDome:
             f[rows] = feats[first[rows]]
             self.features = f
         if bool(new.any()):
-            rays = self.cell_rays(camera, stride).to(self.device)
             self.directions = torch.cat([self.directions, rays[new]])
             self.features = torch.cat([self.features, feats[new]])
         return int(new.sum()), int(seen.sum())

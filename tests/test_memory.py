@@ -256,7 +256,7 @@ def test_exclusion_masks_keep_cells_out():
     exclude = torch.zeros(64, 96, dtype=torch.bool)
     exclude[20, 40] = True  # one pixel excludes its whole cell (v=1, u=2)
     exclude[48:, :16] = True  # cell (v=3, u=0)
-    mem = LatentSpatialMemory()
+    mem = LatentSpatialMemory(exclude_fraction=0.0)
     assert mem.insert(latent, depth, cam, exclude=exclude) == h * w - 2
     _, mask = mem.read(cam)
     assert not mask[1, 2] and not mask[3, 0] and mask.sum() == h * w - 2

@@ -18,7 +18,8 @@ from typing import Dict
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DEPTH_DOWNSAMPLE_METHODS", "downsample_depth", "downsample_mask", "hole_rate", "valid_depth"]
+__all__ = ["DEPTH_DOWNSAMPLE_METHODS", "downsample_depth", "downsample_mask", "hole_rate", "masked_median_depth",
+           "valid_depth"]
 
 DEPTH_DOWNSAMPLE_METHODS = ("bilinear", "nearest", "area", "median")
 
@@ -52,6 +53,16 @@ def downsample_depth(depth: torch.Tensor, stride: int, method: str = "bilinear")
     med = torch.nanmedian(blocks, dim=-1).values
     enough = torch.isfinite(blocks).sum(-1) * 2 >= stride * stride
     return torch.where(enough, med, torch.full_like(med, float("nan")))
+
+
+def masked_median_depth(depth: torch.Tensor, drop: torch.Tensor, stride: int) -> torch.Tensor:
+    """(H, W) depth and (H, W) bool ``drop`` -> (h, w): per block, the median of the valid depths of
+    the pixels not dropped (NaN if there are none): a cell's depth without a dynamic object in it."""
+    H, W = depth.shape
+    h, w = H // stride, W // stride
+    d = torch.where(valid_depth(depth) & ~drop, depth, torch.full_like(depth, float("nan")))
+    blocks = d.reshape(h, stride, w, stride).permute(0, 2, 1, 3).reshape(h, w, stride * stride)
+    return torch.nanmedian(blocks, dim=-1).values
 
 
 def downsample_mask(mask: torch.Tensor, stride: int) -> torch.Tensor:

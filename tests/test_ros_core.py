@@ -721,7 +721,7 @@ def test_sampler_parameters_override_one_setting_each_of_the_model_folders():
     s = core.backend.model.sampler
     assert (s.steps, s.shift, s.pin_until, s.pin_paste) == (own["steps"], own["shift"], own.get("pin_until", 0.0),
                                                             own.get("pin_paste", False))
-    assert core.backend.config.earliest_within == 0.05 and core.backend.config.seed is None
+    assert core.backend.config.earliest_within == 0.3 and core.backend.config.seed is None
     core = MirageCore({"backend": "shipped", "steps": 3, "sampler.pin_until": 0.0, "sampler.pin_paste": "on",
                        "sampler.noise_seed": 7, "readout.earliest_within": 0.0})
     core.configure()

@@ -77,6 +77,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "rotation; the revisited region then includes the seen sky); default on")
     p.add_argument("--sky-fraction", type=float, default=0.25,
                    help="share of +inf pixels that sends a cell with no point to the dome (default 0.25)")
+    p.add_argument("--exclude-fraction", type=float, default=0.375,
+                   help="the latent memory excludes a cell when more than this share of its pixels is dynamic "
+                        "(default 0.375; 0: any pixel); partly covered cells keep their static part, placed by the "
+                        "static pixels' depth")
     p.add_argument("--tag", default="", help="a label stored in the JSON (e.g. the sweep point)")
     p.add_argument("--noise-seed", type=int, default=None,
                    help="one sampler seed for every loop (default: derived from each loop's "
@@ -115,7 +119,8 @@ def _oracle(cams, depth, labels, exclude_dynamic: bool):
 
 
 def _rollout(model, arm: str, depth_mode: str, rgb0, cams, depth, labels, steps, earliest_within=None,
-             with_timings: bool = False, noise_seed=None, sky: bool = False, sky_fraction: float = 0.25):
+             with_timings: bool = False, noise_seed=None, sky: bool = False, sky_fraction: float = 0.25,
+             exclude_fraction: float = 0.375):
     """One arm's frames (N, H, W, 3) uint8 (frame 0 = the observed frame); with ``with_timings`` also
     the mean seconds per chunk."""
     import torch
@@ -131,7 +136,8 @@ def _rollout(model, arm: str, depth_mode: str, rgb0, cams, depth, labels, steps,
     if arm == "rgb":
         memory = RGBPointCloudMemory(model.codec, splat="footprint", sky=sky, sky_fraction=sky_fraction)
     else:
-        memory = LatentSpatialMemory(channels=model.channels, stride=model.stride, sky=sky, sky_fraction=sky_fraction)
+        memory = LatentSpatialMemory(channels=model.channels, stride=model.stride, sky=sky, sky_fraction=sky_fraction,
+                                     exclude_fraction=exclude_fraction)
     rcfg = RolloutConfig(progress=False, seed=noise_seed)
     if earliest_within is not None:
         rcfg.earliest_within = float(earliest_within)
@@ -143,7 +149,8 @@ def _rollout(model, arm: str, depth_mode: str, rgb0, cams, depth, labels, steps,
     return res.frames
 
 
-def _readout_frames(codec, rgb0, cams, depth, labels, sky: bool = False, sky_fraction: float = 0.25):
+def _readout_frames(codec, rgb0, cams, depth, labels, sky: bool = False, sky_fraction: float = 0.25,
+                    exclude_fraction: float = 0.375):
     """No model: the first observation's memory read at every pose and decoded (black where unseen),
     and the visibility of that memory (the revisited region)."""
     import torch
@@ -152,7 +159,8 @@ def _readout_frames(codec, rgb0, cams, depth, labels, sky: bool = False, sky_fra
     from ..sim import STATIC
     from ..world_model.codec import images_to_tensor, tensor_to_images
 
-    mem = LatentSpatialMemory(channels=codec.channels, stride=codec.stride, sky=sky, sky_fraction=sky_fraction)
+    mem = LatentSpatialMemory(channels=codec.channels, stride=codec.stride, sky=sky, sky_fraction=sky_fraction,
+                              exclude_fraction=exclude_fraction)
     mem.insert(codec.encode(images_to_tensor(rgb0))[0], torch.from_numpy(depth[0]), cams[0],
                exclude=torch.from_numpy(labels[0] != STATIC))
     reads = [mem.read(c) for c in cams]
@@ -274,7 +282,7 @@ def run(args) -> int:
         src, gt, depth, labels, cams = _scene_loop(seed, args.frames, H, W)
         _write_frames(out / "gt" / str(seed), gt)
         ro_frames, vis = _readout_frames(codec, gt[0], cams, depth, labels, sky=args.sky == "on",
-                                         sky_fraction=args.sky_fraction)
+                                         sky_fraction=args.sky_fraction, exclude_fraction=args.exclude_fraction)
         gts.append(gt)
         unseen.append(~region_pixels(vis, codec.stride))
         for d in depths:
@@ -285,7 +293,8 @@ def run(args) -> int:
                     frames, sec = _rollout(models[arm], arm, d, gt[0], cams, depth, labels, args.steps,
                                            earliest_within=args.earliest_within, with_timings=True,
                                            noise_seed=args.noise_seed, sky=args.sky == "on",
-                                           sky_fraction=args.sky_fraction)
+                                           sky_fraction=args.sky_fraction,
+                                           exclude_fraction=args.exclude_fraction)
                 seconds[d][arm].append(sec)
                 frames_of[d][arm].append(frames)
                 folder = out / (arm if d == "oracle" else f"memory_depth/{arm}") / str(seed)
@@ -318,6 +327,7 @@ def run(args) -> int:
                     "not a separately trained model",
         "sky_dome": {"sky_fraction": args.sky_fraction, "generated_frames_write_it": False} if args.sky == "on"
         else None,
+        "exclude_fraction": args.exclude_fraction,
         "revisited_region": "cells of the first frame's memory visible at each generated frame's pose" + (
             " (points and the sky dome)" if args.sky == "on" else " (points)"),
         "blockiness": "gradient energy across 16/32-px borders relative to inside, divided by the ground truth's "

@@ -101,6 +101,7 @@ class MirageCore:
             "on_revisit": p["memory.on_revisit"], "block_size": p["memory.block_size"],
             "max_points": p["memory.max_points"] or None,
             "sky": p["memory.sky"], "sky_fraction": p["memory.sky_fraction"],
+            "exclude_fraction": p["memory.exclude_fraction"],
         }
 
     def provider_spec(self, kind: str, generated: bool):

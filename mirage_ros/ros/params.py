@@ -115,7 +115,7 @@ PARAMS: List[Param] = [
           "sampler noise seed (-1: derived from the observation, so the same memory and request give the same video "
           "and different scenes different noise)",
           lo=-1, hi=2**31 - 1),
-    Param("readout.earliest_within", 0.05,
+    Param("readout.earliest_within", 0.3,
           "observed-first readout for generation: among points within this fraction of a cell's nearest depth the "
           "earliest inserted wins (0: plain frontmost-wins)",
           lo=0.0, hi=1.0),
@@ -184,6 +184,10 @@ PARAMS: List[Param] = [
           "not where it means beyond a sensor's range indoors; generated frames never write it"),
     Param("memory.sky_fraction", 0.25, "share of a cell's pixels at +inf that makes it a sky-dome cell (memory.sky)",
           lo=0.01, hi=1.0),
+    Param("memory.exclude_fraction", 0.375,
+          "a latent cell is left out of the memory only when more than this share of its pixels is excluded (dynamic "
+          "mask or +inf depth); a partly excluded kept cell takes the median depth of its other pixels (0: any pixel)",
+          lo=0.0, hi=0.99),
     Param("memory.block_size", 1.0, "edge of the spatial index blocks (m)", lo=0.01, hi=1000.0),
     Param("memory.max_points", 0,
           "hard cap on stored points (0: none); inserts beyond it are refused",

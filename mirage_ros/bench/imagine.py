@@ -71,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context-sigma", type=float, default=None,
                    help="noise level of generated context frames (default: the model's own; 0 = clean)")
     p.add_argument("--earliest-within", type=float, default=None,
-                   help="observed-first readout tolerance (default: the rollout's, 0.05; 0 = plain frontmost-wins)")
+                   help="observed-first readout tolerance (default: the rollout's, 0.3; 0 = plain frontmost-wins)")
     p.add_argument("--sky", default="on", choices=["on", "off"],
                    help="the memories (latent and RGB cache) keep a sky dome (directions at infinity read by "
                         "rotation; the revisited region then includes the seen sky); default on")

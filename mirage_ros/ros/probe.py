@@ -350,6 +350,15 @@ class Probe:
         img_topic, chunk_topic = f"{ns}/imagined/image", f"{ns}/imagined/chunk"
         self.clear(img_topic)
         self.clear(chunk_topic)
+        if expect_frames:
+            # discovery is per topic: under load the stats topic can match seconds before these
+            # do, and a VOLATILE message sent before its reader matched is gone
+            try:
+                wait_for(lambda: self.node.count_publishers(img_topic) > 0
+                         and self.node.count_publishers(chunk_topic) > 0, min(timeout, 30.0),
+                         what=f"publishers of {img_topic} and {chunk_topic}")
+            except TimeoutError:
+                pass
         goal = Imagine.Goal(path=path, prompt=prompt, num_frames=num_frames)
         fbs: list = []
         fb_lock = threading.Lock()
@@ -376,6 +385,14 @@ class Probe:
             except TimeoutError:
                 pass
         rf = get_result(gh, timeout)
+        if expect_frames and not cancel_after_feedback:
+            # each chunk's ImaginedChunk follows its images on another topic: on a loaded machine it
+            # can land after the result; give it a bounded moment (it may legitimately be absent)
+            try:
+                wait_for(lambda: len(self.msgs(chunk_topic)) >= n_chunks, min(timeout, 10.0),
+                         what=f"{n_chunks} ImaginedChunk messages")
+            except TimeoutError:
+                pass
         time.sleep(0.05)
         with self.lock:
             imgs = list(self.received.get(img_topic, []))

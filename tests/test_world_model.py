@@ -271,6 +271,38 @@ def test_memory_pinning_by_hand():
     assert torch.equal(off, plain)
 
 
+def test_paste_mask_apart_from_the_pin_mask_by_hand():
+    """paste_mask chooses where the readout is copied independently of where it is pinned: a cell
+    pinned but not pasted ends as the pinned sampler leaves it, a cell pasted but never pinned is
+    the readout exactly, and the clean frame is neither; an empty pin mask still pastes."""
+    def predict(x, t, conditional):
+        return x / (t / 1000.0)
+
+    g = torch.Generator().manual_seed(2)
+    noise = torch.randn(1, 2, 3, 2, 2, generator=g)
+    clean = torch.full((1, 2, 1, 2, 2), 0.25)
+    known = torch.ones(1, 2, 3, 2, 2)
+    pin = torch.zeros(1, 1, 3, 2, 2, dtype=torch.bool)
+    paste = torch.zeros_like(pin)
+    pin[0, 0, 1, 0, 0] = True    # pinned only
+    paste[0, 0, 2, 1, 1] = True  # pasted only
+    paste[0, 0, 0] = True        # the clean frame: never pasted
+    s = FlowUniPCSampler(steps=6, shift=3.0, pin_until=1.0, pin_paste=True)
+    pinned_only = FlowUniPCSampler(steps=6, shift=3.0, pin_until=1.0).sample(predict, noise, clean, known=known,
+                                                                             known_mask=pin)
+    plain = FlowUniPCSampler(steps=6, shift=3.0).sample(predict, noise, clean)
+    out = s.sample(predict, noise, clean, known=known, known_mask=pin, paste_mask=paste)
+    assert torch.equal(out[0, :, 1, 0, 0], pinned_only[0, :, 1, 0, 0])
+    assert not torch.allclose(out[0, :, 1, 0, 0], known[0, :, 1, 0, 0])
+    assert torch.equal(out[0, :, 2, 1, 1], known[0, :, 2, 1, 1])
+    assert torch.equal(out[:, :, :1], clean)
+    rest = torch.ones_like(out, dtype=torch.bool)
+    rest[0, :, 1, 0, 0] = rest[0, :, 2, 1, 1] = False
+    assert torch.equal(out[rest], plain[rest])  # per-cell model: nothing else moves
+    only_paste = s.sample(predict, noise, clean, known=known, known_mask=torch.zeros_like(pin), paste_mask=paste)
+    assert torch.equal(only_paste[0, :, 2, 1, 1], known[0, :, 2, 1, 1])
+
+
 def test_steps_override_keeps_the_model_folders_shift(tmp_path):
     """The node's ``steps`` parameter (and ``mirage demo --steps``) used to switch the shipped
     model's shift from its own 3.0 to 5.0: now each override changes only its own setting."""

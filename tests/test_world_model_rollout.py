@@ -14,6 +14,7 @@ pytest.importorskip("diffusers")
 from mirage_ros.geometry import Camera, backproject, look_at
 from mirage_ros.memory import LatentSpatialMemory
 from mirage_ros.world_model.backend import make_backend
+from mirage_ros.world_model.codec import images_to_tensor
 from mirage_ros.world_model.model import MirageWorldModel
 from mirage_ros.world_model.providers import as_depth_fn, as_mask_fn, make_provider
 from mirage_ros.world_model.references import ReferenceSelector, voxel_iou, voxel_keys
@@ -298,3 +299,45 @@ def test_generated_frames_write_the_sky_dome_only_when_told():
     first.insert(torch.zeros(48, H // 16, W // 16), depth_of(cams[0]), cams[0])
     assert sizes[False] == len(first.sky) == 2 * (W // 16)
     assert sizes[True] > sizes[False]
+
+
+def test_pinning_can_be_kept_to_the_observations():
+    """``pin_generated`` / ``paste_generated`` False: the sampler pins / pastes only cells whose
+    readout comes from the observation (the memory before the rollout), checked against a second
+    memory that holds the first frame alone; the side branch still sees every visible cell."""
+    tiny = MirageWorldModel.build("tiny", layout="paper", side_branch_init="random", sampler=FlowUniPCSampler(steps=2))
+    cams = cameras(40, step=0.05)
+    seen = []
+    real = tiny.denoise_batch
+
+    def spy(requests, *a, **kw):
+        seen.extend(requests)
+        return real(requests, *a, **kw)
+
+    tiny.denoise_batch = spy
+    z0 = tiny.encode_images(images_to_tensor(first_image()))[0]
+    first = LatentSpatialMemory(48, 16)
+    first.insert(z0, wall_depth(cams[0]), cams[0])
+    schedule = latent_chunks(len(cams), RolloutConfig().chunk_latents, tiny.temporal_stride)
+    targets = [[cams[min(tiny.temporal_stride * j, len(cams) - 1)] for j in range(a, b + 1)] for a, b in schedule]
+    observed = [torch.stack([first.read(c).mask for c in tc]) for tc in targets]
+    for pin, paste in ((False, True), (True, False), (False, False)):
+        seen.clear()
+        rollout(tiny, first_image(), cams, LatentSpatialMemory(48, 16), first_depth=wall_depth(cams[0]),
+                depth_provider=sim_depth,
+                config=RolloutConfig(seed=0, progress=False, pin_generated=pin, paste_generated=paste))
+        assert len(seen) == len(schedule) >= 2
+        generated = 0
+        for r, obs_cells in zip(seen, observed):
+            vis = r["masks"][: r["num_targets"]]
+            obs = vis & obs_cells
+            generated += int((vis & ~obs_cells).sum())
+            assert torch.equal(r["pin_masks"], obs if not pin else vis)
+            assert torch.equal(r["paste_masks"], obs if not paste else vis)
+        assert generated > 0, "the camera must see cells that only generated points fill"
+    default = RolloutConfig()
+    assert default.pin_generated and not default.paste_generated  # chosen on validation loops
+    seen.clear()
+    rollout(tiny, first_image(), cams, LatentSpatialMemory(48, 16), first_depth=wall_depth(cams[0]),
+            depth_provider=sim_depth, config=RolloutConfig(seed=0, progress=False, paste_generated=True))
+    assert all(r.get("pin_masks") is None and r.get("paste_masks") is None for r in seen)  # both on: every cell

@@ -70,6 +70,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                             "into visible cells after sampling")
     p.add_argument("--context-sigma", type=float, default=None,
                    help="noise level of generated context frames (default: the model's own; 0 = clean)")
+    p.add_argument("--pin-generated", default=None, choices=["on", "off"],
+                   help="pin also the cells the rollout's own generated points fill (default: the rollout's)")
+    p.add_argument("--paste-generated", default=None, choices=["on", "off"],
+                   help="paste also the cells the rollout's own generated points fill (default: the rollout's)")
     p.add_argument("--earliest-within", type=float, default=None,
                    help="observed-first readout tolerance (default: the rollout's, 0.3; 0 = plain frontmost-wins)")
     p.add_argument("--sky", default="on", choices=["on", "off"],
@@ -87,6 +91,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "observation, as the node does)")
     p.add_argument("--bootstrap", type=int, default=10000)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--figures-only", action="store_true",
+                   help="no rollouts: redraw the PNGs of an existing --json from its --out frames")
 
 
 def _scene_loop(seed: int, frames: int, H: int, W: int):
@@ -119,6 +125,7 @@ def _oracle(cams, depth, labels, exclude_dynamic: bool):
 
 
 def _rollout(model, arm: str, depth_mode: str, rgb0, cams, depth, labels, steps, earliest_within=None,
+             pin_generated=None, paste_generated=None,
              with_timings: bool = False, noise_seed=None, sky: bool = False, sky_fraction: float = 0.25,
              exclude_fraction: float = 0.375):
     """One arm's frames (N, H, W, 3) uint8 (frame 0 = the observed frame); with ``with_timings`` also
@@ -141,6 +148,10 @@ def _rollout(model, arm: str, depth_mode: str, rgb0, cams, depth, labels, steps,
     rcfg = RolloutConfig(progress=False, seed=noise_seed)
     if earliest_within is not None:
         rcfg.earliest_within = float(earliest_within)
+    if pin_generated is not None:
+        rcfg.pin_generated = bool(pin_generated)
+    if paste_generated is not None:
+        rcfg.paste_generated = bool(paste_generated)
     res = rollout(model, rgb0, cams, memory, first_depth=torch.from_numpy(depth[0]), first_exclude=first_ex,
                   depth_provider=depth_fn if depth_mode == "oracle" else None, mask_provider=mask_fn,
                   readout_scale=0.0 if arm == "none" else 1.0, config=rcfg)
@@ -253,6 +264,8 @@ def run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.figures_only:
+        return _figures_from(Path(args.json), Path(args.out))
     arms = [a for a in args.arms.split(",") if a]
     depths = [d for d in args.depths.split(",") if d]
     bad = [a for a in arms if a not in ARMS] + [d for d in depths if d not in DEPTHS]
@@ -292,6 +305,8 @@ def run(args) -> int:
                 else:
                     frames, sec = _rollout(models[arm], arm, d, gt[0], cams, depth, labels, args.steps,
                                            earliest_within=args.earliest_within, with_timings=True,
+                                           pin_generated=_on_off(args.pin_generated),
+                                           paste_generated=_on_off(args.paste_generated),
                                            noise_seed=args.noise_seed, sky=args.sky == "on",
                                            sky_fraction=args.sky_fraction,
                                            exclude_fraction=args.exclude_fraction)
@@ -321,6 +336,8 @@ def run(args) -> int:
         "model_description": some.description if some is not None else None,
         "sampler": some.sampler.config() if some is not None else None,
         "earliest_within": args.earliest_within if args.earliest_within is not None else _default_earliest(),
+        "pin_generated": _on_off(args.pin_generated, _default_rollout().pin_generated),
+        "paste_generated": _on_off(args.paste_generated, _default_rollout().paste_generated),
         "noise_seed": args.noise_seed if args.noise_seed is not None else "derived from each loop's observation",
         "resolution": [H, W], "frames_per_loop": args.frames, "seeds": seeds, "device": args.device,
         "none_arm": "shortcut: the latent arm's model with the readout zeroed (trained with readout dropout), "
@@ -341,14 +358,61 @@ def run(args) -> int:
     }
     path = write_json(args.json, result)
     _plot(path.with_suffix(".png"), result, out, seeds[0], args.frames - 1, arms)
+    _frames_figure(path.with_name(path.stem + "_frames.png"), result, out, arms)
     print(f"bench imagine: -> {path}")
     return 0
 
 
-def _default_earliest() -> float:
+def _figures_from(path: Path, out: Path) -> int:
+    """Redraw both PNGs of a finished run from its JSON and frame folder (``--figures-only``)."""
+    if not path.is_file():
+        raise SystemExit(f"bench imagine: --figures-only: no results at {path}")
+    result = json.loads(path.read_text())
+    arms = list(result["arms"] or result["arms_memory_depth"])
+    if not (out / "gt").is_dir():
+        raise SystemExit(f"bench imagine: --figures-only: no frames under {out} (expected {out / 'gt'})")
+    _plot(path.with_suffix(".png"), result, out, result["seeds"][0], result["frames_per_loop"] - 1, arms)
+    _frames_figure(path.with_name(path.stem + "_frames.png"), result, out, arms)
+    print(f"bench imagine: redrew {path.with_suffix('.png')} and {path.stem}_frames.png")
+    return 0
+
+
+def _frames_figure(png: Path, result: Dict, out: Path, arms, chunk: int = 8) -> None:
+    """What each arm draws: for the first loop of each scene kind, the last frame of every chunk
+    (columns) for the ground truth and every arm but ``latent_nomask`` (rows); oracle-depth frames."""
+    from ..viz import image_grid, label_image, write_png
+
+    rows_of = result["per_seed"].get("oracle") or next(iter(result["per_seed"].values()))
+    first = next(iter(rows_of.values()))
+    picked, kinds = [], set()
+    for r in first:
+        if r["scene"] not in kinds:
+            kinds.add(r["scene"])
+            picked.append(r["seed"])
+    last = result["frames_per_loop"] - 1
+    cols = list(range(chunk, last + 1, chunk)) or [last]
+    rows = []
+    for seed in picked:
+        for name in ["gt"] + [a for a in arms if a != "latent_nomask" and (out / a / str(seed)).is_dir()]:
+            label = "truth" if name == "gt" else name
+            rows.append([label_image(_load_png(out / name / str(seed) / f"{i:04d}.png"), f"{seed} {label} {i}")
+                         for i in cols])
+    write_png(png, image_grid(rows))
+
+
+def _on_off(flag, default=None):
+    """'on' / 'off' / None -> True / False / ``default``."""
+    return default if flag is None else flag == "on"
+
+
+def _default_rollout():
     from ..world_model.rollout import RolloutConfig
 
-    return RolloutConfig().earliest_within
+    return RolloutConfig()
+
+
+def _default_earliest() -> float:
+    return _default_rollout().earliest_within
 
 
 def _plot(png: Path, result: Dict, out: Path, seed: int, last: int, arms) -> None:

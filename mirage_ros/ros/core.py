@@ -145,7 +145,9 @@ class MirageCore:
                        pin_paste=None if p["sampler.pin_paste"] == "model" else p["sampler.pin_paste"] == "on",
                        context_sigma=None if p["sampler.context_sigma"] < 0 else p["sampler.context_sigma"],
                        noise_seed=None if p["sampler.noise_seed"] < 0 else p["sampler.noise_seed"],
-                       rollout={"earliest_within": p["readout.earliest_within"]})
+                       rollout={"earliest_within": p["readout.earliest_within"],
+                                "pin_generated": p["sampler.pin_generated"],
+                                "paste_generated": p["sampler.paste_generated"]})
         return p["backend"], cfg
 
     def configure(self, backend=None) -> None:

@@ -115,6 +115,12 @@ PARAMS: List[Param] = [
           "sampler noise seed (-1: derived from the observation, so the same memory and request give the same video "
           "and different scenes different noise)",
           lo=-1, hi=2**31 - 1),
+    Param("sampler.pin_generated", True,
+          "memory pinning also holds cells that the request's own generated frames fill (off: only what was "
+          "observed, and the sky dome)"),
+    Param("sampler.paste_generated", False,
+          "the paste also copies cells that the request's own generated frames fill (off by default: a generated "
+          "cell reprojected whole is a hard-edged block; the model redraws it, guided by pinning)"),
     Param("readout.earliest_within", 0.3,
           "observed-first readout for generation: among points within this fraction of a cell's nearest depth the "
           "earliest inserted wins (0: plain frontmost-wins)",

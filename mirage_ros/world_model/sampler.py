@@ -142,6 +142,7 @@ class FlowUniPCSampler:
         progress: Optional[Callable] = None,
         known: Optional[torch.Tensor] = None,
         known_mask: Optional[torch.Tensor] = None,
+        paste_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Denoise target latents (B, C, T, h, w) starting from ``noise``.
 
@@ -150,6 +151,7 @@ class FlowUniPCSampler:
         clean (B, C, k, h, w): the first k target frames, kept fixed.
         known (B, C, T, h, w) / known_mask (B, 1, T, h, w) bool: the memory readout of the targets and
         where it is visible, for pinning (ignored when ``pin_until`` is 0 and ``pin_paste`` off).
+        paste_mask (B, 1, T, h, w) bool: where ``pin_paste`` copies the readout (default: known_mask).
         progress: wraps the timestep iterable (e.g. a tqdm factory).
         """
         sched = self.scheduler()
@@ -159,12 +161,16 @@ class FlowUniPCSampler:
         k = 0 if clean is None else clean.shape[2]
         if k:
             x[:, :, :k] = clean.float()
-        pin = known is not None and known_mask is not None and bool(known_mask.any())
+        if paste_mask is None:
+            paste_mask = known_mask
+        pin = known is not None and known_mask is not None and bool(known_mask.any() or paste_mask.any())
         if pin:
-            known, known_mask = known.float().to(x.device), known_mask.to(x.device, torch.bool)
-            if k:  # clean frames stay clean: never pinned
-                known_mask = known_mask.clone()
+            known = known.float().to(x.device)
+            known_mask, paste_mask = known_mask.to(x.device, torch.bool), paste_mask.to(x.device, torch.bool)
+            if k:  # clean frames stay clean: never pinned or pasted
+                known_mask, paste_mask = known_mask.clone(), paste_mask.clone()
                 known_mask[:, :, :k] = False
+                paste_mask[:, :, :k] = False
         n_pin = self.num_pinned_steps if pin else 0
         sigmas = sched.sigmas
         steps = sched.timesteps if progress is None else progress(sched.timesteps)
@@ -180,7 +186,7 @@ class FlowUniPCSampler:
             if k:
                 x[:, :, :k] = clean.float()
         if pin and self.pin_paste:
-            x = torch.where(known_mask, known, x)
+            x = torch.where(paste_mask, known, x)
         return x
 
 

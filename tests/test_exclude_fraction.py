@@ -65,3 +65,41 @@ def test_a_cell_level_mask_is_used_as_given():
 def test_bad_exclude_fraction_is_refused_by_name(bad):
     with pytest.raises(MemoryError_, match="exclude_fraction"):
         LatentSpatialMemory(channels=C, stride=S, exclude_fraction=bad)
+
+
+def test_sky_pixels_may_have_their_own_share():
+    """sky_exclude_fraction: excluded pixels at +inf (sky) are held to their own share, dynamic
+    ones still to exclude_fraction. Cell (0, 0): 7 of 16 pixels sky, the rest wall (a thin trunk
+    against the sky): excluded at the default (7/16 > 0.375), a point on the wall at 2 m with
+    0.5. Cell (0, 1): 7 of 16 dynamic at 1 m: excluded either way. Cell (0, 2): 9 of 16 sky:
+    above 0.5, excluded either way. The bottom row is plain wall."""
+    cam = Camera.from_fov(H, W, 60.0, look_at(np.zeros(3), np.array([1.0, 0.0, 0.0])))
+    depth = torch.full((H, W), 2.0)
+    ex = torch.zeros((H, W), dtype=torch.bool)
+    sky0 = torch.zeros((4, 4), dtype=torch.bool).flatten()
+    sky0[:7] = True
+    sky0 = sky0.reshape(4, 4)
+    ex[0:4, 0:4] = sky0
+    depth[0:4, 0:4][sky0] = float("inf")
+    dyn = torch.zeros(16, dtype=torch.bool)
+    dyn[:7] = True
+    dyn = dyn.reshape(4, 4)
+    ex[0:4, 4:8] = dyn
+    depth[0:4, 4:8][dyn] = 1.0
+    sky2 = torch.zeros(16, dtype=torch.bool)
+    sky2[:9] = True
+    sky2 = sky2.reshape(4, 4)
+    ex[0:4, 8:12] = sky2
+    depth[0:4, 8:12][sky2] = float("inf")
+    latent = torch.arange(C * 2 * 3, dtype=torch.float32).reshape(C, 2, 3)
+    default = LatentSpatialMemory(channels=C, stride=S, feature_dtype=torch.float32)
+    assert default.admissible(depth, cam, exclude=ex).tolist() == [[False, False, False], [True, True, True]]
+    mem = LatentSpatialMemory(channels=C, stride=S, feature_dtype=torch.float32, sky_exclude_fraction=0.5)
+    assert mem.admissible(depth, cam, exclude=ex).tolist() == [[True, False, False], [True, True, True]]
+    mem.insert(latent, depth, cam, exclude=ex)
+    r = mem.read(cam)
+    assert r.mask.tolist() == [[True, False, False], [True, True, True]]
+    assert float(r.depth[0, 0]) == pytest.approx(2.0, abs=1e-5)  # the wall's pixels place it, not the sky
+    for bad in (0.25, 1.0, True, "0.5"):
+        with pytest.raises(MemoryError_, match="sky_exclude_fraction"):
+            LatentSpatialMemory(channels=C, stride=S, sky_exclude_fraction=bad)

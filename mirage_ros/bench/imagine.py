@@ -81,6 +81,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "rotation; the revisited region then includes the seen sky); default on")
     p.add_argument("--sky-fraction", type=float, default=0.25,
                    help="share of +inf pixels that sends a cell with no point to the dome (default 0.25)")
+    p.add_argument("--sky-exclude-fraction", type=float, default=None,
+                   help="let cells whose excluded pixels are sky (+inf) stay points up to this share excluded "
+                        "(default: none, sky counts like dynamic pixels)")
     p.add_argument("--exclude-fraction", type=float, default=0.375,
                    help="the latent memory excludes a cell when more than this share of its pixels is dynamic "
                         "(default 0.375; 0: any pixel); partly covered cells keep their static part, placed by the "
@@ -127,7 +130,7 @@ def _oracle(cams, depth, labels, exclude_dynamic: bool):
 def _rollout(model, arm: str, depth_mode: str, rgb0, cams, depth, labels, steps, earliest_within=None,
              pin_generated=None, paste_generated=None,
              with_timings: bool = False, noise_seed=None, sky: bool = False, sky_fraction: float = 0.25,
-             exclude_fraction: float = 0.375):
+             exclude_fraction: float = 0.375, sky_exclude_fraction=None):
     """One arm's frames (N, H, W, 3) uint8 (frame 0 = the observed frame); with ``with_timings`` also
     the mean seconds per chunk."""
     import torch
@@ -144,7 +147,7 @@ def _rollout(model, arm: str, depth_mode: str, rgb0, cams, depth, labels, steps,
         memory = RGBPointCloudMemory(model.codec, splat="footprint", sky=sky, sky_fraction=sky_fraction)
     else:
         memory = LatentSpatialMemory(channels=model.channels, stride=model.stride, sky=sky, sky_fraction=sky_fraction,
-                                     exclude_fraction=exclude_fraction)
+                                     exclude_fraction=exclude_fraction, sky_exclude_fraction=sky_exclude_fraction)
     rcfg = RolloutConfig(progress=False, seed=noise_seed)
     if earliest_within is not None:
         rcfg.earliest_within = float(earliest_within)
@@ -161,7 +164,7 @@ def _rollout(model, arm: str, depth_mode: str, rgb0, cams, depth, labels, steps,
 
 
 def _readout_frames(codec, rgb0, cams, depth, labels, sky: bool = False, sky_fraction: float = 0.25,
-                    exclude_fraction: float = 0.375):
+                    exclude_fraction: float = 0.375, sky_exclude_fraction=None):
     """No model: the first observation's memory read at every pose and decoded (black where unseen),
     and the visibility of that memory (the revisited region)."""
     import torch
@@ -171,7 +174,7 @@ def _readout_frames(codec, rgb0, cams, depth, labels, sky: bool = False, sky_fra
     from ..world_model.codec import images_to_tensor, tensor_to_images
 
     mem = LatentSpatialMemory(channels=codec.channels, stride=codec.stride, sky=sky, sky_fraction=sky_fraction,
-                              exclude_fraction=exclude_fraction)
+                              exclude_fraction=exclude_fraction, sky_exclude_fraction=sky_exclude_fraction)
     mem.insert(codec.encode(images_to_tensor(rgb0))[0], torch.from_numpy(depth[0]), cams[0],
                exclude=torch.from_numpy(labels[0] != STATIC))
     reads = [mem.read(c) for c in cams]
@@ -295,7 +298,8 @@ def run(args) -> int:
         src, gt, depth, labels, cams = _scene_loop(seed, args.frames, H, W)
         _write_frames(out / "gt" / str(seed), gt)
         ro_frames, vis = _readout_frames(codec, gt[0], cams, depth, labels, sky=args.sky == "on",
-                                         sky_fraction=args.sky_fraction, exclude_fraction=args.exclude_fraction)
+                                         sky_fraction=args.sky_fraction, exclude_fraction=args.exclude_fraction,
+                                         sky_exclude_fraction=args.sky_exclude_fraction)
         gts.append(gt)
         unseen.append(~region_pixels(vis, codec.stride))
         for d in depths:
@@ -309,7 +313,8 @@ def run(args) -> int:
                                            paste_generated=_on_off(args.paste_generated),
                                            noise_seed=args.noise_seed, sky=args.sky == "on",
                                            sky_fraction=args.sky_fraction,
-                                           exclude_fraction=args.exclude_fraction)
+                                           exclude_fraction=args.exclude_fraction,
+                                           sky_exclude_fraction=args.sky_exclude_fraction)
                 seconds[d][arm].append(sec)
                 frames_of[d][arm].append(frames)
                 folder = out / (arm if d == "oracle" else f"memory_depth/{arm}") / str(seed)
@@ -344,7 +349,7 @@ def run(args) -> int:
                     "not a separately trained model",
         "sky_dome": {"sky_fraction": args.sky_fraction, "generated_frames_write_it": False} if args.sky == "on"
         else None,
-        "exclude_fraction": args.exclude_fraction,
+        "exclude_fraction": args.exclude_fraction, "sky_exclude_fraction": args.sky_exclude_fraction,
         "revisited_region": "cells of the first frame's memory visible at each generated frame's pose" + (
             " (points and the sky dome)" if args.sky == "on" else " (points)"),
         "blockiness": "gradient energy across 16/32-px borders relative to inside, divided by the ground truth's "

@@ -220,6 +220,10 @@ class LatentSpatialMemory:
             point nor dome: black). Above 0 a cell partly covered by a dynamic object keeps its
             static part: its depth comes from its non-excluded pixels only (median),
             so the object's depth never places the cell. Needs a pixel-resolution mask.
+        sky_exclude_fraction: None (default) counts excluded sky pixels like dynamic ones. A share
+            >= ``exclude_fraction`` lets a cell whose excluded pixels are sky (+inf depth) stay a
+            point up to that share excluded (e.g. a thin tree trunk against the sky), while the
+            dynamic share alone is still held to ``exclude_fraction``.
     """
 
     def __init__(
@@ -241,6 +245,7 @@ class LatentSpatialMemory:
         sky_reach: float = 0.75,
         sky_fraction: float = 0.25,
         exclude_fraction: float = 0.375,
+        sky_exclude_fraction: Optional[float] = None,
     ):
         for name, v in (("channels", channels), ("stride", stride), ("first_round_points", first_round_points)):
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
@@ -284,6 +289,12 @@ class LatentSpatialMemory:
             raise MemoryError_(f"exclude_fraction: expected a share of a cell's pixels in [0, 1), got "
                                f"{exclude_fraction!r}")
         self.exclude_fraction = float(exclude_fraction)
+        if sky_exclude_fraction is not None and (
+                isinstance(sky_exclude_fraction, bool) or not isinstance(sky_exclude_fraction, numbers.Real)
+                or not self.exclude_fraction <= sky_exclude_fraction < 1):
+            raise MemoryError_(f"sky_exclude_fraction: expected None or a share in [exclude_fraction, 1), got "
+                               f"{sky_exclude_fraction!r}")
+        self.sky_exclude_fraction = None if sky_exclude_fraction is None else float(sky_exclude_fraction)
         self.sky = SkyDome(self.channels, self.feature_dtype, self.device, float(sky_reach)) if sky else None
 
     # -- state ----------------------------------------------------------------------------------
@@ -379,7 +390,7 @@ class LatentSpatialMemory:
             ex = self._pixel_exclude(exclude, camera)
             if ex is not None and self.exclude_fraction > 0 and bool(ex.any()):
                 share = self._cell_share(ex)
-                partial = (share > 0) & (share <= self.exclude_fraction)
+                partial = (share > 0) & ~self._excluded_cells(ex, depth)
                 d = torch.where(partial, masked_median_depth(depth, ex, self.stride), d)
             return d
         if tuple(depth.shape) == (h, w):
@@ -402,7 +413,28 @@ class LatentSpatialMemory:
         H, W = mask.shape
         return mask.reshape(H // s, s, W // s, s).float().mean(dim=(1, 3))
 
-    def _latent_exclude(self, exclude, camera: Camera) -> Optional[torch.Tensor]:
+    def _excluded_cells(self, ex: torch.Tensor, depth=None) -> torch.Tensor:
+        """(H, W) bool pixel mask -> (h, w) cells excluded as points (``exclude_fraction``, and
+        ``sky_exclude_fraction`` for excluded pixels at +inf where the pixel depth is given)."""
+        share = self._cell_share(ex)
+        if self.sky_exclude_fraction is None or depth is None:
+            return share > self.exclude_fraction
+        dyn = self._cell_share(ex & ~torch.isposinf(depth))
+        return (dyn > self.exclude_fraction) | (share > self.sky_exclude_fraction)
+
+    def _pixel_depth(self, depth, camera: Camera) -> Optional[torch.Tensor]:
+        """The depth as a float tensor at image resolution, or None (other shape or type; checked later)."""
+        if self.sky_exclude_fraction is None:
+            return None
+        try:
+            d = torch.as_tensor(depth, device=self.device)
+        except Exception:  # noqa: BLE001 - _latent_depth names the problem
+            return None
+        if tuple(d.shape) != (camera.height, camera.width) or not d.is_floating_point():
+            return None
+        return d.float()
+
+    def _latent_exclude(self, exclude, camera: Camera, depth=None) -> Optional[torch.Tensor]:
         if exclude is None:
             return None
         h, w = camera.latent_size(self.stride)
@@ -411,7 +443,7 @@ class LatentSpatialMemory:
             raise MemoryError_(f"exclude: expected a bool mask, got dtype {exclude.dtype}")
         if tuple(exclude.shape) == (camera.height, camera.width):
             if self.exclude_fraction > 0:
-                return self._cell_share(exclude) > self.exclude_fraction
+                return self._excluded_cells(exclude, self._pixel_depth(depth, camera))
             return downsample_mask(exclude, self.stride)
         if tuple(exclude.shape) == (h, w):
             return exclude
@@ -420,7 +452,7 @@ class LatentSpatialMemory:
 
     def admissible(self, depth, camera: Camera, exclude=None) -> torch.Tensor:
         """Lambda_t (h, w) bool: finite positive depth and not excluded (dynamic / sky)."""
-        ex = self._latent_exclude(exclude, camera)
+        ex = self._latent_exclude(exclude, camera, depth)
         d = self._latent_depth(depth, camera, exclude)
         ok = torch.isfinite(d)
         return ok if ex is None else ok & ~ex
@@ -435,7 +467,7 @@ class LatentSpatialMemory:
         if not isinstance(camera, Camera):
             raise MemoryError_(f"camera: expected a mirage_ros.geometry.Camera, got {type(camera).__name__}")
         latent = self._check_latent(latent, camera)
-        ex = self._latent_exclude(exclude, camera)  # checks the mask before it is used for depth
+        ex = self._latent_exclude(exclude, camera, depth)  # checks the mask before it is used for depth
         d = self._latent_depth(depth, camera, exclude)
         lam = torch.isfinite(d) if ex is None else torch.isfinite(d) & ~ex
         sky_cells = self._sky_cells(depth, camera, d, exclude) if self.sky is not None and sky else None

@@ -231,6 +231,13 @@ def test_sampler_config_round_trip_and_overrides_replace_one_field_each():
             FlowUniPCSampler.from_config(bad)
 
 
+def _per_cell_problem(seed: int):
+    """Noise (1, 2, 3, 2, 2), one clean frame at 0.25, a readout of ones, an empty cell mask."""
+    noise = torch.randn(1, 2, 3, 2, 2, generator=torch.Generator().manual_seed(seed))
+    return noise, torch.full((1, 2, 1, 2, 2), 0.25), torch.ones(1, 2, 3, 2, 2), torch.zeros(1, 1, 3, 2, 2,
+                                                                                          dtype=torch.bool)
+
+
 def test_memory_pinning_by_hand():
     """A per-cell model that always flows toward 0 (x0 = 0, so flow = x / sigma), one visible cell
     whose readout is 1: before each pinned step the visible cell is exactly (1 - sigma_i) * 1 +
@@ -242,11 +249,7 @@ def test_memory_pinning_by_hand():
         seen.append(x.clone())
         return x / (t / 1000.0)
 
-    g = torch.Generator().manual_seed(1)
-    noise = torch.randn(1, 2, 3, 2, 2, generator=g)
-    clean = torch.full((1, 2, 1, 2, 2), 0.25)
-    known = torch.ones(1, 2, 3, 2, 2)
-    mask = torch.zeros(1, 1, 3, 2, 2, dtype=torch.bool)
+    noise, clean, known, mask = _per_cell_problem(1)
     mask[0, 0, 1, 0, 1] = True
     mask[0, 0, 0] = True  # the clean frame's cells: must stay clean
     plain = FlowUniPCSampler(steps=6, shift=3.0).sample(predict, noise, clean)
@@ -278,11 +281,7 @@ def test_paste_mask_apart_from_the_pin_mask_by_hand():
     def predict(x, t, conditional):
         return x / (t / 1000.0)
 
-    g = torch.Generator().manual_seed(2)
-    noise = torch.randn(1, 2, 3, 2, 2, generator=g)
-    clean = torch.full((1, 2, 1, 2, 2), 0.25)
-    known = torch.ones(1, 2, 3, 2, 2)
-    pin = torch.zeros(1, 1, 3, 2, 2, dtype=torch.bool)
+    noise, clean, known, pin = _per_cell_problem(2)
     paste = torch.zeros_like(pin)
     pin[0, 0, 1, 0, 0] = True    # pinned only
     paste[0, 0, 2, 1, 1] = True  # pasted only

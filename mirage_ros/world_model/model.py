@@ -330,13 +330,14 @@ class MirageWorldModel:
 
             # The targets' readouts and visibility, for memory pinning (``sampler``).
             known = torch.stack([r["readouts"][:T] for r in requests]).permute(0, 2, 1, 3, 4).to(dev, torch.float32)
-            # A request's ``pin_masks`` (T, h, w) narrows pinning to those cells (default: all visible).
-            known_mask = torch.stack([r["pin_masks"] if r.get("pin_masks") is not None else r["masks"][:T]
-                                      for r in requests])[:, None].to(dev, torch.bool)
-            paste = None  # a request's ``paste_masks`` (T, h, w) narrows the paste the same way
-            if any(r.get("paste_masks") is not None for r in requests):
-                paste = torch.stack([r["paste_masks"] if r.get("paste_masks") is not None else r["masks"][:T]
-                                     for r in requests])[:, None].to(dev, torch.bool)
+            # A request's ``pin_masks`` / ``paste_masks`` (T, h, w) narrow pinning / the paste to
+            # those cells (default: every visible target cell).
+            def target_masks(key):
+                return torch.stack([r[key] if r.get(key) is not None else r["masks"][:T]
+                                    for r in requests])[:, None].to(dev, torch.bool)
+
+            known_mask = target_masks("pin_masks")
+            paste = target_masks("paste_masks") if any(r.get("paste_masks") is not None for r in requests) else None
             x = self.sampler.sample(predict, noise, clean, progress=progress, known=known, known_mask=known_mask,
                                     paste_mask=paste)
         return [x[i].permute(1, 0, 2, 3).float().cpu() for i in range(B)]

@@ -70,11 +70,12 @@ class RolloutConfig:
         paste (``pin_paste``) also hold cells that the rollout's own generated points fill. False
         keeps them to what the memory held when the rollout began (the observations) and the sky
         dome; the side branch still sees every readout cell. (Latent memory only: the RGB cache's
-        readout does not say which point won.) Paste off for generated cells by default: on
-        validation loops (800000-800007) it cut blockiness 5.90x -> 5.42x (never-seen 7.54x ->
-        6.76x: a generated cell reprojected whole and pasted is a hard-edged block), every region's
-        PSNR equal or +0.01, final frame -0.03 dB; pinning them too off: blockiness 5.09x but final
-        frame -0.96 dB.
+        readout does not say which point won; with the memory's ``on_revisit="refresh"`` an
+        observed point refreshed by a generated frame still counts as observed.) Paste off for
+        generated cells by default: on validation loops (800000-800007) it cut blockiness 5.90x ->
+        5.42x (never-seen 7.54x -> 6.76x: a generated cell reprojected whole and pasted is a
+        hard-edged block), every region's PSNR equal or +0.01, final frame -0.03 dB; pinning them
+        too off: blockiness 5.09x but final frame -0.96 dB.
     """
 
     chunk_latents: int = 9

@@ -78,15 +78,38 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                        description="RefinedBlockCodec: the dataset's linear-block encoder with a learned decoder that "
                                    "sees across block borders (seams) and smooths generated "
                                    "latents; JSON + PNG in OUT.")
-    d.add_argument("data", help="dataset folder whose codec is linear-block")
+    d.add_argument("data", nargs="?", default=None,
+                   help="dataset folder whose codec is linear-block (optional with --rollouts and --init)")
     d.add_argument("--out", required=True, help="codec folder to write")
     d.add_argument("--steps", type=int, default=3000)
     d.add_argument("--batch", type=int, default=8)
     d.add_argument("--lr", type=float, default=1e-3)
+    d.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps (default 0)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--hidden", type=int, default=48)
-    d.add_argument("--blocks", type=int, default=4)
+    d.add_argument("--hidden", type=int, default=None, help="deblocker width (default 48; not with --init)")
+    d.add_argument("--blocks", type=int, default=None, help="deblocker depth (default 4; not with --init)")
+    d.add_argument("--perturb-prob", type=float, default=0.5,
+                   help="share of clean batches whose latents are perturbed like a model's (default 0.5)")
+    d.add_argument("--init", default=None, help="refined codec folder to fine-tune (its deblocker is the start)")
+    d.add_argument("--rollouts", default=None,
+                   help="`mirage data rollout-pairs` folder: a model's generated latents with the true frames")
+    d.add_argument("--rollout-prob", type=float, default=0.5, help="share of batches from --rollouts (default 0.5)")
+    d.add_argument("--validation-rollouts", default=None,
+                   help="rollout pairs of validation seeds: the best step decodes them nearest the truth")
     d.add_argument("--threads", type=int, default=None)
+
+    q = sub.add_parser("rollout-pairs", help="a world model's generated latents beside the true frames",
+                       description="Roll a model out (default settings, simulator depth) on simulator scenes and "
+                                   "store each generated latent with the true frame at its pose (safetensors per "
+                                   "scene), for `mirage data fit-deblocker --rollouts`.")
+    q.add_argument("--model", required=True, help="Mirage model folder")
+    q.add_argument("--out", required=True, help="folder to write")
+    q.add_argument("--seeds", required=True, help="scene seeds: 2000-2199 | 2000,2001 (training seeds, or the "
+                                                  "validation block for --validation-rollouts; never held-out)")
+    q.add_argument("--frames", type=int, default=41)
+    q.add_argument("--trajectory", default="source", choices=["source", "loop"],
+                   help="the scene's own camera path (default) or a closed loop (as the benchmark)")
+    q.add_argument("--threads", type=int, default=None)
 
 
 def _codec_args(p) -> None:
@@ -121,8 +144,26 @@ def run_data(args) -> int:
                 import torch
 
                 torch.set_num_threads(args.threads)
+            size = {k: v for k, v in (("hidden", args.hidden), ("blocks", args.blocks)) if v is not None}
             header = fit_deblocker(args.data, args.out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                                   hidden=args.hidden, blocks=args.blocks)
+                                   warmup=args.warmup, perturb_prob=args.perturb_prob, init=args.init,
+                                   rollouts=args.rollouts, rollout_prob=args.rollout_prob,
+                                   validation_rollouts=args.validation_rollouts, **size)
+        elif args.data_command == "rollout-pairs":
+            from ..bench.evaluation import parse_seeds
+            from .rollout_pairs import collect_rollout_pairs
+            from .seeds import HELD_OUT_BASE, HELD_OUT_COUNT
+
+            if args.threads:
+                import torch
+
+                torch.set_num_threads(args.threads)
+            seeds = parse_seeds(args.seeds, 0)
+            if any(HELD_OUT_BASE <= s < HELD_OUT_BASE + HELD_OUT_COUNT for s in seeds):
+                raise ValueError(f"seeds: {args.seeds} reaches the held-out block [{HELD_OUT_BASE}, "
+                                 f"{HELD_OUT_BASE + HELD_OUT_COUNT}): those are for `mirage bench imagine` only")
+            header = collect_rollout_pairs(args.model, args.out, seeds, frames=args.frames,
+                                           trajectory=args.trajectory)
         elif args.data_command == "bag":
             from .bag_data import generate_from_bag
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -43,9 +43,40 @@ def _perturb(z, std, g, torch):
     return z + std.view(1, C, 1, 1) * (s_cell * cell + s_tok * tok)
 
 
-def fit_deblocker(data: str, out: str, steps: int = 3000, batch: int = 8, lr: float = 1e-3, seed: int = 0,
+def _rollout_validation(folder, frames_per_seed: int = 10):
+    """(rgb, latent) of a validation rollout-pairs folder: evenly spaced generated frames per scene."""
+    import torch
+
+    from .rollout_pairs import iter_rollout_pairs
+    from .seeds import VALIDATION_BASE, VALIDATION_COUNT
+
+    rgb, lat = [], []
+    for seed, r, z in iter_rollout_pairs(folder):
+        if not VALIDATION_BASE <= seed < VALIDATION_BASE + VALIDATION_COUNT:
+            raise ValueError(f"validation_rollouts: seed {seed} is not in the validation block "
+                             f"[{VALIDATION_BASE}, {VALIDATION_BASE + VALIDATION_COUNT})")
+        k = np.linspace(0, len(r) - 1, frames_per_seed).astype(int)
+        rgb.append(r[k])
+        lat.append(z[k])
+    if not rgb:
+        raise ValueError(f"validation_rollouts: {folder} holds no scene")
+    return np.concatenate(rgb), torch.cat(lat)
+
+
+def fit_deblocker(data: Optional[str], out: str, steps: int = 3000, batch: int = 8, lr: float = 1e-3, seed: int = 0,
                   validate_every: int = 250, validation_seeds: int = 8, perturb_prob: float = 0.5,
-                  progress: bool = True, **deblocker_config) -> Dict:
+                  progress: bool = True, init: Optional[str] = None, rollouts: Optional[str] = None,
+                  rollout_prob: float = 0.5, validation_rollouts: Optional[str] = None, warmup: int = 0,
+                  **deblocker_config) -> Dict:
+    """Fit (or, from ``init``, fine-tune) the deblocker; write the best step's codec, ``fit.json``, ``fit.png``.
+
+    ``data``: a dataset whose codec is linear-block (its frames and latents); ``rollouts``: a
+    ``mirage data rollout-pairs`` folder (a world model's generated latents with the true frames at
+    their poses): a ``rollout_prob`` share of batches comes from it, the rest from ``data`` or, without
+    one, from those true frames encoded (clean, perturbed with ``perturb_prob``). ``init``: a refined
+    codec folder whose encoder must be the data's and whose deblocker is the starting point.
+    ``validation_rollouts`` (validation seeds only): the best step is the one whose decode of those
+    generated latents is nearest the truth (PSNR); without it, the best clean-frame PSNR."""
     import torch
 
     from ..bench.evaluation import blockiness
@@ -54,81 +85,146 @@ def fit_deblocker(data: str, out: str, steps: int = 3000, batch: int = 8, lr: fl
     from ..world_model.codec import LinearBlockCodec, images_to_tensor, load_codec, tensor_to_images
     from ..world_model.refined_codec import RefinedBlockCodec
     from .dataset import MirageDataset
+    from .rollout_pairs import iter_rollout_pairs
 
-    ds = MirageDataset(data)
-    base = load_codec(Path(data) / "codec")
-    if type(base) is not LinearBlockCodec:
+    if data is None and rollouts is None:
+        raise ValueError("data: give a dataset folder, a rollout-pairs folder (rollouts), or both")
+    if not 0.0 <= rollout_prob <= 1.0:
+        raise ValueError(f"rollout_prob: expected a share in [0, 1], got {rollout_prob}")
+    ds = MirageDataset(data) if data is not None else None
+    start = load_codec(init) if init is not None else None
+    if start is not None and not isinstance(start, RefinedBlockCodec):
+        raise ValueError(f"init: {init} holds a {start.config()['codec']!r} codec, not a refined block codec")
+    base = load_codec(Path(data) / "codec") if ds is not None else start
+    if base is None:
+        raise ValueError("init: without a dataset the codec comes from init (a refined codec folder)")
+    if not isinstance(base, LinearBlockCodec):
         raise ValueError(f"data: the dataset's codec is {base.config()['codec']!r}; a deblocker "
                          f"refines a linear-block codec")
-    codec = RefinedBlockCodec.from_linear(base, **deblocker_config)
+    if start is not None:
+        if not (torch.equal(start.basis, base.basis) and torch.equal(start.mean, base.mean)):
+            raise ValueError(f"init: {init}'s encoder is not the dataset's (different block-PCA basis)")
+        codec = start
+        if deblocker_config and any(start.deblocker.config.get(k) != v for k, v in deblocker_config.items()):
+            raise ValueError(f"init: its deblocker is {start.deblocker.config}; drop the size options or init")
+    else:
+        codec = RefinedBlockCodec.from_linear(base, **deblocker_config)
     net = codec.deblocker.train().requires_grad_(True)
-    clips = list(ds.iter_clips())
-    n_frames = {c: int(ds.meta(c)["rgb_frames"]) for c in clips}
     g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
+    pairs = list(iter_rollout_pairs(rollouts)) if rollouts is not None else []
+    if rollouts is not None and not pairs:
+        raise ValueError(f"rollouts: {rollouts} holds no scene")
+    gen = _rollout_validation(validation_rollouts) if validation_rollouts is not None else None
+    if ds is not None:
+        clips = list(ds.iter_clips())
+        n_frames = {c: int(ds.meta(c)["rgb_frames"]) for c in clips}
 
-    def sample(k):
+    def sample_clean(k):
         rgb, lat = [], []
         for _ in range(k):
-            c = clips[int(rng.integers(len(clips)))]
-            fr = ds.frame(c, int(rng.integers(n_frames[c])))
-            rgb.append(fr["rgb"].numpy())
-            lat.append(fr["latent"].float())
+            if ds is not None:
+                c = clips[int(rng.integers(len(clips)))]
+                fr = ds.frame(c, int(rng.integers(n_frames[c])))
+                rgb.append(fr["rgb"].numpy())
+                lat.append(fr["latent"].float())
+            else:
+                _, r, _ = pairs[int(rng.integers(len(pairs)))]
+                rgb.append(r[int(rng.integers(len(r)))])
+        x = images_to_tensor(np.stack(rgb))
+        return x, (torch.stack(lat) if lat else base.encode(x))
+
+    def sample_rollout(k):
+        rgb, lat = [], []
+        for _ in range(k):
+            _, r, z = pairs[int(rng.integers(len(pairs)))]
+            i = int(rng.integers(len(r)))
+            rgb.append(r[i])
+            lat.append(z[i])
         return images_to_tensor(np.stack(rgb)), torch.stack(lat)
 
-    probe_x, probe_z = sample(64)
+    probe_x, probe_z = sample_clean(64)
     std = probe_z.permute(1, 0, 2, 3).flatten(1).std(1)
-    val_rgb = _validation_frames(validation_seeds, ds.header["resolution"])
+    resolution = ds.header["resolution"] if ds is not None else list(pairs[0][1].shape[1:3])
+    val_rgb = _validation_frames(validation_seeds, resolution)
     val_x = images_to_tensor(val_rgb)
     val_z = base.encode(val_x)
     lin_val = tensor_to_images(base.decode(val_z))
+
+    def ratios(rec, ref):
+        return {"blockiness16": blockiness(rec, 16) / blockiness(ref, 16),
+                "blockiness32": blockiness(rec, 32) / blockiness(ref, 32)}
 
     def evaluate():
         net.eval()
         with torch.no_grad():
             rec = tensor_to_images(codec.decode(val_z))
+            m = {"psnr_db": psnr(val_rgb, rec), **ratios(rec, val_rgb)}
+            if gen is not None:
+                grec = tensor_to_images(codec.decode(gen[1]))
+                m.update({"rollout_psnr_db": psnr(gen[0], grec),
+                          **{f"rollout_{k}": v for k, v in ratios(grec, gen[0]).items()}})
         net.train()
-        return {"psnr_db": psnr(val_rgb, rec), "blockiness16": blockiness(rec, 16) / blockiness(val_rgb, 16),
-                "blockiness32": blockiness(rec, 32) / blockiness(val_rgb, 32)}, rec
+        return m, rec
+
+    def score(m):
+        return m["rollout_psnr_db"] if gen is not None else m["psnr_db"]
 
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt,
-                                              lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
-    history, best, best_rec = [], None, None
+    def lr_at(s):  # linear warm-up (a fine-tune's first Adam steps would otherwise undo the start), cosine to 0.1
+        return min(1.0, (s + 1) / warmup) if s < warmup else \
+            0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, steps - warmup))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     out = Path(out)
+    start_metrics, _ = evaluate()
+    start_metrics.update(step=0, loss=float("nan"), seconds=0.0)
+    history, best, best_rec = [start_metrics], None, None
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
     bar = tqdm(range(1, steps + 1), desc="fit deblocker", unit="step", disable=not progress)
     for step in bar:
-        x, z = sample(batch)
-        if torch.rand((), generator=g) < perturb_prob:
-            z = _perturb(z, std, g, torch)
+        if pairs and torch.rand((), generator=g) < rollout_prob:
+            x, z = sample_rollout(batch)
+        else:
+            x, z = sample_clean(batch)
+            if torch.rand((), generator=g) < perturb_prob:
+                z = _perturb(z, std, g, torch)
         loss = torch.nn.functional.mse_loss(codec.decode_train(z), x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        bar.set_postfix(loss=f"{float(loss):.5f}")
+        bar.set_postfix(loss=f"{loss.item():.5f}")
         if step % validate_every == 0 or step == steps:
             m, rec = evaluate()
-            m.update(step=step, loss=float(loss), seconds=time.perf_counter() - t0)
+            m.update(step=step, loss=loss.item(), seconds=time.perf_counter() - t0)
             history.append(m)
-            if best is None or m["psnr_db"] > best["psnr_db"]:
+            if best is None or score(m) > score(best):
                 best, best_rec = m, rec
                 net.eval()
                 codec.save_pretrained(out)
                 net.train()
     net.eval().requires_grad_(False)
     result = {
-        "codec": codec.config(), "data": str(data), "steps": steps, "batch": batch, "lr": lr,
-        "perturb_prob": perturb_prob,
+        "codec": codec.config(), "data": None if data is None else str(data), "steps": steps, "batch": batch,
+        "lr": lr, "warmup": warmup, "perturb_prob": perturb_prob, "init": None if init is None else str(init),
+        "rollouts": None if rollouts is None else str(rollouts), "rollout_scenes": len(pairs),
+        "rollout_prob": rollout_prob if pairs else 0.0,
         "validation": "validation seed block, 6 frames per seed", "validation_seeds": validation_seeds,
-        "linear": {"psnr_db": psnr(val_rgb, lin_val), "blockiness16": blockiness(lin_val, 16) / blockiness(val_rgb, 16),
-                   "blockiness32": blockiness(lin_val, 32) / blockiness(val_rgb, 32)},
-        "refined_best": best, "history": history,
+        "validation_rollouts": None if validation_rollouts is None else str(validation_rollouts),
+        "selection": "rollout_psnr_db" if gen is not None else "psnr_db",
+        "linear": {"psnr_db": psnr(val_rgb, lin_val), **ratios(lin_val, val_rgb)},
+        "start": start_metrics, "refined_best": best, "history": history,
         "parameters": sum(p.numel() for p in net.parameters()),
     }
     write_json(out / "fit.json", result)
-    write_png(out / "fit.png", np.concatenate([val_rgb[0], lin_val[0], best_rec[0]], axis=1))
+    rows = [np.concatenate([val_rgb[0], lin_val[0], best_rec[0]], axis=1)]
+    if gen is not None:  # a generated frame: truth | linear decode | refined decode
+        i = len(gen[0]) - 1
+        with torch.no_grad():
+            dec = [tensor_to_images(c.decode(gen[1][i:i + 1]))[0] for c in (base, codec)]
+        rows.append(np.concatenate([gen[0][i], *dec], axis=1))
+    write_png(out / "fit.png", np.concatenate(rows, axis=0))
     return result

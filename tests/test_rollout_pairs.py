@@ -62,7 +62,8 @@ def test_deblocker_fine_tuned_on_pairs_learns_their_systematic_error(tmp_path):
     """'Generated' latents = the true frames' latents with the block-mean component shifted (a model
     that paints every block too bright): decoded as they are, they miss the truth; after fine-tuning on
     such pairs (rollouts only) the decode of unseen pairs of the same kind is much nearer the truth,
-    and the run keeps the best validation step and says so in fit.json."""
+    and the run keeps the best validation step and says so in its record. Written as the imagination
+    decoder of the shipped codec (``imagined_of``), whose clean decoder stays as it was."""
     from mirage_ros.training.deblocker_fit import fit_deblocker
     from mirage_ros.training.sim_data import render_clip, sim_clip_source
     from mirage_ros.util import psnr
@@ -86,9 +87,12 @@ def test_deblocker_fine_tuned_on_pairs_learns_their_systematic_error(tmp_path):
     before = psnr(val_rgb, tensor_to_images(codec.decode(val_lat.half().float())))
     res = fit_deblocker(None, tmp_path / "out", steps=40, batch=4, lr=5e-4, warmup=5, validate_every=20,
                         validation_seeds=1, init=codec_dir, rollouts=tmp_path / "train", rollout_prob=1.0,
-                        validation_rollouts=tmp_path / "val", progress=False)
-    tuned = load_codec(tmp_path / "out")
-    after = psnr(val_rgb, tensor_to_images(tuned.decode(val_lat.half().float())))
+                        validation_rollouts=tmp_path / "val", imagined_of=codec_dir, progress=False)
+    tuned = load_codec(tmp_path / "out")  # the shipped codec with the fit as its imagination decoder
+    z = val_lat.half().float()
+    assert torch.equal(tuned.decode(z), codec.decode(z))  # memory (no mask): the clean decoder, unchanged
+    after = psnr(val_rgb, tensor_to_images(tuned.decode(z, memory_cells=torch.zeros(len(z), 8, 14, dtype=torch.bool))))
+    assert (tmp_path / "out" / "imagined_fit.json").is_file() and (tmp_path / "out" / "fit.json").is_file()
     assert res["selection"] == "rollout_psnr_db" and res["rollout_scenes"] == 1
     assert abs(res["start"]["rollout_psnr_db"] - before) < 0.05
     assert after > before + 2.0 and abs(res["refined_best"]["rollout_psnr_db"] - after) < 0.05

@@ -315,6 +315,14 @@ def test_pinning_can_be_kept_to_the_observations():
         return real(requests, *a, **kw)
 
     tiny.denoise_batch = spy
+    decoded = []
+    real_decode = tiny.decode_video
+
+    def decode_spy(z, memory_cells=None):
+        decoded.append(memory_cells)
+        return real_decode(z, memory_cells=memory_cells)
+
+    tiny.decode_video = decode_spy
     z0 = tiny.encode_images(images_to_tensor(first_image()))[0]
     first = LatentSpatialMemory(48, 16)
     first.insert(z0, wall_depth(cams[0]), cams[0])
@@ -323,17 +331,23 @@ def test_pinning_can_be_kept_to_the_observations():
     observed = [torch.stack([first.read(c).mask for c in tc]) for tc in targets]
     for pin, paste in ((False, True), (True, False), (False, False)):
         seen.clear()
+        decoded.clear()
         rollout(tiny, first_image(), cams, LatentSpatialMemory(48, 16), first_depth=wall_depth(cams[0]),
                 depth_provider=sim_depth,
                 config=RolloutConfig(seed=0, progress=False, pin_generated=pin, paste_generated=paste))
-        assert len(seen) == len(schedule) >= 2
+        assert len(seen) == len(decoded) == len(schedule) >= 2
         generated = 0
-        for r, obs_cells in zip(seen, observed):
+        for c, (r, obs_cells, cells) in enumerate(zip(seen, observed, decoded)):
             vis = r["masks"][: r["num_targets"]]
             obs = vis & obs_cells
             generated += int((vis & ~obs_cells).sum())
             assert torch.equal(r["pin_masks"], obs if not pin else vis)
             assert torch.equal(r["paste_masks"], obs if not paste else vis)
+            # the decoder is told the observed cells (latent 0 of chunk 0 is the observation itself)
+            expect = obs.clone()
+            if c == 0:
+                expect[0] = True
+            assert torch.equal(cells, expect)
         assert generated > 0, "the camera must see cells that only generated points fill"
     default = RolloutConfig()
     assert default.pin_generated and not default.paste_generated  # chosen on validation loops
@@ -341,3 +355,7 @@ def test_pinning_can_be_kept_to_the_observations():
     rollout(tiny, first_image(), cams, LatentSpatialMemory(48, 16), first_depth=wall_depth(cams[0]),
             depth_provider=sim_depth, config=RolloutConfig(seed=0, progress=False, paste_generated=True))
     assert all(r.get("pin_masks") is None and r.get("paste_masks") is None for r in seen)  # both on: every cell
+    decoded.clear()
+    rollout(tiny, first_image(), cams, LatentSpatialMemory(48, 16), first_depth=wall_depth(cams[0]),
+            depth_provider=sim_depth, config=RolloutConfig(seed=0, progress=False, decode_imagined=False))
+    assert decoded and all(m is None for m in decoded)

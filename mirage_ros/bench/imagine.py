@@ -74,6 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pin also the cells the rollout's own generated points fill (default: the rollout's)")
     p.add_argument("--paste-generated", default=None, choices=["on", "off"],
                    help="paste also the cells the rollout's own generated points fill (default: the rollout's)")
+    p.add_argument("--decode-imagined", default=None, choices=["on", "off"],
+                   help="decode cells the observations did not supply with the codec's imagination decoder "
+                        "(RolloutConfig.decode_imagined; default: on)")
     p.add_argument("--earliest-within", type=float, default=None,
                    help="observed-first readout tolerance (default: the rollout's, 0.3; 0 = plain frontmost-wins)")
     p.add_argument("--sky", default="on", choices=["on", "off"],
@@ -128,7 +131,7 @@ def _oracle(cams, depth, labels, exclude_dynamic: bool):
 
 
 def _rollout(model, arm: str, depth_mode: str, rgb0, cams, depth, labels, steps, earliest_within=None,
-             pin_generated=None, paste_generated=None,
+             pin_generated=None, paste_generated=None, decode_imagined=None,
              with_timings: bool = False, noise_seed=None, sky: bool = False, sky_fraction: float = 0.25,
              exclude_fraction: float = 0.375, sky_exclude_fraction=None):
     """One arm's frames (N, H, W, 3) uint8 (frame 0 = the observed frame); with ``with_timings`` also
@@ -155,6 +158,8 @@ def _rollout(model, arm: str, depth_mode: str, rgb0, cams, depth, labels, steps,
         rcfg.pin_generated = bool(pin_generated)
     if paste_generated is not None:
         rcfg.paste_generated = bool(paste_generated)
+    if decode_imagined is not None:
+        rcfg.decode_imagined = bool(decode_imagined)
     res = rollout(model, rgb0, cams, memory, first_depth=torch.from_numpy(depth[0]), first_exclude=first_ex,
                   depth_provider=depth_fn if depth_mode == "oracle" else None, mask_provider=mask_fn,
                   readout_scale=0.0 if arm == "none" else 1.0, config=rcfg)
@@ -311,6 +316,7 @@ def run(args) -> int:
                                            earliest_within=args.earliest_within, with_timings=True,
                                            pin_generated=_on_off(args.pin_generated),
                                            paste_generated=_on_off(args.paste_generated),
+                                           decode_imagined=_on_off(args.decode_imagined),
                                            noise_seed=args.noise_seed, sky=args.sky == "on",
                                            sky_fraction=args.sky_fraction,
                                            exclude_fraction=args.exclude_fraction,
@@ -343,6 +349,8 @@ def run(args) -> int:
         "earliest_within": args.earliest_within if args.earliest_within is not None else _default_earliest(),
         "pin_generated": _on_off(args.pin_generated, _default_rollout().pin_generated),
         "paste_generated": _on_off(args.paste_generated, _default_rollout().paste_generated),
+        "decode_imagined": _on_off(args.decode_imagined, _default_rollout().decode_imagined),
+        "imagination_decoder": getattr(codec, "imagined", None) is not None,
         "noise_seed": args.noise_seed if args.noise_seed is not None else "derived from each loop's observation",
         "resolution": [H, W], "frames_per_loop": args.frames, "seeds": seeds, "device": args.device,
         "none_arm": "shortcut: the latent arm's model with the readout zeroed (trained with readout dropout), "

@@ -147,7 +147,8 @@ class MirageCore:
                        noise_seed=None if p["sampler.noise_seed"] < 0 else p["sampler.noise_seed"],
                        rollout={"earliest_within": p["readout.earliest_within"],
                                 "pin_generated": p["sampler.pin_generated"],
-                                "paste_generated": p["sampler.paste_generated"]})
+                                "paste_generated": p["sampler.paste_generated"],
+                                "decode_imagined": p["sampler.decode_imagined"]})
         return p["backend"], cfg
 
     def configure(self, backend=None) -> None:

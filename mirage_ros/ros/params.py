@@ -121,6 +121,9 @@ PARAMS: List[Param] = [
     Param("sampler.paste_generated", False,
           "the paste also copies cells that the request's own generated frames fill (off by default: a generated "
           "cell reprojected whole is a hard-edged block; the model redraws it, guided by pinning)"),
+    Param("sampler.decode_imagined", True,
+          "decode what the observations did not supply with the codec's imagination decoder, when it has one "
+          "(the shipped codec: smooth where the model guesses; observed cells keep the clean decoder)"),
     Param("readout.earliest_within", 0.3,
           "observed-first readout for generation: among points within this fraction of a cell's nearest depth the "
           "earliest inserted wins (0: plain frontmost-wins)",

@@ -96,6 +96,9 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--rollout-prob", type=float, default=0.5, help="share of batches from --rollouts (default 0.5)")
     d.add_argument("--validation-rollouts", default=None,
                    help="rollout pairs of validation seeds: the best step decodes them nearest the truth")
+    d.add_argument("--imagined-of", default=None,
+                   help="refined codec folder: write it to --out with this fit as its imagination decoder "
+                        "(decodes what the memory did not supply)")
     d.add_argument("--threads", type=int, default=None)
 
     q = sub.add_parser("rollout-pairs", help="a world model's generated latents beside the true frames",
@@ -148,7 +151,8 @@ def run_data(args) -> int:
             header = fit_deblocker(args.data, args.out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                                    warmup=args.warmup, perturb_prob=args.perturb_prob, init=args.init,
                                    rollouts=args.rollouts, rollout_prob=args.rollout_prob,
-                                   validation_rollouts=args.validation_rollouts, **size)
+                                   validation_rollouts=args.validation_rollouts, imagined_of=args.imagined_of,
+                                   **size)
         elif args.data_command == "rollout-pairs":
             from ..bench.evaluation import parse_seeds
             from .rollout_pairs import collect_rollout_pairs

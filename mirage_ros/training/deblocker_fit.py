@@ -67,6 +67,7 @@ def fit_deblocker(data: Optional[str], out: str, steps: int = 3000, batch: int =
                   validate_every: int = 250, validation_seeds: int = 8, perturb_prob: float = 0.5,
                   progress: bool = True, init: Optional[str] = None, rollouts: Optional[str] = None,
                   rollout_prob: float = 0.5, validation_rollouts: Optional[str] = None, warmup: int = 0,
+                  imagined_of: Optional[str] = None,
                   **deblocker_config) -> Dict:
     """Fit (or, from ``init``, fine-tune) the deblocker; write the best step's codec, ``fit.json``, ``fit.png``.
 
@@ -76,7 +77,10 @@ def fit_deblocker(data: Optional[str], out: str, steps: int = 3000, batch: int =
     one, from those true frames encoded (clean, perturbed with ``perturb_prob``). ``init``: a refined
     codec folder whose encoder must be the data's and whose deblocker is the starting point.
     ``validation_rollouts`` (validation seeds only): the best step is the one whose decode of those
-    generated latents is nearest the truth (PSNR); without it, the best clean-frame PSNR."""
+    generated latents is nearest the truth (PSNR); without it, the best clean-frame PSNR.
+    ``imagined_of``: a refined codec folder; ``out`` is then that codec with the fitted deblocker as
+    its imagination decoder (``RefinedBlockCodec.imagined``), the fit's record ``imagined_fit.json``/
+    ``.png`` beside the codec's own ``fit.json``."""
     import torch
 
     from ..bench.evaluation import blockiness
@@ -109,6 +113,11 @@ def fit_deblocker(data: Optional[str], out: str, steps: int = 3000, batch: int =
             raise ValueError(f"init: its deblocker is {start.deblocker.config}; drop the size options or init")
     else:
         codec = RefinedBlockCodec.from_linear(base, **deblocker_config)
+    host = load_codec(imagined_of) if imagined_of is not None else None
+    if host is not None:
+        if not isinstance(host, RefinedBlockCodec):
+            raise ValueError(f"imagined_of: {imagined_of} holds a {host.config()['codec']!r} codec, not a refined one")
+        host.with_imagined(codec)  # the same encoder, or a clear error before hours of fitting
     net = codec.deblocker.train().requires_grad_(True)
     g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -204,14 +213,14 @@ def fit_deblocker(data: Optional[str], out: str, steps: int = 3000, batch: int =
             if best is None or score(m) > score(best):
                 best, best_rec = m, rec
                 net.eval()
-                codec.save_pretrained(out)
-                net.train()
+                (host.with_imagined(codec) if host is not None else codec).save_pretrained(out)
+                net.train().requires_grad_(True)  # composing a codec freezes its deblockers
     net.eval().requires_grad_(False)
     result = {
         "codec": codec.config(), "data": None if data is None else str(data), "steps": steps, "batch": batch,
         "lr": lr, "warmup": warmup, "perturb_prob": perturb_prob, "init": None if init is None else str(init),
         "rollouts": None if rollouts is None else str(rollouts), "rollout_scenes": len(pairs),
-        "rollout_prob": rollout_prob if pairs else 0.0,
+        "rollout_prob": rollout_prob if pairs else 0.0, "imagined_of": None if host is None else str(imagined_of),
         "validation": "validation seed block, 6 frames per seed", "validation_seeds": validation_seeds,
         "validation_rollouts": None if validation_rollouts is None else str(validation_rollouts),
         "selection": "rollout_psnr_db" if gen is not None else "psnr_db",
@@ -219,12 +228,19 @@ def fit_deblocker(data: Optional[str], out: str, steps: int = 3000, batch: int =
         "start": start_metrics, "refined_best": best, "history": history,
         "parameters": sum(p.numel() for p in net.parameters()),
     }
-    write_json(out / "fit.json", result)
+    stem = "imagined_fit" if host is not None else "fit"
+    if host is not None:
+        import shutil
+
+        for f in ("fit.json", "fit.png"):
+            if (Path(imagined_of) / f).is_file():
+                shutil.copy(Path(imagined_of) / f, out / f)
+    write_json(out / f"{stem}.json", result)
     rows = [np.concatenate([val_rgb[0], lin_val[0], best_rec[0]], axis=1)]
     if gen is not None:  # a generated frame: truth | linear decode | refined decode
         i = len(gen[0]) - 1
         with torch.no_grad():
             dec = [tensor_to_images(c.decode(gen[1][i:i + 1]))[0] for c in (base, codec)]
         rows.append(np.concatenate([gen[0][i], *dec], axis=1))
-    write_png(out / "fit.png", np.concatenate(rows, axis=0))
+    write_png(out / f"{stem}.png", np.concatenate(rows, axis=0))
     return result

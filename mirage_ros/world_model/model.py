@@ -206,9 +206,13 @@ class MirageWorldModel:
         return getattr(self.codec, "vae", None)  # the Wan2.2 VAE moves with offloading; analytic codecs hold no module
 
     @torch.no_grad()
-    def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
-        """(T, C, h, w) latents -> (1 + ts(T-1), 3, H, W) RGB in [0, 1] (ts = the codec's temporal stride)."""
+    def decode_video(self, latents: torch.Tensor, memory_cells: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(T, C, h, w) latents -> (1 + ts(T-1), 3, H, W) RGB in [0, 1] (ts = the codec's temporal stride).
+        ``memory_cells`` (T, h, w) bool: cells the memory supplied; a codec with an imagination decoder
+        (``RefinedBlockCodec.imagined``) decodes the others with it, any other codec ignores it."""
         with self.on_device(self._codec_module()):
+            if memory_cells is not None and getattr(self.codec, "imagined", None) is not None:
+                return self.codec.decode_video(latents, memory_cells=memory_cells).float()
             return self.codec.decode_video(latents).float()
 
     @torch.no_grad()

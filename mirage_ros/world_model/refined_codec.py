@@ -10,6 +10,13 @@ across block borders. It is trained to reconstruct ground-truth frames from thei
 latents perturbed the way a world model's output is (per cell and per 2x2-cell token), so it also
 smooths generated frames (``training.codec_fit.train_deblocker``).
 
+An optional second deblocker, ``imagined``, is fitted on what a world model's rollout really
+produces beside the true frames (``training.rollout_pairs``): where the model guesses, the truth is
+uncertain and that decoder paints its conditional mean (smooth) rather than the guess's tile mosaic.
+``decode(latents, memory_cells=...)`` uses it outside the cells the memory supplied, blended per pixel
+by the bilinearly upsampled cell mask, so memory stays as sharp as the clean decoder makes it; without
+``memory_cells`` (an observation, a readout) the clean decoder alone runs, as before.
+
 The deblocker works mostly at a quarter of the resolution (a smooth correction that removes block
 offsets and gradients across borders) plus one light full-resolution stage for sharp detail; its
 output layers start at zero, so an untrained deblocker decodes exactly like the linear codec.
@@ -17,7 +24,7 @@ output layers start at zero, so an untrained deblocker decodes exactly like the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
@@ -28,6 +35,7 @@ from .codec import CodecError, LinearBlockCodec, _read_codec_config
 __all__ = ["BlockDeblocker", "RefinedBlockCodec"]
 
 DEBLOCKER_WEIGHTS = "deblocker.safetensors"
+IMAGINED_WEIGHTS = "imagined.safetensors"
 
 
 class _Res(nn.Module):
@@ -85,14 +93,23 @@ class RefinedBlockCodec(LinearBlockCodec):
     name = "linear-block-refined"
 
     def __init__(self, basis: torch.Tensor, mean: torch.Tensor, scale: float, stride: int = 16,
-                 deblocker: BlockDeblocker = None):
+                 deblocker: BlockDeblocker = None, imagined: Optional[BlockDeblocker] = None):
         super().__init__(basis, mean, scale, stride)
         if deblocker is None:
             deblocker = BlockDeblocker(channels=self.channels, stride=self.stride)
-        if deblocker.config["channels"] != self.channels or deblocker.config["stride"] != self.stride:
-            raise CodecError(f"deblocker: built for {deblocker.config['channels']} channels / stride "
-                             f"{deblocker.config['stride']}, the codec has {self.channels} / {self.stride}")
+        for name, d in (("deblocker", deblocker), ("imagined", imagined)):
+            if d is not None and (d.config["channels"] != self.channels or d.config["stride"] != self.stride):
+                raise CodecError(f"{name}: built for {d.config['channels']} channels / stride "
+                                 f"{d.config['stride']}, the codec has {self.channels} / {self.stride}")
         self.deblocker = deblocker.eval().requires_grad_(False)
+        self.imagined = None if imagined is None else imagined.eval().requires_grad_(False)
+
+    def with_imagined(self, other: "RefinedBlockCodec") -> "RefinedBlockCodec":
+        """This codec with ``other``'s (clean) deblocker as its imagination decoder; same encoder required."""
+        if not (torch.equal(self.basis, other.basis) and torch.equal(self.mean, other.mean)
+                and self.scale == other.scale and self.stride == other.stride):
+            raise CodecError("imagined: its codec's encoder is not this one's (different block-PCA basis)")
+        return type(self)(self.basis, self.mean, self.scale, self.stride, self.deblocker, other.deblocker)
 
     @classmethod
     def from_linear(cls, codec: LinearBlockCodec, **deblocker_config) -> "RefinedBlockCodec":
@@ -111,54 +128,93 @@ class RefinedBlockCodec(LinearBlockCodec):
         x = self.linear_decode(latents)
         return x + self.deblocker(x, latents.float())
 
+    def memory_weight(self, memory_cells: torch.Tensor, size) -> torch.Tensor:
+        """(T, h, w) cell mask -> (T, 1, H, W) per-pixel weight of the memory decoder: the mask
+        upsampled bilinearly (1 at cell centres inside memory, a ramp across one cell at its edge)."""
+        m = memory_cells.float()[:, None]
+        return F.interpolate(m, size=size, mode="bilinear", align_corners=False).clamp_(0, 1)
+
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, memory_cells: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(T, C, h, w) -> (T, 3, H, W) in [0, 1]. ``memory_cells`` (T, h, w) bool: the cells the
+        memory supplied (observed, pasted); with an ``imagined`` decoder the rest is decoded by it."""
         self._check_latents(latents)
+        blend = memory_cells is not None and self.imagined is not None
+        if blend and tuple(memory_cells.shape) != (latents.shape[0], *latents.shape[2:]):
+            raise CodecError(f"memory_cells: expected shape {(latents.shape[0], *latents.shape[2:])}, "
+                             f"got {tuple(memory_cells.shape)}")
         dev = latents.device
         self.deblocker.to(dev)
+        if self.imagined is not None:
+            self.imagined.to(dev)
         out = []
         for a in range(0, latents.shape[0], 16):  # bounded activation memory for long videos
-            out.append(self.decode_train(latents[a:a + 16]))
+            z = latents[a:a + 16].float()
+            x = self.linear_decode(z)
+            y = x + self.deblocker(x, z)
+            if blend:
+                w = self.memory_weight(memory_cells[a:a + 16].to(dev), x.shape[-2:])
+                if bool((w < 1).any()):
+                    y = w * y + (1 - w) * (x + self.imagined(x, z))
+            out.append(y)
         return torch.cat(out).clamp_(0, 1)
 
+    def decode_video(self, latents: torch.Tensor, memory_cells: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.decode(latents, memory_cells)
+
     def config(self) -> dict:
-        return {**super().config(), "deblocker": dict(self.deblocker.config)}
+        cfg = {**super().config(), "deblocker": dict(self.deblocker.config)}
+        if self.imagined is not None:
+            cfg["imagined"] = dict(self.imagined.config)
+        return cfg
 
     def save_pretrained(self, folder: Union[str, Path]) -> Path:
         from safetensors.torch import save_file
 
         folder = super().save_pretrained(folder)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.deblocker.state_dict().items()},
-                  str(folder / DEBLOCKER_WEIGHTS), metadata={"format": "pt", "codec": self.name})
+        for net, name in ((self.deblocker, DEBLOCKER_WEIGHTS), (self.imagined, IMAGINED_WEIGHTS)):
+            if net is not None:
+                save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()},
+                          str(folder / name), metadata={"format": "pt", "codec": self.name})
         return folder
 
     @classmethod
     def from_pretrained(cls, folder: Union[str, Path]) -> "RefinedBlockCodec":
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         linear = LinearBlockCodec.from_pretrained(folder)
         cfg = _read_codec_config(folder)
-        dcfg = cfg.get("deblocker")
-        if not isinstance(dcfg, dict):
-            raise CodecError(f"codec: {folder / 'config.json'} has no 'deblocker' settings")
-        try:
-            deb = BlockDeblocker(**dcfg)
-        except TypeError as exc:
-            raise CodecError(f"codec: {folder / 'config.json'}: deblocker settings do not build ({exc})") from None
-        path = folder / DEBLOCKER_WEIGHTS
-        if not path.is_file():
-            raise CodecError(f"codec: {path} is missing")
-        try:
-            state = load_file(str(path))
-        except Exception as exc:  # noqa: BLE001 - safetensors raises several types on corrupt files
-            raise CodecError(f"codec: {path} is corrupt ({exc})") from None
-        expected = deb.state_dict()
-        misshapen = sorted(k for k in expected if k in state and state[k].shape != expected[k].shape)
-        bad = sorted(set(expected) ^ set(state)) + misshapen
-        if bad:
-            raise CodecError(f"codec: {path} does not fit its config (keys {bad[:4]})")
-        if not all(torch.isfinite(v).all() for v in state.values()):
-            raise CodecError(f"codec: {path} contains NaN or inf")
-        deb.load_state_dict(state)
-        return cls(linear.basis, linear.mean, linear.scale, linear.stride, deb)
+        nets = {}
+        for key, fname in (("deblocker", DEBLOCKER_WEIGHTS), ("imagined", IMAGINED_WEIGHTS)):
+            dcfg = cfg.get(key)
+            if key == "imagined" and dcfg is None:
+                continue
+            nets[key] = _load_deblocker(folder, key, dcfg, fname)
+        return cls(linear.basis, linear.mean, linear.scale, linear.stride, nets["deblocker"], nets.get("imagined"))
+
+
+def _load_deblocker(folder: Path, key: str, dcfg, fname: str) -> BlockDeblocker:
+    """One deblocker of a codec folder: its settings (``config.json[key]``) and ``fname``'s weights."""
+    from safetensors.torch import load_file
+
+    if not isinstance(dcfg, dict):
+        raise CodecError(f"codec: {folder / 'config.json'} has no {key!r} settings")
+    try:
+        deb = BlockDeblocker(**dcfg)
+    except TypeError as exc:
+        raise CodecError(f"codec: {folder / 'config.json'}: {key} settings do not build ({exc})") from None
+    path = folder / fname
+    if not path.is_file():
+        raise CodecError(f"codec: {path} is missing")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types on corrupt files
+        raise CodecError(f"codec: {path} is corrupt ({exc})") from None
+    expected = deb.state_dict()
+    misshapen = sorted(k for k in expected if k in state and state[k].shape != expected[k].shape)
+    bad = sorted(set(expected) ^ set(state)) + misshapen
+    if bad:
+        raise CodecError(f"codec: {path} does not fit its config (keys {bad[:4]})")
+    if not all(torch.isfinite(v).all() for v in state.values()):
+        raise CodecError(f"codec: {path} contains NaN or inf")
+    deb.load_state_dict(state)
+    return deb

@@ -76,6 +76,10 @@ class RolloutConfig:
         5.42x (never-seen 7.54x -> 6.76x: a generated cell reprojected whole and pasted is a
         hard-edged block), every region's PSNR equal or +0.01, final frame -0.03 dB; pinning them
         too off: blockiness 5.09x but final frame -0.96 dB.
+    decode_imagined: whether a codec with an imagination decoder (``RefinedBlockCodec.imagined``)
+        decodes the cells the observations did not supply with it (the memory's observed cells and
+        the sky dome stay with the clean decoder; with a memory that cannot tell observed from
+        generated points, the RGB cache, every readout cell does). Other codecs ignore it.
     """
 
     chunk_latents: int = 9
@@ -91,6 +95,7 @@ class RolloutConfig:
     generated_sky: bool = False
     pin_generated: bool = True
     paste_generated: bool = False
+    decode_imagined: bool = True
 
     def __post_init__(self):
         if self.chunk_latents < 2:
@@ -212,12 +217,16 @@ class _Track:
         self._chunk = dict(c=c, a=a, b=b, prec=prec, refs=refs, t={"readout": time.perf_counter() - tick})
         lat = self.latents
         extra = {}
-        if not (self.cfg.pin_generated and self.cfg.paste_generated) and self.n_observed is not None:
-            vis = torch.stack(cond_mask[:T]) & (self.readout_scale != 0)
-            obs = vis & torch.stack([(r.sky | ((r.index >= 0) & (r.index < self.n_observed))).cpu()
-                                     for r in reads[:T]])
-            extra = dict(pin_masks=vis if self.cfg.pin_generated else obs,
-                         paste_masks=vis if self.cfg.paste_generated else obs)
+        vis = torch.stack(cond_mask[:T]) & (self.readout_scale != 0)
+        obs = vis.clone()  # a memory that cannot say which point won (the RGB cache): every readout cell
+        if self.n_observed is not None:
+            obs &= torch.stack([(r.sky | ((r.index >= 0) & (r.index < self.n_observed))).cpu() for r in reads[:T]])
+            if not (self.cfg.pin_generated and self.cfg.paste_generated):
+                extra = dict(pin_masks=vis if self.cfg.pin_generated else obs,
+                             paste_masks=vis if self.cfg.paste_generated else obs)
+        if c == 0:
+            obs[0] = True  # latent 0 is E(I_0), the observation itself
+        self._chunk["memory_cells"] = obs if self.cfg.decode_imagined else None
         return dict(
             clean_targets=lat[a][None], num_targets=T,
             readouts=torch.stack(cond_read) * self.readout_scale,
@@ -239,7 +248,7 @@ class _Track:
             self.latents[j] = z[j - a]
         tick = time.perf_counter()
         # Lines 12-13: decode once per chunk; emit frames past the overlap frame.
-        video = model.decode_video(z)  # (1 + ts(T-1), 3, H, W)
+        video = model.decode_video(z, memory_cells=ch.get("memory_cells"))  # (1 + ts(T-1), 3, H, W)
         first_out = 0 if c == 0 else 1
         frame_ids = [ts * a + i for i in range(first_out, video.shape[0]) if ts * a + i < N]
         rgb = tensor_to_images(video[[f - ts * a for f in frame_ids]])

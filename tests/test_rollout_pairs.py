@@ -28,12 +28,13 @@ def test_pairs_hold_the_latents_the_rollout_decoded_and_the_true_frames_at_their
 
     meta = collect_rollout_pairs(SHIPPED_MODEL, tmp_path, [2000], frames=5, trajectory="loop", progress=False)
     assert meta["seeds"] == [2000] and json.loads((tmp_path / "pairs.json").read_text())["frames"] == 5
-    [(seed, rgb, lat)] = list(iter_rollout_pairs(tmp_path))
+    [(seed, rgb, lat, mem)] = list(iter_rollout_pairs(tmp_path))
     src = sim_clip_source(2000, "mixed", 5)
     src["trajectory"] = "loop"
     truth = render_clip(src, 128, 224)[0]
     assert seed == 2000 and rgb.dtype == np.uint8 and np.array_equal(rgb, truth[1:])
     assert lat.shape == (4, 48, 8, 14) and torch.isfinite(lat).all()
+    assert mem.shape == (4, 8, 14) and mem.dtype == torch.bool and 0 < int(mem.sum()) < mem.numel()
     # the stored latents decode to frames of the scene, much nearer the truth than another scene's
     codec = MirageWorldModel.from_pretrained(SHIPPED_MODEL, device="cpu").codec
     dec = tensor_to_images(codec.decode(lat)).astype(np.float64)
@@ -48,12 +49,15 @@ def test_rollout_pairs_cli_refuses_held_out_seeds(tmp_path):
     assert r.returncode == 2 and "held-out" in r.stderr and not (tmp_path / "p").exists()
 
 
-def _write_pairs(folder, seeds, rgb, lat):
+def _write_pairs(folder, seeds, rgb, lat, memory=None):
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True)
     for s in seeds:
-        save_file({"latent": lat.half().contiguous(), "rgb": torch.from_numpy(rgb)}, str(folder / f"{s}.safetensors"))
+        t = {"latent": lat.half().contiguous(), "rgb": torch.from_numpy(rgb)}
+        if memory is not None:
+            t["memory"] = memory.to(torch.uint8).contiguous()
+        save_file(t, str(folder / f"{s}.safetensors"))
     (folder / "pairs.json").write_text(json.dumps({"seeds": list(seeds)}))
 
 
@@ -109,3 +113,44 @@ def test_fine_tune_refuses_validation_pairs_outside_the_validation_block(tmp_pat
                       validation_rollouts=tmp_path / "p", validation_seeds=1, progress=False)
     with pytest.raises(ValueError, match="data: give a dataset"):
         fit_deblocker(None, tmp_path / "out", steps=1, progress=False)
+
+
+@pytest.mark.slow
+def test_imagination_fit_scores_and_learns_only_what_it_will_draw(tmp_path):
+    """Memory cells (left half) hold clean latents, the rest is shifted: the blended validation
+    (host decoder on memory cells) starts at the host's own decode, and with ``imagined_loss`` the fit
+    improves the imagined half while the memory half of the blend stays the host's decode exactly."""
+    from mirage_ros.training.deblocker_fit import fit_deblocker
+    from mirage_ros.training.sim_data import render_clip, sim_clip_source
+    from mirage_ros.util import psnr
+    from mirage_ros.world_model.codec import images_to_tensor, load_codec, tensor_to_images
+
+    codec_dir = SHIPPED_MODEL / "codec"
+    codec = load_codec(codec_dir)
+    memory = torch.zeros(8, 8, 14, dtype=torch.bool)
+    memory[:, :, :7] = True
+
+    def pairs(seed):
+        rgb = render_clip(sim_clip_source(seed, "mixed", 9), 128, 224)[0][1:]
+        z = codec.encode(images_to_tensor(rgb))
+        z[:, 0, :, 7:] += 2.0  # the imagined half painted too bright
+        return rgb, z.half().float()
+
+    (tr, ztr), (va, zva) = pairs(2000), pairs(800000)
+    _write_pairs(tmp_path / "train", [2000], tr, ztr, memory)
+    _write_pairs(tmp_path / "val", [800000], va, zva, memory)
+    k = np.linspace(0, len(va) - 1, 10).astype(int)
+    host_psnr = psnr(va[k], tensor_to_images(codec.decode(zva[k])))
+    res = fit_deblocker(None, tmp_path / "out", steps=40, batch=4, lr=5e-4, warmup=5, validate_every=20,
+                        validation_seeds=1, init=codec_dir, rollouts=tmp_path / "train", rollout_prob=1.0,
+                        validation_rollouts=tmp_path / "val", imagined_of=codec_dir, imagined_loss=True,
+                        progress=False)
+    assert res["validation_blend"] and res["imagined_loss"]
+    assert abs(res["start"]["rollout_psnr_db"] - host_psnr) < 0.05  # a fresh copy of the host: the host's decode
+    tuned = load_codec(tmp_path / "out")
+    out = tuned.decode(zva, memory_cells=memory)
+    assert torch.equal(out[..., :, :96], codec.decode(zva)[..., :, :96])  # memory half: up to its last cell centre
+    right = (slice(None), slice(None), slice(None), slice(136, 224))
+    before = psnr(va[..., 136:, :], tensor_to_images(codec.decode(zva)[right]))
+    after = psnr(va[..., 136:, :], tensor_to_images(out[right]))
+    assert after > before + 2.0

@@ -99,6 +99,8 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--imagined-of", default=None,
                    help="refined codec folder: write it to --out with this fit as its imagination decoder "
                         "(decodes what the memory did not supply)")
+    d.add_argument("--imagined-loss", action="store_true",
+                   help="rollout batches count only the pixels outside their memory cells")
     d.add_argument("--threads", type=int, default=None)
 
     q = sub.add_parser("rollout-pairs", help="a world model's generated latents beside the true frames",
@@ -152,6 +154,7 @@ def run_data(args) -> int:
                                    warmup=args.warmup, perturb_prob=args.perturb_prob, init=args.init,
                                    rollouts=args.rollouts, rollout_prob=args.rollout_prob,
                                    validation_rollouts=args.validation_rollouts, imagined_of=args.imagined_of,
+                                   imagined_loss=args.imagined_loss,
                                    **size)
         elif args.data_command == "rollout-pairs":
             from ..bench.evaluation import parse_seeds

@@ -44,30 +44,32 @@ def _perturb(z, std, g, torch):
 
 
 def _rollout_validation(folder, frames_per_seed: int = 10):
-    """(rgb, latent) of a validation rollout-pairs folder: evenly spaced generated frames per scene."""
+    """(rgb, latent, memory or None) of a validation rollout-pairs folder: evenly spaced generated
+    frames per scene."""
     import torch
 
     from .rollout_pairs import iter_rollout_pairs
     from .seeds import VALIDATION_BASE, VALIDATION_COUNT
 
-    rgb, lat = [], []
-    for seed, r, z in iter_rollout_pairs(folder):
+    rgb, lat, mem = [], [], []
+    for seed, r, z, m in iter_rollout_pairs(folder):
         if not VALIDATION_BASE <= seed < VALIDATION_BASE + VALIDATION_COUNT:
             raise ValueError(f"validation_rollouts: seed {seed} is not in the validation block "
                              f"[{VALIDATION_BASE}, {VALIDATION_BASE + VALIDATION_COUNT})")
         k = np.linspace(0, len(r) - 1, frames_per_seed).astype(int)
         rgb.append(r[k])
         lat.append(z[k])
+        mem.append(None if m is None else m[k])
     if not rgb:
         raise ValueError(f"validation_rollouts: {folder} holds no scene")
-    return np.concatenate(rgb), torch.cat(lat)
+    return np.concatenate(rgb), torch.cat(lat), (None if any(m is None for m in mem) else torch.cat(mem))
 
 
 def fit_deblocker(data: Optional[str], out: str, steps: int = 3000, batch: int = 8, lr: float = 1e-3, seed: int = 0,
                   validate_every: int = 250, validation_seeds: int = 8, perturb_prob: float = 0.5,
                   progress: bool = True, init: Optional[str] = None, rollouts: Optional[str] = None,
                   rollout_prob: float = 0.5, validation_rollouts: Optional[str] = None, warmup: int = 0,
-                  imagined_of: Optional[str] = None,
+                  imagined_of: Optional[str] = None, imagined_loss: bool = False,
                   **deblocker_config) -> Dict:
     """Fit (or, from ``init``, fine-tune) the deblocker; write the best step's codec, ``fit.json``, ``fit.png``.
 
@@ -80,7 +82,9 @@ def fit_deblocker(data: Optional[str], out: str, steps: int = 3000, batch: int =
     generated latents is nearest the truth (PSNR); without it, the best clean-frame PSNR.
     ``imagined_of``: a refined codec folder; ``out`` is then that codec with the fitted deblocker as
     its imagination decoder (``RefinedBlockCodec.imagined``), the fit's record ``imagined_fit.json``/
-    ``.png`` beside the codec's own ``fit.json``."""
+    ``.png`` beside the codec's own ``fit.json``; validation then scores the blend a rollout shows (the
+    host's clean decoder in the pairs' memory cells). ``imagined_loss``: rollout batches count only the
+    pixels outside their memory cells (what an imagination decoder draws)."""
     import torch
 
     from ..bench.evaluation import blockiness
@@ -138,19 +142,21 @@ def fit_deblocker(data: Optional[str], out: str, steps: int = 3000, batch: int =
                 rgb.append(fr["rgb"].numpy())
                 lat.append(fr["latent"].float())
             else:
-                _, r, _ = pairs[int(rng.integers(len(pairs)))]
+                r = pairs[int(rng.integers(len(pairs)))][1]
                 rgb.append(r[int(rng.integers(len(r)))])
         x = images_to_tensor(np.stack(rgb))
         return x, (torch.stack(lat) if lat else base.encode(x))
 
     def sample_rollout(k):
-        rgb, lat = [], []
+        rgb, lat, mem = [], [], []
         for _ in range(k):
-            _, r, z = pairs[int(rng.integers(len(pairs)))]
+            _, r, z, m = pairs[int(rng.integers(len(pairs)))]
             i = int(rng.integers(len(r)))
             rgb.append(r[i])
             lat.append(z[i])
-        return images_to_tensor(np.stack(rgb)), torch.stack(lat)
+            mem.append(None if m is None else m[i])
+        cells = torch.stack(mem) if all(m is not None for m in mem) else None
+        return images_to_tensor(np.stack(rgb)), torch.stack(lat), cells
 
     probe_x, probe_z = sample_clean(64)
     std = probe_z.permute(1, 0, 2, 3).flatten(1).std(1)
@@ -164,13 +170,20 @@ def fit_deblocker(data: Optional[str], out: str, steps: int = 3000, batch: int =
         return {"blockiness16": blockiness(rec, 16) / blockiness(ref, 16),
                 "blockiness32": blockiness(rec, 32) / blockiness(ref, 32)}
 
+    blend = host is not None and gen is not None and gen[2] is not None
+    if blend:  # validate what a rollout shows: memory cells through the host's clean decoder, the rest through the fit
+        with torch.no_grad():
+            gen_host = host.decode(gen[1])
+            gen_w = host.memory_weight(gen[2], gen_host.shape[-2:])
+
     def evaluate():
         net.eval()
         with torch.no_grad():
             rec = tensor_to_images(codec.decode(val_z))
             m = {"psnr_db": psnr(val_rgb, rec), **ratios(rec, val_rgb)}
             if gen is not None:
-                grec = tensor_to_images(codec.decode(gen[1]))
+                dec = codec.decode(gen[1])
+                grec = tensor_to_images(gen_w * gen_host + (1 - gen_w) * dec if blend else dec)
                 m.update({"rollout_psnr_db": psnr(gen[0], grec),
                           **{f"rollout_{k}": v for k, v in ratios(grec, gen[0]).items()}})
         net.train()
@@ -194,13 +207,18 @@ def fit_deblocker(data: Optional[str], out: str, steps: int = 3000, batch: int =
     t0 = time.perf_counter()
     bar = tqdm(range(1, steps + 1), desc="fit deblocker", unit="step", disable=not progress)
     for step in bar:
+        cells = None
         if pairs and torch.rand((), generator=g) < rollout_prob:
-            x, z = sample_rollout(batch)
+            x, z, cells = sample_rollout(batch)
         else:
             x, z = sample_clean(batch)
             if torch.rand((), generator=g) < perturb_prob:
                 z = _perturb(z, std, g, torch)
-        loss = torch.nn.functional.mse_loss(codec.decode_train(z), x)
+        if imagined_loss and cells is not None:  # only what this decoder will draw: outside the memory cells
+            keep = 1 - codec.memory_weight(cells, x.shape[-2:])
+            loss = ((codec.decode_train(z) - x) ** 2 * keep).sum() / (3 * keep.sum()).clamp_min(1.0)
+        else:
+            loss = torch.nn.functional.mse_loss(codec.decode_train(z), x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -221,6 +239,7 @@ def fit_deblocker(data: Optional[str], out: str, steps: int = 3000, batch: int =
         "lr": lr, "warmup": warmup, "perturb_prob": perturb_prob, "init": None if init is None else str(init),
         "rollouts": None if rollouts is None else str(rollouts), "rollout_scenes": len(pairs),
         "rollout_prob": rollout_prob if pairs else 0.0, "imagined_of": None if host is None else str(imagined_of),
+        "imagined_loss": imagined_loss, "validation_blend": blend,
         "validation": "validation seed block, 6 frames per seed", "validation_seeds": validation_seeds,
         "validation_rollouts": None if validation_rollouts is None else str(validation_rollouts),
         "selection": "rollout_psnr_db" if gen is not None else "psnr_db",

@@ -8,7 +8,8 @@ on simulator scenes and stores each generated latent with the ground-truth frame
 decoder can be trained the way it is used (``fit_deblocker(rollouts=...)``).
 
 One safetensors file per scene: ``latent`` (N-1, C, h, w) float16, the rollout's latents of frames
-1..N-1 (frame 0 is the observation), and ``rgb`` (N-1, H, W, 3) uint8, the true frames there;
+1..N-1 (frame 0 is the observation), ``rgb`` (N-1, H, W, 3) uint8, the true frames there, and
+``memory`` (N-1, h, w) uint8, the cells the rollout decoded as memory (observed) rather than imagined;
 ``pairs.json`` records the model, its weights' digest, the settings and the seeds.
 """
 from __future__ import annotations
@@ -78,24 +79,32 @@ def collect_rollout_pairs(model_dir, out, seeds: Sequence[int], frames: int = 41
             raise ValueError(f"model: rollout pairs need one latent per frame (temporal stride 1), got "
                              f"{res.latents.shape[0]} latents for {len(gt)} frames")
         save_file({"latent": res.latents[1:].to(torch.float16).contiguous(),
-                   "rgb": torch.from_numpy(np.ascontiguousarray(gt[1:]))}, str(out / f"{int(seed)}.safetensors"))
+                   "rgb": torch.from_numpy(np.ascontiguousarray(gt[1:])),
+                   "memory": res.memory_cells[1:].to(torch.uint8).contiguous()},
+                  str(out / f"{int(seed)}.safetensors"))
     (out / PAIRS_META).write_text(json.dumps(meta, indent=1))
     return meta
 
 
-def load_rollout_pairs(path) -> Tuple[np.ndarray, "object"]:
-    """(rgb (n, H, W, 3) uint8, latent (n, C, h, w) float32 tensor) of one scene file."""
+def load_rollout_pairs(path) -> Tuple[np.ndarray, "object", "object"]:
+    """(rgb (n, H, W, 3) uint8, latent (n, C, h, w) float32, memory (n, h, w) bool or None) of one
+    scene file; ``memory``: the cells the rollout decoded as memory (observed), not imagination."""
     from safetensors.torch import load_file
 
     t = load_file(str(path))
-    if set(t) != {"latent", "rgb"} or t["latent"].ndim != 4 or t["rgb"].ndim != 4 or \
-            t["latent"].shape[0] != t["rgb"].shape[0]:
-        raise ValueError(f"rollouts: {path} is not a rollout-pairs file (latent (n, C, h, w) + rgb (n, H, W, 3))")
-    return t["rgb"].numpy(), t["latent"].float()
+    keys = set(t)
+    ok = keys in ({"latent", "rgb"}, {"latent", "rgb", "memory"}) and t["latent"].ndim == 4 and \
+        t["rgb"].ndim == 4 and t["latent"].shape[0] == t["rgb"].shape[0]
+    if ok and "memory" in t:
+        ok = tuple(t["memory"].shape) == (t["latent"].shape[0], *t["latent"].shape[2:])
+    if not ok:
+        raise ValueError(f"rollouts: {path} is not a rollout-pairs file (latent (n, C, h, w) + rgb (n, H, W, 3) "
+                         f"[+ memory (n, h, w)])")
+    return t["rgb"].numpy(), t["latent"].float(), (t["memory"].bool() if "memory" in t else None)
 
 
-def iter_rollout_pairs(folder) -> Iterator[Tuple[int, np.ndarray, "object"]]:
-    """(seed, rgb, latent) per scene file of a ``collect_rollout_pairs`` folder, in seed order."""
+def iter_rollout_pairs(folder) -> Iterator[Tuple[int, np.ndarray, "object", "object"]]:
+    """(seed, rgb, latent, memory) per scene file of a ``collect_rollout_pairs`` folder, in seed order."""
     folder = Path(folder)
     if not (folder / PAIRS_META).is_file():
         raise ValueError(f"rollouts: {folder} has no {PAIRS_META} (not a rollout-pairs folder)")

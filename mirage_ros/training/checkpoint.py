@@ -35,14 +35,9 @@ def _save(tensors: Dict[str, torch.Tensor], path: Path, meta: Optional[Dict[str,
 
 
 def _load(path: Path) -> Dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+    from ..util import load_safetensors
 
-    if not path.is_file():
-        raise TrainCheckpointError(f"checkpoint: {path} is missing")
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises several types on corrupt files
-        raise TrainCheckpointError(f"checkpoint: {path} is corrupt ({exc})") from None
+    return load_safetensors(path, TrainCheckpointError, "checkpoint")
 
 
 def optimizer_to_tensors(optimizer: torch.optim.Optimizer, names: List[str]) -> Tuple[Dict[str, torch.Tensor], Dict]:

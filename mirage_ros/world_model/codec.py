@@ -314,17 +314,10 @@ class LinearBlockCodec(Codec):
 
     @classmethod
     def from_pretrained(cls, folder: Union[str, Path]) -> "LinearBlockCodec":
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         cfg = _read_codec_config(folder)
         path = folder / "codec.safetensors"
-        if not path.is_file():
-            raise CodecError(f"codec: {path} is missing")
-        try:
-            sd = load_file(str(path))
-        except Exception as exc:  # noqa: BLE001 - safetensors raises several types on corrupt files
-            raise CodecError(f"codec: {path} is not a readable safetensors file ({exc})") from None
+        sd = read_safetensors(path)
         missing = {"basis", "mean"} - set(sd)
         if missing:
             raise CodecError(f"codec: {path} lacks tensors {sorted(missing)}")
@@ -449,6 +442,13 @@ class WanVAECodec(Codec):
         folder = Path(folder)
         self.vae.save_pretrained(str(folder), safe_serialization=True)
         return folder
+
+
+def read_safetensors(path: Path) -> dict:
+    """A codec weight file's tensors; a missing or unreadable file is a ``CodecError`` naming it."""
+    from ..util import load_safetensors
+
+    return load_safetensors(path, CodecError, "codec")
 
 
 def _read_codec_config(folder: Path) -> dict:

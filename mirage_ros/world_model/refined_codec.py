@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .codec import CodecError, LinearBlockCodec, _read_codec_config
+from .codec import CodecError, LinearBlockCodec, _read_codec_config, read_safetensors
 
 __all__ = ["BlockDeblocker", "RefinedBlockCodec"]
 
@@ -196,8 +196,6 @@ class RefinedBlockCodec(LinearBlockCodec):
 
 def _load_deblocker(folder: Path, key: str, dcfg, fname: str) -> BlockDeblocker:
     """One deblocker of a codec folder: its settings (``config.json[key]``) and ``fname``'s weights."""
-    from safetensors.torch import load_file
-
     if not isinstance(dcfg, dict):
         raise CodecError(f"codec: {folder / 'config.json'} has no {key!r} settings")
     try:
@@ -205,12 +203,7 @@ def _load_deblocker(folder: Path, key: str, dcfg, fname: str) -> BlockDeblocker:
     except TypeError as exc:
         raise CodecError(f"codec: {folder / 'config.json'}: {key} settings do not build ({exc})") from None
     path = folder / fname
-    if not path.is_file():
-        raise CodecError(f"codec: {path} is missing")
-    try:
-        state = load_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises several types on corrupt files
-        raise CodecError(f"codec: {path} is corrupt ({exc})") from None
+    state = read_safetensors(path)
     expected = deb.state_dict()
     misshapen = sorted(k for k in expected if k in state and state[k].shape != expected[k].shape)
     bad = sorted(set(expected) ^ set(state)) + misshapen

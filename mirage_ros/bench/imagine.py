@@ -111,7 +111,7 @@ def _scene_loop(seed: int, frames: int, H: int, W: int):
     return src, rgb, depth, labels, cams
 
 
-def _oracle(cams, depth, labels, exclude_dynamic: bool):
+def oracle_providers(cams, depth, labels, exclude_dynamic: bool):
     """Simulator depth / label providers for generated frames: the scene's exact values at the
     frame's camera and time (looked up by camera)."""
     from ..sim import SKY, STATIC
@@ -145,7 +145,7 @@ def _rollout(model, arm: str, depth_mode: str, rgb0, cams, depth, labels, steps,
 
     nomask = arm == "latent_nomask"
     first_ex = torch.from_numpy(labels[0] == SKY if nomask else labels[0] != STATIC)
-    depth_fn, mask_fn = _oracle(cams, depth, labels, exclude_dynamic=not nomask)
+    depth_fn, mask_fn = oracle_providers(cams, depth, labels, exclude_dynamic=not nomask)
     if arm == "rgb":
         memory = RGBPointCloudMemory(model.codec, splat="footprint", sky=sky, sky_fraction=sky_fraction)
     else:

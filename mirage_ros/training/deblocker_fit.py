@@ -158,7 +158,7 @@ def fit_deblocker(data: Optional[str], out: str, steps: int = 3000, batch: int =
         cells = torch.stack(mem) if all(m is not None for m in mem) else None
         return images_to_tensor(np.stack(rgb)), torch.stack(lat), cells
 
-    probe_x, probe_z = sample_clean(64)
+    _, probe_z = sample_clean(64)
     std = probe_z.permute(1, 0, 2, 3).flatten(1).std(1)
     resolution = ds.header["resolution"] if ds is not None else list(pairs[0][1].shape[1:3])
     val_rgb = _validation_frames(validation_seeds, resolution)

@@ -45,7 +45,7 @@ def collect_rollout_pairs(model_dir, out, seeds: Sequence[int], frames: int = 41
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    from ..bench.imagine import _oracle
+    from ..bench.imagine import oracle_providers
     from ..memory import LatentSpatialMemory
     from ..sim import STATIC
     from ..world_model.model import MirageWorldModel
@@ -70,7 +70,7 @@ def collect_rollout_pairs(model_dir, out, seeds: Sequence[int], frames: int = 41
         if trajectory == "loop":
             src["trajectory"] = "loop"
         gt, depth, labels, cams, _ = render_clip(src, H, W)
-        depth_fn, mask_fn = _oracle(cams, depth, labels, exclude_dynamic=True)
+        depth_fn, mask_fn = oracle_providers(cams, depth, labels, exclude_dynamic=True)
         memory = LatentSpatialMemory(channels=model.channels, stride=model.stride, sky=True)  # as the bench
         res = rollout(model, gt[0], cams, memory, first_depth=torch.from_numpy(depth[0]),
                       first_exclude=torch.from_numpy(labels[0] != STATIC), depth_provider=depth_fn,

@@ -411,6 +411,9 @@ class MirageNode(LifecycleNode):
         from rclpy.task import Future
 
         book, runner = self._book, self._runner
+        gid = bytes(goal_handle.goal_id.uuid).hex()[:8]
+        log = self.get_logger()
+        log.info(f"goal {gid}: received ({action.__name__})")
         if book is None or runner is None:
             status, result = STATUS_NOT_READY, action.Result(status=STATUS_NOT_READY, message=NOT_ACTIVE)
         elif goal_handle.is_cancel_requested:
@@ -423,6 +426,7 @@ class MirageNode(LifecycleNode):
                         lambda ok, value: fut.set_result(value) if ok else fut.set_exception(value))
             status, result = await fut
         getattr(goal_handle, terminal_state(status))()
+        log.info(f"goal {gid}: {terminal_state(status)} (status {status}{': ' + result.message if result.message else ''})")
         return result
 
     # -- services -----------------------------------------------------------------------------

@@ -426,7 +426,8 @@ class MirageNode(LifecycleNode):
                         lambda ok, value: fut.set_result(value) if ok else fut.set_exception(value))
             status, result = await fut
         getattr(goal_handle, terminal_state(status))()
-        log.info(f"goal {gid}: {terminal_state(status)} (status {status}{': ' + result.message if result.message else ''})")
+        detail = f": {result.message}" if result.message else ""
+        log.info(f"goal {gid}: {terminal_state(status)} (status {status}{detail})")
         return result
 
     # -- services -----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ output layers start at zero, so an untrained deblocker decodes exactly like the 
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional, Union
 
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 
 from .codec import CodecError, LinearBlockCodec, _read_codec_config, read_safetensors
 
-__all__ = ["BlockDeblocker", "RefinedBlockCodec"]
+__all__ = ["BlockDeblocker", "RefinedBlockCodec", "deseam"]
 
 DEBLOCKER_WEIGHTS = "deblocker.safetensors"
 IMAGINED_WEIGHTS = "imagined.safetensors"
@@ -87,14 +88,43 @@ class BlockDeblocker(nn.Module):
         return coarse + self.fine_out(F.silu(self.fine_in(torch.cat([x1, up], 1))))
 
 
+def deseam(x: torch.Tensor, stride: int, band: int, sigma: float) -> torch.Tensor:
+    """A deblocking filter (the idea of a video codec's loop filter): (T, 3, H, W) smoothed across
+    every ``stride``-px block border, along x then y, by a Gaussian of ``sigma`` px blended in with a
+    weight falling linearly from 1 at the border to 0 ``band`` px away; pixels farther from a
+    border are untouched. For what the model guesses (the imagination decoder's output), where the
+    seams are at the token and cell borders and carry no information."""
+    if band <= 0 or sigma <= 0:
+        return x
+    r = int(math.ceil(3 * sigma))
+    k = torch.arange(-r, r + 1, dtype=torch.float32, device=x.device)
+    g = torch.exp(-k * k / (2 * sigma * sigma))
+    g = (g / g.sum()).to(x.dtype)
+    T, C, H, W = x.shape
+
+    def weight(n):
+        c = torch.arange(n, dtype=torch.float32, device=x.device) + 0.5
+        d = (c - torch.round(c / stride) * stride).abs()  # pixel centre to the nearest border line
+        return (1 - d / band).clamp(0, 1).to(x.dtype)
+
+    flat = x.reshape(T * C, 1, H, W)
+    bx = F.conv2d(F.pad(flat, (r, r, 0, 0), mode="replicate"), g.view(1, 1, 1, -1))
+    flat = flat + weight(W).view(1, 1, 1, W) * (bx - flat)
+    by = F.conv2d(F.pad(flat, (0, 0, r, r), mode="replicate"), g.view(1, 1, -1, 1))
+    flat = flat + weight(H).view(1, 1, H, 1) * (by - flat)
+    return flat.view(T, C, H, W)
+
+
 class RefinedBlockCodec(LinearBlockCodec):
     """``LinearBlockCodec`` encoder + linear decode refined by a ``BlockDeblocker`` (module docstring)."""
 
     name = "linear-block-refined"
 
     def __init__(self, basis: torch.Tensor, mean: torch.Tensor, scale: float, stride: int = 16,
-                 deblocker: BlockDeblocker = None, imagined: Optional[BlockDeblocker] = None):
+                 deblocker: BlockDeblocker = None, imagined: Optional[BlockDeblocker] = None,
+                 seam_filter: Optional[dict] = None):
         super().__init__(basis, mean, scale, stride)
+        self.seam_filter = _check_seam_filter(seam_filter)
         if deblocker is None:
             deblocker = BlockDeblocker(channels=self.channels, stride=self.stride)
         for name, d in (("deblocker", deblocker), ("imagined", imagined)):
@@ -109,7 +139,8 @@ class RefinedBlockCodec(LinearBlockCodec):
         if not (torch.equal(self.basis, other.basis) and torch.equal(self.mean, other.mean)
                 and self.scale == other.scale and self.stride == other.stride):
             raise CodecError("imagined: its codec's encoder is not this one's (different block-PCA basis)")
-        return type(self)(self.basis, self.mean, self.scale, self.stride, self.deblocker, other.deblocker)
+        return type(self)(self.basis, self.mean, self.scale, self.stride, self.deblocker, other.deblocker,
+                          self.seam_filter)
 
     @classmethod
     def from_linear(cls, codec: LinearBlockCodec, **deblocker_config) -> "RefinedBlockCodec":
@@ -157,7 +188,10 @@ class RefinedBlockCodec(LinearBlockCodec):
             if blend:
                 w = self.memory_weight(memory_cells[a:a + 16].to(dev), x.shape[-2:])
                 if bool((w < 1).any()):
-                    y = w * y + (1 - w) * (x + self.imagined(x, z))
+                    guess = x + self.imagined(x, z)
+                    if self.seam_filter is not None:
+                        guess = deseam(guess, self.stride, **self.seam_filter)
+                    y = w * y + (1 - w) * guess
             out.append(y)
         return torch.cat(out).clamp_(0, 1)
 
@@ -168,6 +202,8 @@ class RefinedBlockCodec(LinearBlockCodec):
         cfg = {**super().config(), "deblocker": dict(self.deblocker.config)}
         if self.imagined is not None:
             cfg["imagined"] = dict(self.imagined.config)
+        if self.seam_filter is not None:
+            cfg["seam_filter"] = dict(self.seam_filter)
         return cfg
 
     def save_pretrained(self, folder: Union[str, Path]) -> Path:
@@ -191,7 +227,26 @@ class RefinedBlockCodec(LinearBlockCodec):
             if key == "imagined" and dcfg is None:
                 continue
             nets[key] = _load_deblocker(folder, key, dcfg, fname)
-        return cls(linear.basis, linear.mean, linear.scale, linear.stride, nets["deblocker"], nets.get("imagined"))
+        try:
+            seam = _check_seam_filter(cfg.get("seam_filter"))
+        except CodecError as exc:
+            raise CodecError(f"codec: {folder / 'config.json'}: {exc}") from None
+        return cls(linear.basis, linear.mean, linear.scale, linear.stride, nets["deblocker"], nets.get("imagined"),
+                   seam)
+
+
+def _check_seam_filter(cfg) -> Optional[dict]:
+    """None, or {"band": int px in [1, stride], "sigma": px in (0, 16]} (``deseam``)."""
+    if cfg is None:
+        return None
+    if not isinstance(cfg, dict) or set(cfg) != {"band", "sigma"}:
+        raise CodecError(f"seam_filter: expected {{'band': int, 'sigma': float}} or null, got {cfg!r}")
+    band, sigma = cfg["band"], cfg["sigma"]
+    if isinstance(band, bool) or not isinstance(band, int) or not 1 <= band <= 64:
+        raise CodecError(f"seam_filter.band: expected an integer in [1, 64] px, got {band!r}")
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 < float(sigma) <= 16:
+        raise CodecError(f"seam_filter.sigma: expected a number in (0, 16] px, got {sigma!r}")
+    return {"band": band, "sigma": float(sigma)}
 
 
 def _load_deblocker(folder: Path, key: str, dcfg, fname: str) -> BlockDeblocker:

@@ -77,6 +77,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-imagined", default=None, choices=["on", "off"],
                    help="decode cells the observations did not supply with the codec's imagination decoder "
                         "(RolloutConfig.decode_imagined; default: on)")
+    p.add_argument("--decode-aligned", default=None, choices=["on", "off"],
+                   help="draw remembered cells where their points project, not on the latent grid "
+                        "(RolloutConfig.decode_aligned; also the readout arm's decode)")
+    p.add_argument("--seam-filter", default=None,
+                   help="the imagination decoder's deblocking filter: 'BAND,SIGMA' in px or 'off' "
+                        "(default: the codec's own setting)")
+    p.add_argument("--aligned-overlap", type=float, default=None,
+                   help="aligned decode: window overlap as a share of the stride (default: the rollout's)")
+    p.add_argument("--aligned-depth-tol", type=float, default=None,
+                   help="aligned decode: relative depth band of blocks that blend (default: the rollout's)")
     p.add_argument("--earliest-within", type=float, default=None,
                    help="observed-first readout tolerance (default: the rollout's, 0.3; 0 = plain frontmost-wins)")
     p.add_argument("--sky", default="on", choices=["on", "off"],
@@ -131,8 +141,8 @@ def oracle_providers(cams, depth, labels, exclude_dynamic: bool):
 
 
 def _rollout(model, arm: str, depth_mode: str, rgb0, cams, depth, labels, steps, earliest_within=None,
-             pin_generated=None, paste_generated=None, decode_imagined=None,
-             with_timings: bool = False, noise_seed=None, sky: bool = False, sky_fraction: float = 0.25,
+             pin_generated=None, paste_generated=None, decode_imagined=None, decode_aligned=None,
+             aligned=None, with_timings: bool = False, noise_seed=None, sky: bool = False, sky_fraction: float = 0.25,
              exclude_fraction: float = 0.375, sky_exclude_fraction=None):
     """One arm's frames (N, H, W, 3) uint8 (frame 0 = the observed frame); with ``with_timings`` also
     the mean seconds per chunk."""
@@ -160,6 +170,11 @@ def _rollout(model, arm: str, depth_mode: str, rgb0, cams, depth, labels, steps,
         rcfg.paste_generated = bool(paste_generated)
     if decode_imagined is not None:
         rcfg.decode_imagined = bool(decode_imagined)
+    if decode_aligned is not None:
+        rcfg.decode_aligned = bool(decode_aligned)
+    for k, v in (aligned or {}).items():
+        if v is not None:
+            setattr(rcfg, k, float(v))
     res = rollout(model, rgb0, cams, memory, first_depth=torch.from_numpy(depth[0]), first_exclude=first_ex,
                   depth_provider=depth_fn if depth_mode == "oracle" else None, mask_provider=mask_fn,
                   readout_scale=0.0 if arm == "none" else 1.0, config=rcfg)
@@ -169,7 +184,8 @@ def _rollout(model, arm: str, depth_mode: str, rgb0, cams, depth, labels, steps,
 
 
 def _readout_frames(codec, rgb0, cams, depth, labels, sky: bool = False, sky_fraction: float = 0.25,
-                    exclude_fraction: float = 0.375, sky_exclude_fraction=None):
+                    exclude_fraction: float = 0.375, sky_exclude_fraction=None, aligned: bool = False,
+                    aligned_args=None):
     """No model: the first observation's memory read at every pose and decoded (black where unseen),
     and the visibility of that memory (the revisited region)."""
     import torch
@@ -185,7 +201,17 @@ def _readout_frames(codec, rgb0, cams, depth, labels, sky: bool = False, sky_fra
     reads = [mem.read(c) for c in cams]
     lat = torch.stack([r.latent for r in reads])
     vis = torch.stack([r.mask for r in reads])
-    img = codec.decode(lat) * vis.repeat_interleave(codec.stride, 1).repeat_interleave(codec.stride, 2)[:, None]
+    img = codec.decode(lat)
+    if aligned and hasattr(codec, "cell_patches"):  # the memory decoded as the rollout's aligned decode draws it
+        from ..world_model.aligned_decode import aligned_anchors, aligned_cells, aligned_frame
+
+        d = _default_rollout()
+        kw = {k: v for k, v in (aligned_args or {}).items() if v is not None}
+        kw = dict(overlap=kw.get("aligned_overlap", d.aligned_overlap),
+                  depth_tol=kw.get("aligned_depth_tol", d.aligned_depth_tol))
+        img = torch.stack([aligned_frame(codec, lat[i], aligned_anchors(mem, r, cams[i], aligned_cells(r, None)),
+                                         r, img[i], **kw) for i, r in enumerate(reads)])
+    img = img * vis.repeat_interleave(codec.stride, 1).repeat_interleave(codec.stride, 2)[:, None]
     frames = tensor_to_images(img)
     frames[0] = rgb0
     return frames, vis.numpy()
@@ -239,7 +265,23 @@ def summarise(per_seed: Dict[str, List[Dict]], n_boot: int) -> Dict:
     return out
 
 
-def _load_arm_models(arms, model_dir: Path, rgb_dir: Path, device: str, overrides: Dict):
+def _parse_seam(text):
+    """'--seam-filter' -> None (codec default), {} (off) or {"band": int, "sigma": float}."""
+    from ..world_model.refined_codec import _check_seam_filter
+
+    if text is None:
+        return None
+    if text == "off":
+        return {}
+    try:
+        band, sigma = text.split(",")
+        return _check_seam_filter({"band": int(band), "sigma": float(sigma)})
+    except Exception as exc:  # noqa: BLE001 - any malformed value is a usage error
+        raise SystemExit(f"bench imagine: --seam-filter: expected 'BAND,SIGMA' or 'off', got {text!r} "
+                         f"({exc})") from None
+
+
+def _load_arm_models(arms, model_dir: Path, rgb_dir: Path, device: str, overrides: Dict, seam=None):
     """{arm: model} for the arms whose folders exist; a missing folder skips its arm with one line."""
     from ..world_model.model import MirageWorldModel
     from ..world_model.sampler import FlowUniPCSampler
@@ -258,6 +300,8 @@ def _load_arm_models(arms, model_dir: Path, rgb_dir: Path, device: str, override
             m = MirageWorldModel.from_pretrained(folder, device=device)
             m.transformer.eval()
             m.sampler = FlowUniPCSampler.from_config(m.sampler.config(), **overrides)
+            if seam is not None and hasattr(m.codec, "seam_filter"):
+                m.codec.seam_filter = seam or None
             loaded[key] = m
         models[arm] = loaded[key]
     return models
@@ -289,7 +333,7 @@ def run(args) -> int:
         raise SystemExit(f"bench imagine: no model at {model_dir} (model_index.json missing)")
     overrides = {"steps": args.steps, "pin_until": args.pin_until, "context_sigma": args.context_sigma,
                  "pin_paste": None if args.pin_paste is None else args.pin_paste == "on"}
-    models = _load_arm_models(arms, model_dir, rgb_dir, args.device, overrides)
+    models = _load_arm_models(arms, model_dir, rgb_dir, args.device, overrides, _parse_seam(args.seam_filter))
     arms = [a for a in arms if a == "readout" or a in models]
     index = json.loads((model_dir / "model_index.json").read_text())
     codec = models["latent"].codec if "latent" in models else load_codec(model_dir / index.get("codec", "codec"))
@@ -304,7 +348,9 @@ def run(args) -> int:
         _write_frames(out / "gt" / str(seed), gt)
         ro_frames, vis = _readout_frames(codec, gt[0], cams, depth, labels, sky=args.sky == "on",
                                          sky_fraction=args.sky_fraction, exclude_fraction=args.exclude_fraction,
-                                         sky_exclude_fraction=args.sky_exclude_fraction)
+                                         sky_exclude_fraction=args.sky_exclude_fraction,
+                                         aligned=_on_off(args.decode_aligned, _default_rollout().decode_aligned),
+                                         aligned_args=_aligned_args(args))
         gts.append(gt)
         unseen.append(~region_pixels(vis, codec.stride))
         for d in depths:
@@ -317,6 +363,8 @@ def run(args) -> int:
                                            pin_generated=_on_off(args.pin_generated),
                                            paste_generated=_on_off(args.paste_generated),
                                            decode_imagined=_on_off(args.decode_imagined),
+                                           decode_aligned=_on_off(args.decode_aligned),
+                                           aligned=_aligned_args(args),
                                            noise_seed=args.noise_seed, sky=args.sky == "on",
                                            sky_fraction=args.sky_fraction,
                                            exclude_fraction=args.exclude_fraction,
@@ -350,7 +398,11 @@ def run(args) -> int:
         "pin_generated": _on_off(args.pin_generated, _default_rollout().pin_generated),
         "paste_generated": _on_off(args.paste_generated, _default_rollout().paste_generated),
         "decode_imagined": _on_off(args.decode_imagined, _default_rollout().decode_imagined),
+        "decode_aligned": _on_off(args.decode_aligned, _default_rollout().decode_aligned),
+        "aligned_decode": {k: (v if v is not None else getattr(_default_rollout(), k))
+                           for k, v in _aligned_args(args).items()},
         "imagination_decoder": getattr(codec, "imagined", None) is not None,
+        "seam_filter": getattr(codec, "seam_filter", None),
         "noise_seed": args.noise_seed if args.noise_seed is not None else "derived from each loop's observation",
         "resolution": [H, W], "frames_per_loop": args.frames, "seeds": seeds, "device": args.device,
         "none_arm": "shortcut: the latent arm's model with the readout zeroed (trained with readout dropout), "
@@ -416,6 +468,11 @@ def _frames_figure(png: Path, result: Dict, out: Path, arms, chunk: int = 8) -> 
 def _on_off(flag, default=None):
     """'on' / 'off' / None -> True / False / ``default``."""
     return default if flag is None else flag == "on"
+
+
+def _aligned_args(args) -> Dict:
+    """The aligned decode's settings given on the command line (None = the rollout's default)."""
+    return {"aligned_overlap": args.aligned_overlap, "aligned_depth_tol": args.aligned_depth_tol}
 
 
 def _default_rollout():

@@ -286,6 +286,13 @@ class LinearBlockCodec(Codec):
         blocks = torch.einsum("tchw,cd->tdhw", z, self.basis.to(z.device)) * self.scale + self._mean_img.to(z.device)
         return F.pixel_shuffle(blocks, self.stride).clamp_(0, 1)
 
+    def cell_patches(self, features: torch.Tensor) -> torch.Tensor:
+        """(K, C) cell latents -> (K, 3, s, s): each cell's block decoded alone (the linear decode;
+        a block codec's cell needs no neighbours), unclamped. For the aligned decode."""
+        z = features.float()
+        blocks = z @ self.basis.to(z.device) * self.scale + self._mean_img.to(z.device).reshape(1, -1)
+        return blocks.view(-1, 3, self.stride, self.stride)
+
     def mean_rgb(self, features: torch.Tensor) -> torch.Tensor:
         """(N, C) -> (N, 3): the block mean of the (unclamped) decode, then clamped. The decode is
         linear in the latent, so its mean per colour is too: f @ (basis's per-block mean per

@@ -30,6 +30,7 @@ import torch
 
 from ..geometry import Camera
 from ..memory import LatentSpatialMemory
+from .aligned_decode import aligned_anchors, aligned_cells, aligned_frame, deseam_cells
 from .codec import images_to_tensor, tensor_to_images
 from .providers import as_depth_fn, as_mask_fn
 from .references import ReferenceSelector, visible_points
@@ -82,6 +83,16 @@ class RolloutConfig:
         generated points, the RGB cache, every readout cell does). Other codecs ignore it. On
         validation loops with the shipped codec: never-seen +1.15 dB, blockiness 5.42x -> 3.90x,
         cross-loop r 0.04 -> 0.15, revisited +0.02, final frame -0.18; 0.15 s more per chunk.
+    decode_aligned: whether the cells the observations supplied are drawn where their points
+        project rather than on the latent grid (``aligned_decode``: each cell's block decoded alone
+        and composited at its continuous projection). Needs a codec whose cells decode alone
+        (``cell_patches``: the block-PCA codecs), one latent per frame and the latent memory;
+        otherwise it does nothing. On by default: on validation loops (800000-800007), with the
+        codec's seam filter also smoothing the grid-drawn sky cells (``deseam_cells``), revisited
+        regions 20.70 -> 23.36 dB, final frame -0.01, never-seen +0.03, blockiness 3.90x -> 1.86x
+        (revisited 3.70x -> 2.34x); 0.5 s more per chunk. ``aligned_overlap`` /
+        ``aligned_depth_tol``: the window overlap (share of the stride) and the same-surface depth
+        band (``aligned_decode.aligned_frame``).
     """
 
     chunk_latents: int = 9
@@ -98,6 +109,9 @@ class RolloutConfig:
     pin_generated: bool = True
     paste_generated: bool = False
     decode_imagined: bool = True
+    decode_aligned: bool = True
+    aligned_overlap: float = 0.25
+    aligned_depth_tol: float = 0.4
 
     def __post_init__(self):
         if self.chunk_latents < 2:
@@ -105,6 +119,11 @@ class RolloutConfig:
         if self.earliest_within is not None and not 0.0 <= float(self.earliest_within) <= 1.0:
             raise ValueError(f"earliest_within: expected None or a relative tolerance in [0, 1], got "
                              f"{self.earliest_within}")
+        if not 0.0 <= float(self.aligned_overlap) <= 1.0:
+            raise ValueError(f"aligned_overlap: expected a share of the stride in [0, 1], got {self.aligned_overlap}")
+        if not 0.0 < float(self.aligned_depth_tol) <= 10.0:
+            raise ValueError(f"aligned_depth_tol: expected a relative depth band in (0, 10], got "
+                             f"{self.aligned_depth_tol}")
         if self.update_source not in ("reencode", "denoised"):
             raise ValueError(f"update_source: expected 'reencode' or 'denoised', got {self.update_source!r}")
 
@@ -195,6 +214,11 @@ class _Track:
         self.selector.remember(0, visible_points(memory, [memory.read(cams[0])]))
         self.schedule = latent_chunks(N, cfg.chunk_latents, self.ts)
 
+    def _aligns(self) -> bool:
+        """Whether ``decode_aligned`` applies: a block codec, one latent per frame, the latent memory."""
+        return (self.cfg.decode_aligned and self.ts == 1 and isinstance(self.memory, LatentSpatialMemory)
+                and hasattr(getattr(self.model, "codec", None), "cell_patches"))
+
     def _read(self, camera: Camera):
         """Eq. 5 at ``camera`` with the rollout's readout rule (``RolloutConfig.earliest_within``)."""
         if isinstance(self.memory, LatentSpatialMemory):
@@ -233,6 +257,8 @@ class _Track:
         if c == 0:
             obs[0] = True  # latent 0 is E(I_0), the observation itself
         self._chunk["memory_cells"] = obs if self.cfg.decode_imagined else None
+        if self._aligns():
+            self._chunk["aligned"] = [(r, aligned_cells(r, self.n_observed)) for r in reads[:T]]
         return dict(
             clean_targets=lat[a][None], num_targets=T,
             readouts=torch.stack(cond_read) * self.readout_scale,
@@ -255,6 +281,13 @@ class _Track:
         tick = time.perf_counter()
         # Lines 12-13: decode once per chunk; emit frames past the overlap frame.
         video = model.decode_video(z, memory_cells=ch.get("memory_cells"))  # (1 + ts(T-1), 3, H, W)
+        for i, (r, cells) in enumerate(ch.get("aligned", ())):
+            if c == 0 and i == 0:
+                continue  # the observation itself
+            anchors = aligned_anchors(memory, r, self.cam_of(a + i), cells)
+            video[i] = aligned_frame(model.codec, z[i], anchors, r, video[i], overlap=self.cfg.aligned_overlap,
+                                     depth_tol=self.cfg.aligned_depth_tol)
+            video[i] = deseam_cells(video[i], r.sky, model.codec.stride, getattr(model.codec, "seam_filter", None))
         first_out = 0 if c == 0 else 1
         frame_ids = [ts * a + i for i in range(first_out, video.shape[0]) if ts * a + i < N]
         rgb = tensor_to_images(video[[f - ts * a for f in frame_ids]])

@@ -711,7 +711,7 @@ def test_threads_parameter_sets_torch_threads_at_configure():
 def test_sampler_parameters_override_one_setting_each_of_the_model_folders():
     """sampler.* -1 / model keep the shipped model's own settings; each set one replaces only
     itself (steps never touches shift), and readout.earliest_within and sampler.pin_generated /
-    paste_generated / decode_imagined reach the rollout."""
+    paste_generated / decode_imagined / decode_aligned reach the rollout."""
     import json
 
     from mirage_ros.world_model.backend import SHIPPED_MODEL
@@ -724,13 +724,14 @@ def test_sampler_parameters_override_one_setting_each_of_the_model_folders():
                                                             own.get("pin_paste", False))
     assert core.backend.config.earliest_within == 0.3 and core.backend.config.seed is None
     assert core.backend.config.pin_generated and not core.backend.config.paste_generated
-    assert core.backend.config.decode_imagined
+    assert core.backend.config.decode_imagined and core.backend.config.decode_aligned
     core = MirageCore({"backend": "shipped", "steps": 3, "sampler.pin_until": 0.0, "sampler.pin_paste": "on",
                        "sampler.noise_seed": 7, "readout.earliest_within": 0.0, "sampler.pin_generated": False,
-                       "sampler.paste_generated": True, "sampler.decode_imagined": False})
+                       "sampler.paste_generated": True, "sampler.decode_imagined": False,
+                       "sampler.decode_aligned": False})
     core.configure()
     s = core.backend.model.sampler
     assert (s.steps, s.shift, s.pin_until, s.pin_paste) == (3, own["shift"], 0.0, True)
     assert core.backend.config.earliest_within == 0.0 and core.backend.config.seed == 7
     assert not core.backend.config.pin_generated and core.backend.config.paste_generated
-    assert not core.backend.config.decode_imagined
+    assert not core.backend.config.decode_imagined and not core.backend.config.decode_aligned

@@ -148,7 +148,8 @@ class MirageCore:
                        rollout={"earliest_within": p["readout.earliest_within"],
                                 "pin_generated": p["sampler.pin_generated"],
                                 "paste_generated": p["sampler.paste_generated"],
-                                "decode_imagined": p["sampler.decode_imagined"]})
+                                "decode_imagined": p["sampler.decode_imagined"],
+                                "decode_aligned": p["sampler.decode_aligned"]})
         return p["backend"], cfg
 
     def configure(self, backend=None) -> None:

@@ -124,6 +124,9 @@ PARAMS: List[Param] = [
     Param("sampler.decode_imagined", True,
           "decode what the observations did not supply with the codec's imagination decoder, when it has one "
           "(the shipped codec: smooth where the model guesses; observed cells keep the clean decoder)"),
+    Param("sampler.decode_aligned", True,
+          "draw each observed memory cell where its point projects, not on the latent grid (block codecs such as "
+          "the shipped one; off: the cells' blocks sit on the grid, up to half a cell from where they belong)"),
     Param("readout.earliest_within", 0.3,
           "observed-first readout for generation: among points within this fraction of a cell's nearest depth the "
           "earliest inserted wins (0: plain frontmost-wins)",

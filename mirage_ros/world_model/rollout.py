@@ -88,9 +88,10 @@ class RolloutConfig:
         and composited at its continuous projection). Needs a codec whose cells decode alone
         (``cell_patches``: the block-PCA codecs), one latent per frame and the latent memory;
         otherwise it does nothing. On by default: on validation loops (800000-800007), with the
-        codec's seam filter also smoothing the grid-drawn sky cells (``deseam_cells``), revisited
-        regions 20.70 -> 23.36 dB, final frame -0.01, never-seen +0.03, blockiness 3.90x -> 1.86x
-        (revisited 3.70x -> 2.34x); 0.5 s more per chunk. ``aligned_overlap`` /
+        codec's seam filter (also over the grid-drawn sky cells, ``deseam_cells``) against neither,
+        revisited regions 20.70 -> 23.35 dB, final frame -0.02, never-seen +0.03, blockiness 3.91x
+        -> 1.88x (revisited 3.70x -> 2.34x); 0.17 s more per chunk. Drawing generated points
+        aligned too was worse (final -0.95, blockiness 2.04x). ``aligned_overlap`` /
         ``aligned_depth_tol``: the window overlap (share of the stride) and the same-surface depth
         band (``aligned_decode.aligned_frame``).
     """

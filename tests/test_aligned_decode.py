@@ -183,3 +183,27 @@ def test_seam_filter_by_hand_and_in_the_codec(tmp_path):
     (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CodecError, match="seam_filter.band"):
         load_codec(tmp_path / "c")
+
+
+def test_deseam_cells_filters_only_the_given_cells_and_the_rollout_checks_its_settings():
+    from mirage_ros.world_model.aligned_decode import deseam_cells
+    from mirage_ros.world_model.rollout import RolloutConfig
+
+    g = torch.Generator().manual_seed(2)
+    frame = F.interpolate(torch.rand(1, 3, H // 16, W // 16, generator=g), scale_factor=16, mode="nearest")[0]
+    seam = {"band": 4, "sigma": 2.0}
+    none = torch.zeros(H // 16, W // 16, dtype=torch.bool)
+    assert torch.equal(deseam_cells(frame, none, 16, seam), frame)
+    assert torch.equal(deseam_cells(frame, ~none, 16, None), frame)  # a codec without a filter
+    every = deseam_cells(frame, ~none, 16, seam)
+    assert torch.allclose(every, deseam(frame[None], 16, **seam)[0].clamp(0, 1), atol=1e-6)
+    left = none.clone()
+    left[:, :2] = True  # the two left cell columns (pixels 0..31)
+    out = deseam_cells(frame, left, 16, seam)
+    assert torch.allclose(out[..., :24], every[..., :24], atol=1e-6)  # full weight well inside
+    assert torch.equal(out[..., 40:], frame[..., 40:])  # untouched beyond the upsampled mask's reach
+    assert not torch.allclose(out[..., :24], frame[..., :24])
+    with pytest.raises(ValueError, match="aligned_overlap"):
+        RolloutConfig(aligned_overlap=1.5)
+    with pytest.raises(ValueError, match="aligned_depth_tol"):
+        RolloutConfig(aligned_depth_tol=0.0)

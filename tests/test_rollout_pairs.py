@@ -95,6 +95,8 @@ def test_deblocker_fine_tuned_on_pairs_learns_their_systematic_error(tmp_path):
     tuned = load_codec(tmp_path / "out")  # the shipped codec with the fit as its imagination decoder
     z = val_lat.half().float()
     assert torch.equal(tuned.decode(z), codec.decode(z))  # memory (no mask): the clean decoder, unchanged
+    assert tuned.seam_filter == codec.seam_filter is not None  # the shipped codec's seam filter is kept
+    tuned.seam_filter = None  # the fit scores the imagination decoder itself, without the filter
     after = psnr(val_rgb, tensor_to_images(tuned.decode(z, memory_cells=torch.zeros(len(z), 8, 14, dtype=torch.bool))))
     assert (tmp_path / "out" / "imagined_fit.json").is_file() and (tmp_path / "out" / "fit.json").is_file()
     assert res["selection"] == "rollout_psnr_db" and res["rollout_scenes"] == 1

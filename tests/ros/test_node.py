@@ -75,12 +75,15 @@ def test_end_to_end_goal(e2e, probe, scene):
     assert all((m.height, m.width, m.encoding) == (H, W, "rgb8") for m in imgs)
     first = cv.image_to_rgb(imgs[0])
     assert first.mean() > 10  # the observed view is in memory: frame 0 is not black
-    # feedback: one per chunk, carrying frames, poses and coverage
+    # feedback: one per chunk, in order, carrying frames, poses and coverage. The result travels on
+    # another channel than feedback and can overtake the last one, which rclpy then drops (seen once
+    # in a full CI run with this 26 ms goal): every chunk but the last must arrive, the last may not
     fb = r["feedback"]
-    assert [f.frames_done for f in fb] == [min(n,
-                                               CHUNK * (i + 1)) for i in range(len(fb))] and len(fb) == res.num_chunks
+    assert len(fb) in (res.num_chunks, res.num_chunks - 1) and len(fb) >= 1
+    assert [f.frames_done for f in fb] == [min(n, CHUNK * (i + 1)) for i in range(len(fb))]
     assert all(f.frames_total == n for f in fb)
-    assert [list(f.chunk.frame_indices) for f in fb] == [list(range(i, min(n, i + CHUNK))) for i in range(0, n, CHUNK)]
+    assert [list(f.chunk.frame_indices) for f in fb] == [list(range(i, min(n, i + CHUNK)))
+                                                         for i in range(0, n, CHUNK)][:len(fb)]
     c0 = fb[0].chunk
     assert len(c0.frames) == len(c0.masks) == len(c0.poses) == len(c0.coverage) == CHUNK
     assert c0.coverage[0] > 0.9 and c0.masks[0].encoding == "mono8"

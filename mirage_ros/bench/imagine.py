@@ -203,14 +203,13 @@ def _readout_frames(codec, rgb0, cams, depth, labels, sky: bool = False, sky_fra
     vis = torch.stack([r.mask for r in reads])
     img = codec.decode(lat)
     if aligned and hasattr(codec, "cell_patches"):  # the memory decoded as the rollout's aligned decode draws it
-        from ..world_model.aligned_decode import aligned_anchors, aligned_cells, aligned_frame
+        from ..world_model.aligned_decode import redraw_aligned
 
         d = _default_rollout()
         kw = {k: v for k, v in (aligned_args or {}).items() if v is not None}
         kw = dict(overlap=kw.get("aligned_overlap", d.aligned_overlap),
                   depth_tol=kw.get("aligned_depth_tol", d.aligned_depth_tol))
-        img = torch.stack([aligned_frame(codec, lat[i], aligned_anchors(mem, r, cams[i], aligned_cells(r, None)),
-                                         r, img[i], **kw) for i, r in enumerate(reads)])
+        img = torch.stack([redraw_aligned(codec, mem, r, cams[i], lat[i], img[i], **kw) for i, r in enumerate(reads)])
     img = img * vis.repeat_interleave(codec.stride, 1).repeat_interleave(codec.stride, 2)[:, None]
     frames = tensor_to_images(img)
     frames[0] = rgb0

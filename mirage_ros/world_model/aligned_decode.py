@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..geometry import Camera, project_pixels
 
-__all__ = ["aligned_cells", "aligned_anchors", "aligned_frame", "deseam_cells"]
+__all__ = ["aligned_cells", "aligned_anchors", "aligned_frame", "redraw_aligned", "deseam_cells"]
 
 
 def aligned_cells(readout, n_observed: Optional[int]) -> torch.Tensor:
@@ -70,7 +70,7 @@ def aligned_anchors(memory, readout, camera: Camera, cells: torch.Tensor, max_sc
 
 @torch.no_grad()
 def aligned_frame(codec, latents: torch.Tensor, anchors, readout, base: torch.Tensor,
-                  overlap: float = 0.25, depth_tol: float = 0.2, rescale: bool = True) -> torch.Tensor:
+                  overlap: float = 0.25, depth_tol: float = 0.4, rescale: bool = True) -> torch.Tensor:
     """One frame (3, H, W) in [0, 1]: ``base`` (the ordinary decode) with the anchored cells redrawn.
 
     latents (C, h, w): the frame's latents (at pasted cells the readout itself); anchors: the
@@ -125,6 +125,16 @@ def aligned_frame(codec, latents: torch.Tensor, anchors, readout, base: torch.Te
     cover = den.clamp(0, 1).view(1, H, W)
     b = base.float().cpu()
     return (b + cover * (drawn - b)).to(base.device, base.dtype)
+
+
+def redraw_aligned(codec, memory, readout, camera: Camera, latents: torch.Tensor, base: torch.Tensor,
+                   n_observed: Optional[int] = None, overlap: float = 0.25, depth_tol: float = 0.4) -> torch.Tensor:
+    """``base`` (3, H, W) with ``readout``'s remembered cells (``aligned_cells``) redrawn where their
+    points project in ``camera`` (``aligned_anchors`` + ``aligned_frame``): the one call the rollout
+    and the benchmark's readout arm share."""
+    cells = aligned_cells(readout, n_observed)
+    return aligned_frame(codec, latents, aligned_anchors(memory, readout, camera, cells), readout, base,
+                         overlap=overlap, depth_tol=depth_tol)
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ import torch
 
 from ..geometry import Camera
 from ..memory import LatentSpatialMemory
-from .aligned_decode import aligned_anchors, aligned_cells, aligned_frame, deseam_cells
+from .aligned_decode import deseam_cells, redraw_aligned
 from .codec import images_to_tensor, tensor_to_images
 from .providers import as_depth_fn, as_mask_fn
 from .references import ReferenceSelector, visible_points
@@ -259,7 +259,7 @@ class _Track:
             obs[0] = True  # latent 0 is E(I_0), the observation itself
         self._chunk["memory_cells"] = obs if self.cfg.decode_imagined else None
         if self._aligns():
-            self._chunk["aligned"] = [(r, aligned_cells(r, self.n_observed)) for r in reads[:T]]
+            self._chunk["aligned"] = reads[:T]
         return dict(
             clean_targets=lat[a][None], num_targets=T,
             readouts=torch.stack(cond_read) * self.readout_scale,
@@ -282,12 +282,11 @@ class _Track:
         tick = time.perf_counter()
         # Lines 12-13: decode once per chunk; emit frames past the overlap frame.
         video = model.decode_video(z, memory_cells=ch.get("memory_cells"))  # (1 + ts(T-1), 3, H, W)
-        for i, (r, cells) in enumerate(ch.get("aligned", ())):
+        for i, r in enumerate(ch.get("aligned", ())):
             if c == 0 and i == 0:
                 continue  # the observation itself
-            anchors = aligned_anchors(memory, r, self.cam_of(a + i), cells)
-            video[i] = aligned_frame(model.codec, z[i], anchors, r, video[i], overlap=self.cfg.aligned_overlap,
-                                     depth_tol=self.cfg.aligned_depth_tol)
+            video[i] = redraw_aligned(model.codec, memory, r, self.cam_of(a + i), z[i], video[i], self.n_observed,
+                                      overlap=self.cfg.aligned_overlap, depth_tol=self.cfg.aligned_depth_tol)
             video[i] = deseam_cells(video[i], r.sky, model.codec.stride, getattr(model.codec, "seam_filter", None))
         first_out = 0 if c == 0 else 1
         frame_ids = [ts * a + i for i in range(first_out, video.shape[0]) if ts * a + i < N]
